@@ -1,0 +1,146 @@
+// SSE over fetch: POST /api/streams to start (with an Idempotency-Key), then GET the event
+// stream, composed as bytes → TextDecoderStream → EventSourceParserStream → contract check.
+import { EventSourceParserStream } from "eventsource-parser/stream";
+import { ContractError, parseStreamEvent } from "./contract-validator";
+import {
+  connectionLost,
+  contractViolation,
+  failureFromResponse,
+  type TransportFailure,
+} from "./stream-error";
+import type { Connection, ConnectionListener, ConnectTarget, StreamTransport } from "./transport";
+
+export interface SseTransportOptions {
+  /** Origin (and path prefix) of the API; "" for the page's own origin. */
+  baseUrl: string;
+  fetch?: typeof fetch;
+  /** Silence (no event, no keep-alive comment) longer than this counts as a lost connection. */
+  idleTimeoutMs: number;
+}
+
+export class SseTransport implements StreamTransport {
+  readonly kind = "sse" as const;
+  private readonly fetch: typeof fetch;
+
+  constructor(private readonly options: SseTransportOptions) {
+    // Bound so a bare `fetch` keeps its `this` (browsers throw "Illegal invocation" otherwise).
+    this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  connect(target: ConnectTarget, listener: ConnectionListener): Connection {
+    const abort = new AbortController();
+    let finished = false;
+    let idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+    const finish = (failure: TransportFailure | null) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(idleTimer);
+      abort.abort();
+      listener.onClose(failure);
+    };
+    const armIdleTimer = () => {
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(
+        () => finish(connectionLost(`no event or keep-alive for ${this.options.idleTimeoutMs} ms`)),
+        this.options.idleTimeoutMs,
+      );
+    };
+
+    const run = async () => {
+      armIdleTimer();
+      const { streamId, after } = await this.resolveStream(target, abort.signal, listener);
+      if (streamId === null) return finish(after);
+      if (finished) return;
+      const response = await this.fetch(this.eventsUrl(streamId, after), {
+        headers: {
+          accept: "text/event-stream",
+          ...(after === null ? {} : { "last-event-id": `${streamId}:${after}` }),
+        },
+        cache: "no-store",
+        signal: abort.signal,
+      });
+      // 204: the stream is over and the client already holds its terminal event.
+      if (response.status === 204) return finish(null);
+      if (!response.ok) return finish(await failureFromResponse(response));
+      if (!response.body) return finish(connectionLost("response has no body"));
+      if (finished) return;
+      listener.onOpen();
+      armIdleTimer();
+
+      const events = response.body
+        .pipeThrough(new TextDecoderStream())
+        .pipeThrough(new EventSourceParserStream({ onComment: armIdleTimer }));
+      const reader = events.getReader();
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done || finished) break;
+          armIdleTimer();
+          const event = parseStreamEvent(value.data, value.event);
+          if (event.stream_id !== streamId) {
+            throw new ContractError(`event of stream ${event.stream_id} on stream ${streamId}`);
+          }
+          listener.onEvent(event);
+        }
+      } finally {
+        reader.releaseLock();
+      }
+      finish(null);
+    };
+
+    run().catch((error: unknown) => {
+      if (error instanceof ContractError) finish(contractViolation(error.message));
+      else finish(connectionLost(error instanceof Error ? error.message : String(error)));
+    });
+
+    return {
+      close: () => {
+        finished = true;
+        clearTimeout(idleTimer);
+        abort.abort();
+      },
+    };
+  }
+
+  async cancel(streamId: string): Promise<void> {
+    const response = await this.fetch(this.streamUrl(streamId), { method: "DELETE" });
+    // 404: the server no longer knows the stream, so there is nothing left to stop.
+    if (!response.ok && response.status !== 404) {
+      throw new Error((await failureFromResponse(response)).error.message);
+    }
+  }
+
+  dispose(): void {}
+
+  /** For a start, creates the stream (idempotently); for a resume, the target names it. */
+  private async resolveStream(
+    target: ConnectTarget,
+    signal: AbortSignal,
+    listener: ConnectionListener,
+  ): Promise<{ streamId: string; after: number | null } | { streamId: null; after: TransportFailure }> {
+    if (target.kind === "resume") return { streamId: target.streamId, after: target.after };
+    const response = await this.fetch(`${this.options.baseUrl}/api/streams`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "idempotency-key": target.idempotencyKey },
+      body: JSON.stringify({ block_type: target.blockType, input: target.input }),
+      signal,
+    });
+    if (!response.ok) return { streamId: null, after: await failureFromResponse(response) };
+    const body = (await response.json()) as { stream_id?: unknown };
+    if (typeof body.stream_id !== "string") {
+      throw new ContractError("POST /api/streams answered without a stream_id");
+    }
+    listener.onStreamId(body.stream_id);
+    return { streamId: body.stream_id, after: null };
+  }
+
+  private streamUrl(streamId: string): string {
+    return `${this.options.baseUrl}/api/streams/${encodeURIComponent(streamId)}`;
+  }
+
+  private eventsUrl(streamId: string, after: number | null): string {
+    const query = after === null ? "" : `?after=${after}`;
+    return `${this.streamUrl(streamId)}/events${query}`;
+  }
+}
