@@ -51,7 +51,7 @@ export function sseFrame(event: StreamEvent): string {
   return `id: ${event.stream_id}:${event.seq}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`;
 }
 
-type Route = (request: RecordedRequest) => Response | Promise<Response> | undefined;
+type Route = (request: RecordedRequest) => Response | undefined | Promise<Response | undefined>;
 
 export class FakeApi {
   config: AIConfig = { ...TEST_CONFIG };

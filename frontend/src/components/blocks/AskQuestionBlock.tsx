@@ -1,0 +1,44 @@
+// Ask a question (optionally with context) and stream the markdown answer.
+import { useState, type FormEvent } from "react";
+import { useAIBlockStreaming, type BlockStreamOptions } from "../../ai/streamHooks";
+import { StreamingMarkdown } from "../markdown/StreamingMarkdown";
+import { BlockFrame, isActive, LiveOutput } from "./BlockFrame";
+
+export function AskQuestionBlock({ options, initialQuestion = "" }: { options?: BlockStreamOptions; initialQuestion?: string }) {
+  const stream = useAIBlockStreaming("ask-question", options);
+  const [question, setQuestion] = useState(initialQuestion);
+  const [context, setContext] = useState("");
+  const submit = (event: FormEvent) => {
+    event.preventDefault();
+    stream.start(context.trim() ? { question, context } : { question });
+  };
+  const active = isActive(stream.status);
+  return (
+    <BlockFrame
+      blockType="ask-question"
+      title="Ask a question"
+      state={stream}
+      onCancel={stream.cancel}
+      onRetry={stream.retry}
+      form={
+        <form onSubmit={submit}>
+          <label>
+            Question
+            <textarea value={question} onChange={(e) => setQuestion(e.target.value)} required maxLength={4000} rows={2} />
+          </label>
+          <label>
+            Context (optional)
+            <textarea value={context} onChange={(e) => setContext(e.target.value)} maxLength={16000} rows={2} />
+          </label>
+          <button type="submit" disabled={active || question.trim() === ""}>
+            Ask
+          </button>
+        </form>
+      }
+    >
+      <LiveOutput busy={active}>
+        <StreamingMarkdown text={stream.text} />
+      </LiveOutput>
+    </BlockFrame>
+  );
+}

@@ -1,0 +1,86 @@
+// The frame every AI block shares: title, live status, demo-model label, cancel while
+// streaming, error with retry, and a polite screen-reader announcement of status changes.
+import type { ReactNode } from "react";
+import type { StreamState } from "../../ai/streamHooks";
+
+const STATUS_TEXT: Record<StreamState["status"], string> = {
+  idle: "Ready",
+  connecting: "Connecting…",
+  streaming: "Streaming…",
+  reconnecting: "Reconnecting…",
+  complete: "Done",
+  error: "Failed",
+  cancelled: "Cancelled",
+};
+
+export function isActive(status: StreamState["status"]): boolean {
+  return status === "connecting" || status === "streaming" || status === "reconnecting";
+}
+
+interface BlockFrameProps {
+  blockType: string;
+  title: string;
+  state: StreamState;
+  onCancel(): void;
+  onRetry(): void;
+  /** The block's input form. */
+  form: ReactNode;
+  /** The block's output. */
+  children?: ReactNode;
+}
+
+export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, children }: BlockFrameProps) {
+  const active = isActive(state.status);
+  const headingId = `${blockType}-title`;
+  return (
+    <section className={`block block-${blockType}`} aria-labelledby={headingId} data-status={state.status}>
+      <header className="block-header">
+        <h2 id={headingId}>{title}</h2>
+        {state.isDemo && (
+          <span className="demo-label" title={state.model}>
+            demo model
+          </span>
+        )}
+        <span className={`status status-${state.status}`} data-testid="status">
+          {STATUS_TEXT[state.status]}
+        </span>
+      </header>
+      {form}
+      {active && (
+        <button type="button" className="cancel" onClick={onCancel}>
+          Cancel
+        </button>
+      )}
+      {state.status === "reconnecting" && (
+        <p className="notice">Connection lost — reconnecting… your answer will pick up where it left off.</p>
+      )}
+      {state.status === "error" && state.error && (
+        <div className="error" role="alert">
+          <p>
+            {state.error.message}
+            {state.error.field ? ` (field: ${state.error.field})` : ""}
+          </p>
+          {state.error.retryable && (
+            <button type="button" onClick={onRetry}>
+              Retry
+            </button>
+          )}
+        </div>
+      )}
+      {/* Status changes are announced on their own; the output region announces new text. */}
+      <p className="visually-hidden" role="status">
+        {state.status === "idle" ? "" : `${title}: ${STATUS_TEXT[state.status]}`}
+      </p>
+      {children}
+    </section>
+  );
+}
+
+/** The output region: new content is read out politely as it arrives. */
+export function LiveOutput({ busy, children }: { busy: boolean; children: ReactNode }) {
+  return (
+    <div className="output" aria-live="polite" aria-atomic="false" aria-relevant="additions text" data-busy={busy}>
+      {children}
+    </div>
+  );
+}

@@ -1,0 +1,60 @@
+// Generate a Mermaid diagram from a description and draw it while it streams.
+import { useState, type FormEvent } from "react";
+import type { DiagramKind, DiagramResult } from "../../ai/contract";
+import { useAIBlockStreaming, type BlockStreamOptions } from "../../ai/streamHooks";
+import { BlockFrame, isActive, LiveOutput } from "./BlockFrame";
+import { MermaidDiagram, mermaidSource } from "./MermaidDiagram";
+
+export function DiagramBlock({ options, initialDescription = "" }: { options?: BlockStreamOptions; initialDescription?: string }) {
+  const stream = useAIBlockStreaming("diagram", options);
+  const [description, setDescription] = useState(initialDescription);
+  const [kind, setKind] = useState<DiagramKind>("flowchart");
+  const submit = (event: FormEvent) => {
+    event.preventDefault();
+    stream.start({ description, kind });
+  };
+  const active = isActive(stream.status);
+  const result = stream.result as DiagramResult | undefined;
+  // The complete event carries the final, server-validated source.
+  const source = result?.source ?? mermaidSource(stream.text);
+  return (
+    <BlockFrame
+      blockType="diagram"
+      title="Diagram"
+      state={stream}
+      onCancel={stream.cancel}
+      onRetry={stream.retry}
+      form={
+        <form onSubmit={submit}>
+          <label>
+            Description
+            <textarea value={description} onChange={(e) => setDescription(e.target.value)} required maxLength={4000} rows={2} />
+          </label>
+          <label>
+            Kind
+            <select value={kind} onChange={(e) => setKind(e.target.value as DiagramKind)}>
+              <option value="flowchart">flowchart</option>
+              <option value="sequence">sequence</option>
+              <option value="mindmap">mindmap</option>
+            </select>
+          </label>
+          <button type="submit" disabled={active || description.trim() === ""}>
+            Draw
+          </button>
+        </form>
+      }
+    >
+      <LiveOutput busy={active}>
+        <MermaidDiagram source={source} final={stream.status === "complete"} />
+        {source !== "" && (
+          <details className="diagram-source">
+            <summary>Mermaid source</summary>
+            <pre>
+              <code>{source}</code>
+            </pre>
+          </details>
+        )}
+      </LiveOutput>
+    </BlockFrame>
+  );
+}

@@ -1,0 +1,96 @@
+// Renders Mermaid source that is still arriving: it draws each version that parses, keeps
+// the last good drawing while the source is incomplete, and shows the source when the final
+// version does not parse. Mermaid is loaded on first use (it is large).
+import { useEffect, useId, useRef, useState } from "react";
+
+type MermaidApi = (typeof import("mermaid"))["default"];
+let mermaidLoad: Promise<MermaidApi> | undefined;
+
+function loadMermaid(): Promise<MermaidApi> {
+  mermaidLoad ??= import("mermaid").then(({ default: mermaid }) => {
+    // "strict" makes Mermaid sanitize labels and refuse click handlers from the model's source.
+    mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: "neutral" });
+    return mermaid;
+  });
+  return mermaidLoad;
+}
+
+/** Strips a ```mermaid fence a model may wrap the source in. */
+export function mermaidSource(text: string): string {
+  return text
+    .replace(/^\s*(```|~~~)\s*mermaid[^\n]*\n?/i, "")
+    .replace(/\n?\s*(```|~~~)\s*$/, "")
+    .trim();
+}
+
+interface MermaidDiagramProps {
+  source: string;
+  /** The source is final (the stream completed): a parse failure is now an error to show. */
+  final: boolean;
+}
+
+export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
+  const [svg, setSvg] = useState<string | null>(null);
+  const [failed, setFailed] = useState<string | null>(null);
+  const baseId = `mermaid-${useId().replace(/[^a-zA-Z0-9_-]/g, "")}`;
+  const renders = useRef(0);
+  // Renders run one at a time; while one runs, only the newest pending source is kept.
+  const queue = useRef<{ running: boolean; next: { source: string; final: boolean } | null }>({ running: false, next: null });
+  const mounted = useRef(true);
+
+  useEffect(() => {
+    mounted.current = true;
+    return () => {
+      mounted.current = false;
+    };
+  }, []);
+
+  useEffect(() => {
+    if (source.trim() === "") {
+      setSvg(null);
+      setFailed(null);
+      return;
+    }
+    queue.current.next = { source, final };
+    if (queue.current.running) return;
+    queue.current.running = true;
+    void (async () => {
+      const mermaid = await loadMermaid();
+      while (queue.current.next && mounted.current) {
+        const job = queue.current.next;
+        queue.current.next = null;
+        const parsed = await mermaid.parse(job.source, { suppressErrors: true });
+        if (!mounted.current) break;
+        if (parsed === false) {
+          if (job.final) setFailed("This diagram could not be drawn; here is its source.");
+          continue;
+        }
+        try {
+          const { svg: drawn } = await mermaid.render(`${baseId}-${renders.current++}`, job.source);
+          if (!mounted.current) break;
+          setSvg(drawn);
+          setFailed(null);
+        } catch (error) {
+          if (job.final) setFailed(error instanceof Error ? error.message : String(error));
+        }
+      }
+      queue.current.running = false;
+    })();
+  }, [source, final, baseId]);
+
+  return (
+    <div className="diagram">
+      {/* Mermaid's strict mode sanitizes its SVG output. */}
+      {svg && <div className="diagram-svg" role="img" aria-label="Diagram" dangerouslySetInnerHTML={{ __html: svg }} />}
+      {!svg && !failed && source !== "" && <p className="diagram-pending">Drawing as soon as the diagram parses…</p>}
+      {failed && (
+        <div className="diagram-error">
+          <p role="alert">{failed}</p>
+          <pre>
+            <code>{source}</code>
+          </pre>
+        </div>
+      )}
+    </div>
+  );
+}
