@@ -1,0 +1,261 @@
+// The TypeScript stream client against the real live-ai server: every block over both
+// transports, resume after the connection is cut mid-stream, cancel, and the fallback.
+import { EventSourceParserStream } from "eventsource-parser/stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+import type { BlockInputs, BlockType, StreamEvent } from "../src/ai/contract";
+import { parseStreamEvent } from "../src/ai/contract-validator";
+import { StreamClient, type StreamHandlers, type StreamOutcome, type TransportKind } from "../src/ai/streamClient";
+import { startCutProxy, type CutProxy } from "./cut-proxy";
+import { startLiveAi, type LiveAiServer } from "./live-ai-server";
+
+const INPUTS: { [B in BlockType]: BlockInputs[B] } = {
+  "ask-question": { question: "Why is the sky blue?" },
+  "explain-eli10": { topic: "volcanoes" },
+  quiz: { topic: "volcanoes", count: 3, difficulty: "easy" },
+  diagram: { description: "How rain forms", kind: "flowchart" },
+};
+const BLOCKS = Object.keys(INPUTS) as BlockType[];
+const TRANSPORTS: TransportKind[] = ["sse", "websocket"];
+
+interface Run {
+  events: StreamEvent[];
+  text: string;
+  statuses: string[];
+  outcome: StreamOutcome;
+  streamId: string | undefined;
+}
+
+function newClient(baseUrl: string, fetchImpl?: typeof fetch) {
+  return new StreamClient({
+    baseUrl,
+    fetch: fetchImpl,
+    WebSocket: WebSocket as unknown as typeof globalThis.WebSocket,
+    backoff: { initialMs: 50, maxMs: 500 },
+  });
+}
+
+/** Runs one stream to its end, recording every event the handlers saw. */
+function run<B extends BlockType>(
+  client: StreamClient,
+  blockType: B,
+  mode: TransportKind | "whole",
+  onEvent?: (event: StreamEvent, handle: { cancel(): void }) => void,
+): Promise<Run> {
+  const events: StreamEvent[] = [];
+  const statuses: string[] = [];
+  let text = "";
+  let handleRef: { cancel(): void } | undefined;
+  const seen = (event: StreamEvent) => {
+    events.push(event);
+    onEvent?.(event, handleRef!);
+  };
+  const handlers: StreamHandlers = {
+    onStatus: (status) => statuses.push(status),
+    onStart: seen,
+    onChunk: (event) => {
+      text += event.token;
+      seen(event);
+    },
+    onPart: seen,
+    onComplete: seen,
+    onError: (_error, event) => event && seen(event),
+    onCancelled: (event) => event && seen(event),
+  };
+  const handle = client.start(blockType, INPUTS[blockType], handlers, { mode });
+  handleRef = handle;
+  return handle.done.then((outcome) => ({ events, text, statuses, outcome, streamId: handle.streamId }));
+}
+
+function expectContiguous(events: StreamEvent[]) {
+  expect(events.map((event) => event.seq)).toEqual(events.map((_, index) => index));
+}
+
+/** Reads an SSE endpoint to its end and validates every event against the contract. */
+async function readAllEvents(url: string, headers: Record<string, string> = {}): Promise<{ status: number; events: StreamEvent[] }> {
+  const response = await fetch(url, { headers });
+  if (!response.body || response.status !== 200) return { status: response.status, events: [] };
+  const events: StreamEvent[] = [];
+  const reader = response.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream()).getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    events.push(parseStreamEvent(value.data, value.event));
+  }
+  return { status: response.status, events };
+}
+
+describe("stream client against live-ai (fast demo model)", () => {
+  let server: LiveAiServer;
+  let client: StreamClient;
+  beforeAll(async () => {
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "2000", DEMO_FIRST_TOKEN_MS: "20" });
+    client = newClient(server.url);
+  });
+  afterAll(async () => {
+    client?.dispose();
+    await server?.stop();
+  });
+
+  for (const transport of TRANSPORTS) {
+    for (const blockType of BLOCKS) {
+      it(`streams ${blockType} over ${transport}`, async () => {
+        const result = await run(client, blockType, transport);
+        expect(result.outcome.status).toBe("complete");
+        expectContiguous(result.events);
+        const [start] = result.events;
+        expect(start).toMatchObject({ type: "start", block_type: blockType, provider: "demo" });
+        expect(result.events.filter((e) => e.type === "chunk").length).toBeGreaterThan(3);
+        expect(result.statuses).toEqual(["connecting", "streaming", "complete"]);
+        const complete = result.events.at(-1)!;
+        if (complete.type !== "complete") throw new Error("last event is not complete");
+        if (blockType === "quiz") {
+          const parts = result.events.flatMap((e) => (e.type === "part" ? [e.data] : []));
+          expect(parts).toHaveLength(3);
+          expect(complete.result).toEqual({ questions: parts });
+        } else if (blockType === "diagram") {
+          expect(complete.result).toMatchObject({ kind: "flowchart" });
+          expect(result.text).toContain((complete.result as { source: string }).source.split("\n")[0]);
+        } else {
+          expect((complete.result as { markdown: string }).markdown.trim()).toBe(result.text.trim());
+        }
+      });
+    }
+  }
+
+  it("gives the same output over both transports (the demo model is deterministic)", async () => {
+    const sse = await run(client, "explain-eli10", "sse");
+    const ws = await run(client, "explain-eli10", "websocket");
+    expect(ws.text).toBe(sse.text);
+  });
+
+  it("serves the one-shot GET endpoint as contract-valid SSE", async () => {
+    const { status, events } = await readAllEvents(`${server.url}/api/stream/ai-block/explain-eli10?topic=volcanoes`);
+    expect(status).toBe(200);
+    expectContiguous(events);
+    expect(events.at(-1)?.type).toBe("complete");
+  });
+
+  it("answers 204 when resuming a finished stream whose terminal event the client holds", async () => {
+    const done = await run(client, "explain-eli10", "sse");
+    const last = done.events.at(-1)!;
+    const response = await fetch(`${server.url}/api/streams/${done.streamId}/events`, {
+      headers: { "last-event-id": `${done.streamId}:${last.seq}` },
+    });
+    expect(response.status).toBe(204);
+  });
+
+  it("runs a retried start with the same idempotency key as one generation", async () => {
+    const body = JSON.stringify({ block_type: "explain-eli10", input: INPUTS["explain-eli10"] });
+    const post = () =>
+      fetch(`${server.url}/api/streams`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "idempotency-key": "e2e-same-key" },
+        body,
+      });
+    const first = await post();
+    const second = await post();
+    expect(first.status).toBe(201);
+    expect(second.status).toBe(200);
+    expect((await second.json()).stream_id).toBe((await first.json()).stream_id);
+  });
+
+  it("surfaces a bad input as a non-retryable error naming the field", async () => {
+    for (const mode of TRANSPORTS) {
+      const handle = client.start("quiz", { topic: "" }, {}, { mode });
+      const outcome = await handle.done;
+      expect(outcome).toMatchObject({ status: "error", error: { retryable: false, field: "topic" } });
+    }
+  });
+});
+
+describe("stream client against live-ai (slow demo model, flaky network)", () => {
+  let server: LiveAiServer;
+  let proxy: CutProxy;
+  beforeAll(async () => {
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", SSE_KEEPALIVE_SECONDS: "1" });
+    proxy = await startCutProxy(server.port);
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await server?.stop();
+  });
+
+  for (const transport of TRANSPORTS) {
+    it(`resumes over ${transport} after the connection is cut mid-stream, with no gap or duplicate`, async () => {
+      const reference = await run(newClient(server.url), "ask-question", transport);
+      expect(reference.outcome.status).toBe("complete");
+
+      let posts = 0;
+      const countingFetch: typeof fetch = (input, init) => {
+        if (init?.method === "POST") posts++;
+        return fetch(input, init);
+      };
+      const client = newClient(proxy.url, countingFetch);
+      let cuts = 0;
+      const result = await run(client, "ask-question", transport, (event) => {
+        // Cut twice: once early, once later, each while tokens are flowing.
+        if (event.type === "chunk" && (event.seq === 5 || event.seq === 25)) cuts += proxy.cutAll() > 0 ? 1 : 0;
+      });
+      client.dispose();
+      expect(cuts).toBe(2);
+      expect(result.outcome.status).toBe("complete");
+      expect(result.statuses.filter((s) => s === "reconnecting").length).toBeGreaterThanOrEqual(1);
+      expectContiguous(result.events);
+      expect(result.text).toBe(reference.text);
+      expect(result.events.filter((e) => e.type === "start")).toHaveLength(1);
+      if (transport === "sse") expect(posts).toBe(1);
+    });
+
+    it(`cancels over ${transport}: the stream ends as cancelled on the server too`, async () => {
+      const client = newClient(server.url);
+      let chunks = 0;
+      const result = await run(client, "explain-eli10", transport, (event, handle) => {
+        if (event.type === "chunk" && ++chunks === 3) handle.cancel();
+      });
+      client.dispose();
+      expect(result.outcome).toEqual({ status: "cancelled", event: null });
+      expect(result.streamId).toBeDefined();
+      // The server's log of the stream ends with `cancelled` (requested), soon after.
+      const deadline = Date.now() + 10_000;
+      let replay: StreamEvent[] = [];
+      while (Date.now() < deadline) {
+        replay = (await readAllEvents(`${server.url}/api/streams/${result.streamId}/events`)).events;
+        if (replay.at(-1)?.type === "cancelled") break;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(replay.at(-1)).toMatchObject({ type: "cancelled", reason: "requested" });
+      expect(replay.filter((e) => e.type === "chunk").length).toBeLessThan(40);
+    });
+  }
+});
+
+describe("stream client against live-ai with streaming off", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    server = await startLiveAi({ AI_STREAMING_ENABLED: "false", DEMO_TOKENS_PER_SECOND: "2000" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("falls back to the whole-response endpoint with the same handlers", async () => {
+    const client = newClient(server.url);
+    const config = await client.config();
+    expect(config.streaming_enabled).toBe(false);
+    for (const blockType of BLOCKS) {
+      const result = await run(client, blockType, undefined as unknown as "whole");
+      expect(result.outcome.status).toBe("complete");
+      expect(result.events[0]).toMatchObject({ type: "start", provider: "demo" });
+      expect(result.text.length).toBeGreaterThan(0);
+      if (blockType === "quiz") expect(result.events.filter((e) => e.type === "part")).toHaveLength(3);
+    }
+    const refused = await fetch(`${server.url}/api/streams`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ block_type: "quiz", input: { topic: "x" } }),
+    });
+    expect(refused.status).toBe(503);
+    expect((await refused.json()).code).toBe("streaming_disabled");
+  });
+});
