@@ -1,0 +1,7 @@
+//! The AI pipeline: blocks (what to ask, how to read the answer) → providers (who
+//! answers) → runtime engine (block × provider → events) → streaming (logs, readers).
+
+pub mod blocks;
+pub mod providers;
+pub mod runtime;
+pub mod streaming;

@@ -1,0 +1,287 @@
+//! What the offline demo model writes: deterministic, block-shaped text built from
+//! the input (a markdown answer, a short ELI10, real quiz JSON, a valid Mermaid
+//! diagram). Same input, same text; it says it comes from the demo model.
+
+use serde_json::json;
+
+use crate::ai::blocks::diagram::DiagramKind;
+use crate::ai::blocks::BlockInput;
+
+/// A small deterministic generator seeded from the input (FNV-1a + xorshift).
+struct Picker(u64);
+
+impl Picker {
+    fn seeded(text: &str) -> Self {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.bytes() {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        Self(hash | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
+        options[(self.next() % options.len() as u64) as usize]
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The input's words that carry meaning, for weaving into the text.
+fn key_terms(text: &str) -> Vec<String> {
+    const STOP: &[&str] = &[
+        "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "is", "are", "was", "what", "why", "how",
+        "does", "do", "did", "with", "it", "its", "this", "that", "be", "can", "i", "you", "me", "my", "about",
+        "then", "from", "by", "as", "at", "when", "which", "who",
+    ];
+    let mut terms: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'') {
+        let lower = word.to_lowercase();
+        if lower.len() > 2 && !STOP.contains(&lower.as_str()) && !terms.contains(&lower) {
+            terms.push(lower);
+        }
+    }
+    if terms.is_empty() {
+        terms.push("this idea".into());
+    }
+    terms
+}
+
+fn clip(text: &str, max: usize) -> String {
+    let trimmed = text.trim().trim_end_matches(['?', '.', '!']);
+    match trimmed.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &trimmed[..cut]),
+        None => trimmed.to_owned(),
+    }
+}
+
+const DEMO_NOTE: &str = "\n\n*Written by the offline demo model — set `AI_PROVIDER` to use a real one.*\n";
+
+pub fn write(input: &BlockInput) -> String {
+    match input {
+        BlockInput::AskQuestion(i) => answer(&i.question, i.context.as_deref()),
+        BlockInput::ExplainEli10(i) => eli10(&i.topic),
+        BlockInput::Quiz(i) => quiz(&i.topic, i.count, i.difficulty.as_str()),
+        BlockInput::Diagram(i) => diagram(&i.description, i.kind),
+    }
+}
+
+fn answer(question: &str, context: Option<&str>) -> String {
+    let mut p = Picker::seeded(question);
+    let terms = key_terms(question);
+    let main = &terms[0];
+    let second = terms.get(1).unwrap_or(main);
+    let opener = p.pick(&["In short", "The short answer", "Put simply"]);
+    let mut text = format!(
+        "**{opener}:** {} comes down to how *{main}* relates to *{second}*.\n\n## Why\n\n",
+        clip(question, 120)
+    );
+    text += &format!(
+        "Start from what *{main}* is for. {} When you look at *{second}* the same way, the connection \
+         becomes clearer: each one {} the other.\n\n",
+        p.pick(&[
+            "Most explanations begin with its purpose, not its parts.",
+            "It helps to name the problem it solves before the details.",
+            "A good first step is to say what would be missing without it.",
+        ]),
+        p.pick(&["shapes", "depends on", "builds on", "limits"]),
+    );
+    if let Some(context) = context {
+        text += &format!("In this lesson's context (*{}*), that is the part to focus on.\n\n", clip(context, 80));
+    }
+    text += "## Example\n\n";
+    for (n, term) in terms.iter().take(3).enumerate() {
+        text += &format!("{}. Notice where *{term}* appears, and ask what it changes.\n", n + 1);
+    }
+    text += &format!("\n> Tip: explain *{main}* in one sentence to a friend — if you can, you understand it.");
+    text + DEMO_NOTE
+}
+
+fn eli10(topic: &str) -> String {
+    let mut p = Picker::seeded(topic);
+    let topic = clip(topic, 80);
+    let comparison = p.pick(&[
+        "a team of friends building a sandcastle, where everyone has one job",
+        "a school lunch line that moves one step at a time",
+        "a recipe you follow to bake cookies",
+        "a game of telephone where each person passes on a message",
+    ]);
+    format!(
+        "Imagine **{topic}** is like {comparison}.\n\nEach part does a small, simple thing. \
+         When all the small things happen together, something big and useful comes out. \
+         That is the whole trick!\n\nNext time you hear about {topic}, think of {comparison} — \
+         and you will already know the main idea.{DEMO_NOTE}"
+    )
+}
+
+fn quiz(topic: &str, count: usize, difficulty: &str) -> String {
+    let mut p = Picker::seeded(&format!("{topic}/{count}/{difficulty}"));
+    let terms = key_terms(topic);
+    let topic = clip(topic, 80);
+    let stems = [
+        "Which statement about {t} is most accurate?",
+        "What is the main purpose of {t}?",
+        "Which example best shows {t} in action?",
+        "What would change first if {t} were removed?",
+        "Which word is most closely linked to {t}?",
+    ];
+    let questions: Vec<_> = (0..count)
+        .map(|n| {
+            let term = &terms[n % terms.len()];
+            let subject = if n == 0 { topic.clone() } else { format!("{term} in {topic}") };
+            let question = stems[n % stems.len()].replace("{t}", &subject);
+            let correct = format!("It explains how {term} works within {topic}");
+            let mut choices = vec![
+                format!("It is unrelated to {topic}"),
+                format!("It only matters for {}", p.pick(&["experts", "historians", "computers"])),
+                format!("It is the opposite of {term}"),
+            ];
+            let answer_index = p.below(choices.len() + 1);
+            choices.insert(answer_index, correct);
+            json!({
+                "question": question,
+                "choices": choices,
+                "answer_index": answer_index,
+                "explanation": format!("{term} is central to {topic}; the other choices ignore that link. (Demo model, {difficulty} level.)"),
+            })
+        })
+        .collect();
+    // Pretty-printed so the stream looks like a model writing JSON, token by token.
+    serde_json::to_string_pretty(&json!({ "questions": questions })).expect("plain data serialises")
+}
+
+/// The description's steps: split at sentence and list boundaries.
+fn steps(description: &str) -> Vec<String> {
+    let normalised = description.replace(" then ", ",").replace(" and then ", ",").replace("->", ",");
+    let mut steps: Vec<String> = normalised
+        .split([',', '.', ';', '\n'])
+        .map(|s| clip(s, 40).replace('"', "'"))
+        .filter(|s| !s.is_empty())
+        .take(8)
+        .collect();
+    if steps.len() < 2 {
+        steps = key_terms(description).into_iter().take(5).collect();
+    }
+    if steps.len() < 2 {
+        steps.push("result".into());
+    }
+    steps
+}
+
+fn diagram(description: &str, kind: DiagramKind) -> String {
+    let steps = steps(description);
+    match kind {
+        DiagramKind::Flowchart => {
+            let mut out = String::from("flowchart TD\n");
+            for (n, step) in steps.iter().enumerate() {
+                out += &format!("    S{n}[\"{step}\"]\n");
+            }
+            for n in 1..steps.len() {
+                out += &format!("    S{} --> S{n}\n", n - 1);
+            }
+            out
+        }
+        DiagramKind::Sequence => {
+            let mut out = String::from("sequenceDiagram\n    participant L as Learner\n    participant S as System\n");
+            for (n, step) in steps.iter().enumerate() {
+                let arrow = if n % 2 == 0 { "L->>S" } else { "S-->>L" };
+                out += &format!("    {arrow}: {}\n", step.replace([':', ';', '#'], " "));
+            }
+            out
+        }
+        DiagramKind::Mindmap => {
+            let root = clip(description, 30).replace(['(', ')', '[', ']', '"'], " ");
+            let mut out = format!("mindmap\n  root(({}))\n", root.trim());
+            for step in steps.iter().take(6) {
+                out += &format!("    {}\n", step.replace(['(', ')', '[', ']', '{', '}'], " ").trim());
+            }
+            out
+        }
+    }
+}
+
+/// Splits text into model-like tokens: each word keeps its leading whitespace, and
+/// long words are cut so tokens stay a few characters long.
+pub fn tokenize(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    for c in text.chars() {
+        let starts_word = !c.is_whitespace() && !in_word;
+        if (starts_word && current.chars().any(|c| !c.is_whitespace())) || current.chars().count() >= 8 {
+            tokens.push(std::mem::take(&mut current));
+        }
+        in_word = !c.is_whitespace();
+        current.push(c);
+    }
+    if !current.is_empty() {
+        tokens.push(current);
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::blocks::{BlockInput, BlockType};
+
+    fn input(block: BlockType, fields: serde_json::Value) -> BlockInput {
+        BlockInput::parse(block, fields.as_object().unwrap()).unwrap()
+    }
+
+    fn parse_all(input: &BlockInput, text: &str) -> serde_json::Value {
+        let mut parser = input.output_parser();
+        for token in tokenize(text) {
+            parser.push(&token).unwrap();
+        }
+        parser.finish(text).unwrap()
+    }
+
+    #[test]
+    fn tokens_concatenate_to_the_text() {
+        let text = "Hello,  world!\n\n  {\"a\": [1, 2]} supercalifragilistic";
+        assert_eq!(tokenize(text).concat(), text);
+        assert!(tokenize(text).iter().all(|t| t.chars().count() <= 9));
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_text() {
+        let i = input(BlockType::AskQuestion, json!({"question": "Why is the sky blue?"}));
+        assert_eq!(write(&i), write(&i));
+        let other = input(BlockType::AskQuestion, json!({"question": "How do volcanoes erupt?"}));
+        assert_ne!(write(&i), write(&other));
+    }
+
+    #[test]
+    fn every_block_gets_output_its_own_parser_accepts() {
+        let cases = [
+            input(BlockType::AskQuestion, json!({"question": "What is photosynthesis?", "context": "Biology"})),
+            input(BlockType::ExplainEli10, json!({"topic": "black holes"})),
+            input(BlockType::Quiz, json!({"topic": "the water cycle", "count": 4, "difficulty": "hard"})),
+            input(BlockType::Diagram, json!({"description": "seed, then sprout, then plant, then flower"})),
+            input(BlockType::Diagram, json!({"description": "login flow: user sends password; server checks it", "kind": "sequence"})),
+            input(BlockType::Diagram, json!({"description": "Planets (solar system)", "kind": "mindmap"})),
+        ];
+        for case in &cases {
+            let text = write(case);
+            let result = parse_all(case, &text);
+            if let BlockInput::Quiz(q) = case {
+                assert_eq!(result["questions"].as_array().unwrap().len(), q.count);
+            }
+        }
+    }
+
+    #[test]
+    fn text_blocks_say_they_come_from_the_demo_model() {
+        let i = input(BlockType::ExplainEli10, json!({"topic": "gravity"}));
+        assert!(write(&i).contains("demo model"));
+    }
+}

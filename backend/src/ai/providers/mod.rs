@@ -1,0 +1,147 @@
+//! Language-model providers behind one trait. A provider turns a prompt into a
+//! stream of `ProviderEvent`s; dropping the stream closes its upstream request, which
+//! is how cancel and abandonment stop generation (and billing).
+
+pub mod demo;
+mod demo_content;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+
+use crate::ai::blocks::{BlockInput, Prompt};
+use crate::ai::streaming::events::{ErrorCode, FinishReason, Usage};
+use crate::config::settings::{ProviderKind, Settings};
+
+/// What a provider is asked. `input` is the validated block input: real models see
+/// only the prompt; the demo model uses the input to write block-shaped content.
+#[derive(Debug, Clone)]
+pub struct ProviderRequest {
+    pub prompt: Prompt,
+    pub input: BlockInput,
+}
+
+/// One normalised item of a provider's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderEvent {
+    /// The next piece of output text. An empty one says the provider is alive (a
+    /// ping, hidden reasoning): it resets the idle timeout and sends nothing.
+    Delta(String),
+    /// Token counts, when the provider reports them.
+    Usage(Usage),
+    /// The provider's end marker; nothing follows it.
+    Finished(FinishReason),
+}
+
+/// Why a provider could not produce (the rest of) its output.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{provider} is unreachable: {message}")]
+    Unavailable { provider: String, message: String },
+    #[error("{provider} is rate limiting requests: {message}")]
+    RateLimited { provider: String, message: String, retry_after: Option<Duration> },
+    #[error("{provider} refused the credentials: {message}")]
+    Unauthorized { provider: String, message: String },
+    #[error("{provider} failed: {message}")]
+    Upstream { provider: String, message: String, retryable: bool },
+    #[error("{provider} sent no data for {idle:?}")]
+    Timeout { provider: String, idle: Duration },
+}
+
+impl ProviderError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unavailable { .. } => ErrorCode::ProviderUnavailable,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Unauthorized { .. } | Self::Upstream { .. } => ErrorCode::ProviderError,
+            Self::Timeout { .. } => ErrorCode::Timeout,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } | Self::RateLimited { .. } | Self::Timeout { .. } => true,
+            Self::Unauthorized { .. } => false,
+            Self::Upstream { retryable, .. } => *retryable,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+pub type ProviderStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
+
+pub trait Provider: Send + Sync {
+    /// `demo`, `openai` or `anthropic`: shown in `start` events.
+    fn name(&self) -> &str;
+    /// The model answering: shown in `start` events.
+    fn model(&self) -> &str;
+    /// Starts a generation. The stream is lazy: no request is made before it is
+    /// polled, and dropping it closes the upstream request.
+    fn stream(&self, request: ProviderRequest) -> ProviderStream;
+}
+
+/// A provider that cannot be built from the settings given.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ProviderSetupError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+/// The provider the settings ask for.
+pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>, ProviderSetupError> {
+    match settings.provider {
+        ProviderKind::Demo => Ok(Arc::new(demo::DemoProvider::new(settings.demo.clone()))),
+        ProviderKind::OpenAi | ProviderKind::Anthropic => Err(ProviderSetupError {
+            variable: "AI_PROVIDER",
+            message: "this build has only the demo provider".into(),
+        }),
+    }
+}
+
+/// Counts open provider requests: the gauge drops when a stream is dropped, which
+/// is how tests and operators see that a cancel closed the upstream request.
+struct Instrumented {
+    inner: Arc<dyn Provider>,
+    open: prometheus::IntGauge,
+}
+
+struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Provider for Instrumented {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn stream(&self, request: ProviderRequest) -> ProviderStream {
+        self.open.inc();
+        let guard = OpenGuard(self.open.clone());
+        let upstream = self.inner.stream(request);
+        Box::pin(futures::StreamExt::map(upstream, move |item| {
+            let _ = &guard;
+            item
+        }))
+    }
+}
+
+pub fn instrumented(inner: Arc<dyn Provider>, open: prometheus::IntGauge) -> Arc<dyn Provider> {
+    Arc::new(Instrumented { inner, open })
+}

@@ -1,0 +1,308 @@
+//! The runtime engine: runs one block on one provider and turns the provider's
+//! deltas into contract events — `start`, `chunk`s, `part`s, then exactly one
+//! terminal `complete` or `error`.
+//!
+//! Streaming mode (`Engine::stream`) yields the events as they happen; whole-response
+//! mode (`Engine::respond`) consumes the very same stream, so both modes produce the
+//! same text for the same input. Provider failures before the first token are
+//! retried with backoff; after a token was sent they never are (the client would see
+//! text twice). A provider silent for longer than the idle timeout is a `timeout`.
+//! Dropping the stream drops the provider stream, which closes the upstream request.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_stream::stream;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tokio::time::{timeout, Instant};
+
+use crate::ai::blocks::{BlockInput, Part};
+use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest};
+use crate::ai::streaming::events::{ErrorCode, EventBody, FinishReason, Usage};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = EventBody> + Send>>;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub idle_timeout: Duration,
+    pub max_retries: u32,
+    /// First retry delay; doubles on each further retry.
+    pub retry_base: Duration,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    provider: Arc<dyn Provider>,
+    config: EngineConfig,
+}
+
+/// The result of whole-response mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WholeResponse {
+    pub provider: String,
+    pub model: String,
+    pub text: String,
+    pub parts: Vec<Value>,
+    pub result: Value,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+}
+
+/// A generation that ended in an `error` event, as a value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct GenerationFailed {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Engine {
+    pub fn new(provider: Arc<dyn Provider>, config: EngineConfig) -> Self {
+        Self { provider, config }
+    }
+
+    pub fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+
+    /// Streaming mode: the events of one generation, ending in exactly one terminal.
+    pub fn stream(&self, input: BlockInput) -> EventStream {
+        let provider = self.provider.clone();
+        let config = self.config.clone();
+        Box::pin(stream! {
+            yield EventBody::Start {
+                block_type: input.block_type(),
+                provider: provider.name().to_owned(),
+                model: provider.model().to_owned(),
+            };
+            let started = Instant::now();
+            let request = ProviderRequest { prompt: input.prompt(), input: input.clone() };
+            let mut parser = input.output_parser();
+            let mut text = String::new();
+            let mut first_token_at = None;
+            let mut usage = None;
+            let finish_reason;
+            let mut attempt = 0;
+            'attempts: loop {
+                let mut upstream = provider.stream(request.clone());
+                loop {
+                    let item = match timeout(config.idle_timeout, upstream.next()).await {
+                        Ok(item) => item,
+                        Err(_) => Some(Err(ProviderError::Timeout { provider: provider.name().to_owned(), idle: config.idle_timeout })),
+                    };
+                    match item {
+                        Some(Ok(ProviderEvent::Delta(token))) => {
+                            if token.is_empty() {
+                                continue;
+                            }
+                            first_token_at.get_or_insert_with(Instant::now);
+                            text.push_str(&token);
+                            let parsed = parser.push(&token);
+                            yield EventBody::Chunk { token };
+                            match parsed {
+                                Ok(parts) => for part in parts {
+                                    yield part_event(part);
+                                },
+                                Err(invalid) => {
+                                    yield invalid_output(invalid.0, &text);
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Ok(ProviderEvent::Usage(reported))) => usage = Some(reported),
+                        Some(Ok(ProviderEvent::Finished(reason))) => {
+                            finish_reason = reason;
+                            break 'attempts;
+                        }
+                        Some(Err(error)) => {
+                            if text.is_empty() && error.retryable() && attempt < config.max_retries {
+                                let backoff = error.retry_after().unwrap_or(config.retry_base * 2u32.pow(attempt));
+                                tracing::warn!(%error, attempt, ?backoff, "provider failed before the first token; retrying");
+                                attempt += 1;
+                                drop(upstream);
+                                tokio::time::sleep(backoff).await;
+                                continue 'attempts;
+                            }
+                            yield provider_error(&error);
+                            return;
+                        }
+                        None => {
+                            let error = ProviderError::Upstream {
+                                provider: provider.name().to_owned(),
+                                message: "the stream ended without its end marker".into(),
+                                retryable: true,
+                            };
+                            if text.is_empty() && attempt < config.max_retries {
+                                attempt += 1;
+                                continue 'attempts;
+                            }
+                            yield provider_error(&error);
+                            return;
+                        }
+                    }
+                }
+            }
+            let result = match parser.finish(&text) {
+                Ok(result) => result,
+                Err(invalid) => {
+                    yield invalid_output(invalid.0, &text);
+                    return;
+                }
+            };
+            let completion_tokens = usage.map_or(0, |u| u.completion_tokens);
+            yield EventBody::Complete {
+                finish_reason,
+                usage: usage.unwrap_or(Usage { completion_tokens, ..Usage::default() }),
+                result,
+                ttft_ms: first_token_at.map_or(0, |t| (t - started).as_millis() as u64),
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+        })
+    }
+
+    /// Whole-response mode: runs the same stream to its end.
+    pub async fn respond(&self, input: BlockInput) -> Result<WholeResponse, GenerationFailed> {
+        let mut events = self.stream(input);
+        let mut text = String::new();
+        let mut parts = Vec::new();
+        let (mut provider, mut model) = (String::new(), String::new());
+        while let Some(event) = events.next().await {
+            match event {
+                EventBody::Start { provider: p, model: m, .. } => (provider, model) = (p, m),
+                EventBody::Chunk { token } => text.push_str(&token),
+                EventBody::Part { data, .. } => parts.push(data),
+                EventBody::Complete { finish_reason, usage, result, .. } => {
+                    return Ok(WholeResponse { provider, model, text, parts, result, usage, finish_reason });
+                }
+                EventBody::Error { code, message, retryable, retry_after_ms, .. } => {
+                    return Err(GenerationFailed { code, message, retryable, retry_after_ms });
+                }
+                EventBody::Cancelled { .. } => break,
+            }
+        }
+        Err(GenerationFailed {
+            code: ErrorCode::GenerationLost,
+            message: "the generation ended without a result".into(),
+            retryable: true,
+            retry_after_ms: None,
+        })
+    }
+}
+
+fn part_event(part: Part) -> EventBody {
+    EventBody::Part { kind: part.kind, index: part.index, data: part.data }
+}
+
+fn provider_error(error: &ProviderError) -> EventBody {
+    EventBody::Error {
+        code: error.code(),
+        message: error.to_string(),
+        retryable: error.retryable(),
+        retry_after_ms: error.retry_after().map(|d| d.as_millis() as u64),
+        raw_output: None,
+    }
+}
+
+fn invalid_output(message: String, text: &str) -> EventBody {
+    EventBody::Error {
+        code: ErrorCode::InvalidOutput,
+        message: format!("the model's output is not valid for this block: {message}"),
+        retryable: true,
+        retry_after_ms: None,
+        raw_output: Some(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::blocks::BlockType;
+    use crate::ai::providers::ProviderStream;
+    use crate::ai::streaming::events::EventType;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Replays a script per attempt.
+    struct Scripted {
+        attempts: AtomicU32,
+        scripts: Vec<Vec<Result<ProviderEvent, ProviderError>>>,
+    }
+
+    impl Provider for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn model(&self) -> &str {
+            "script"
+        }
+        fn stream(&self, _request: ProviderRequest) -> ProviderStream {
+            let n = self.attempts.fetch_add(1, Ordering::SeqCst) as usize;
+            let script = self.scripts[n.min(self.scripts.len() - 1)].clone();
+            Box::pin(futures::stream::iter(script))
+        }
+    }
+
+    fn engine(scripts: Vec<Vec<Result<ProviderEvent, ProviderError>>>) -> (Engine, Arc<Scripted>) {
+        let provider = Arc::new(Scripted { attempts: AtomicU32::new(0), scripts });
+        let config = EngineConfig { idle_timeout: Duration::from_secs(5), max_retries: 2, retry_base: Duration::from_millis(10) };
+        (Engine::new(provider.clone(), config), provider)
+    }
+
+    fn eli10() -> BlockInput {
+        BlockInput::parse(BlockType::ExplainEli10, serde_json::json!({"topic": "tides"}).as_object().unwrap()).unwrap()
+    }
+
+    fn delta(t: &str) -> Result<ProviderEvent, ProviderError> {
+        Ok(ProviderEvent::Delta(t.into()))
+    }
+
+    fn down() -> Result<ProviderEvent, ProviderError> {
+        Err(ProviderError::Unavailable { provider: "scripted".into(), message: "refused".into() })
+    }
+
+    async fn types(engine: &Engine) -> Vec<EventType> {
+        engine.stream(eli10()).map(|e| e.event_type()).collect().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_before_the_first_token_is_retried() {
+        let ok = vec![delta("Hi"), Ok(ProviderEvent::Finished(FinishReason::Stop))];
+        let (engine, provider) = engine(vec![vec![down()], ok]);
+        assert_eq!(types(&engine).await, [EventType::Start, EventType::Chunk, EventType::Complete]);
+        assert_eq!(provider.attempts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_after_a_token_is_never_retried() {
+        let (engine, provider) = engine(vec![vec![delta("Hi"), down()]]);
+        assert_eq!(types(&engine).await, [EventType::Start, EventType::Chunk, EventType::Error]);
+        assert_eq!(provider.attempts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_bounded() {
+        let (engine, provider) = engine(vec![vec![down()]]);
+        let events: Vec<_> = engine.stream(eli10()).collect().await;
+        assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::ProviderUnavailable, retryable: true, .. })));
+        assert_eq!(provider.attempts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_response_mode_returns_the_streamed_text() {
+        let ok = vec![delta("Tides "), delta("rise."), Ok(ProviderEvent::Finished(FinishReason::Stop))];
+        let (engine, _) = engine(vec![ok]);
+        let whole = engine.respond(eli10()).await.unwrap();
+        assert_eq!(whole.text, "Tides rise.");
+        assert_eq!(whole.result, serde_json::json!({"markdown": "Tides rise."}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_without_its_end_marker_is_an_error_after_tokens() {
+        let (engine, _) = engine(vec![vec![delta("Tides")]]);
+        let events: Vec<_> = engine.stream(eli10()).collect().await;
+        assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::ProviderError, .. })));
+    }
+}

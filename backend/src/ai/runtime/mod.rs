@@ -1,0 +1,3 @@
+//! Runs blocks on providers.
+
+pub mod engine;

@@ -1,0 +1,6 @@
+//! Streams: the event contract, the logs that hold each stream's events, and the
+//! manager that runs generations into logs and hands readers the log.
+
+pub mod events;
+pub mod store;
+pub mod stream_manager;

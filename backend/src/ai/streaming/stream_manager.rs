@@ -1,0 +1,464 @@
+//! The stream manager owns generations: it starts the engine for a block, appends
+//! each event to the stream's log with the next seq, hands readers the log (replay
+//! after a seq, then the live tail), cancels, and watches for abandonment.
+//!
+//! Disconnect is not cancel: a generation with no reader attached keeps running for
+//! the resume grace period, then is cancelled upstream (`cancelled`/`abandoned`).
+//! Every generation ends with exactly one terminal event in its log, whatever
+//! happens: completion, provider error, cancel, abandonment, shutdown
+//! (`generation_lost`, retryable) or a panic in the pipeline (`generation_lost`).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_stream::stream;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::events::{CancelReason, ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
+use super::store::{EventStore, StoreError};
+use crate::ai::blocks::{BlockInput, BlockType};
+use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
+use crate::metrics::Metrics;
+
+/// Events read from the store per round trip.
+const READ_BATCH: usize = 512;
+/// How long a reader waits on the tail before re-checking the log.
+const TAIL_WAIT: Duration = Duration::from_secs(30);
+/// Idempotency keys kept at most; older ones go first.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub resume_grace: Duration,
+    pub retention: Duration,
+    pub max_concurrent_streams: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("the server is at its limit of concurrent streams")]
+    AtCapacity,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyConflict,
+    #[error("no stream {0}")]
+    NotFound(StreamId),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(id) => Self::NotFound(id),
+            other => Self::Store(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A new generation.
+    New(StreamId),
+    /// The idempotency key matched a generation that already exists.
+    Existing(StreamId),
+}
+
+impl Started {
+    pub fn stream_id(&self) -> &StreamId {
+        match self {
+            Self::New(id) | Self::Existing(id) => id,
+        }
+    }
+}
+
+/// What a reader gets when it opens a stream.
+pub enum Opened {
+    Events(EventReader),
+    /// The stream finished and the reader already holds its terminal event.
+    UpToDate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// Signalled, but the terminal event has not been written yet.
+    Cancelling,
+    /// It had already ended.
+    AlreadyFinished,
+}
+
+/// A reader's events, ending after the terminal one. Dropping it detaches the reader.
+pub type EventReader = BoxStream<'static, LoggedEvent>;
+
+struct Generation {
+    cancel: CancellationToken,
+    readers: watch::Sender<usize>,
+}
+
+struct IdempotencyEntry {
+    stream_id: StreamId,
+    fingerprint: (BlockType, Value),
+    at: Instant,
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    engine: Engine,
+    config: ManagerConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    permits: Arc<Semaphore>,
+    live: Mutex<HashMap<StreamId, Arc<Generation>>>,
+    keys: Mutex<HashMap<String, IdempotencyEntry>>,
+}
+
+#[derive(Clone)]
+pub struct StreamManager {
+    inner: Arc<Inner>,
+}
+
+impl StreamManager {
+    pub fn new(store: Arc<dyn EventStore>, engine: Engine, config: ManagerConfig, metrics: Metrics, shutdown: CancellationToken) -> Self {
+        let inner = Arc::new(Inner {
+            store,
+            engine,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_streams)),
+            config,
+            metrics,
+            shutdown,
+            tasks: TaskTracker::new(),
+            live: Mutex::default(),
+            keys: Mutex::default(),
+        });
+        let manager = Self { inner };
+        manager.listen_for_cancel_requests();
+        manager
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Cancel requests arriving through the store (from any process) reach the
+    /// generations running here.
+    fn listen_for_cancel_requests(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut requests = self.inner.store.cancel_requests();
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let id = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    id = requests.next() => match id { Some(id) => id, None => return },
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let generation = inner.live.lock().unwrap().get(&id).cloned();
+                if let Some(generation) = generation {
+                    generation.cancel.cancel();
+                }
+            }
+        });
+    }
+
+    /// Starts a generation, or with a known idempotency key returns the one it
+    /// started.
+    pub async fn start(&self, input: BlockInput, key: Option<String>) -> Result<Started, ManagerError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let fingerprint = (input.block_type(), input.to_json());
+        if let Some(key) = &key {
+            if let Some(existing) = self.existing_for_key(key, &fingerprint).await? {
+                return Ok(Started::Existing(existing));
+            }
+        }
+        let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
+        let id = StreamId::generate();
+        self.inner.store.create(&id).await?;
+        if let Some(key) = key {
+            self.remember_key(key, id.clone(), fingerprint);
+        }
+        let generation = Arc::new(Generation {
+            cancel: self.inner.shutdown.child_token(),
+            readers: watch::channel(0).0,
+        });
+        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
+        let inner = self.inner.clone();
+        let stream_id = id.clone();
+        let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
+        self.inner.tasks.spawn(run_generation(inner, stream_id, input, generation, permit).instrument(span));
+        Ok(Started::New(id))
+    }
+
+    async fn existing_for_key(&self, key: &str, fingerprint: &(BlockType, Value)) -> Result<Option<StreamId>, ManagerError> {
+        let found = {
+            let keys = self.inner.keys.lock().unwrap();
+            keys.get(key)
+                .filter(|entry| entry.at.elapsed() < self.inner.config.retention)
+                .map(|entry| (entry.stream_id.clone(), &entry.fingerprint == fingerprint))
+        };
+        match found {
+            None => Ok(None),
+            Some((_, false)) => Err(ManagerError::IdempotencyConflict),
+            // A log that expired no longer answers the key: start afresh.
+            Some((id, true)) => Ok(self.inner.store.status(&id).await.ok().map(|_| id)),
+        }
+    }
+
+    fn remember_key(&self, key: String, stream_id: StreamId, fingerprint: (BlockType, Value)) {
+        let mut keys = self.inner.keys.lock().unwrap();
+        if keys.len() >= MAX_IDEMPOTENCY_KEYS {
+            let retention = self.inner.config.retention;
+            keys.retain(|_, entry| entry.at.elapsed() < retention);
+            if keys.len() >= MAX_IDEMPOTENCY_KEYS {
+                if let Some(oldest) = keys.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()) {
+                    keys.remove(&oldest);
+                }
+            }
+        }
+        keys.insert(key, IdempotencyEntry { stream_id, fingerprint, at: Instant::now() });
+    }
+
+    /// Opens a reader on a stream: the events after `after` (all when `None`), then
+    /// the live tail, ending after the terminal event.
+    pub async fn open(&self, id: &StreamId, after: Option<u64>) -> Result<Opened, ManagerError> {
+        let status = self.inner.store.status(id).await?;
+        if status.finished && after.is_some_and(|seq| seq + 1 >= status.len) {
+            return Ok(Opened::UpToDate);
+        }
+        let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        let store = self.inner.store.clone();
+        let id = id.clone();
+        Ok(Opened::Events(
+            stream! {
+                let _guard = guard;
+                let mut cursor = after;
+                loop {
+                    let batch = match store.read_after(&id, cursor, READ_BATCH).await {
+                        Ok(batch) => batch,
+                        Err(error) => {
+                            yield lost_log(&id, cursor, &error);
+                            return;
+                        }
+                    };
+                    if batch.is_empty() {
+                        if let Err(error) = store.wait_after(&id, cursor, TAIL_WAIT).await {
+                            yield lost_log(&id, cursor, &error);
+                            return;
+                        }
+                        continue;
+                    }
+                    for event in batch {
+                        cursor = Some(event.seq);
+                        let terminal = event.is_terminal();
+                        yield event;
+                        if terminal {
+                            return;
+                        }
+                    }
+                }
+            }
+            .boxed(),
+        ))
+    }
+
+    /// Cancels a generation; waits briefly for its terminal event.
+    pub async fn cancel(&self, id: &StreamId) -> Result<CancelOutcome, ManagerError> {
+        let status = self.inner.store.status(id).await?;
+        if status.finished {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        let local = self.inner.live.lock().unwrap().get(id).map(|g| g.cancel.clone());
+        match local {
+            Some(token) => token.cancel(),
+            None => self.inner.store.request_cancel(id).await?,
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let status = self.inner.store.status(id).await?;
+            if status.finished {
+                return Ok(CancelOutcome::Cancelled);
+            }
+            let _ = self.inner.store.wait_after(id, status.len.checked_sub(1), deadline - Instant::now()).await;
+        }
+        Ok(CancelOutcome::Cancelling)
+    }
+
+    /// Whole-response mode, within the same concurrency bound as streams.
+    pub async fn respond(&self, input: BlockInput) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let _permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
+        let block = input.block_type();
+        let response = self.inner.engine.respond(input).await;
+        let outcome = match &response {
+            Ok(_) => "complete",
+            Err(failed) => failed.code.as_str(),
+        };
+        let provider = self.inner.engine.provider().name().to_owned();
+        self.inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, outcome]).inc();
+        Ok(response)
+    }
+
+    /// Stops accepting streams and waits (up to `timeout`) for every running
+    /// generation to write its terminal event.
+    pub async fn drain(&self, timeout: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(timeout, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!("generations still running after {timeout:?}; exiting anyway");
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.inner.live.lock().unwrap().len()
+    }
+}
+
+/// Counts a reader on a live generation for as long as it is held.
+struct ReaderGuard {
+    generation: Arc<Generation>,
+    gauge: prometheus::IntGauge,
+}
+
+impl ReaderGuard {
+    fn attach(generation: Arc<Generation>, metrics: &Metrics) -> Self {
+        generation.readers.send_modify(|n| *n += 1);
+        metrics.attached_readers.inc();
+        Self { generation, gauge: metrics.attached_readers.clone() }
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.generation.readers.send_modify(|n| *n -= 1);
+        self.gauge.dec();
+    }
+}
+
+/// The event a reader gets when the log vanished under it (expired or evicted).
+fn lost_log(id: &StreamId, cursor: Option<u64>, error: &StoreError) -> LoggedEvent {
+    let (code, message) = match error {
+        StoreError::NotFound(_) => (ErrorCode::StreamNotFound, "the stream's log expired before it was read".to_owned()),
+        other => (ErrorCode::GenerationLost, format!("the stream's log cannot be read: {other}")),
+    };
+    LoggedEvent::new(id, cursor.map_or(0, |seq| seq + 1), EventBody::error(code, message, true))
+}
+
+/// Appends events to one log with contiguous seq.
+struct LogWriter {
+    store: Arc<dyn EventStore>,
+    id: StreamId,
+    next_seq: u64,
+}
+
+impl LogWriter {
+    async fn append(&mut self, body: EventBody) -> Result<(), StoreError> {
+        let event = LoggedEvent::new(&self.id, self.next_seq, body);
+        self.store.append(&self.id, event).await?;
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+/// Resolves when no reader has been attached for a whole grace period.
+async fn abandoned(mut readers: watch::Receiver<usize>, grace: Duration) {
+    loop {
+        if readers.wait_for(|n| *n == 0).await.is_err() {
+            return futures::future::pending().await;
+        }
+        if tokio::time::timeout(grace, readers.wait_for(|n| *n > 0)).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Ending {
+    /// The engine wrote its own terminal event.
+    Finished,
+    Cancelled(CancelReason),
+    Shutdown,
+    Failed(String),
+}
+
+async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, generation: Arc<Generation>, _permit: OwnedSemaphorePermit) {
+    let block = input.block_type();
+    let provider = inner.engine.provider().name().to_owned();
+    inner.metrics.active_streams.inc();
+    let started = Instant::now();
+    let mut writer = LogWriter { store: inner.store.clone(), id: id.clone(), next_seq: 0 };
+    let events = inner.engine.stream(input);
+    let ending = {
+        let drive = AssertUnwindSafe(drive(&inner, &mut writer, events, block, &provider, started)).catch_unwind();
+        tokio::select! {
+            biased;
+            _ = generation.cancel.cancelled() => {
+                if inner.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Cancelled(CancelReason::Requested) }
+            }
+            _ = abandoned(generation.readers.subscribe(), inner.config.resume_grace) => Ending::Cancelled(CancelReason::Abandoned),
+            driven = drive => match driven {
+                Ok(Ok(())) => Ending::Finished,
+                Ok(Err(error)) => Ending::Failed(format!("the event log failed: {error}")),
+                Err(_) => Ending::Failed("the generation crashed".into()),
+            },
+        }
+    };
+    // The engine (and with it the provider request) is dropped by now.
+    let (terminal, outcome) = match ending {
+        Ending::Finished => (None, String::new()),
+        Ending::Cancelled(reason) => (Some(EventBody::Cancelled { reason }), format!("cancelled_{}", if reason == CancelReason::Requested { "requested" } else { "abandoned" })),
+        Ending::Shutdown => (
+            Some(EventBody::error(ErrorCode::GenerationLost, "the server is shutting down; start again", true)),
+            "generation_lost".into(),
+        ),
+        Ending::Failed(message) => {
+            tracing::error!(stream_id = %id, %message, "generation failed");
+            (Some(EventBody::error(ErrorCode::GenerationLost, message, true)), "generation_lost".into())
+        }
+    };
+    if let Some(terminal) = terminal {
+        if let Err(error) = writer.append(terminal).await {
+            tracing::error!(stream_id = %id, %error, "could not write the terminal event");
+        }
+        inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+    }
+    inner.live.lock().unwrap().remove(&id);
+    inner.metrics.active_streams.dec();
+    tracing::info!(stream_id = %id, block = block.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
+}
+
+/// Appends the engine's events to the log until its terminal event.
+async fn drive(inner: &Inner, writer: &mut LogWriter, mut events: EventStream, block: BlockType, provider: &str, started: Instant) -> Result<(), StoreError> {
+    let mut first_chunk = true;
+    while let Some(body) = events.next().await {
+        let event_type = body.event_type();
+        if event_type == EventType::Chunk && first_chunk {
+            first_chunk = false;
+            inner.metrics.time_to_first_token.with_label_values(&[block.as_str(), provider]).observe(started.elapsed().as_secs_f64());
+        }
+        let outcome = match &body {
+            EventBody::Complete { .. } => Some("complete"),
+            EventBody::Error { code, .. } => Some(code.as_str()),
+            _ => None,
+        };
+        writer.append(body).await?;
+        if let Some(outcome) = outcome {
+            inner.metrics.outcomes.with_label_values(&[block.as_str(), provider, outcome]).inc();
+            return Ok(());
+        }
+    }
+    Err(StoreError::Unavailable("the engine ended without a terminal event".into()))
+}

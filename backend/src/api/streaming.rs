@@ -1,0 +1,200 @@
+//! Streaming over SSE: the spec's one-shot `GET /api/stream/ai-block/{block_type}`
+//! (native `EventSource` works, including its reconnect with `Last-Event-ID`), and
+//! the create / stream / cancel resource `/api/streams` for fetch clients.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::blocks::parse_block_type;
+use super::error::{ApiError, JsonBody, QueryParams};
+use super::{sse, AppState};
+use crate::ai::blocks::{BlockInput, BlockType};
+use crate::ai::streaming::events::StreamId;
+use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, Started};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/stream/ai-block/{block_type}", get(stream_block))
+        .route("/api/streams", post(create_stream))
+        .route("/api/streams/{stream_id}/events", get(stream_events))
+        .route("/api/streams/{stream_id}", delete(cancel_stream))
+}
+
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 128;
+
+fn require_streaming(state: &AppState) -> Result<(), ApiError> {
+    if state.settings.streaming_enabled { Ok(()) } else { Err(ApiError::StreamingDisabled) }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.trim().to_owned())),
+        _ => Err(ApiError::bad_request("Idempotency-Key", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
+    }
+}
+
+fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
+    StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
+}
+
+/// Opens `stream_id` after `after` and answers with SSE (or 204, or a
+/// `stream_not_found` event).
+async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Result<Response, ApiError> {
+    match state.manager.open(&stream_id, after).await {
+        Ok(opened) => Ok(sse::respond(state, stream_id, opened)),
+        Err(ManagerError::NotFound(_)) => Ok(sse::not_found(state, stream_id, after)),
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/stream/ai-block/{block_type}",
+    params(
+        ("block_type" = String, Path, description = "ask-question, explain-eli10, quiz or diagram"),
+        ("Last-Event-ID" = Option<String>, Header, description = "`<stream_id>:<seq>`: resume that stream after that event instead of starting one"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key attaches to the same generation"),
+    ),
+    description = "Starts a generation with the block input as query parameters (e.g. `?topic=volcanoes&count=3`) and streams its events as SSE.",
+    responses(
+        (status = 200, description = "SSE stream of contract events", content_type = "text/event-stream"),
+        (status = 204, description = "Resumed a finished stream whose terminal event the client holds"),
+        (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
+        (status = 413, body = super::error::Problem), (status = 422, body = super::error::Problem),
+        (status = 503, body = super::error::Problem, description = "Streaming disabled, or at capacity"),
+    )
+)]
+pub async fn stream_block(
+    State(state): State<AppState>,
+    Path(block_type): Path<String>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    require_streaming(&state)?;
+    // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
+    // resume of the same generation, never a new one.
+    if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
+        return attach(&state, stream_id, Some(seq)).await;
+    }
+    let block_type = parse_block_type(&block_type)?;
+    let mut fields = Map::new();
+    for (name, value) in query {
+        if fields.insert(name.clone(), Value::String(value)).is_some() {
+            return Err(ApiError::bad_request("query", format!("`{name}` is given more than once")));
+        }
+    }
+    let input = BlockInput::parse(block_type, &fields)?;
+    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
+    attach(&state, started.stream_id().clone(), None).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    /// ask-question, explain-eli10, quiz or diagram.
+    block_type: String,
+    /// The block input, e.g. `{"topic": "volcanoes", "count": 3}`.
+    #[schema(value_type = Object)]
+    input: Map<String, Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StreamCreated {
+    stream_id: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/streams", request_body = CreateStream,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key returns the same stream")),
+    responses(
+        (status = 201, body = StreamCreated, description = "A new generation"),
+        (status = 200, body = StreamCreated, description = "The generation this Idempotency-Key started"),
+        (status = 413, body = super::error::Problem), (status = 422, body = super::error::Problem),
+        (status = 503, body = super::error::Problem),
+    )
+)]
+pub async fn create_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CreateStream>,
+) -> Result<Response, ApiError> {
+    require_streaming(&state)?;
+    let block_type = BlockType::parse(&request.block_type)
+        .ok_or_else(|| ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>())))?;
+    let input = BlockInput::parse(block_type, &request.input)?;
+    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
+    let status = match started {
+        Started::New(_) => StatusCode::CREATED,
+        Started::Existing(_) => StatusCode::OK,
+    };
+    Ok((status, Json(StreamCreated { stream_id: started.stream_id().to_string() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/api/streams/{stream_id}/events",
+    params(
+        ("stream_id" = String, Path),
+        ("after" = Option<u64>, Query, description = "Resume after this seq"),
+        ("Last-Event-ID" = Option<String>, Header, description = "`<stream_id>:<seq>`; takes precedence over `after`"),
+    ),
+    responses(
+        (status = 200, description = "SSE stream of contract events (a `stream_not_found` error event for unknown ids)", content_type = "text/event-stream"),
+        (status = 204, description = "The stream finished and the client holds its terminal event"),
+        (status = 400, body = super::error::Problem),
+    )
+)]
+pub async fn stream_events(
+    State(state): State<AppState>,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<EventsQuery>,
+) -> Result<Response, ApiError> {
+    require_streaming(&state)?;
+    let stream_id = parse_stream_id(&stream_id)?;
+    let after = match sse::last_event_id(&headers)? {
+        Some((id, _)) if id != stream_id => {
+            return Err(ApiError::bad_request("Last-Event-ID", "Last-Event-ID names another stream than the path"));
+        }
+        Some((_, seq)) => Some(seq),
+        None => query.after,
+    };
+    attach(&state, stream_id, after).await
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CancelState {
+    stream_id: String,
+    /// `cancelled`: stopped now; `cancelling`: signalled, still stopping;
+    /// `finished`: it had already ended.
+    state: &'static str,
+}
+
+#[utoipa::path(
+    delete, path = "/api/streams/{stream_id}", params(("stream_id" = String, Path)),
+    responses(
+        (status = 202, body = CancelState),
+        (status = 404, body = super::error::Problem),
+    )
+)]
+pub async fn cancel_stream(State(state): State<AppState>, Path(stream_id): Path<String>) -> Result<Response, ApiError> {
+    let stream_id = parse_stream_id(&stream_id)?;
+    let outcome = state.manager.cancel(&stream_id).await?;
+    let state = match outcome {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Cancelling => "cancelling",
+        CancelOutcome::AlreadyFinished => "finished",
+    };
+    Ok((StatusCode::ACCEPTED, Json(CancelState { stream_id: stream_id.to_string(), state })).into_response())
+}

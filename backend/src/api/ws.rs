@@ -1,0 +1,246 @@
+//! The WebSocket transport: one socket multiplexes many streams.
+//!
+//! A receive loop reads client messages (`start`, `resume`, `cancel`); each stream
+//! being read gets a reader task that forwards log events into one bounded outbox;
+//! a send task writes the outbox to the socket with a send timeout. A malformed
+//! message gets a `ProtocolError` frame and changes nothing else. A client that
+//! stops reading is disconnected after the timeout; its streams keep running for
+//! the resume grace period like any other disconnect.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::ai::blocks::{BlockInput, BlockType};
+use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
+use crate::ai::streaming::stream_manager::{ManagerError, Opened};
+
+/// Largest client message acted on; bigger ones get an error frame.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 32 * 1024;
+/// Messages queued for the socket before readers wait.
+const OUTBOX: usize = 256;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/stream/ws", get(upgrade))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Start {
+        block_type: String,
+        input: Map<String, Value>,
+        #[serde(rename = "ref")]
+        reference: Option<String>,
+    },
+    Resume {
+        stream_id: String,
+        after: Option<u64>,
+    },
+    Cancel {
+        stream_id: String,
+    },
+}
+
+/// An answer to a client message that could not be acted on; not part of any stream.
+#[derive(Debug, Serialize)]
+struct ProtocolError {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    retryable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+impl ProtocolError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self { kind: "error", code: "bad_request", message: message.into(), retryable: false, field: None, reference: None, stream_id: None, retry_after_ms: None }
+    }
+
+    fn to_message(&self) -> Message {
+        Message::Text(serde_json::to_string(self).expect("plain data serialises").into())
+    }
+}
+
+#[utoipa::path(get, path = "/api/stream/ws", responses((status = 101, description = "WebSocket; messages as in the AsyncAPI contract")))]
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    if !state.settings.streaming_enabled {
+        return Err(ApiError::StreamingDisabled);
+    }
+    // The socket's own limit is far above ours so that an oversized message gets an
+    // error frame instead of killing the socket and its other streams.
+    Ok(ws.max_message_size(MAX_CLIENT_MESSAGE_BYTES * 32).on_upgrade(move |socket| serve(socket, state)))
+}
+
+async fn serve(socket: WebSocket, state: AppState) {
+    let (mut sink, mut incoming) = socket.split();
+    let (outbox, mut outgoing) = mpsc::channel::<Message>(OUTBOX);
+    let send_timeout = state.settings.client_send_timeout;
+    let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
+    let mut send_task = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            match tokio::time::timeout(send_timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    dropped.inc();
+                    tracing::info!("closing a WebSocket that stopped reading");
+                    return;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut session = Session { state: state.clone(), outbox, readers: HashMap::new() };
+    loop {
+        tokio::select! {
+            _ = &mut send_task => break,
+            _ = state.shutdown.cancelled(), if session.readers.is_empty() => break,
+            message = incoming.next() => match message {
+                Some(Ok(Message::Text(text))) => session.handle(text).await,
+                Some(Ok(Message::Binary(_))) => session.reply(ProtocolError::bad_request("send JSON text frames, not binary")).await,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+        session.forget_finished();
+    }
+    for reader in session.readers.values() {
+        reader.abort();
+    }
+    drop(session);
+    send_task.abort();
+}
+
+struct Session {
+    state: AppState,
+    outbox: mpsc::Sender<Message>,
+    /// The stream readers this socket runs, by stream.
+    readers: HashMap<StreamId, AbortHandle>,
+}
+
+impl Session {
+    async fn reply(&self, error: ProtocolError) {
+        let _ = self.outbox.send(error.to_message()).await;
+    }
+
+    fn forget_finished(&mut self) {
+        self.readers.retain(|_, reader| !reader.is_finished());
+    }
+
+    async fn handle(&mut self, text: Utf8Bytes) {
+        if text.len() > MAX_CLIENT_MESSAGE_BYTES {
+            return self.reply(ProtocolError::bad_request(format!("message is larger than {MAX_CLIENT_MESSAGE_BYTES} bytes"))).await;
+        }
+        let message = match serde_json::from_str::<ClientMessage>(&text) {
+            Ok(message) => message,
+            Err(error) => return self.reply(ProtocolError::bad_request(format!("not a valid client message: {error}"))).await,
+        };
+        match message {
+            ClientMessage::Start { block_type, input, reference } => self.start(block_type, input, reference).await,
+            ClientMessage::Resume { stream_id, after } => match StreamId::parse(&stream_id) {
+                Some(id) => self.read(id, after, None).await,
+                None => self.reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") }).await,
+            },
+            ClientMessage::Cancel { stream_id } => self.cancel(stream_id).await,
+        }
+    }
+
+    async fn start(&mut self, block_type: String, input: Map<String, Value>, reference: Option<String>) {
+        let fail = |error: ProtocolError| ProtocolError { reference: reference.clone(), ..error };
+        if reference.as_ref().is_some_and(|r| r.len() > 128) {
+            return self.reply(fail(ProtocolError { field: Some("ref".into()), ..ProtocolError::bad_request("ref is longer than 128 characters") })).await;
+        }
+        let Some(block) = BlockType::parse(&block_type) else {
+            let error = ProtocolError::bad_request(format!("unknown block type `{}`", block_type.chars().take(64).collect::<String>()));
+            return self.reply(fail(ProtocolError { field: Some("block_type".into()), ..error })).await;
+        };
+        let input = match BlockInput::parse(block, &input) {
+            Ok(input) => input,
+            Err(error) => {
+                let field = Some(error.field.clone());
+                return self.reply(fail(ProtocolError { field, ..ProtocolError::bad_request(error.to_string()) })).await;
+            }
+        };
+        match self.state.manager.start(input, reference.clone()).await {
+            Ok(started) => self.read(started.stream_id().clone(), None, reference).await,
+            Err(error) => {
+                let retry_after_ms = matches!(error, ManagerError::AtCapacity).then_some(1000);
+                let code = if retry_after_ms.is_some() { "rate_limited" } else { "bad_request" };
+                let retryable = matches!(error, ManagerError::AtCapacity | ManagerError::ShuttingDown);
+                self.reply(fail(ProtocolError { code, retryable, retry_after_ms, ..ProtocolError::bad_request(error.to_string()) })).await
+            }
+        }
+    }
+
+    /// Starts forwarding `id`'s events after `after`; a second read of the same
+    /// stream replaces the first (the client dedups by seq).
+    async fn read(&mut self, id: StreamId, after: Option<u64>, reference: Option<String>) {
+        let reader = match self.state.manager.open(&id, after).await {
+            Ok(Opened::Events(reader)) => reader,
+            Ok(Opened::UpToDate) => return,
+            Err(ManagerError::NotFound(_)) => {
+                let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired"), false);
+                let event = LoggedEvent::new(&id, after.map_or(0, |seq| seq + 1), body);
+                let _ = self.outbox.send(Message::Text(event.json.to_string().into())).await;
+                return;
+            }
+            Err(error) => return self.reply(ProtocolError { retryable: true, ..ProtocolError::bad_request(error.to_string()) }).await,
+        };
+        if let Some(previous) = self.readers.remove(&id) {
+            previous.abort();
+        }
+        let outbox = self.outbox.clone();
+        let sent = self.state.metrics.events_sent_ws.clone();
+        let task = tokio::spawn(async move {
+            let mut reader = reader;
+            while let Some(event) = reader.next().await {
+                let json = match (&reference, event.event_type) {
+                    (Some(reference), EventType::Start) => with_ref(&event.json, reference),
+                    _ => event.json.to_string(),
+                };
+                if outbox.send(Message::Text(json.into())).await.is_err() {
+                    return;
+                }
+                sent.inc();
+            }
+        });
+        self.readers.insert(id, task.abort_handle());
+    }
+
+    async fn cancel(&mut self, stream_id: String) {
+        let Some(id) = StreamId::parse(&stream_id) else {
+            return self.reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") }).await;
+        };
+        if let Err(ManagerError::NotFound(_)) = self.state.manager.cancel(&id).await {
+            let error = ProtocolError { code: "stream_not_found", stream_id: Some(stream_id), ..ProtocolError::bad_request("no such stream; it may have expired") };
+            self.reply(error).await;
+        }
+    }
+}
+
+/// The `start` event with the client's `ref` added: done once per stream.
+fn with_ref(json: &str, reference: &str) -> String {
+    let mut value: Value = serde_json::from_str(json).expect("logged events are JSON");
+    value["ref"] = Value::String(reference.to_owned());
+    value.to_string()
+}

@@ -1,0 +1,3 @@
+//! Configuration: typed settings read from the environment (and `.env`).
+
+pub mod settings;

@@ -1,0 +1,80 @@
+//! Live AI Blocks: streams the answers of AI blocks from a language model to
+//! browsers over SSE and WebSocket, with resume, cancel and fan-out.
+
+pub mod ai;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ai::providers;
+use crate::ai::runtime::engine::{Engine, EngineConfig};
+use crate::ai::streaming::store::memory::MemoryStore;
+use crate::ai::streaming::stream_manager::{ManagerConfig, StreamManager};
+use crate::api::AppState;
+use crate::config::settings::Settings;
+use crate::metrics::Metrics;
+
+/// Builds the application state from settings; `shutdown` ends every stream.
+pub fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<AppState, providers::ProviderSetupError> {
+    let metrics = Metrics::new();
+    let provider = providers::instrumented(providers::from_settings(&settings)?, metrics.provider_streams_open.clone());
+    let engine = Engine::new(
+        provider,
+        EngineConfig {
+            idle_timeout: settings.provider_idle_timeout,
+            max_retries: settings.provider_max_retries,
+            retry_base: std::time::Duration::from_millis(250),
+        },
+    );
+    let store = Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes));
+    let manager = StreamManager::new(
+        store,
+        engine,
+        ManagerConfig {
+            resume_grace: settings.resume_grace,
+            retention: settings.retention,
+            max_concurrent_streams: settings.max_concurrent_streams,
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    Ok(AppState { settings: Arc::new(settings), manager, metrics, shutdown })
+}
+
+/// Serves `state` on an already-bound listener until `signal` resolves; then every
+/// open stream gets a terminal event and the server stops within the shutdown
+/// timeout.
+pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let app = api::router(state.clone());
+    let shutdown = state.shutdown.clone();
+    let timeout = state.settings.shutdown_timeout;
+    let manager = state.manager.clone();
+    let drained = CancellationToken::new();
+    let serve_until = drained.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = signal => {}
+            _ = shutdown.cancelled() => {}
+        }
+        tracing::info!("shutting down: ending open streams");
+        manager.drain(timeout).await;
+        serve_until.cancel();
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(drained.clone().cancelled_owned());
+    // Connections that do not close by themselves (an idle WebSocket, a client that
+    // stopped reading) must not hold the process: give them the timeout, no more.
+    tokio::select! {
+        served = server => served,
+        _ = async { drained.cancelled().await; tokio::time::sleep(timeout).await } => {
+            tracing::warn!("connections still open after the shutdown timeout; closing them");
+            Ok(())
+        }
+    }
+}

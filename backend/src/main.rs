@@ -1,0 +1,72 @@
+//! `live-ai`: settings → telemetry → app → serve until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use live_ai::config::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // `.env` fills in what the environment does not set; a missing file is fine.
+    let _ = dotenvy::dotenv();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("live-ai: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    live_ai::telemetry::init(settings.log_format);
+    let addr = SocketAddr::new(settings.host, settings.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("live-ai: cannot listen on {addr}: {error} (set HOST/PORT)");
+            return ExitCode::from(1);
+        }
+    };
+    let state = match live_ai::build_state(settings, CancellationToken::new()) {
+        Ok(state) => state,
+        Err(error) => {
+            eprintln!("live-ai: invalid setting {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let local = listener.local_addr().expect("a bound listener has an address");
+    tracing::info!(
+        provider = state.manager.engine().provider().name(),
+        model = state.manager.engine().provider().model(),
+        streaming = state.settings.streaming_enabled,
+        backend = state.settings.streaming_backend.as_str(),
+        "listening on http://{local}"
+    );
+    match live_ai::run(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("live-ai: server error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics, one registry per app (so tests can run several apps in one
+//! process). Hot-path counters are resolved once, not looked up per event.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub active_streams: IntGauge,
+    pub attached_readers: IntGauge,
+    pub provider_streams_open: IntGauge,
+    pub events_sent_sse: IntCounter,
+    pub events_sent_ws: IntCounter,
+    pub time_to_first_token: HistogramVec,
+    pub outcomes: IntCounterVec,
+    pub readers_dropped: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("live_ai".into()), None).expect("valid prefix");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let active_streams = gauge("active_streams", "Generations running now.");
+        let attached_readers = gauge("attached_readers", "Clients reading a stream now, over both transports.");
+        let provider_streams_open = gauge("provider_streams_open", "Provider requests open now (closed on cancel).");
+        let events_sent = counters("events_sent_total", "Events written to clients.", &["transport"]);
+        let outcomes = counters("stream_outcomes_total", "Finished generations by outcome.", &["block", "provider", "outcome"]);
+        let readers_dropped = counters("readers_dropped_total", "Readers the server dropped.", &["reason"]);
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            &["block", "provider"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(time_to_first_token.clone())).expect("registered once");
+        Self {
+            events_sent_sse: events_sent.with_label_values(&["sse"]),
+            events_sent_ws: events_sent.with_label_values(&["websocket"]),
+            registry,
+            active_streams,
+            attached_readers,
+            provider_streams_open,
+            time_to_first_token,
+            outcomes,
+            readers_dropped,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

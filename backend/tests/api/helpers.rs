@@ -1,0 +1,327 @@
+//! The test harness: `spawn_app` starts a real server on 127.0.0.1:0; `TestApp`
+//! speaks HTTP, SSE and WebSocket to it; every event read is checked against the
+//! contract's JSON Schemas.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use live_ai::config::settings::Settings;
+
+/// How long any single wait in a test may take before it fails (not a speed
+/// assertion: a bound so a broken server fails the test instead of hanging it).
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+const CONTRACT: &str = include_str!("../../../specs/050-live-ai-interaction/contracts/stream-schema.yaml");
+
+fn contract() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| serde_norway::from_str(CONTRACT).expect("the contract is valid YAML"))
+}
+
+/// A validator for one schema of the contract's `components/schemas`.
+pub fn schema_validator(name: &str) -> jsonschema::Validator {
+    let mut root = contract().clone();
+    root["$ref"] = Value::String(format!("#/components/schemas/{name}"));
+    jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("schema {name} compiles: {e}"))
+}
+
+fn validators() -> &'static (jsonschema::Validator, jsonschema::Validator) {
+    static V: OnceLock<(jsonschema::Validator, jsonschema::Validator)> = OnceLock::new();
+    V.get_or_init(|| (schema_validator("StreamEvent"), schema_validator("ProtocolError")))
+}
+
+/// Panics unless `event` is a stream event of the contract.
+pub fn assert_stream_event(event: &Value) {
+    let errors: Vec<String> = validators().0.iter_errors(event).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "event breaks the contract: {event}\n{}", errors.join("\n"));
+}
+
+pub fn assert_protocol_error(message: &Value) {
+    let errors: Vec<String> = validators().1.iter_errors(message).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "protocol error breaks the contract: {message}\n{}", errors.join("\n"));
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Fast demo model, streaming on, no frontend; `vars` override any setting.
+pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
+    let mut all = vec![
+        ("AI_STREAMING_ENABLED", "true"),
+        ("DEMO_TOKENS_PER_SECOND", "0"),
+        ("DEMO_FIRST_TOKEN_MS", "0"),
+        ("STATIC_DIR", "no-frontend-in-tests"),
+        ("PROVIDER_MAX_RETRIES", "0"),
+    ];
+    all.extend_from_slice(vars);
+    let map = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let settings = Settings::from_map(&map).expect("test settings are valid");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let state = live_ai::build_state(settings, shutdown.clone()).expect("state builds");
+    let signal = shutdown.clone().cancelled_owned();
+    let server = tokio::spawn(live_ai::run(listener, state, signal));
+    TestApp { addr, http: reqwest::Client::new(), shutdown, server }
+}
+
+/// One event as a client received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The SSE `id:` (empty over WebSocket).
+    pub id: String,
+    pub data: Value,
+}
+
+impl Received {
+    pub fn kind(&self) -> &str {
+        self.data["type"].as_str().unwrap_or_default()
+    }
+    pub fn seq(&self) -> u64 {
+        self.data["seq"].as_u64().expect("events carry seq")
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.kind(), "error" | "complete" | "cancelled")
+    }
+}
+
+/// Concatenated `chunk` tokens.
+pub fn text_of(events: &[Received]) -> String {
+    events.iter().filter(|e| e.kind() == "chunk").map(|e| e.data["token"].as_str().unwrap()).collect()
+}
+
+pub fn kinds(events: &[Received]) -> Vec<String> {
+    events.iter().map(|e| e.kind().to_owned()).collect()
+}
+
+/// Asserts seq runs contiguously from `first`, with one terminal event, last.
+pub fn assert_contiguous(events: &[Received], first: u64) {
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(event.seq(), first + n as u64, "seq gap or duplicate in {:?}", kinds(events));
+    }
+    let terminals = events.iter().filter(|e| e.is_terminal()).count();
+    assert_eq!(terminals, 1, "exactly one terminal event: {:?}", kinds(events));
+    assert!(events.last().unwrap().is_terminal(), "the terminal event comes last");
+}
+
+pub struct SseReader {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    events: BoxStream<'static, Received>,
+}
+
+impl SseReader {
+    /// The next event, or `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Option<Received> {
+        tokio::time::timeout(PATIENCE, self.events.next()).await.expect("an SSE event or the end in time")
+    }
+
+    /// Events up to and including the terminal one; then checks the stream ends.
+    pub async fn until_terminal(&mut self) -> Vec<Received> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                assert!(self.next().await.is_none(), "nothing follows the terminal event");
+                return events;
+            }
+        }
+        panic!("the stream closed before its terminal event: {:?}", kinds(&events));
+    }
+
+    pub async fn take(&mut self, n: usize) -> Vec<Received> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            events.push(self.next().await.expect("more events"));
+        }
+        events
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// `POST /api/streams`; returns the stream id.
+    pub async fn create_stream(&self, block_type: &str, input: Value) -> String {
+        let response = self.post_json("/api/streams", &json!({"block_type": block_type, "input": input})).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        body["stream_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens an SSE stream with optional extra headers.
+    pub async fn sse(&self, path: &str, headers: &[(&str, &str)]) -> SseReader {
+        let mut request = self.http.get(self.url(path)).header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let response_headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .take_while(|event| futures::future::ready(event.is_ok()))
+            .map(|event| {
+                let event = event.expect("checked by take_while");
+                let data: Value = serde_json::from_str(&event.data).expect("SSE data is JSON");
+                assert_stream_event(&data);
+                assert_eq!(event.event, data["type"].as_str().unwrap(), "SSE event name is the type");
+                assert_eq!(event.id, format!("{}:{}", data["stream_id"].as_str().unwrap(), data["seq"]), "SSE id is <stream_id>:<seq>");
+                Received { id: event.id, data }
+            })
+            .boxed();
+        SseReader { status, headers: response_headers, events }
+    }
+
+    pub async fn events_of(&self, stream_id: &str) -> SseReader {
+        self.sse(&format!("/api/streams/{stream_id}/events"), &[]).await
+    }
+
+    /// A metric's value summed over its label sets matching `labels` (e.g. `block="quiz"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| line.starts_with(&format!("{name} ")) || line.starts_with(&format!("{name}{{")))
+            .filter(|line| labels.iter().all(|l| line.contains(l)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls a metric until `check` holds (or fails the test after `PATIENCE`).
+    pub async fn wait_for_metric(&self, name: &str, labels: &[&str], check: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(name, labels).await;
+            if check(value) {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "metric {name}{labels:?} stuck at {value}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn ws(&self) -> WsClient {
+        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/stream/ws", self.addr)).await.unwrap();
+        WsClient { socket }
+    }
+}
+
+pub struct WsClient {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, message: Value) {
+        self.socket.send(Message::text(message.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.socket.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next server message (a stream event or a protocol error), validated.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next()).await.expect("a message in time");
+            match message.expect("socket open").expect("socket healthy") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value.get("seq").is_some() {
+                        assert_stream_event(&value);
+                    } else {
+                        assert_protocol_error(&value);
+                    }
+                    return value;
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Events of `stream_id` until its terminal one; other streams' events are kept
+    /// in `others`.
+    pub async fn until_terminal(&mut self, stream_id: &str, others: &mut Vec<Value>) -> Vec<Received> {
+        let mut events = Vec::new();
+        loop {
+            let value = self.next().await;
+            if value["stream_id"] != stream_id || value.get("seq").is_none() {
+                others.push(value);
+                continue;
+            }
+            let received = Received { id: String::new(), data: value };
+            let terminal = received.is_terminal();
+            events.push(received);
+            if terminal {
+                return events;
+            }
+        }
+    }
+}
+
+/// Input that each block accepts, for tests that go over all four.
+pub fn sample_inputs() -> Vec<(&'static str, Value)> {
+    vec![
+        ("ask-question", json!({"question": "Why is the sky blue?", "context": "Physics of light"})),
+        ("explain-eli10", json!({"topic": "photosynthesis"})),
+        ("quiz", json!({"topic": "the water cycle", "count": 3, "difficulty": "easy"})),
+        ("diagram", json!({"description": "seed, then sprout, then plant, then flower", "kind": "flowchart"})),
+    ]
+}
+
+/// The same input as query parameters, for the one-shot GET endpoint.
+pub fn as_query(input: &Value) -> String {
+    let pairs: Vec<String> = input
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{k}={}", urlencode(&v))
+        })
+        .collect();
+    pairs.join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

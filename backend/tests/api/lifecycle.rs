@@ -1,0 +1,137 @@
+//! Cancel, disconnect grace, provider faults, retention and shutdown.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn cancel_stops_the_provider_and_reaches_every_reader() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "50")]).await;
+    let id = app.create_stream("ask-question", json!({"question": "What is a star?"})).await;
+    let mut a = app.events_of(&id).await;
+    let mut b = app.events_of(&id).await;
+    let mut seen_a = a.take(3).await;
+    let mut seen_b = b.take(3).await;
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 1.0);
+    let response = app.delete(&format!("/api/streams/{id}")).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["state"], "cancelled");
+    // The provider request is closed by the time the cancel is answered.
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+    seen_a.extend(a.until_terminal().await);
+    seen_b.extend(b.until_terminal().await);
+    for events in [&seen_a, &seen_b] {
+        assert_contiguous(events, 0);
+        assert_eq!(events.last().unwrap().kind(), "cancelled");
+        assert_eq!(events.last().unwrap().data["reason"], "requested");
+    }
+    let again: Value = app.delete(&format!("/api/streams/{id}")).await.json().await.unwrap();
+    assert_eq!(again["state"], "finished");
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_causes_upstream_cancel_after_the_grace_period() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("STREAM_RESUME_GRACE_SECONDS", "0.3")]).await;
+    let id = app.create_stream("ask-question", json!({"question": "Why do cats purr?"})).await;
+    let mut reader = app.events_of(&id).await;
+    let seen = reader.take(2).await;
+    drop(reader);
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"cancelled_abandoned\""], |v| v == 1.0).await;
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+    let events = app.sse(&format!("/api/streams/{id}/events?after={}", seen[1].seq()), &[]).await.until_terminal().await;
+    let last = events.last().unwrap();
+    assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("abandoned")));
+}
+
+#[tokio::test]
+async fn a_client_that_comes_back_within_the_grace_period_finishes_the_same_generation() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "100"), ("STREAM_RESUME_GRACE_SECONDS", "5")]).await;
+    let id = app.create_stream("explain-eli10", json!({"topic": "wind"})).await;
+    let mut reader = app.events_of(&id).await;
+    let mut events = reader.take(3).await;
+    drop(reader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = events.last().unwrap().id.clone();
+    events.extend(app.sse(&format!("/api/streams/{id}/events"), &[("last-event-id", &last)]).await.until_terminal().await);
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().kind(), "complete");
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_is_abandoned_too() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("STREAM_RESUME_GRACE_SECONDS", "0.2")]).await;
+    app.create_stream("explain-eli10", json!({"topic": "wind"})).await;
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"cancelled_abandoned\""], |v| v == 1.0).await;
+}
+
+#[tokio::test]
+async fn a_provider_fault_mid_stream_gives_one_error_event_and_a_clean_close() {
+    let app = spawn_app(&[("DEMO_FAIL_AFTER_TOKENS", "5")]).await;
+    let id = app.create_stream("ask-question", json!({"question": "What is rust?"})).await;
+    let events = app.events_of(&id).await.until_terminal().await;
+    assert_contiguous(&events, 0);
+    assert_eq!(events.iter().filter(|e| e.kind() == "chunk").count(), 5);
+    let error = &events.last().unwrap().data;
+    assert_eq!((error["code"].as_str(), error["retryable"].as_bool()), (Some("provider_error"), Some(true)));
+}
+
+#[tokio::test]
+async fn a_stalled_provider_times_out_with_one_error_event() {
+    let app = spawn_app(&[("DEMO_STALL_AFTER_TOKENS", "3"), ("PROVIDER_IDLE_TIMEOUT_SECONDS", "0.2")]).await;
+    let id = app.create_stream("explain-eli10", json!({"topic": "snow"})).await;
+    let events = app.events_of(&id).await.until_terminal().await;
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().data["code"], "timeout");
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+}
+
+#[tokio::test]
+async fn finished_logs_stay_within_their_memory_bound_oldest_first() {
+    // About five finished ELI10 logs fit in 40 KB.
+    let app = spawn_app(&[("STREAM_RETENTION_MAX_BYTES", "40000")]).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let id = app.create_stream("explain-eli10", json!({"topic": format!("topic {n}")})).await;
+        app.events_of(&id).await.until_terminal().await;
+        ids.push(id);
+    }
+    let oldest = app.events_of(&ids[0]).await.until_terminal().await;
+    assert_eq!(oldest[0].data["code"], "stream_not_found", "the oldest log was evicted");
+    let newest = app.events_of(&ids[39]).await.until_terminal().await;
+    assert_eq!(newest.last().unwrap().kind(), "complete", "the newest log is still resumable");
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_open_stream_with_a_retryable_error_and_stops() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("SHUTDOWN_TIMEOUT_SECONDS", "2")]).await;
+    let mut readers = Vec::new();
+    for (block, input) in sample_inputs() {
+        let id = app.create_stream(block, input).await;
+        let mut reader = app.events_of(&id).await;
+        reader.take(1).await;
+        readers.push(reader);
+    }
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "sun"}})).await;
+    assert_eq!(ws.next().await["type"], "start");
+    app.shutdown.cancel();
+    for mut reader in readers {
+        let events = reader.until_terminal().await;
+        let last = &events.last().unwrap().data;
+        assert_eq!((last["code"].as_str(), last["retryable"].as_bool()), (Some("generation_lost"), Some(true)));
+    }
+    let mut others = Vec::new();
+    let terminal = loop {
+        let value = ws.next().await;
+        if value["type"] == "error" {
+            break value;
+        }
+        others.push(value);
+    };
+    assert_eq!(terminal["code"], "generation_lost");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.server).await;
+    assert!(stopped.is_ok(), "the server stops within its shutdown timeout");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: a real `live-ai` server on a loopback port, driven by real
+//! HTTP, SSE and WebSocket clients. Every event received is validated against the
+//! AsyncAPI contract in `specs/`.
+
+mod helpers;
+
+mod contract;
+mod errors;
+mod lifecycle;
+mod sse;
+mod websocket;
