@@ -2,8 +2,13 @@
 //! stream of `ProviderEvent`s; dropping the stream closes its upstream request, which
 //! is how cancel and abandonment stop generation (and billing).
 
+pub mod anthropic;
 pub mod demo;
 mod demo_content;
+#[cfg(test)]
+pub(crate) mod fake_upstream;
+pub mod openai;
+mod upstream;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,11 +105,28 @@ pub struct ProviderSetupError {
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>, ProviderSetupError> {
     match settings.provider {
         ProviderKind::Demo => Ok(Arc::new(demo::DemoProvider::new(settings.demo.clone()))),
-        ProviderKind::OpenAi | ProviderKind::Anthropic => Err(ProviderSetupError {
-            variable: "AI_PROVIDER",
-            message: "this build has only the demo provider".into(),
-        }),
+        ProviderKind::OpenAi => Ok(Arc::new(openai::OpenAiProvider::new(
+            &settings.openai_base_url,
+            settings.openai_api_key.clone(),
+            settings.model.clone(),
+        )?)),
+        ProviderKind::Anthropic => {
+            // Settings refuse to load without it; this keeps the message if that changes.
+            let key = settings.anthropic_api_key.clone().ok_or(ProviderSetupError {
+                variable: "ANTHROPIC_API_KEY",
+                message: "an API key is required when AI_PROVIDER=anthropic".into(),
+            })?;
+            Ok(Arc::new(anthropic::AnthropicProvider::new(&settings.anthropic_base_url, key, settings.model.clone())?))
+        }
     }
+}
+
+/// A `Secret` holding `value`, built the way start-up builds one.
+#[cfg(test)]
+pub(crate) fn secret_for_tests(value: &str) -> crate::config::settings::Secret {
+    let vars = [("AI_PROVIDER", "anthropic"), ("ANTHROPIC_API_KEY", value)];
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Settings::from_map(&vars).expect("valid settings").anthropic_api_key.expect("the key just set")
 }
 
 /// Counts open provider requests: the gauge drops when a stream is dropped, which
