@@ -1,0 +1,152 @@
+// The built demo page in Chromium against the real live-ai server: every block streams
+// visibly, cancel, the quiz, the diagram, and recovery from a connection cut mid-stream.
+import { mkdir } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
+import { block, launchBrowser, outputText, recordStatuses, startBlock, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
+import { startCutProxy, type CutProxy } from "./cut-proxy";
+import { startLiveAi, type LiveAiServer } from "./live-ai-server";
+
+const RESULTS_DIR = fileURLToPath(new URL("../test-results", import.meta.url));
+const BLOCKS: BlockName[] = ["ask-question", "explain-eli10", "quiz", "diagram"];
+
+let server: LiveAiServer;
+let proxy: CutProxy;
+let browser: Browser;
+
+beforeAll(async () => {
+  // Slow enough that a stream lasts a few seconds and can be watched, cancelled and cut.
+  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1" });
+  proxy = await startCutProxy(server.port);
+  browser = await launchBrowser();
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await server?.stop();
+});
+
+async function openPage(query = ""): Promise<{ page: Page; errors: string[] }> {
+  const page = await browser.context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${proxy.url}/${query}`);
+  await page.getByRole("heading", { name: "Live AI Blocks" }).waitFor();
+  return { page, errors };
+}
+
+for (const transport of ["sse", "websocket"] as const) {
+  describe(`demo page over ${transport}`, () => {
+    it("streams every block, showing output before it completes", async () => {
+      const { page, errors } = await openPage(`?transport=${transport}`);
+      for (const name of BLOCKS) await startBlock(page, name);
+      for (const name of BLOCKS) {
+        // The diagram's intermediate output is its source while it is being written.
+        const partial = await waitForIntermediateOutput(page, name);
+        expect(partial.length).toBeGreaterThan(0);
+      }
+      for (const name of BLOCKS) await waitForStatus(page, name, "complete");
+      for (const name of BLOCKS) {
+        await expect(block(page, name).locator(".demo-label").textContent()).resolves.toBe("demo model");
+      }
+      expect((await outputText(page, "ask-question")).length).toBeGreaterThan(100);
+      await block(page, "diagram").locator(".diagram-svg svg").waitFor({ timeout: 15_000 });
+      expect(await block(page, "quiz").locator(".quiz-question").count()).toBe(3);
+      if (transport === "sse") {
+        await mkdir(RESULTS_DIR, { recursive: true });
+        await page.screenshot({ path: `${RESULTS_DIR}/demo-page.png`, fullPage: true });
+      }
+      expect(errors).toEqual([]);
+      await page.close();
+    });
+
+    it("recovers from a connection cut mid-stream with the same text as an uninterrupted run", async () => {
+      const { page, errors } = await openPage(`?transport=${transport}`);
+      await startBlock(page, "explain-eli10");
+      await waitForStatus(page, "explain-eli10", "complete");
+      const reference = await outputText(page, "explain-eli10");
+
+      await recordStatuses(page, "explain-eli10");
+      await startBlock(page, "explain-eli10");
+      await waitForIntermediateOutput(page, "explain-eli10");
+      await page.waitForTimeout(300);
+      expect(proxy.cutAll()).toBeGreaterThan(0);
+      await waitForStatus(page, "explain-eli10", "complete");
+      expect(await outputText(page, "explain-eli10")).toBe(reference);
+      expect(await statusHistory(page, "explain-eli10")).toEqual(["connecting", "streaming", "reconnecting", "streaming", "complete"]);
+      expect(errors).toEqual([]);
+      await page.close();
+    });
+  });
+}
+
+describe("demo page", () => {
+  it("recovers when the network goes away mid-stream (offline + connections cut) and comes back", async () => {
+    const { page } = await openPage();
+    await startBlock(page, "ask-question");
+    await waitForStatus(page, "ask-question", "complete");
+    const reference = await outputText(page, "ask-question");
+
+    await recordStatuses(page, "ask-question");
+    await startBlock(page, "ask-question");
+    await waitForIntermediateOutput(page, "ask-question");
+    // Chromium's offline mode fails new requests but leaves open responses flowing, so the
+    // open connections are cut as well, the way a real network loss would.
+    await browser.context.setOffline(true);
+    expect(proxy.cutAll()).toBeGreaterThan(0);
+    await page.waitForTimeout(1_500);
+    const whileOffline = await outputText(page, "ask-question");
+    expect(await block(page, "ask-question").getAttribute("data-status")).toBe("reconnecting");
+    await browser.context.setOffline(false);
+    await waitForStatus(page, "ask-question", "complete");
+    const final = await outputText(page, "ask-question");
+    expect(whileOffline.length).toBeLessThan(final.length);
+    expect(final).toBe(reference);
+    expect(await statusHistory(page, "ask-question")).toEqual(["connecting", "streaming", "reconnecting", "streaming", "complete"]);
+    await page.close();
+  });
+
+  it("cancels a stream: status cancelled, and the text stops growing", async () => {
+    const { page } = await openPage();
+    await startBlock(page, "ask-question");
+    await waitForIntermediateOutput(page, "ask-question");
+    await block(page, "ask-question").getByRole("button", { name: "Cancel" }).click();
+    await waitForStatus(page, "ask-question", "cancelled", 5_000);
+    const atCancel = await outputText(page, "ask-question");
+    await page.waitForTimeout(800);
+    expect(await outputText(page, "ask-question")).toBe(atCancel);
+    expect(await block(page, "ask-question").getByRole("button", { name: "Cancel" }).count()).toBe(0);
+    await page.close();
+  });
+
+  it("lets the learner answer the quiz from the keyboard and see the explanation", async () => {
+    const { page } = await openPage();
+    await startBlock(page, "quiz");
+    const quiz = block(page, "quiz");
+    // The first question is answerable while the rest are still being written.
+    const first = quiz.locator(".quiz-question").first();
+    await first.waitFor({ timeout: 30_000 });
+    expect(await quiz.getAttribute("data-status")).toBe("streaming");
+    await first.getByRole("radio").first().focus();
+    await page.keyboard.press("Space");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Enter");
+    const feedback = first.locator(".feedback");
+    await feedback.waitFor();
+    expect(await feedback.textContent()).toMatch(/Correct!|Not quite/);
+    expect((await first.locator(".explanation").textContent())!.length).toBeGreaterThan(10);
+    await waitForStatus(page, "quiz", "complete");
+    await page.close();
+  });
+
+  it("draws the diagram as an SVG", async () => {
+    const { page } = await openPage();
+    await startBlock(page, "diagram");
+    await waitForStatus(page, "diagram", "complete");
+    const svg = block(page, "diagram").locator(".diagram-svg svg");
+    await svg.waitFor({ timeout: 15_000 });
+    expect(await svg.locator("text, foreignObject").count()).toBeGreaterThan(0);
+    await page.close();
+  });
+});
