@@ -7,5 +7,6 @@ mod helpers;
 mod contract;
 mod errors;
 mod lifecycle;
+mod providers;
 mod sse;
 mod websocket;

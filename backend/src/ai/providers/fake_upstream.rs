@@ -82,6 +82,8 @@ pub struct RecordedRequest {
     pub path: String,
     headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// When the whole request had been read.
+    pub at: Instant,
 }
 
 impl RecordedRequest {
@@ -325,7 +327,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<RecordedRequest> {
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(length);
-    Some(RecordedRequest { method, path, headers, body })
+    Some(RecordedRequest { method, path, headers, body, at: Instant::now() })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_stream::stream;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use genai::chat::{ChatMessage, ChatOptions, ChatRequest, ChatStreamEvent, StopReason};
 use genai::{Client, ServiceTarget};
 use reqwest::header::HeaderMap;
@@ -72,7 +72,7 @@ impl Upstream {
                     return;
                 }
             };
-            let mut events = response.stream;
+            let mut events = muted(response.stream);
             loop {
                 match events.next().await {
                     Some(Ok(ChatStreamEvent::Chunk(chunk))) => yield Ok(ProviderEvent::Delta(chunk.content)),
@@ -253,6 +253,15 @@ impl Upstream {
             _ => text.to_owned(),
         }
     }
+}
+
+/// `events` polled with logging off. genai's streamers log each failure with the
+/// upstream's error body verbatim — which may quote the API key — and warn on
+/// every role-only chunk; this module reports every failure itself, scrubbed.
+fn muted<S: Stream + Unpin>(mut events: S) -> impl Stream<Item = S::Item> + Unpin {
+    futures::stream::poll_fn(move |cx| {
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || events.poll_next_unpin(cx))
+    })
 }
 
 /// The innermost cause: reqwest's own text is "error sending request", the useful
