@@ -3,12 +3,13 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createServer } from "node:net";
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const frontendDir = fileURLToPath(new URL("..", import.meta.url));
 
 export const LIVE_AI_BIN = process.env.LIVE_AI_BIN
-  ? process.env.LIVE_AI_BIN
+  ? resolve(process.env.LIVE_AI_BIN)
   : fileURLToPath(new URL("../../backend/target/debug/live-ai", import.meta.url));
 
 export const DIST_DIR = fileURLToPath(new URL("../dist", import.meta.url));

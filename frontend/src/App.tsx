@@ -1,12 +1,11 @@
 // The demo page: the four AI blocks, each streaming from the live-ai server that serves it.
 // `?transport=sse|websocket|whole` overrides the server's choice; `?bench` counts renders.
-import { Fragment, type ReactNode } from "react";
 import type { DeliveryMode } from "./ai/streamClient";
 import { AskQuestionBlock } from "./components/blocks/AskQuestionBlock";
 import { DiagramBlock } from "./components/blocks/DiagramBlock";
 import { ExplainELI10Block } from "./components/blocks/ExplainELI10Block";
 import { QuizBlock } from "./components/blocks/QuizBlock";
-import { BenchProbe } from "./bench-probe";
+import { enableBenchCounters } from "./bench-probe";
 
 const MODES: readonly DeliveryMode[] = ["sse", "websocket", "whole"];
 
@@ -19,14 +18,10 @@ function pageOptions(search: string) {
   };
 }
 
-function Passthrough({ children }: { id: string; children: ReactNode }) {
-  return <Fragment>{children}</Fragment>;
-}
-
 export function App({ search = window.location.search }: { search?: string }) {
   const { mode, bench } = pageOptions(search);
   const options = mode ? { mode } : undefined;
-  const Probe = bench ? BenchProbe : Passthrough;
+  if (bench) enableBenchCounters();
   return (
     <main>
       <header className="page-header">
@@ -34,18 +29,10 @@ export function App({ search = window.location.search }: { search?: string }) {
         <p>Each block streams its answer token by token, survives dropped connections, and can be cancelled.</p>
       </header>
       <div className="blocks">
-        <Probe id="ask-question">
-          <AskQuestionBlock options={options} initialQuestion="Why is the sky blue?" />
-        </Probe>
-        <Probe id="explain-eli10">
-          <ExplainELI10Block options={options} initialTopic="volcanoes" />
-        </Probe>
-        <Probe id="quiz">
-          <QuizBlock options={options} initialTopic="volcanoes" />
-        </Probe>
-        <Probe id="diagram">
-          <DiagramBlock options={options} initialDescription="How rain forms" />
-        </Probe>
+        <AskQuestionBlock options={options} initialQuestion="Why is the sky blue?" />
+        <ExplainELI10Block options={options} initialTopic="volcanoes" />
+        <QuizBlock options={options} initialTopic="volcanoes" />
+        <DiagramBlock options={options} initialDescription="How rain forms" />
       </div>
     </main>
   );

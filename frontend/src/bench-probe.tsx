@@ -1,6 +1,6 @@
-// Render counting for the browser benchmark: only mounted when the page URL has `?bench`,
-// it counts React commits per block and exposes them on `window.__liveAiBench`.
-import { Profiler, type ReactNode } from "react";
+// Render counting for the browser benchmark, active only when the page URL has `?bench`:
+// each block counts its commits into `window.__liveAiBench.renders[blockType]`.
+import { useLayoutEffect } from "react";
 
 export interface BenchCounters {
   renders: Record<string, number>;
@@ -12,11 +12,14 @@ declare global {
   }
 }
 
-export function BenchProbe({ id, children }: { id: string; children: ReactNode }) {
-  const counters = (window.__liveAiBench ??= { renders: {} });
-  return (
-    <Profiler id={id} onRender={() => (counters.renders[id] = (counters.renders[id] ?? 0) + 1)}>
-      {children}
-    </Profiler>
-  );
+export function enableBenchCounters(): void {
+  window.__liveAiBench ??= { renders: {} };
+}
+
+/** Counts every commit of the calling component (a no-op unless the bench is enabled). */
+export function useRenderCounter(id: string): void {
+  useLayoutEffect(() => {
+    const counters = window.__liveAiBench;
+    if (counters) counters.renders[id] = (counters.renders[id] ?? 0) + 1;
+  });
 }

@@ -147,6 +147,9 @@ export class StreamSession {
   }
 
   private receive(event: StreamEvent): void {
+    // The server answers a resume of an expired stream with this error whatever seq it gives
+    // it; it ends the stream even when its seq looks stale.
+    if (event.type === "error" && event.code === "stream_not_found") event = { ...event, seq: this.lastSeq + 1 };
     if (event.seq <= this.lastSeq) return; // a replayed event the client already holds
     if (event.seq !== this.lastSeq + 1) {
       // A gap: resume from the last seq held, which replays the missing events.

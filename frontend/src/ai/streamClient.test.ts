@@ -263,6 +263,50 @@ describe("StreamClient over SSE", () => {
     expect((await handle.done).status).toBe("complete");
   });
 
+  it("ends with stream_not_found when the resumed stream has expired, whatever its seq", async () => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api).start("ask-question", { question: "q" }, r.handlers);
+    const e = streamEvents("s1");
+    const first = await api.eventResponse(0);
+    first.sendEvents(e.start(), e.chunk("a"), e.chunk("b"));
+    await vi.waitFor(() => expect(r.log).toContain("chunk:2"));
+    first.drop();
+    (await api.eventResponse(1)).sendEvents({
+      type: "error",
+      stream_id: "s1",
+      seq: 0,
+      code: "stream_not_found",
+      message: "expired",
+      retryable: false,
+    });
+    expect(await handle.done).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: false } });
+    expect(api.eventResponses).toHaveLength(2);
+  });
+
+  it("keeps streaming untouched when the tab is hidden and shown again", async () => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api).start("ask-question", { question: "q" }, r.handlers);
+    const e = streamEvents("s1");
+    const response = await api.eventResponse(0);
+    response.sendEvents(e.start(), e.chunk("a"));
+    await vi.waitFor(() => expect(r.log).toContain("chunk:1"));
+    const visibility = vi.spyOn(document, "visibilityState", "get").mockReturnValue("hidden");
+    document.dispatchEvent(new Event("visibilitychange"));
+    response.sendEvents(e.chunk("b"));
+    visibility.mockReturnValue("visible");
+    document.dispatchEvent(new Event("visibilitychange"));
+    response.sendEvents(e.complete());
+    expect((await handle.done).status).toBe("complete");
+    expect(r.text()).toBe("ab");
+    expect(api.requests.map((q) => `${q.method} ${q.url.pathname}`)).toEqual([
+      "GET /api/ai/config",
+      "POST /api/streams",
+      "GET /api/streams/s1/events",
+    ]);
+  });
+
   it("does not reconnect on a non-transient HTTP problem and reports its field", async () => {
     const api = new FakeApi();
     api.route((request) =>

@@ -2,6 +2,7 @@
 // streaming, error with retry, and a polite screen-reader announcement of status changes.
 import type { ReactNode } from "react";
 import type { StreamState } from "../../ai/streamHooks";
+import { useRenderCounter } from "../../bench-probe";
 
 const STATUS_TEXT: Record<StreamState["status"], string> = {
   idle: "Ready",
@@ -30,6 +31,8 @@ interface BlockFrameProps {
 }
 
 export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, children }: BlockFrameProps) {
+  // Every render of a block renders its frame, so this counts the block's renders.
+  useRenderCounter(blockType);
   const active = isActive(state.status);
   const headingId = `${blockType}-title`;
   return (
