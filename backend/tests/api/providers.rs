@@ -94,6 +94,31 @@ async fn an_anthropic_diagram_streams_mermaid_through_pings() {
 }
 
 #[tokio::test]
+async fn whole_response_mode_reads_the_same_provider_stream() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("anthropic_messages_stream.sse"))]).await;
+    let app = anthropic_app(&upstream, &[("AI_STREAMING_ENABLED", "false")]).await;
+    let response = app.post_json("/api/ai-block/diagram", &json!({"description": "how rain forms"})).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["provider"].as_str(), body["model"].as_str()), (Some("anthropic"), Some("claude-haiku-4-5")));
+    assert!(body["result"]["source"].as_str().unwrap().ends_with("C[\"Rain falls 🌧\"]"), "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 57);
+}
+
+#[tokio::test]
+async fn whole_response_mode_answers_an_overload_with_429_and_retry_after() {
+    let overloaded = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    let upstream = FakeUpstream::start(vec![Reply::status(529, &[("retry-after", "4")], overloaded.into())]).await;
+    let app = anthropic_app(&upstream, &[("AI_STREAMING_ENABLED", "false")]).await;
+    let response = app.post_json("/api/ai-block/explain-eli10", &explain()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "4");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert!(!body.to_string().contains(ANTHROPIC_KEY));
+}
+
+#[tokio::test]
 async fn each_upstream_failure_ends_in_one_error_event_with_its_code() {
     struct Case {
         name: &'static str,

@@ -299,10 +299,9 @@ mod tests {
             }
         }
         assert!(tokio::time::timeout(Duration::from_millis(300), stream.next()).await.is_err(), "a stalled upstream yields nothing");
-        let dropped_at = tokio::time::Instant::now();
         drop(stream);
-        let closed_at = tokio::time::timeout(Duration::from_secs(5), server.closed(0)).await.expect("the upstream sees the close");
-        assert!(closed_at - dropped_at < Duration::from_millis(100), "closed {:?} after the drop", closed_at - dropped_at);
+        // That the close is prompt is measured end to end in tests/api/providers.rs.
+        tokio::time::timeout(Duration::from_secs(5), server.closed(0)).await.expect("the upstream sees the close");
     }
 
     #[tokio::test]

@@ -259,9 +259,8 @@ impl Upstream {
 /// upstream's error body verbatim — which may quote the API key — and warn on
 /// every role-only chunk; this module reports every failure itself, scrubbed.
 fn muted<S: Stream + Unpin>(mut events: S) -> impl Stream<Item = S::Item> + Unpin {
-    futures::stream::poll_fn(move |cx| {
-        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || events.poll_next_unpin(cx))
-    })
+    let silent = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    futures::stream::poll_fn(move |cx| tracing::dispatcher::with_default(&silent, || events.poll_next_unpin(cx)))
 }
 
 /// The innermost cause: reqwest's own text is "error sending request", the useful
