@@ -270,10 +270,28 @@ async fn a_refused_key_echoed_by_the_server_stays_out_of_the_logs() {
     assert!(!logs.contains(OPENAI_KEY), "the key is in the logs:\n{logs}");
 }
 
-#[tokio::test]
-async fn an_unknown_openai_compatible_server_without_ai_model_stops_start_up_naming_it() {
-    let vars = [("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")];
-    let settings = live_ai::config::settings::Settings::from_map(&vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
-    let error = live_ai::build_state(settings, tokio_util::sync::CancellationToken::new()).err().expect("start-up fails");
-    assert_eq!(error.variable, "AI_MODEL");
+/// Runs the real binary with only `vars` set, in an empty directory (no `.env`).
+fn start_up_failure(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .env("PORT", "0")
+        .current_dir(dir.path())
+        .output()
+        .expect("live-ai runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn start_up_without_the_key_or_model_a_provider_needs_names_the_variable() {
+    let (code, stderr) = start_up_failure(&[("AI_PROVIDER", "anthropic")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ANTHROPIC_API_KEY"), "{stderr}");
+    let (code, stderr) = start_up_failure(&[("AI_PROVIDER", "openai")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("OPENAI_API_KEY"), "{stderr}");
+    let (code, stderr) = start_up_failure(&[("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("AI_MODEL"), "{stderr}");
 }
