@@ -28,6 +28,11 @@ afterAll(async () => {
   await server?.stop();
 });
 
+/** Streamed, lost the connection, reconnected (maybe in several tries) and finished. */
+function expectRecovered(history: string[]) {
+  expect(history.join(" ")).toMatch(/^connecting streaming (reconnecting streaming )+complete$/);
+}
+
 async function openPage(query = ""): Promise<{ page: Page; errors: string[] }> {
   const page = await browser.context.newPage();
   const errors = watchErrors(page);
@@ -40,12 +45,14 @@ for (const transport of ["sse", "websocket"] as const) {
   describe(`demo page over ${transport}`, () => {
     it("streams every block, showing output before it completes", async () => {
       const { page, errors } = await openPage(`?transport=${transport}`);
+      const partials = BLOCKS.map((name) =>
+        waitForIntermediateOutput(page, name).then(
+          (text) => text.length,
+          (error: Error) => `${name}: ${error.message.split("\n")[0]}`,
+        ),
+      );
       for (const name of BLOCKS) await startBlock(page, name);
-      for (const name of BLOCKS) {
-        // The diagram's intermediate output is its source while it is being written.
-        const partial = await waitForIntermediateOutput(page, name);
-        expect(partial.length).toBeGreaterThan(0);
-      }
+      for (const partial of await Promise.all(partials)) expect(partial).toBeGreaterThan(0);
       for (const name of BLOCKS) await waitForStatus(page, name, "complete");
       for (const name of BLOCKS) {
         await expect(block(page, name).locator(".demo-label").textContent()).resolves.toBe("demo model");
@@ -74,7 +81,7 @@ for (const transport of ["sse", "websocket"] as const) {
       expect(proxy.cutAll()).toBeGreaterThan(0);
       await waitForStatus(page, "explain-eli10", "complete");
       expect(await outputText(page, "explain-eli10")).toBe(reference);
-      expect(await statusHistory(page, "explain-eli10")).toEqual(["connecting", "streaming", "reconnecting", "streaming", "complete"]);
+      expectRecovered(await statusHistory(page, "explain-eli10"));
       expect(errors).toEqual([]);
       await page.close();
     });
@@ -103,7 +110,7 @@ describe("demo page", () => {
     const final = await outputText(page, "ask-question");
     expect(whileOffline.length).toBeLessThan(final.length);
     expect(final).toBe(reference);
-    expect(await statusHistory(page, "ask-question")).toEqual(["connecting", "streaming", "reconnecting", "streaming", "complete"]);
+    expectRecovered(await statusHistory(page, "ask-question"));
     await page.close();
   });
 

@@ -65,15 +65,24 @@ export async function waitForStatus(page: Page, name: BlockName, status: string,
   );
 }
 
-/** Resolves once the block shows output while it is still streaming (not just at the end). */
+/** Where each block shows what the model has written so far. */
+const PARTIAL_OUTPUT: Record<BlockName, string> = {
+  "ask-question": ".output .markdown",
+  "explain-eli10": ".output .markdown",
+  quiz: ".output .quiz-questions",
+  // Until the diagram first parses, its source is shown as it arrives.
+  diagram: ".diagram-live-source, .diagram-svg",
+};
+
+/** Resolves once the block shows model output while it is still streaming (not just at the end). */
 export async function waitForIntermediateOutput(page: Page, name: BlockName): Promise<string> {
   const handle = await page.waitForFunction(
-    (selector) => {
-      const section = document.querySelector(selector);
-      const text = section?.querySelector(".output")?.textContent ?? "";
+    ([sectionSelector, outputSelector]) => {
+      const section = document.querySelector(sectionSelector);
+      const text = section?.querySelector(outputSelector)?.textContent ?? "";
       return section?.getAttribute("data-status") === "streaming" && text.trim().length > 0 ? text : false;
     },
-    `section.block-${name}`,
+    [`section.block-${name}`, PARTIAL_OUTPUT[name]] as const,
     { timeout: 30_000, polling: 10 },
   );
   return (await handle.jsonValue()) as string;

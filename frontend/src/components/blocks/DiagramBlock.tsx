@@ -46,15 +46,21 @@ export function DiagramBlock({ options, initialDescription = "" }: { options?: B
     >
       <LiveOutput busy={active}>
         <MermaidDiagram source={source} final={stream.status === "complete"} />
-        {source !== "" && (
-          <details className="diagram-source">
-            <summary>Mermaid source</summary>
-            <pre>
-              <code>{source}</code>
-            </pre>
-          </details>
-        )}
       </LiveOutput>
+      {/* The source is code, so it stays out of the live region rather than being read out token by token. */}
+      {active && source !== "" && (
+        <pre className="diagram-live-source" aria-label="Mermaid source so far">
+          <code>{source}</code>
+        </pre>
+      )}
+      {!active && source !== "" && (
+        <details className="diagram-source">
+          <summary>Mermaid source</summary>
+          <pre>
+            <code>{source}</code>
+          </pre>
+        </details>
+      )}
     </BlockFrame>
   );
 }
