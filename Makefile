@@ -1,0 +1,49 @@
+# Live AI Blocks — the two entry points of the README: `make demo` and `make test`.
+# Each installs what it needs first, so both work on a fresh machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO := cargo
+NPM := npm
+BACKEND := backend
+FRONTEND := frontend
+
+.PHONY: demo test deps frontend-deps browser backend-test frontend-test e2e-test bench-load
+
+## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
+demo: frontend-deps
+	cd $(FRONTEND) && $(NPM) run build
+	cd $(BACKEND) && $(CARGO) build --release
+	AI_STREAMING_ENABLED=true STATIC_DIR=$(FRONTEND)/dist HOST=$${HOST:-127.0.0.1} PORT=$${PORT:-8000} \
+		$(BACKEND)/target/release/live-ai
+
+## test: every test — Rust (unit + integration), TypeScript (Vitest), browser (Chromium)
+test: deps backend-test frontend-test e2e-test
+
+deps: frontend-deps browser
+
+frontend-deps:
+	@command -v node >/dev/null || { echo "Node.js 20+ is required"; exit 1; }
+	cd $(FRONTEND) && $(NPM) ci --no-audit --no-fund
+
+# Debian's chromium: playwright's own browser download does not work offline.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+backend-test:
+	cd $(BACKEND) && $(CARGO) test --all-targets
+
+frontend-test:
+	cd $(FRONTEND) && $(NPM) test
+
+e2e-test:
+	cd $(BACKEND) && $(CARGO) build
+	cd $(FRONTEND) && LIVE_AI_BIN=../$(BACKEND)/target/debug/live-ai $(NPM) run test:e2e
+
+## bench-load: N concurrent streams against a release build (see bench/RESULTS.md)
+bench-load:
+	bash bench/load.sh
