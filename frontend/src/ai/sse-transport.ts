@@ -1,6 +1,8 @@
 // SSE over fetch: POST /api/streams to start (with an Idempotency-Key), then GET the event
 // stream, composed as bytes → TextDecoderStream → EventSourceParserStream → contract check.
 import { EventSourceParserStream } from "eventsource-parser/stream";
+import type { EventSourceMessage } from "eventsource-parser";
+import type { StreamEvent } from "./contract";
 import { ContractError, parseStreamEvent } from "./contract-validator";
 import {
   connectionLost,
@@ -70,18 +72,15 @@ export class SseTransport implements StreamTransport {
 
       const events = response.body
         .pipeThrough(new TextDecoderStream())
-        .pipeThrough(new EventSourceParserStream({ onComment: armIdleTimer }));
+        .pipeThrough(new EventSourceParserStream({ onComment: armIdleTimer }))
+        .pipeThrough(contractEvents(streamId));
       const reader = events.getReader();
       try {
         for (;;) {
           const { done, value } = await reader.read();
           if (done || finished) break;
           armIdleTimer();
-          const event = parseStreamEvent(value.data, value.event);
-          if (event.stream_id !== streamId) {
-            throw new ContractError(`event of stream ${event.stream_id} on stream ${streamId}`);
-          }
-          listener.onEvent(event);
+          listener.onEvent(value);
         }
       } finally {
         reader.releaseLock();
@@ -143,4 +142,17 @@ export class SseTransport implements StreamTransport {
     const query = after === null ? "" : `?after=${after}`;
     return `${this.streamUrl(streamId)}/events${query}`;
   }
+}
+
+/** The boundary check as a stream stage: SSE messages in, contract-valid events of one stream out. */
+function contractEvents(streamId: string): TransformStream<EventSourceMessage, StreamEvent> {
+  return new TransformStream({
+    transform(message, controller) {
+      const event = parseStreamEvent(message.data, message.event);
+      if (event.stream_id !== streamId) {
+        throw new ContractError(`event of stream ${event.stream_id} on stream ${streamId}`);
+      }
+      controller.enqueue(event);
+    },
+  });
 }

@@ -307,6 +307,22 @@ describe("StreamClient over SSE", () => {
     ]);
   });
 
+  it.each([
+    ["an event that breaks the schema", 'event: chunk\ndata: {"type":"chunk","stream_id":"s1","seq":1}\n\n'],
+    ["an event of another stream", 'event: chunk\ndata: {"type":"chunk","stream_id":"zz","seq":1,"token":"x"}\n\n'],
+    ["a payload that is not JSON", "event: chunk\ndata: {oops\n\n"],
+  ])("ends with contract_violation on %s, without reconnecting", async (_name, frame) => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api).start("ask-question", { question: "q" }, r.handlers);
+    const response = await api.eventResponse(0);
+    response.sendEvents(streamEvents("s1").start());
+    response.sendText(frame);
+    expect(await handle.done).toMatchObject({ status: "error", error: { code: "contract_violation" } });
+    expect(r.log).toEqual(["start:demo", "error:contract_violation:client"]);
+    expect(api.eventResponses).toHaveLength(1);
+  });
+
   it("does not reconnect on a non-transient HTTP problem and reports its field", async () => {
     const api = new FakeApi();
     api.route((request) =>
