@@ -1,14 +1,20 @@
 // One block's stream controller: connects a StreamClient run to a StreamStore and owns
 // start / cancel / retry. Framework-agnostic; the React hooks are thin wrappers around it.
-import type { BlockInputs, BlockType } from "./contract";
+import type { BlockInputs, BlockType, CompleteEvent } from "./contract";
 import type { FrameScheduler } from "./frame-scheduler";
+import type { StreamError } from "./stream-error";
 import { StreamStore, type StreamState } from "./stream-store";
 import type { DeliveryMode, StreamClient, StreamHandle } from "./streamClient";
 
 export interface BlockStreamOptions {
-  /** Overrides the delivery mode the server's config picks. */
+  /** Overrides the delivery mode the server's config picks (read at each start). */
   mode?: DeliveryMode;
+  /** How store updates are batched (read once, at creation); animation frames by default. */
   scheduler?: FrameScheduler;
+  /** Called once when a stream completes. */
+  onComplete?(event: CompleteEvent): void;
+  /** Called once when a stream fails. */
+  onError?(error: StreamError): void;
 }
 
 export class BlockStream {
@@ -16,11 +22,15 @@ export class BlockStream {
   private handle: StreamHandle | undefined;
   private last: { blockType: BlockType; input: BlockInputs[BlockType] } | undefined;
 
+  private readonly options: () => BlockStreamOptions;
+
+  /** `options` may be a getter, so a caller (the hook) can hand in its latest options. */
   constructor(
     private readonly client: StreamClient,
-    private readonly options: BlockStreamOptions = {},
+    options: BlockStreamOptions | (() => BlockStreamOptions) = {},
   ) {
-    this.store = new StreamStore(options.scheduler);
+    this.options = typeof options === "function" ? options : () => options;
+    this.store = new StreamStore(this.options().scheduler);
   }
 
   readonly subscribe = (listener: () => void) => this.store.subscribe(listener);
@@ -46,11 +56,17 @@ export class BlockStream {
           }),
         onChunk: (event) => store.appendText(event.token),
         onPart: (event) => store.setPart(event.index, event.data),
-        onComplete: (event) => store.update({ result: event.result, usage: event.usage }),
-        onError: (error) => store.update({ error }),
+        onComplete: (event) => {
+          store.update({ result: event.result, usage: event.usage });
+          this.options().onComplete?.(event);
+        },
+        onError: (error) => {
+          store.update({ error });
+          this.options().onError?.(error);
+        },
         onCancelled: () => undefined,
       },
-      { mode: this.options.mode },
+      { mode: this.options().mode },
     );
     this.handle = handle;
   }

@@ -207,6 +207,39 @@ describe("useAIBlockStreaming", () => {
   });
 });
 
+describe("hook callbacks", () => {
+  function Callbacks(props: { label: string; seen: string[] }) {
+    const stream = useAIBlockStreaming("explain-eli10", {
+      onComplete: (event) => props.seen.push(`${props.label}:complete:${event.seq}`),
+      onError: (error) => props.seen.push(`${props.label}:error:${error.code}`),
+    });
+    return <button onClick={() => stream.start({ topic: "rain" })}>go</button>;
+  }
+
+  it("calls the latest onComplete / onError the component rendered with", async () => {
+    const api = new FakeApi();
+    const seen: string[] = [];
+    const client = new StreamClient({ fetch: api.fetch });
+    const view = render(
+      <StreamClientProvider client={client}>
+        <Callbacks label="first" seen={seen} />
+      </StreamClientProvider>,
+    );
+    act(() => screen.getByText("go").click());
+    view.rerender(
+      <StreamClientProvider client={client}>
+        <Callbacks label="second" seen={seen} />
+      </StreamClientProvider>,
+    );
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.complete());
+    await waitFor(() => expect(seen).toEqual(["second:complete:1"]));
+    act(() => screen.getByText("go").click());
+    (await api.eventResponse(1)).sendEvents(streamEvents("s2").start("explain-eli10"), { ...streamEvents("s2").error(), seq: 1 });
+    await waitFor(() => expect(seen).toEqual(["second:complete:1", "second:error:provider_error"]));
+  });
+});
+
 describe("useAIStreaming", () => {
   function AnyBlock() {
     const stream = useAIStreaming();

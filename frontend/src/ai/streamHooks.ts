@@ -1,6 +1,16 @@
 // React bindings over the stream client: each hook owns one BlockStream and reads its store
 // with useSyncExternalStore, so a block re-renders at most once per animation frame.
-import { createContext, createElement, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
+import {
+  createContext,
+  createElement,
+  useContext,
+  useEffect,
+  useLayoutEffect,
+  useMemo,
+  useRef,
+  useState,
+  useSyncExternalStore,
+} from "react";
 import type { ReactNode } from "react";
 import { BlockStream, type BlockStreamOptions } from "./block-stream";
 import type { BlockInputs, BlockType } from "./contract";
@@ -32,8 +42,13 @@ export interface AIBlockStreaming<B extends BlockType> extends StreamState {
 /** Streams any block; `start(blockType, input)` picks it per call. */
 export function useAIStreaming(options: BlockStreamOptions = {}): AIStreaming {
   const client = useContext(StreamClientContext) ?? getDefaultStreamClient();
-  // One controller per mounted hook; options are read when it is created.
-  const [stream] = useState(() => new BlockStream(client, options));
+  // The controller reads the latest options (callbacks, mode) through this ref, so callers
+  // may pass inline functions without restarting anything.
+  const latestOptions = useRef(options);
+  useLayoutEffect(() => {
+    latestOptions.current = options;
+  });
+  const [stream] = useState(() => new BlockStream(client, () => latestOptions.current));
   useEffect(() => () => stream.dispose(), [stream]);
   const state = useSyncExternalStore(stream.subscribe, stream.getSnapshot, stream.getSnapshot);
   const actions = useMemo(
