@@ -5,7 +5,8 @@
 //! a send task writes the outbox to the socket with a send timeout. A malformed
 //! message gets a `ProtocolError` frame and changes nothing else. A client that
 //! stops reading is disconnected after the timeout; its streams keep running for
-//! the resume grace period like any other disconnect.
+//! the resume grace period like any other disconnect. An idle socket gets a
+//! `keep_alive` message every `SSE_KEEPALIVE_SECONDS`.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,8 @@ use crate::ai::streaming::stream_manager::{ManagerError, Opened};
 
 /// Largest client message acted on; bigger ones get an error frame.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 32 * 1024;
+/// Sent when the socket has been idle for the keep-alive interval.
+const KEEP_ALIVE: &str = r#"{"type":"keep_alive"}"#;
 /// Messages queued for the socket before readers wait.
 const OUTBOX: usize = 256;
 
@@ -96,8 +99,16 @@ async fn serve(socket: WebSocket, state: AppState) {
     let (outbox, mut outgoing) = mpsc::channel::<Message>(OUTBOX);
     let send_timeout = state.settings.client_send_timeout;
     let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
+    let keepalive = state.settings.sse_keepalive;
     let mut send_task = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
+        loop {
+            // Browsers hide WebSocket pings from scripts, so an idle socket gets a
+            // keep-alive message the client can see and time its silence against.
+            let message = match tokio::time::timeout(keepalive, outgoing.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => Message::Text(Utf8Bytes::from_static(KEEP_ALIVE)),
+            };
             match tokio::time::timeout(send_timeout, sink.send(message)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,

@@ -35,9 +35,9 @@ pub fn schema_validator(name: &str) -> jsonschema::Validator {
     jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("schema {name} compiles: {e}"))
 }
 
-fn validators() -> &'static (jsonschema::Validator, jsonschema::Validator) {
-    static V: OnceLock<(jsonschema::Validator, jsonschema::Validator)> = OnceLock::new();
-    V.get_or_init(|| (schema_validator("StreamEvent"), schema_validator("ProtocolError")))
+fn validators() -> &'static (jsonschema::Validator, jsonschema::Validator, jsonschema::Validator) {
+    static V: OnceLock<(jsonschema::Validator, jsonschema::Validator, jsonschema::Validator)> = OnceLock::new();
+    V.get_or_init(|| (schema_validator("StreamEvent"), schema_validator("ProtocolError"), schema_validator("KeepAlive")))
 }
 
 /// Panics unless `event` is a stream event of the contract.
@@ -233,12 +233,14 @@ impl TestApp {
 
     pub async fn ws(&self) -> WsClient {
         let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/stream/ws", self.addr)).await.unwrap();
-        WsClient { socket }
+        WsClient { socket, skip_keep_alives: true }
     }
 }
 
 pub struct WsClient {
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Keep-alive messages are checked, then skipped, unless a test wants them.
+    pub skip_keep_alives: bool,
 }
 
 impl WsClient {
@@ -259,6 +261,11 @@ impl WsClient {
                     let value: Value = serde_json::from_str(&text).unwrap();
                     if value.get("seq").is_some() {
                         assert_stream_event(&value);
+                    } else if value["type"] == "keep_alive" {
+                        assert!(validators().2.is_valid(&value), "keep-alive breaks the contract: {value}");
+                        if self.skip_keep_alives {
+                            continue;
+                        }
                     } else {
                         assert_protocol_error(&value);
                     }

@@ -97,3 +97,12 @@ async fn resuming_an_unknown_stream_gets_stream_not_found() {
     let event = ws.next().await;
     assert_eq!((event["type"].as_str(), event["code"].as_str(), event["seq"].as_u64()), (Some("error"), Some("stream_not_found"), Some(3)));
 }
+
+#[tokio::test]
+async fn an_idle_socket_gets_keep_alive_messages() {
+    let app = spawn_app(&[("SSE_KEEPALIVE_SECONDS", "0.05")]).await;
+    let mut ws = app.ws().await;
+    ws.skip_keep_alives = false;
+    assert_eq!(ws.next().await, json!({"type": "keep_alive"}));
+    assert_eq!(ws.next().await, json!({"type": "keep_alive"}));
+}
