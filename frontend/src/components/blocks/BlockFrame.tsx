@@ -1,6 +1,6 @@
 // The frame every AI block shares: title, live status, demo-model label, cancel while
 // streaming, error with retry, and a polite screen-reader announcement of status changes.
-import type { ReactNode } from "react";
+import { useLayoutEffect, useRef, type ReactNode } from "react";
 import type { StreamState } from "../../ai/streamHooks";
 import { useRenderCounter } from "../../bench-probe";
 
@@ -35,8 +35,14 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
   useRenderCounter(blockType);
   const active = isActive(state.status);
   const headingId = `${blockType}-title`;
+  const focus = useKeyboardFocusFlow(active);
   return (
-    <section className={`block block-${blockType}`} aria-labelledby={headingId} data-status={state.status}>
+    <section
+      ref={focus.section}
+      className={`block block-${blockType}`}
+      aria-labelledby={headingId}
+      data-status={state.status}
+    >
       <header className="block-header">
         <h2 id={headingId}>{title}</h2>
         {state.isDemo && (
@@ -50,7 +56,14 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
       </header>
       {form}
       {active && (
-        <button type="button" className="cancel" onClick={onCancel}>
+        <button
+          ref={focus.cancel}
+          type="button"
+          className="cancel"
+          onClick={onCancel}
+          onFocus={() => (focus.cancelFocused.current = true)}
+          onBlur={() => (focus.cancelFocused.current = false)}
+        >
           Cancel
         </button>
       )}
@@ -77,6 +90,28 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
       {children}
     </section>
   );
+}
+
+/**
+ * Keeps keyboard users inside the block: starting disables the submit button (which drops
+ * focus), so focus moves to Cancel; when Cancel goes away, focus returns to the submit button.
+ */
+function useKeyboardFocusFlow(active: boolean) {
+  const section = useRef<HTMLElement>(null);
+  const cancel = useRef<HTMLButtonElement>(null);
+  const cancelFocused = useRef(false);
+  useLayoutEffect(() => {
+    const focused = document.activeElement as HTMLElement | null;
+    if (active) {
+      const lost = !focused || focused === document.body;
+      const onDisabledSubmit = focused instanceof HTMLButtonElement && focused.disabled && section.current?.contains(focused);
+      if (lost || onDisabledSubmit) cancel.current?.focus();
+    } else if (cancelFocused.current) {
+      cancelFocused.current = false;
+      section.current?.querySelector<HTMLButtonElement>("form button[type=submit]")?.focus();
+    }
+  }, [active]);
+  return { section, cancel, cancelFocused };
 }
 
 /** The output region: new content is read out politely as it arrives. */

@@ -35,6 +35,18 @@ describe("AskQuestionBlock", () => {
     expect(output.querySelectorAll("p")).toHaveLength(2);
   });
 
+  it("keeps keyboard focus in the block: Enter to ask, Enter to cancel, focus back on Ask", async () => {
+    const api = new FakeApi();
+    withClient(api, <AskQuestionBlock initialQuestion="q" />);
+    const user = userEvent.setup();
+    screen.getByRole("button", { name: "Ask" }).focus();
+    await user.keyboard("{Enter}");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Cancel" })));
+    await user.keyboard("{Enter}");
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Cancelled"));
+    expect(document.activeElement).toBe(screen.getByRole("button", { name: "Ask" }));
+  });
+
   it("shows reconnecting, then recovers by itself", async () => {
     const api = new FakeApi();
     // A backoff long enough for the reconnecting state to be on screen for a few frames.
