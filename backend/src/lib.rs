@@ -33,7 +33,7 @@ pub fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<Ap
             retry_base: std::time::Duration::from_millis(250),
         },
     );
-    let store = Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes));
+    let store = Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()));
     let manager = StreamManager::new(
         store,
         engine,

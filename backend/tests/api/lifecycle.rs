@@ -97,6 +97,8 @@ async fn finished_logs_stay_within_their_memory_bound_oldest_first() {
         let id = app.create_stream("explain-eli10", json!({"topic": format!("topic {n}")})).await;
         app.events_of(&id).await.until_terminal().await;
         ids.push(id);
+        let retained = app.metric("live_ai_retained_log_bytes", &[]).await;
+        assert!(retained > 0.0 && retained <= 40000.0, "retained {retained} bytes");
     }
     let oldest = app.events_of(&ids[0]).await.until_terminal().await;
     assert_eq!(oldest[0].data["code"], "stream_not_found", "the oldest log was evicted");
@@ -134,4 +136,24 @@ async fn shutdown_ends_every_open_stream_with_a_retryable_error_and_stops() {
     assert_eq!(terminal["code"], "generation_lost");
     let stopped = tokio::time::timeout(Duration::from_secs(10), app.server).await;
     assert!(stopped.is_ok(), "the server stops within its shutdown timeout");
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_dropped_without_slowing_others() {
+    use tokio_tungstenite::tungstenite::Message;
+    use futures::SinkExt;
+    let app = spawn_app(&[("CLIENT_SEND_TIMEOUT_SECONDS", "0.3")]).await;
+    // A tiny receive buffer, and never a read: the server's writes back up quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(format!("ws://{}/api/stream/ws", app.addr), stream).await.unwrap();
+    for n in 0..200 {
+        let start = json!({"type": "start", "block_type": "quiz", "input": {"topic": format!("topic {n}"), "count": 10}});
+        stuck.send(Message::text(start.to_string())).await.unwrap();
+    }
+    app.wait_for_metric("live_ai_readers_dropped_total", &["reason=\"send_timeout\""], |v| v >= 1.0).await;
+    let id = app.create_stream("explain-eli10", json!({"topic": "patience"})).await;
+    let events = app.events_of(&id).await.until_terminal().await;
+    assert_eq!(events.last().unwrap().kind(), "complete", "other readers are unaffected");
 }

@@ -38,11 +38,13 @@ pub struct MemoryStore {
     retention: Duration,
     max_finished_bytes: usize,
     cancels: broadcast::Sender<StreamId>,
+    /// Mirrors `finished_bytes` for `/metrics`.
+    retained_bytes: prometheus::IntGauge,
 }
 
 impl MemoryStore {
-    pub fn new(retention: Duration, max_finished_bytes: usize) -> Self {
-        Self { index: Mutex::default(), retention, max_finished_bytes, cancels: broadcast::channel(1024).0 }
+    pub fn new(retention: Duration, max_finished_bytes: usize, retained_bytes: prometheus::IntGauge) -> Self {
+        Self { index: Mutex::default(), retention, max_finished_bytes, cancels: broadcast::channel(1024).0, retained_bytes }
     }
 
     fn log(&self, id: &StreamId) -> Result<Arc<Log>, StoreError> {
@@ -63,6 +65,7 @@ impl MemoryStore {
             index.logs.remove(&id);
             index.finished_bytes -= bytes;
         }
+        self.retained_bytes.set(index.finished_bytes as i64);
     }
 
     /// Bytes held by finished logs, for tests and metrics.
@@ -150,6 +153,10 @@ mod tests {
     use super::*;
     use crate::ai::streaming::events::{CancelReason, EventBody};
 
+    fn gauge() -> prometheus::IntGauge {
+        prometheus::IntGauge::new("retained", "test").unwrap()
+    }
+
     fn id(n: u32) -> StreamId {
         StreamId::parse(&format!("s{n}")).unwrap()
     }
@@ -164,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
-        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20);
+        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
         let s = id(1);
         store.create(&s).await.unwrap();
         store.append(&s, chunk(&s, 0)).await.unwrap();
@@ -176,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_start_after_the_given_seq() {
-        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20);
+        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
         let s = id(1);
         store.create(&s).await.unwrap();
         for seq in 0..5 {
@@ -191,7 +198,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiting_resolves_when_the_tail_grows() {
-        let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 1 << 20));
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge()));
         let s = id(1);
         store.create(&s).await.unwrap();
         let waiter = tokio::spawn({
@@ -210,7 +217,7 @@ mod tests {
             let s = id(0);
             chunk(&s, 0).size() + end(&s, 1).size()
         };
-        let store = MemoryStore::new(Duration::from_secs(60), one_log * 3);
+        let store = MemoryStore::new(Duration::from_secs(60), one_log * 3, gauge());
         for n in 0..10 {
             let s = id(n);
             store.create(&s).await.unwrap();
@@ -225,7 +232,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
-        let store = MemoryStore::new(Duration::from_secs(300), usize::MAX);
+        let store = MemoryStore::new(Duration::from_secs(300), usize::MAX, gauge());
         let (done, live) = (id(1), id(2));
         for s in [&done, &live] {
             store.create(s).await.unwrap();
