@@ -67,6 +67,25 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
+/// Cumulative bucket counts of the server's `chunk_delivery_seconds` histogram.
+async fn delivery_buckets(client: &reqwest::Client, base: &str) -> Vec<(f64, f64)> {
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("live_ai_chunk_delivery_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` of the difference `after - before`.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let total = counts.last().map_or(0.0, |c| c.1);
+    counts.iter().find(|(_, c)| *c >= total * q).map_or(f64::NAN, |(le, _)| le * 1000.0)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -76,6 +95,7 @@ async fn main() {
     let tps: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50.0);
     let first_token = Duration::from_millis(args.get(4).and_then(|s| s.parse().ok()).unwrap_or(200));
     let client = reqwest::Client::builder().pool_max_idle_per_host(streams).build().unwrap();
+    let buckets_before = delivery_buckets(&client, &base).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..streams).map(|n| tokio::spawn(one_stream(client.clone(), base.clone(), n, tps, first_token))).collect();
     let mut lags = Vec::new();
@@ -98,6 +118,7 @@ async fn main() {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let buckets_after = delivery_buckets(&client, &base).await;
     lags.sort_unstable();
     println!("streams={streams} completed={completed} failed={failed} tokens_per_second_per_stream={tps}");
     println!("wall={elapsed:.2}s events={events} chunks={chunks} events_per_second={:.0}", events as f64 / elapsed);
@@ -108,4 +129,11 @@ async fn main() {
         percentile(&lags, 0.99),
         percentile(&lags, 1.0)
     );
+    println!(
+        "server_chunk_delivery_ms (bucket upper bounds) p50<={} p90<={} p99<={}",
+        bucket_quantile(&buckets_before, &buckets_after, 0.5),
+        bucket_quantile(&buckets_before, &buckets_after, 0.9),
+        bucket_quantile(&buckets_before, &buckets_after, 0.99)
+    );
 }
+

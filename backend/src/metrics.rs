@@ -13,6 +13,7 @@ pub struct Metrics {
     pub events_sent_sse: IntCounter,
     pub events_sent_ws: IntCounter,
     pub time_to_first_token: HistogramVec,
+    pub chunk_delivery: prometheus::Histogram,
     pub outcomes: IntCounterVec,
     pub readers_dropped: IntCounterVec,
 }
@@ -44,6 +45,15 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(time_to_first_token.clone())).expect("registered once");
+        let chunk_delivery = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "chunk_delivery_seconds",
+                "From a chunk's creation by the engine to its hand-off to an SSE connection: the latency the server adds. Replayed chunks count their age.",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(chunk_delivery.clone())).expect("registered once");
         Self {
             events_sent_sse: events_sent.with_label_values(&["sse"]),
             events_sent_ws: events_sent.with_label_values(&["websocket"]),
@@ -53,6 +63,7 @@ impl Metrics {
             provider_streams_open,
             retained_log_bytes,
             time_to_first_token,
+            chunk_delivery,
             outcomes,
             readers_dropped,
         }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::ai::streaming::events::{ErrorCode, EventBody, LoggedEvent, StreamId};
+use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
 use crate::ai::streaming::stream_manager::{EventReader, Opened};
 
 /// Events buffered per SSE response between the log and the socket.
@@ -92,9 +92,13 @@ fn pump(state: &AppState, mut reader: EventReader) -> mpsc::Receiver<LoggedEvent
 
 fn events_response(state: &AppState, stream_id: StreamId, events: mpsc::Receiver<LoggedEvent>) -> Response {
     let sent = state.metrics.events_sent_sse.clone();
+    let delivery = state.metrics.chunk_delivery.clone();
     let retry = SseEvent::default().retry(state.settings.sse_retry).comment("connected");
     let frames = ReceiverStream::new(events).map(move |event| {
         sent.inc();
+        if event.event_type == EventType::Chunk {
+            delivery.observe(event.created.elapsed().as_secs_f64());
+        }
         Ok::<_, Infallible>(frame(&event, &stream_id))
     });
     let body = stream::once(async move { Ok(retry) }).chain(frames);

@@ -214,6 +214,8 @@ pub struct LoggedEvent {
     pub seq: u64,
     pub event_type: EventType,
     pub json: Arc<str>,
+    /// When it was made, for the delivery-latency metric.
+    pub created: std::time::Instant,
 }
 
 impl LoggedEvent {
@@ -230,6 +232,7 @@ impl LoggedEvent {
             seq,
             event_type,
             json: json.into(),
+            created: std::time::Instant::now(),
         }
     }
 
