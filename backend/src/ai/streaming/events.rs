@@ -209,7 +209,7 @@ pub struct Event {
 }
 
 /// An event as stored in a log and sent to readers: serialised once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub seq: u64,
     pub event_type: EventType,
