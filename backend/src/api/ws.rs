@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use super::error::ApiError;
 use super::AppState;
@@ -124,8 +124,13 @@ async fn serve(socket: WebSocket, state: AppState) {
     let mut session = Session { state: state.clone(), outbox, readers: HashMap::new() };
     loop {
         tokio::select! {
-            _ = &mut send_task => break,
-            _ = state.shutdown.cancelled(), if session.readers.is_empty() => break,
+            _ = &mut send_task => return session.abort_readers(),
+            _ = state.shutdown.cancelled() => {
+                // Each stream is ending with a terminal event: let the readers deliver
+                // them, within the shutdown timeout, before the socket closes.
+                session.finish_readers(state.settings.shutdown_timeout).await;
+                break;
+            }
             message = incoming.next() => match message {
                 Some(Ok(Message::Text(text))) => session.handle(text).await,
                 Some(Ok(Message::Binary(_))) => session.reply(ProtocolError::bad_request("send JSON text frames, not binary")).await,
@@ -135,18 +140,18 @@ async fn serve(socket: WebSocket, state: AppState) {
         }
         session.forget_finished();
     }
-    for reader in session.readers.values() {
-        reader.abort();
+    session.abort_readers();
+    // With every sender gone the send task flushes what is queued, then closes.
+    if tokio::time::timeout(state.settings.client_send_timeout, &mut send_task).await.is_err() {
+        send_task.abort();
     }
-    drop(session);
-    send_task.abort();
 }
 
 struct Session {
     state: AppState,
     outbox: mpsc::Sender<Message>,
     /// The stream readers this socket runs, by stream.
-    readers: HashMap<StreamId, AbortHandle>,
+    readers: HashMap<StreamId, JoinHandle<()>>,
 }
 
 impl Session {
@@ -156,6 +161,22 @@ impl Session {
 
     fn forget_finished(&mut self) {
         self.readers.retain(|_, reader| !reader.is_finished());
+    }
+
+    /// Stops every reader and drops the outbox, so the send task can finish.
+    fn abort_readers(self) {
+        for reader in self.readers.values() {
+            reader.abort();
+        }
+    }
+
+    async fn finish_readers(&mut self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        for (_, mut reader) in self.readers.drain() {
+            if tokio::time::timeout_at(deadline, &mut reader).await.is_err() {
+                reader.abort();
+            }
+        }
     }
 
     async fn handle(&mut self, text: Utf8Bytes) {
@@ -235,7 +256,7 @@ impl Session {
                 sent.inc();
             }
         });
-        self.readers.insert(id, task.abort_handle());
+        self.readers.insert(id, task);
     }
 
     async fn cancel(&mut self, stream_id: String) {
