@@ -122,35 +122,57 @@ fn eli10(topic: &str) -> String {
     )
 }
 
+/// Study-skill questions that are true of any topic: the demo model cannot know
+/// facts, but its quiz should still be right.
+const QUIZ_TEMPLATES: [(&str, &str, [&str; 3], &str); 5] = [
+    (
+        "What is the best first step to understand {t}?",
+        "Name the problem it solves, then look at its parts",
+        ["Memorise every detail first", "Skip the basics and start with exceptions", "Assume it works like everything else"],
+        "Knowing what {t} is for gives every detail a place to go.",
+    ),
+    (
+        "Which question helps most when studying {t}?",
+        "What would change if it were missing?",
+        ["Who first wrote about it?", "How long is its name?", "What colour is it usually drawn in?"],
+        "Asking what changes without {t} shows what it actually does.",
+    ),
+    (
+        "How can you check that you really understand {t}?",
+        "Explain it in your own words to someone else",
+        ["Read the same page again", "Highlight every sentence", "Count how often the key terms appear"],
+        "Explaining {t} without notes shows the gaps that re-reading hides.",
+    ),
+    (
+        "You meet a new fact about {t}. What should you do with it?",
+        "Connect it to something you already know",
+        ["Keep it separate so it stays clear", "Ignore it until the test", "Replace what you knew with it"],
+        "New facts about {t} stick when they hook onto what you know.",
+    ),
+    (
+        "Which is the strongest evidence for a claim about {t}?",
+        "A result others can check and repeat",
+        ["Something a friend heard", "A popular opinion", "A single surprising story"],
+        "Claims about {t} are strongest when anyone can check them.",
+    ),
+];
+
 fn quiz(topic: &str, count: usize, difficulty: &str) -> String {
     let mut p = Picker::seeded(&format!("{topic}/{count}/{difficulty}"));
-    let terms = key_terms(topic);
     let topic = clip(topic, 80);
-    let stems = [
-        "Which statement about {t} is most accurate?",
-        "What is the main purpose of {t}?",
-        "Which example best shows {t} in action?",
-        "What would change first if {t} were removed?",
-        "Which word is most closely linked to {t}?",
-    ];
+    let offset = p.below(QUIZ_TEMPLATES.len());
     let questions: Vec<_> = (0..count)
         .map(|n| {
-            let term = &terms[n % terms.len()];
-            let subject = if n == 0 { topic.clone() } else { format!("{term} in {topic}") };
-            let question = stems[n % stems.len()].replace("{t}", &subject);
-            let correct = format!("It explains how {term} works within {topic}");
-            let mut choices = vec![
-                format!("It is unrelated to {topic}"),
-                format!("It only matters for {}", p.pick(&["experts", "historians", "computers"])),
-                format!("It is the opposite of {term}"),
-            ];
+            let (stem, correct, wrong, why) = QUIZ_TEMPLATES[(offset + n) % QUIZ_TEMPLATES.len()];
+            let round = if n >= QUIZ_TEMPLATES.len() { "Review: " } else { "" };
+            let mut choices: Vec<String> = wrong.iter().map(|w| w.to_string()).collect();
             let answer_index = p.below(choices.len() + 1);
-            choices.insert(answer_index, correct);
+            choices.insert(answer_index, correct.to_owned());
             json!({
-                "question": question,
+                "question": format!("{round}{}", stem.replace("{t}", &topic)),
                 "choices": choices,
                 "answer_index": answer_index,
-                "explanation": format!("{term} is central to {topic}; the other choices ignore that link. (Demo model, {difficulty} level.)"),
+                "explanation": format!("{} (Demo model, {difficulty} level.)", why.replace("{t}", &topic)),
             })
         })
         .collect();
@@ -168,10 +190,9 @@ fn steps(description: &str) -> Vec<String> {
         .take(8)
         .collect();
     if steps.len() < 2 {
-        steps = key_terms(description).into_iter().take(5).collect();
-    }
-    if steps.len() < 2 {
-        steps.push("result".into());
+        // One phrase: draw the generic shape of a process around it.
+        let subject = clip(description, 40).replace('"', "'");
+        steps = vec![subject, "What starts it".into(), "What happens next".into(), "The result".into()];
     }
     steps
 }
