@@ -24,7 +24,11 @@ const rounds = Number(process.argv[2] ?? 10);
 const tokensPerSecond = process.env.DEMO_TOKENS_PER_SECOND ?? "2000";
 const liveAi = process.env.LIVE_AI_BIN ?? join(root, "backend/target/debug/live-ai");
 const chromiumBin = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
-const blocks = { "ask-question": "Ask", "explain-eli10": "Explain", quiz: "Make quiz", diagram: "Draw" };
+const allBlocks = { "ask-question": "Ask", "explain-eli10": "Explain", quiz: "Make quiz", diagram: "Draw" };
+// BENCH_BLOCKS=quiz,diagram runs only those blocks (to find which one a long task belongs to).
+const blocks = Object.fromEntries(
+  Object.entries(allBlocks).filter(([name]) => !process.env.BENCH_BLOCKS || process.env.BENCH_BLOCKS.split(",").includes(name)),
+);
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -114,13 +118,14 @@ async function main() {
     const totals = Object.fromEntries(Object.keys(blocks).map((b) => [b, { renders: 0, ms: 0, chars: 0 }]));
     for (let round = 0; round < rounds; round++) {
       const before = await page.evaluate(() => ({ ...window.__liveAiBench.renders }));
-      const since = await page.evaluate(() => window.__transitions.length);
-      await runRound(page);
+      const since = await runRound(page);
       const after = await page.evaluate(() => ({ ...window.__liveAiBench.renders }));
       const transitions = await page.evaluate((from) => window.__transitions.slice(from), since);
+      if (process.env.BENCH_DEBUG) console.error(JSON.stringify(transitions));
       for (const name of Object.keys(blocks)) {
         const mine = transitions.filter((t) => t.block === name);
-        const started = mine.find((t) => t.status === "connecting")?.at;
+        const roundStart = await page.evaluate(() => window.__roundStart);
+        const started = mine.find((t) => t.status === "connecting")?.at ?? roundStart;
         const ended = mine.find((t) => t.status === "complete")?.at;
         totals[name].renders += after[name] - before[name];
         totals[name].ms += ended - started;
@@ -146,6 +151,7 @@ async function main() {
       ),
       longest_task_ms: Math.max(0, ...longTasks.map((t) => t.duration)),
       long_tasks: longTasks.length,
+      long_task_durations_ms: longTasks.map((t) => Math.round(t.duration)),
       longest_task_ms_including_warmup: Math.max(0, ...allLongTasks.map((t) => t.duration)),
     };
     console.log(JSON.stringify(report, null, 2));
@@ -159,18 +165,39 @@ async function main() {
   }
 }
 
-/** Starts all four blocks at once and waits until every one has completed. */
+/** Starts the blocks at once and waits until each has completed; returns where its transitions begin. */
 async function runRound(page) {
+  const since = await page.evaluate(() => window.__transitions.length);
+  const before = await page.evaluate(() =>
+    Object.fromEntries([...document.querySelectorAll("section.block")].map((s) => [s.className, s.getAttribute("data-stream-id")])),
+  );
+  await page.evaluate(() => (window.__roundStart = performance.now()));
   for (const [name, button] of Object.entries(blocks)) {
     await page.locator(`section.block-${name}`).getByRole("button", { name: button, exact: true }).click();
   }
-  await page.waitForFunction(
-    () => [...document.querySelectorAll("section.block")].every((s) => s.getAttribute("data-status") === "complete"),
-    null,
-    { timeout: 60_000 },
-  );
+  // Done when every block shows a new stream as complete. (Statuses are published once per
+  // frame, so a stream shorter than a starved frame may never show "connecting" at all.)
+  await page
+    .waitForFunction(
+      ([names, previous]) =>
+        names.every((name) => {
+          const section = document.querySelector(`section.block-${name}`);
+          const id = section.getAttribute("data-stream-id");
+          return id && id !== previous[section.className] && section.getAttribute("data-status") === "complete";
+        }),
+      [Object.keys(blocks), before],
+      { timeout: 60_000 },
+    )
+    .catch(async (error) => {
+      const state = await page.evaluate((from) => ({
+        statuses: [...document.querySelectorAll("section.block")].map((s) => `${s.className}: ${s.getAttribute("data-status")}`),
+        transitions: window.__transitions.slice(from),
+      }), since);
+      throw new Error(`a round did not complete: ${JSON.stringify(state)}`, { cause: error });
+    });
   // Let the diagram finish drawing before the next round.
   await page.waitForTimeout(300);
+  return since;
 }
 
 main().catch((error) => {

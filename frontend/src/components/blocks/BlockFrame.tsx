@@ -42,6 +42,7 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
       className={`block block-${blockType}`}
       aria-labelledby={headingId}
       data-status={state.status}
+      data-stream-id={state.streamId}
     >
       <header className="block-header">
         <h2 id={headingId}>{title}</h2>

@@ -4,6 +4,9 @@
 import { useEffect, useId, useRef, useState } from "react";
 
 type MermaidApi = (typeof import("mermaid"))["default"];
+
+/** Drawing is Mermaid's costly step (tens of ms of main thread): at most this often mid-stream. */
+const MIN_DRAW_INTERVAL_MS = 200;
 let mermaidLoad: Promise<MermaidApi> | undefined;
 
 function loadMermaid(): Promise<MermaidApi> {
@@ -53,6 +56,8 @@ export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
     }
     queue.current.next = { source, final };
     if (queue.current.running) return;
+    // A function, so TypeScript does not keep the narrowing from `next = null` across awaits.
+    const nextIsFinal = () => queue.current.next?.final === true;
     queue.current.running = true;
     void (async () => {
       const mermaid = await loadMermaid();
@@ -72,6 +77,10 @@ export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
           setFailed(null);
         } catch (error) {
           if (job.final) setFailed(error instanceof Error ? error.message : String(error));
+        }
+        // Mid-stream, let newer source accumulate instead of drawing every version.
+        if (!job.final && !nextIsFinal()) {
+          await new Promise((resolve) => setTimeout(resolve, MIN_DRAW_INTERVAL_MS));
         }
       }
       queue.current.running = false;
