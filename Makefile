@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser backend-test frontend-test e2e-test bench-load
+.PHONY: demo test deps frontend-deps browser redis backend-test frontend-test e2e-test bench-load
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 demo: frontend-deps
@@ -20,7 +20,7 @@ demo: frontend-deps
 ## test: every test — Rust (unit + integration), TypeScript (Vitest), browser (Chromium)
 test: deps backend-test frontend-test e2e-test
 
-deps: frontend-deps browser
+deps: frontend-deps browser redis
 
 frontend-deps:
 	@command -v node >/dev/null || { echo "Node.js 20+ is required"; exit 1; }
@@ -32,6 +32,19 @@ browser:
 		echo "installing Debian's chromium for the browser tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# The scale-out tests need a Redis at REDIS_URL (default 127.0.0.1:6379): start
+# one if none answers, installing Debian's redis-server when missing.
+redis:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		if ! command -v redis-server >/dev/null; then \
+			echo "installing Debian's redis-server for the scale-out tests"; \
+			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+		fi; \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
+		for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done; \
 	fi
 
 backend-test:

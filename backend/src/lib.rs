@@ -16,13 +16,24 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
 use crate::ai::streaming::store::memory::MemoryStore;
+use crate::ai::streaming::store::redis::RedisStore;
+use crate::ai::streaming::store::{EventStore, StoreError};
 use crate::ai::streaming::stream_manager::{ManagerConfig, StreamManager};
 use crate::api::AppState;
-use crate::config::settings::Settings;
+use crate::config::settings::{Settings, StoreKind};
 use crate::metrics::Metrics;
 
+/// Why the application could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid setting {0}")]
+    Provider(#[from] providers::ProviderSetupError),
+    #[error("cannot use the Redis store at REDIS_URL: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// Builds the application state from settings; `shutdown` ends every stream.
-pub fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<AppState, providers::ProviderSetupError> {
+pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<AppState, SetupError> {
     let metrics = Metrics::new();
     let provider = providers::instrumented(providers::from_settings(&settings)?, metrics.provider_streams_open.clone());
     let engine = Engine::new(
@@ -33,7 +44,12 @@ pub fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<Ap
             retry_base: std::time::Duration::from_millis(250),
         },
     );
-    let store = Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()));
+    let store: Arc<dyn EventStore> = match settings.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone())),
+        StoreKind::Redis => {
+            Arc::new(RedisStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.retention, shutdown.clone()).await?)
+        }
+    };
     let manager = StreamManager::new(
         store,
         engine,

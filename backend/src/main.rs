@@ -26,10 +26,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let state = match live_ai::build_state(settings, CancellationToken::new()) {
+    let state = match live_ai::build_state(settings, CancellationToken::new()).await {
         Ok(state) => state,
         Err(error) => {
-            eprintln!("live-ai: invalid setting {error}");
+            eprintln!("live-ai: {error}");
             return ExitCode::from(2);
         }
     };

@@ -32,6 +32,12 @@ pub enum ProviderKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -81,6 +87,10 @@ pub struct Settings {
     pub provider_idle_timeout: Duration,
     pub provider_max_retries: u32,
     pub demo: DemoSettings,
+    pub store: StoreKind,
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel: deployments sharing a Redis stay apart.
+    pub redis_key_prefix: String,
     pub resume_grace: Duration,
     pub retention: Duration,
     pub retention_max_bytes: usize,
@@ -201,6 +211,15 @@ impl Settings {
                 fail_after_tokens: src.optional("DEMO_FAIL_AFTER_TOKENS", "a number of tokens")?,
                 stall_after_tokens: src.optional("DEMO_STALL_AFTER_TOKENS", "a number of tokens")?,
             },
+            store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
+            redis_url: {
+                let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    return Err(SettingsError { variable: "REDIS_URL", value: url, expected: "a redis://, rediss:// or unix:// URL".into() });
+                }
+                url
+            },
+            redis_key_prefix: src.raw("REDIS_KEY_PREFIX").unwrap_or_else(|| "live-ai".into()),
             resume_grace: src.seconds("STREAM_RESUME_GRACE_SECONDS", 30.0, 0.0)?,
             retention: src.seconds("STREAM_RETENTION_SECONDS", 300.0, 0.0)?,
             retention_max_bytes: src.parse("STREAM_RETENTION_MAX_BYTES", 64 * 1024 * 1024, "a number of bytes")?,
@@ -266,6 +285,8 @@ mod tests {
             ("STREAM_RESUME_GRACE_SECONDS", "-1"),
             ("DEMO_TOKENS_PER_SECOND", "fast"),
             ("HOST", "localhost:80"),
+            ("STREAM_STORE", "postgres"),
+            ("REDIS_URL", "127.0.0.1:6379"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var);

@@ -73,7 +73,7 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let state = live_ai::build_state(settings, shutdown.clone()).expect("state builds");
+    let state = live_ai::build_state(settings, shutdown.clone()).await.expect("state builds");
     let signal = shutdown.clone().cancelled_owned();
     let server = tokio::spawn(live_ai::run(listener, state, signal));
     TestApp { addr, http: reqwest::Client::new(), shutdown, server }

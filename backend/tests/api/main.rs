@@ -8,5 +8,6 @@ mod contract;
 mod errors;
 mod lifecycle;
 mod providers;
+mod scale_out;
 mod sse;
 mod websocket;

@@ -31,8 +31,11 @@ use crate::metrics::Metrics;
 
 /// Events read from the store per round trip.
 const READ_BATCH: usize = 512;
-/// How long a reader waits on the tail before re-checking the log.
-const TAIL_WAIT: Duration = Duration::from_secs(30);
+/// How long a reader waits on the tail before re-checking the log and whether its
+/// generation is still alive somewhere.
+const TAIL_WAIT: Duration = Duration::from_secs(2);
+/// How often this process renews the leases of the generations it runs.
+const LEASE_RENEWAL: Duration = Duration::from_secs(1);
 /// Idempotency keys kept at most; older ones go first.
 const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
@@ -144,6 +147,7 @@ impl StreamManager {
         });
         let manager = Self { inner };
         manager.listen_for_cancel_requests();
+        manager.renew_leases();
         manager
     }
 
@@ -167,6 +171,27 @@ impl StreamManager {
                 let generation = inner.live.lock().unwrap().get(&id).cloned();
                 if let Some(generation) = generation {
                     generation.cancel.cancel();
+                }
+            }
+        });
+    }
+
+    /// Keeps the generations running here marked as alive in the store, so readers
+    /// in other processes can tell a slow generation from a dead one.
+    fn renew_leases(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEWAL);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let ids: Vec<StreamId> = inner.live.lock().unwrap().keys().cloned().collect();
+                if let Err(error) = inner.store.renew_leases(&ids).await {
+                    tracing::warn!(%error, "could not renew generation leases");
                 }
             }
         });
@@ -258,6 +283,7 @@ impl StreamManager {
                             yield lost_log(&id, cursor, &error);
                             return;
                         }
+                        end_if_abandoned_by_its_process(store.as_ref(), &id).await;
                         continue;
                     }
                     for event in batch {
@@ -346,6 +372,20 @@ impl Drop for ReaderGuard {
     fn drop(&mut self) {
         self.generation.readers.send_modify(|n| *n -= 1);
         self.gauge.dec();
+    }
+}
+
+/// Ends a stream whose generating process died (its lease lapsed) with
+/// `generation_lost`, so its readers stop waiting. Any reader may do it; the log's
+/// seq check lets exactly one succeed.
+async fn end_if_abandoned_by_its_process(store: &dyn EventStore, id: &StreamId) {
+    let Ok(status) = store.status(id).await else { return };
+    if status.finished || !matches!(store.is_generating(id).await, Ok(false)) {
+        return;
+    }
+    let body = EventBody::error(ErrorCode::GenerationLost, "the process generating this stream stopped; start again", true);
+    if store.append(id, LoggedEvent::new(id, status.len, body)).await.is_ok() {
+        tracing::warn!(stream_id = %id, "generation lost: its process stopped renewing its lease");
     }
 }
 
