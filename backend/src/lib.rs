@@ -40,6 +40,7 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
         provider,
         EngineConfig {
             idle_timeout: settings.provider_idle_timeout,
+            max_duration: settings.generation_timeout,
             max_retries: settings.provider_max_retries,
             retry_base: std::time::Duration::from_millis(250),
         },

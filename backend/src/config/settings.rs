@@ -85,6 +85,7 @@ pub struct Settings {
     pub anthropic_base_url: String,
     pub anthropic_api_key: Option<Secret>,
     pub provider_idle_timeout: Duration,
+    pub generation_timeout: Duration,
     pub provider_max_retries: u32,
     pub demo: DemoSettings,
     pub store: StoreKind,
@@ -198,6 +199,7 @@ impl Settings {
             anthropic_base_url: src.raw("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
             anthropic_api_key: src.secret("ANTHROPIC_API_KEY"),
             provider_idle_timeout: src.seconds("PROVIDER_IDLE_TIMEOUT_SECONDS", 60.0, 0.01)?,
+            generation_timeout: src.seconds("GENERATION_TIMEOUT_SECONDS", 600.0, 0.01)?,
             provider_max_retries: src.parse("PROVIDER_MAX_RETRIES", 2, "a whole number of retries")?,
             demo: DemoSettings {
                 tokens_per_second: {

@@ -79,15 +79,13 @@ impl DiagramParser {
     }
 }
 
-/// The Mermaid source inside `text`: without surrounding fences or blank lines.
+/// The Mermaid source inside `text`: the first fenced block when there is one
+/// (models often add prose around it), else the whole text, trimmed.
 pub fn mermaid_source(text: &str) -> &str {
-    let mut source = text.trim();
-    if let Some(rest) = source.strip_prefix("```") {
-        // Drop the info string (`mermaid`) and the closing fence.
-        source = rest.split_once('\n').map_or("", |(_, body)| body);
-        source = source.trim_end().strip_suffix("```").unwrap_or(source);
-    }
-    source.trim()
+    let Some((_, fenced)) = text.split_once("```") else { return text.trim() };
+    // Drop the info string (`mermaid`), then everything from the closing fence on.
+    let body = fenced.split_once('\n').map_or("", |(_, body)| body);
+    body.split_once("```").map_or(body, |(inside, _)| inside).trim()
 }
 
 impl OutputParser for DiagramParser {
@@ -122,6 +120,7 @@ mod tests {
     fn fences_are_stripped_from_the_source() {
         assert_eq!(mermaid_source("```mermaid\nflowchart TD\n  A-->B\n```\n"), "flowchart TD\n  A-->B");
         assert_eq!(mermaid_source("\nflowchart TD\nA-->B\n"), "flowchart TD\nA-->B");
+        assert_eq!(mermaid_source("Here is your diagram:\n```mermaid\ngraph LR\nA-->B\n```\nHope it helps!"), "graph LR\nA-->B");
     }
 
     #[test]

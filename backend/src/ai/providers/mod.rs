@@ -53,6 +53,8 @@ pub enum ProviderError {
     Upstream { provider: String, message: String, retryable: bool },
     #[error("{provider} sent no data for {idle:?}")]
     Timeout { provider: String, idle: Duration },
+    #[error("{provider} did not finish within {limit:?} (GENERATION_TIMEOUT_SECONDS)")]
+    TooLong { provider: String, limit: Duration },
 }
 
 impl ProviderError {
@@ -61,13 +63,13 @@ impl ProviderError {
             Self::Unavailable { .. } => ErrorCode::ProviderUnavailable,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unauthorized { .. } | Self::Upstream { .. } => ErrorCode::ProviderError,
-            Self::Timeout { .. } => ErrorCode::Timeout,
+            Self::Timeout { .. } | Self::TooLong { .. } => ErrorCode::Timeout,
         }
     }
 
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Unavailable { .. } | Self::RateLimited { .. } | Self::Timeout { .. } => true,
+            Self::Unavailable { .. } | Self::RateLimited { .. } | Self::Timeout { .. } | Self::TooLong { .. } => true,
             Self::Unauthorized { .. } => false,
             Self::Upstream { retryable, .. } => *retryable,
         }

@@ -24,9 +24,16 @@ use crate::ai::streaming::events::{ErrorCode, EventBody, FinishReason, Usage};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EventBody> + Send>>;
 
+/// The longest provider-requested wait the engine retries after; a longer
+/// `Retry-After` is reported to the client (`rate_limited`) rather than slept on.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub idle_timeout: Duration,
+    /// Bound on a whole generation, so a provider that keeps the stream alive
+    /// (pings) without finishing cannot hold it forever.
+    pub max_duration: Duration,
     pub max_retries: u32,
     /// First retry delay; doubles on each further retry.
     pub retry_base: Duration,
@@ -80,6 +87,7 @@ impl Engine {
                 model: provider.model().to_owned(),
             };
             let started = Instant::now();
+            let deadline = started + config.max_duration;
             let request = ProviderRequest { prompt: input.prompt(), input: input.clone() };
             let mut parser = input.output_parser();
             let mut text = String::new();
@@ -90,8 +98,12 @@ impl Engine {
             'attempts: loop {
                 let mut upstream = provider.stream(request.clone());
                 loop {
-                    let item = match timeout(config.idle_timeout, upstream.next()).await {
+                    let wait = config.idle_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                    let item = match timeout(wait, upstream.next()).await {
                         Ok(item) => item,
+                        Err(_) if Instant::now() >= deadline => {
+                            Some(Err(ProviderError::TooLong { provider: provider.name().to_owned(), limit: config.max_duration }))
+                        }
                         Err(_) => Some(Err(ProviderError::Timeout { provider: provider.name().to_owned(), idle: config.idle_timeout })),
                     };
                     match item {
@@ -119,7 +131,8 @@ impl Engine {
                             break 'attempts;
                         }
                         Some(Err(error)) => {
-                            if text.is_empty() && error.retryable() && attempt < config.max_retries {
+                            let wait_acceptable = error.retry_after().is_none_or(|wait| wait <= MAX_RETRY_WAIT);
+                            if text.is_empty() && error.retryable() && wait_acceptable && attempt < config.max_retries {
                                 let backoff = error.retry_after().unwrap_or(config.retry_base * 2u32.pow(attempt));
                                 tracing::warn!(%error, attempt, ?backoff, "provider failed before the first token; retrying");
                                 attempt += 1;
@@ -247,7 +260,12 @@ mod tests {
 
     fn engine(scripts: Vec<Vec<Result<ProviderEvent, ProviderError>>>) -> (Engine, Arc<Scripted>) {
         let provider = Arc::new(Scripted { attempts: AtomicU32::new(0), scripts });
-        let config = EngineConfig { idle_timeout: Duration::from_secs(5), max_retries: 2, retry_base: Duration::from_millis(10) };
+        let config = EngineConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_duration: Duration::from_secs(60),
+            max_retries: 2,
+            retry_base: Duration::from_millis(10),
+        };
         (Engine::new(provider.clone(), config), provider)
     }
 
@@ -304,5 +322,39 @@ mod tests {
         let (engine, _) = engine(vec![vec![delta("Tides")]]);
         let events: Vec<_> = engine.stream(eli10()).collect().await;
         assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::ProviderError, .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_is_reported_instead_of_slept_on() {
+        let limited = Err(ProviderError::RateLimited { provider: "p".into(), message: "slow down".into(), retry_after: Some(Duration::from_secs(600)) });
+        let (engine, provider) = engine(vec![vec![limited]]);
+        let events: Vec<_> = engine.stream(eli10()).collect().await;
+        assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(600_000), .. })));
+        assert_eq!(provider.attempts.load(Ordering::SeqCst), 1);
+    }
+
+    /// Sends keep-alive deltas forever: never idle, never done.
+    struct Pinging;
+
+    impl Provider for Pinging {
+        fn name(&self) -> &str {
+            "pinging"
+        }
+        fn model(&self) -> &str {
+            "ping"
+        }
+        fn stream(&self, _request: ProviderRequest) -> ProviderStream {
+            Box::pin(futures::stream::repeat(()).then(|()| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(ProviderEvent::Delta(String::new()))
+            }))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_finishes_hits_the_generation_limit() {
+        let config = EngineConfig { idle_timeout: Duration::from_secs(5), max_duration: Duration::from_secs(30), max_retries: 0, retry_base: Duration::ZERO };
+        let events: Vec<_> = Engine::new(Arc::new(Pinging), config).stream(eli10()).collect().await;
+        assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::Timeout, .. })), "{:?}", events.last());
     }
 }
