@@ -19,5 +19,6 @@ export default defineConfig({
     environment: "jsdom",
     include: ["src/**/*.test.{ts,tsx}"],
     restoreMocks: true,
+    reporters: ["default", "./summary-reporter.ts"],
   },
 });

@@ -12,6 +12,6 @@ export default defineConfig({
     hookTimeout: 60_000,
     // Two cores: one server and one browser at a time keep timings honest.
     fileParallelism: false,
-    reporters: ["default"],
+    reporters: ["default", "./summary-reporter.ts"],
   },
 });
