@@ -8,8 +8,9 @@ export function yamlContract(): Plugin {
   return {
     name: "live-ai-yaml-contract",
     async load(id) {
-      if (!id.endsWith(".yaml")) return null;
-      const document: unknown = parse(await readFile(id, "utf8"));
+      const file = id.split("?")[0]!;
+      if (!file.endsWith(".yaml")) return null;
+      const document: unknown = parse(await readFile(file, "utf8"));
       return { code: `export default ${JSON.stringify(document)};`, map: null };
     },
   };

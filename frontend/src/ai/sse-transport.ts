@@ -4,6 +4,7 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 import type { EventSourceMessage } from "eventsource-parser";
 import type { StreamEvent } from "./contract";
 import { ContractError, parseStreamEvent } from "./contract-validator";
+import { cancelOverHttp } from "./http-cancel";
 import {
   connectionLost,
   contractViolation,
@@ -102,12 +103,8 @@ export class SseTransport implements StreamTransport {
     };
   }
 
-  async cancel(streamId: string): Promise<void> {
-    const response = await this.fetch(this.streamUrl(streamId), { method: "DELETE" });
-    // 404: the server no longer knows the stream, so there is nothing left to stop.
-    if (!response.ok && response.status !== 404) {
-      throw new Error((await failureFromResponse(response)).error.message);
-    }
+  cancel(streamId: string): Promise<void> {
+    return cancelOverHttp(this.fetch, this.options.baseUrl, streamId);
   }
 
   dispose(): void {}
@@ -134,13 +131,9 @@ export class SseTransport implements StreamTransport {
     return { streamId: body.stream_id, after: null };
   }
 
-  private streamUrl(streamId: string): string {
-    return `${this.options.baseUrl}/api/streams/${encodeURIComponent(streamId)}`;
-  }
-
   private eventsUrl(streamId: string, after: number | null): string {
     const query = after === null ? "" : `?after=${after}`;
-    return `${this.streamUrl(streamId)}/events${query}`;
+    return `${this.options.baseUrl}/api/streams/${encodeURIComponent(streamId)}/events${query}`;
   }
 }
 

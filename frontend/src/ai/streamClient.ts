@@ -3,6 +3,7 @@
 import type { AIConfig, BlockInputs, BlockType } from "./contract";
 import { checkConfig } from "./contract-validator";
 import { DEFAULT_BACKOFF, type BackoffPolicy } from "./backoff";
+import { cancelOverHttp } from "./http-cancel";
 import { SseTransport } from "./sse-transport";
 import {
   StreamSession,
@@ -172,6 +173,7 @@ export class StreamClient {
             url: webSocketUrl(this.baseUrl),
             WebSocket: this.options.WebSocket,
             idleTimeoutMs,
+            cancelOverHttp: (streamId) => cancelOverHttp(this.fetch, this.baseUrl, streamId),
           });
     this.transports.set(kind, transport);
     return transport;

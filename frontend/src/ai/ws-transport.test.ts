@@ -129,6 +129,20 @@ describe("StreamClient over WebSocket", () => {
     expect(socket.readyState).toBe(3);
   });
 
+  it("cancels over HTTP while the socket is down, rather than opening a socket just to cancel", async () => {
+    const { api, client } = setup();
+    const handle = client.start("explain-eli10", { topic: "rain" }, collect().handlers, { idempotencyKey: "d1" });
+    const socket = await openedSocket(0);
+    await vi.waitFor(() => expect(socket.sent).toHaveLength(1));
+    const e = streamEvents("D");
+    socket.serverSend({ ...e.start("explain-eli10"), ref: "d1" } as StreamEvent);
+    socket.serverDrop();
+    handle.cancel();
+    expect(await handle.done).toEqual({ status: "cancelled", event: null });
+    await vi.waitFor(() => expect(api.requestsTo("DELETE", /^\/api\/streams\/D$/)).toHaveLength(1));
+    expect(FakeWebSocket.sockets).toHaveLength(1);
+  });
+
   it("treats a silent socket as lost and resumes on a new one", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     try {

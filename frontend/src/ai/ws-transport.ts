@@ -14,6 +14,8 @@ export interface WebSocketTransportOptions {
   WebSocket?: typeof WebSocket;
   /** Silence on the socket longer than this, while streams are open, counts as a lost socket. */
   idleTimeoutMs: number;
+  /** Cancels over HTTP, for when the socket is not open (opening one just to cancel would linger). */
+  cancelOverHttp(streamId: string): Promise<void>;
 }
 
 interface Route {
@@ -63,7 +65,8 @@ export class WebSocketTransport implements StreamTransport {
   }
 
   async cancel(streamId: string): Promise<void> {
-    this.send({ type: "cancel", stream_id: streamId });
+    if (this.socket?.readyState === 1) this.send({ type: "cancel", stream_id: streamId });
+    else await this.options.cancelOverHttp(streamId);
   }
 
   dispose(): void {
