@@ -64,4 +64,27 @@ describe("StreamClient delivery mode: SSE, WebSocket or whole response", () => {
     (await api.eventResponse(0)).sendEvents(e.start(), e.complete());
     expect((await handle.done).status).toBe("complete");
   });
+
+  it("cancel() before the config arrived ends the stream at once, without touching the server", async () => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api).start("quiz", { topic: "x" }, r.handlers);
+    handle.cancel();
+    expect(await handle.done).toEqual({ status: "cancelled", event: null });
+    expect(r.log).toEqual(["cancelled:local"]);
+    expect(r.statuses).toEqual(["connecting", "cancelled"]);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(api.requests.map((q) => q.url.pathname)).toEqual(["/api/ai/config"]);
+  });
+
+  it("dispose() detaches running streams and releases the transports", async () => {
+    const api = new FakeApi();
+    const streamClient = client(api);
+    const handle = streamClient.start("quiz", { topic: "x" }, recorder().handlers);
+    const response = await api.eventResponse(0);
+    streamClient.dispose();
+    expect(await handle.done).toEqual({ status: "detached" });
+    expect(response.request.signal?.aborted).toBe(true);
+    expect(api.requestsTo("DELETE", /.*/)).toHaveLength(0);
+  });
 });

@@ -80,6 +80,7 @@ export class StreamClient {
   private readonly backoff: BackoffPolicy;
   private configRequest: Promise<AIConfig> | undefined;
   private readonly transports = new Map<TransportKind, StreamTransport>();
+  private readonly runs = new Set<Run>();
 
   constructor(private readonly options: StreamClientOptions = {}) {
     this.baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
@@ -119,11 +120,7 @@ export class StreamClient {
     this.config()
       .catch(() => FALLBACK_CONFIG)
       .then((config) => {
-        if (stopped === "detach") return resolveDone({ status: "detached" });
-        if (stopped === "cancel") {
-          handlers.onCancelled?.(null);
-          return resolveDone({ status: "cancelled", event: null });
-        }
+        if (stopped) return;
         const mode = options.mode ?? (config.streaming_enabled ? config.streaming_backend : "whole");
         run =
           mode === "whole"
@@ -134,8 +131,13 @@ export class StreamClient {
                 handlers,
                 { backoff: this.backoff, random: this.options.random ?? Math.random },
               );
-        run.done.then(resolveDone);
-        run.begin();
+        const current = run;
+        this.runs.add(current);
+        current.done.then((outcome) => {
+          this.runs.delete(current);
+          resolveDone(outcome);
+        });
+        current.begin();
       });
 
     return {
@@ -146,18 +148,24 @@ export class StreamClient {
       cancel: () => {
         if (run) return run.cancel();
         if (stopped) return;
+        // Nothing reached the server yet, so there is nothing to cancel there.
         stopped = "cancel";
         handlers.onStatus?.("cancelled");
+        handlers.onCancelled?.(null);
+        resolveDone({ status: "cancelled", event: null });
       },
       detach: () => {
         if (run) return run.detach();
-        stopped ??= "detach";
+        if (stopped) return;
+        stopped = "detach";
+        resolveDone({ status: "detached" });
       },
     };
   }
 
-  /** Closes the shared WebSocket; streams still running on it see a lost connection. */
+  /** Detaches every running stream (without cancelling it) and closes the shared WebSocket. */
   dispose(): void {
+    for (const run of [...this.runs]) run.detach();
     for (const transport of this.transports.values()) transport.dispose();
     this.transports.clear();
   }
