@@ -147,6 +147,17 @@ describe("demo page", () => {
     await page.close();
   });
 
+  it("works through the whole-response endpoint too (?transport=whole), with the same page", async () => {
+    const { page, errors } = await openPage("?transport=whole");
+    for (const name of BLOCKS) await startBlock(page, name);
+    for (const name of BLOCKS) await waitForStatus(page, name, "complete");
+    expect(await block(page, "quiz").locator(".quiz-question").count()).toBe(3);
+    await block(page, "diagram").locator(".diagram-svg svg").waitFor({ timeout: 15_000 });
+    expect((await outputText(page, "explain-eli10")).length).toBeGreaterThan(100);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
   it("draws the diagram as an SVG", async () => {
     const { page } = await openPage();
     await startBlock(page, "diagram");
