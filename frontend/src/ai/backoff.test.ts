@@ -1,3 +1,4 @@
+// Backoff delays: exponential growth, the cap, and the jitter range.
 import { describe, expect, it } from "vitest";
 import { backoffDelay, DEFAULT_BACKOFF } from "./backoff";
 

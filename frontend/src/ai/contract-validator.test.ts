@@ -1,3 +1,4 @@
+// The boundary check: valid events of every type pass, malformed ones are rejected.
 import { describe, expect, it } from "vitest";
 import { ContractError, parseServerMessage, parseStreamEvent } from "./contract-validator";
 import { SAMPLE_QUESTION, streamEvents } from "./testing/events";

@@ -1,3 +1,4 @@
+// SSE over fetch: framing split anywhere, resume headers, idle timeout, HTTP problems, cancel.
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { StreamEvent } from "./contract";
 import { FakeApi, json, sseFrame } from "./testing/fake-api";

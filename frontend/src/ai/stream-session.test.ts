@@ -1,3 +1,4 @@
+// A stream's life: terminal events, seq gaps, backoff, online/hidden-tab behaviour, expiry.
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeApi } from "./testing/fake-api";
 import { streamEvents } from "./testing/events";

@@ -1,3 +1,4 @@
+// The stream store: one published snapshot per frame, parts by index, cleanup.
 import { describe, expect, it } from "vitest";
 import { StreamStore } from "./stream-store";
 

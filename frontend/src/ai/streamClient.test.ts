@@ -1,3 +1,4 @@
+// The client's choice of delivery mode (config, override, fallback) and its own lifecycle.
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeApi, json } from "./testing/fake-api";
 import { SAMPLE_QUESTION, streamEvents } from "./testing/events";

@@ -1,3 +1,4 @@
+// The React hooks: live state, render batching, retry, cancel, fallback, callbacks, unmount cleanup.
 import { act, cleanup, render, screen, waitFor } from "@testing-library/react";
 import { Profiler } from "react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";

@@ -1,3 +1,4 @@
+// The WebSocket transport: multiplexing, resume on a new socket, protocol errors, cancel, silence.
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { StreamEvent } from "./contract";
 import { StreamClient, type StreamHandlers } from "./streamClient";

@@ -1,3 +1,4 @@
+// The diagram block: draws versions that parse, keeps the last good drawing, shows a bad final source.
 import { cleanup, render, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { afterEach, describe, expect, it, vi } from "vitest";

@@ -1,3 +1,4 @@
+// The text and quiz blocks as a learner uses them: live markdown, status, focus, reconnect, retry, quiz answers.
 import { act, cleanup, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { afterEach, describe, expect, it } from "vitest";

@@ -1,3 +1,4 @@
+// Incremental markdown splitting and the sanitizing renderer.
 import { describe, expect, it } from "vitest";
 import { MarkdownBlockSplitter } from "./markdown-blocks";
 import { renderMarkdown } from "./render-markdown";
