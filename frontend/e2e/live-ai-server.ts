@@ -62,6 +62,10 @@ function spawnOn(port: number, env: Record<string, string>): Promise<LiveAiServe
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  // Never outlive the test process, even when it dies before its afterAll hook.
+  const killOnExit = () => child.kill("SIGKILL");
+  process.once("exit", killOnExit);
+  child.once("exit", () => process.removeListener("exit", killOnExit));
   let output = "";
   const url = `http://127.0.0.1:${port}`;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
