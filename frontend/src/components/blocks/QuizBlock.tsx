@@ -1,6 +1,6 @@
 // Generate a quiz: each question appears as soon as its `part` event arrives, and the
 // learner can answer it (keyboard or pointer) and read the explanation right away.
-import { useState, type FormEvent } from "react";
+import { useId, useState, type FormEvent } from "react";
 import type { QuizInput, QuizQuestion } from "../../ai/contract";
 import { useAIBlockStreaming, type BlockStreamOptions } from "../../ai/streamHooks";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame";
@@ -69,7 +69,7 @@ export function QuizBlock({ options, initialTopic = "" }: { options?: BlockStrea
 function QuizQuestionCard({ question, number }: { question: QuizQuestion; number: number }) {
   const [choice, setChoice] = useState<number | null>(null);
   const [checked, setChecked] = useState(false);
-  const name = `quiz-q${number}-${question.question.length}`;
+  const name = useId();
   const check = (event: FormEvent) => {
     event.preventDefault();
     if (choice !== null) setChecked(true);
