@@ -129,3 +129,17 @@ async fn readers_get_generation_lost_when_the_generating_process_dies() {
     let last = &events.last().unwrap().data;
     assert_eq!((last["code"].as_str(), last["retryable"].as_bool()), (Some("generation_lost"), Some(true)));
 }
+
+#[tokio::test]
+async fn a_start_retried_on_another_process_attaches_to_the_same_generation() {
+    let deployment = deployment(&fresh_prefix(), "100");
+    let (a, b) = (spawn_in(&deployment).await, spawn_in(&deployment).await);
+    let body = json!({"block_type": "explain-eli10", "input": {"topic": "fog"}});
+    let start = |app: &TestApp| app.http.post(app.url("/api/streams")).header("idempotency-key", "one-fog").json(&body).send();
+    let first = start(&a).await.unwrap();
+    let retried = start(&b).await.unwrap();
+    assert_eq!((first.status().as_u16(), retried.status().as_u16()), (201, 200));
+    let (first, retried): (Value, Value) = (first.json().await.unwrap(), retried.json().await.unwrap());
+    assert_eq!(first["stream_id"], retried["stream_id"]);
+    assert_eq!(b.metric("live_ai_active_streams", &[]).await, 0.0, "the retry started nothing on b");
+}

@@ -121,15 +121,22 @@ impl BlockInput {
         }
     }
 
-    /// The input as canonical JSON: compared when an idempotency key is reused.
-    pub fn to_json(&self) -> Value {
-        match self {
+    /// A stable digest of the block and its input: a reused idempotency key must
+    /// come with the same request. Stable across processes and builds (FNV-1a).
+    pub fn fingerprint(&self) -> String {
+        let canonical = match self {
             Self::AskQuestion(i) => serde_json::json!({"question": i.question, "context": i.context}),
             Self::ExplainEli10(i) => serde_json::json!({"topic": i.topic}),
             Self::Quiz(i) => serde_json::json!({"topic": i.topic, "count": i.count, "difficulty": i.difficulty.as_str()}),
             Self::Diagram(i) => serde_json::json!({"description": i.description, "kind": i.kind.as_str()}),
-        }
+        };
+        format!("{}:{:016x}", self.block_type().as_str(), fnv1a(&canonical.to_string()))
     }
+}
+
+/// FNV-1a, 64 bits: a small stable hash for fingerprints and demo seeds.
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Output of the text blocks: the markdown as written.
@@ -166,6 +173,17 @@ mod tests {
         let fields = serde_json::json!({"topic": "x", "colour": "red"});
         let err = BlockInput::parse(BlockType::ExplainEli10, fields.as_object().unwrap()).unwrap_err();
         assert_eq!(err.field, "colour");
+    }
+
+    #[test]
+    fn fingerprints_tell_requests_apart_and_ignore_defaults_spelled_out() {
+        let parse = |v: serde_json::Value| BlockInput::parse(BlockType::Quiz, v.as_object().unwrap()).unwrap();
+        let a = parse(serde_json::json!({"topic": "x"}));
+        let same = parse(serde_json::json!({"topic": "x", "count": "3", "difficulty": "medium"}));
+        let other = parse(serde_json::json!({"topic": "y"}));
+        assert_eq!(a.fingerprint(), same.fingerprint());
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        assert!(a.fingerprint().starts_with("quiz:"));
     }
 
     #[test]

@@ -5,18 +5,14 @@
 use serde_json::json;
 
 use crate::ai::blocks::diagram::DiagramKind;
-use crate::ai::blocks::BlockInput;
+use crate::ai::blocks::{fnv1a, BlockInput};
 
 /// A small deterministic generator seeded from the input (FNV-1a + xorshift).
 struct Picker(u64);
 
 impl Picker {
     fn seeded(text: &str) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in text.bytes() {
-            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        Self(hash | 1)
+        Self(fnv1a(text) | 1)
     }
 
     fn next(&mut self) -> u64 {

@@ -16,7 +16,6 @@ use std::time::Duration;
 use async_stream::stream;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::events::{CancelReason, ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
-use super::store::{EventStore, StoreError};
+use super::store::{EventStore, KeyClaim, StoreError};
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
 use crate::metrics::Metrics;
@@ -36,8 +35,6 @@ const READ_BATCH: usize = 512;
 const TAIL_WAIT: Duration = Duration::from_secs(2);
 /// How often this process renews the leases of the generations it runs.
 const LEASE_RENEWAL: Duration = Duration::from_secs(1);
-/// Idempotency keys kept at most; older ones go first.
-const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -109,12 +106,6 @@ struct Generation {
     readers: watch::Sender<usize>,
 }
 
-struct IdempotencyEntry {
-    stream_id: StreamId,
-    fingerprint: (BlockType, Value),
-    at: Instant,
-}
-
 struct Inner {
     store: Arc<dyn EventStore>,
     engine: Engine,
@@ -124,7 +115,6 @@ struct Inner {
     tasks: TaskTracker,
     permits: Arc<Semaphore>,
     live: Mutex<HashMap<StreamId, Arc<Generation>>>,
-    keys: Mutex<HashMap<String, IdempotencyEntry>>,
 }
 
 #[derive(Clone)]
@@ -143,7 +133,6 @@ impl StreamManager {
             shutdown,
             tasks: TaskTracker::new(),
             live: Mutex::default(),
-            keys: Mutex::default(),
         });
         let manager = Self { inner };
         manager.listen_for_cancel_requests();
@@ -198,62 +187,41 @@ impl StreamManager {
     }
 
     /// Starts a generation, or with a known idempotency key returns the one it
-    /// started.
+    /// started (in any process sharing the store).
     pub async fn start(&self, input: BlockInput, key: Option<String>) -> Result<Started, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
-        let fingerprint = (input.block_type(), input.to_json());
+        let id = StreamId::generate();
         if let Some(key) = &key {
-            if let Some(existing) = self.existing_for_key(key, &fingerprint).await? {
-                return Ok(Started::Existing(existing));
+            let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
+            if let Some(held) = self.inner.store.claim_key(key, claim.clone(), self.inner.config.retention).await? {
+                if held.fingerprint != claim.fingerprint {
+                    return Err(ManagerError::IdempotencyConflict);
+                }
+                return Ok(Started::Existing(held.stream_id));
             }
         }
-        let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let id = StreamId::generate();
-        self.inner.store.create(&id).await?;
-        if let Some(key) = key {
-            self.remember_key(key, id.clone(), fingerprint);
+        let started = self.launch(id.clone(), input).await;
+        if let (Err(_), Some(key)) = (&started, &key) {
+            // Nothing started under this key: a retry may start afresh.
+            let _ = self.inner.store.release_key(key, &id).await;
         }
+        started
+    }
+
+    async fn launch(&self, id: StreamId, input: BlockInput) -> Result<Started, ManagerError> {
+        let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
+        self.inner.store.create(&id).await?;
         let generation = Arc::new(Generation {
             cancel: self.inner.shutdown.child_token(),
             readers: watch::channel(0).0,
         });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        let inner = self.inner.clone();
-        let stream_id = id.clone();
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
-        self.inner.tasks.spawn(run_generation(inner, stream_id, input, generation, permit).instrument(span));
+        let run = run_generation(self.inner.clone(), id.clone(), input, generation, permit);
+        self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
-    }
-
-    async fn existing_for_key(&self, key: &str, fingerprint: &(BlockType, Value)) -> Result<Option<StreamId>, ManagerError> {
-        let found = {
-            let keys = self.inner.keys.lock().unwrap();
-            keys.get(key)
-                .filter(|entry| entry.at.elapsed() < self.inner.config.retention)
-                .map(|entry| (entry.stream_id.clone(), &entry.fingerprint == fingerprint))
-        };
-        match found {
-            None => Ok(None),
-            Some((_, false)) => Err(ManagerError::IdempotencyConflict),
-            // A log that expired no longer answers the key: start afresh.
-            Some((id, true)) => Ok(self.inner.store.status(&id).await.ok().map(|_| id)),
-        }
-    }
-
-    fn remember_key(&self, key: String, stream_id: StreamId, fingerprint: (BlockType, Value)) {
-        let mut keys = self.inner.keys.lock().unwrap();
-        if keys.len() >= MAX_IDEMPOTENCY_KEYS {
-            let retention = self.inner.config.retention;
-            keys.retain(|_, entry| entry.at.elapsed() < retention);
-            if keys.len() >= MAX_IDEMPOTENCY_KEYS {
-                if let Some(oldest) = keys.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()) {
-                    keys.remove(&oldest);
-                }
-            }
-        }
-        keys.insert(key, IdempotencyEntry { stream_id, fingerprint, at: Instant::now() });
     }
 
     /// Opens a reader on a stream: the events after `after` (all when `None`), then

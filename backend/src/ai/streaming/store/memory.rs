@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{EventStore, LogStatus, StoreError};
+use super::{EventStore, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{LoggedEvent, StreamId};
 
 struct Log {
@@ -25,12 +25,16 @@ struct Log {
     len: watch::Sender<u64>,
 }
 
+/// Idempotency keys kept at most; the oldest go first.
+const MAX_KEYS: usize = 100_000;
+
 #[derive(Default)]
 struct Index {
     logs: HashMap<StreamId, Arc<Log>>,
     /// Finished logs in finishing order, with their size.
     finished: VecDeque<(Instant, StreamId, usize)>,
     finished_bytes: usize,
+    keys: HashMap<String, (KeyClaim, Instant)>,
 }
 
 pub struct MemoryStore {
@@ -155,6 +159,34 @@ impl EventStore for MemoryStore {
     async fn is_generating(&self, id: &StreamId) -> Result<bool, StoreError> {
         Ok(!self.status(id).await?.finished)
     }
+
+    async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
+        let mut index = self.index.lock().unwrap();
+        let keys = &mut index.keys;
+        if let Some((held, at)) = keys.get(key) {
+            if at.elapsed() < ttl {
+                return Ok(Some(held.clone()));
+            }
+        }
+        if keys.len() >= MAX_KEYS {
+            keys.retain(|_, (_, at)| at.elapsed() < ttl);
+            if keys.len() >= MAX_KEYS {
+                if let Some(oldest) = keys.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                    keys.remove(&oldest);
+                }
+            }
+        }
+        keys.insert(key.to_owned(), (claim, Instant::now()));
+        Ok(None)
+    }
+
+    async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+        let mut index = self.index.lock().unwrap();
+        if index.keys.get(key).is_some_and(|(held, _)| &held.stream_id == id) {
+            index.keys.remove(key);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +250,19 @@ mod tests {
         assert!(!waiter.is_finished());
         store.append(&s, chunk(&s, 0)).await.unwrap();
         waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_claim_of_a_key_wins_until_it_is_released() {
+        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
+        let claim = |n| KeyClaim { stream_id: id(n), fingerprint: "f".into() };
+        let ttl = Duration::from_secs(60);
+        assert_eq!(store.claim_key("k", claim(1), ttl).await.unwrap(), None);
+        assert_eq!(store.claim_key("k", claim(2), ttl).await.unwrap(), Some(claim(1)));
+        store.release_key("k", &id(2)).await.unwrap();
+        assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), Some(claim(1)), "only the holder releases");
+        store.release_key("k", &id(1)).await.unwrap();
+        assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), None);
     }
 
     #[tokio::test]

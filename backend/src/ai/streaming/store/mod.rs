@@ -62,4 +62,19 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether some process is still generating this unfinished stream.
     async fn is_generating(&self, id: &StreamId) -> Result<bool, StoreError>;
+
+    /// Claims an idempotency key for stream `id` for `ttl`, atomically. When another
+    /// start holds it, returns that claim instead.
+    async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError>;
+
+    /// Gives a claim back (its start failed), if it is still `id`'s.
+    async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError>;
+}
+
+/// Who holds an idempotency key: the stream it started and the request's
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub stream_id: StreamId,
+    pub fingerprint: String,
 }

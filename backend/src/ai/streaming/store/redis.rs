@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventStore, LogStatus, StoreError};
+use super::{EventStore, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{EventType, LoggedEvent, StreamId};
 
 /// How long a lease lives without renewal; the generating process renews it
@@ -93,6 +93,10 @@ impl RedisStore {
 
     fn key(&self, id: &StreamId, part: &str) -> String {
         format!("{}:{{{id}}}:{part}", self.prefix)
+    }
+
+    fn idempotency_key(&self, key: &str) -> String {
+        format!("{}:idempotency:{key}", self.prefix)
     }
 
     fn channel(&self, name: &str) -> String {
@@ -273,6 +277,31 @@ impl EventStore for RedisStore {
         let mut conn = self.conn.clone();
         conn.exists(self.key(id, "lease")).await.map_err(unavailable)
     }
+
+    async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
+        let mut conn = self.conn.clone();
+        let name = self.idempotency_key(key);
+        let value = format!("{} {}", claim.stream_id, claim.fingerprint);
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .get(true)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
+        // SET NX GET: the previous holder when the key was taken, nothing when we got it.
+        let held: Option<String> = conn.set_options(&name, value, options).await.map_err(unavailable)?;
+        Ok(held.and_then(|held| {
+            let (id, fingerprint) = held.split_once(' ')?;
+            Some(KeyClaim { stream_id: StreamId::parse(id)?, fingerprint: fingerprint.to_owned() })
+        }))
+    }
+
+    async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let release = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]) end return 0",
+        );
+        release.key(self.idempotency_key(key)).arg(id.as_str()).invoke_async::<i64>(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +375,21 @@ mod tests {
         writer.append(&id, chunk(&id, 0)).await.unwrap();
         let waited = waiting.await.unwrap();
         assert!(waited < Duration::from_secs(20), "woken by the append, not by the timeout");
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_claimed_once_across_processes() {
+        let a = store().await;
+        let b = RedisStore::connect(&redis_url(), &a.prefix, Duration::from_secs(60), CancellationToken::new()).await.unwrap();
+        let claim = |id: &StreamId| KeyClaim { stream_id: id.clone(), fingerprint: "quiz:00ff".into() };
+        let (first, second) = (StreamId::generate(), StreamId::generate());
+        let ttl = Duration::from_secs(60);
+        assert_eq!(a.claim_key("retry-me", claim(&first), ttl).await.unwrap(), None);
+        assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), Some(claim(&first)));
+        b.release_key("retry-me", &second).await.unwrap();
+        assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), Some(claim(&first)));
+        a.release_key("retry-me", &first).await.unwrap();
+        assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), None);
     }
 
     #[tokio::test]
