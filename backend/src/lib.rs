@@ -46,7 +46,9 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
         },
     );
     let store: Arc<dyn EventStore> = match settings.store {
-        StoreKind::Memory => Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone())),
+        StoreKind::Memory => {
+            Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
+        }
         StoreKind::Redis => {
             Arc::new(RedisStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.retention, shutdown.clone()).await?)
         }

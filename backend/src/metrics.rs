@@ -34,7 +34,8 @@ impl Metrics {
         let active_streams = gauge("active_streams", "Generations running now.");
         let attached_readers = gauge("attached_readers", "Clients reading a stream now, over both transports.");
         let provider_streams_open = gauge("provider_streams_open", "Provider requests open now (closed on cancel).");
-        let retained_log_bytes = gauge("retained_log_bytes", "Bytes held by the logs of finished streams (bounded by STREAM_RETENTION_MAX_BYTES).");
+        let retained_log_bytes =
+            gauge("retained_log_bytes", "Bytes held by the logs of finished streams (bounded by STREAM_RETENTION_MAX_BYTES).");
         let events_sent = counters("events_sent_total", "Events written to clients.", &["transport"]);
         let outcomes = counters("stream_outcomes_total", "Finished generations by outcome.", &["block", "provider", "outcome"]);
         let readers_dropped = counters("readers_dropped_total", "Readers the server dropped.", &["reason"]);

@@ -53,8 +53,5 @@ pub fn router(state: AppState) -> Router {
             axum::response::Html("<h1>Live AI Blocks</h1><p>The demo page is not built. Run <code>make demo</code>, or see <a href=\"/api/openapi.json\">the API</a>.</p>")
         })
     };
-    routes
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+    routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(TraceLayer::new_for_http()).with_state(state)
 }

@@ -9,7 +9,10 @@ use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Live AI Blocks", description = "Streams AI block answers over SSE and WebSocket. Event payloads: specs/050-live-ai-interaction/contracts/stream-schema.yaml (AsyncAPI 3)."),
+    info(
+        title = "Live AI Blocks",
+        description = "Streams AI block answers over SSE and WebSocket. Event payloads: specs/050-live-ai-interaction/contracts/stream-schema.yaml (AsyncAPI 3)."
+    ),
     paths(
         super::streaming::stream_block,
         super::streaming::create_stream,

@@ -43,10 +43,7 @@ pub fn last_event_id(headers: &HeaderMap) -> Result<Option<(StreamId, u64)>, Api
 }
 
 pub fn frame(event: &LoggedEvent, stream_id: &StreamId) -> SseEvent {
-    SseEvent::default()
-        .id(format!("{stream_id}:{}", event.seq))
-        .event(event.event_type.as_str())
-        .data(&*event.json)
+    SseEvent::default().id(format!("{stream_id}:{}", event.seq)).event(event.event_type.as_str()).data(&*event.json)
 }
 
 /// The response for an opened stream: 204 when the client is up to date, else SSE.
@@ -109,7 +106,6 @@ fn events_response(state: &AppState, stream_id: StreamId, events: mpsc::Receiver
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -29,7 +29,11 @@ pub fn router() -> Router<AppState> {
 const MAX_KEY_LEN: usize = 128;
 
 fn require_streaming(state: &AppState) -> Result<(), ApiError> {
-    if state.settings.streaming_enabled { Ok(()) } else { Err(ApiError::StreamingDisabled) }
+    if state.settings.streaming_enabled {
+        Ok(())
+    } else {
+        Err(ApiError::StreamingDisabled)
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -125,8 +129,9 @@ pub async fn create_stream(
     JsonBody(request): JsonBody<CreateStream>,
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
-    let block_type = BlockType::parse(&request.block_type)
-        .ok_or_else(|| ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>())))?;
+    let block_type = BlockType::parse(&request.block_type).ok_or_else(|| {
+        ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>()))
+    })?;
     let input = BlockInput::parse(block_type, &request.input)?;
     let started = state.manager.start(input, idempotency_key(&headers)?).await?;
     let status = match started {

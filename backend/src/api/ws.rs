@@ -76,7 +76,16 @@ struct ProtocolError {
 
 impl ProtocolError {
     fn bad_request(message: impl Into<String>) -> Self {
-        Self { kind: "error", code: "bad_request", message: message.into(), retryable: false, field: None, reference: None, stream_id: None, retry_after_ms: None }
+        Self {
+            kind: "error",
+            code: "bad_request",
+            message: message.into(),
+            retryable: false,
+            field: None,
+            reference: None,
+            stream_id: None,
+            retry_after_ms: None,
+        }
     }
 
     fn to_message(&self) -> Message {
@@ -191,7 +200,13 @@ impl Session {
             ClientMessage::Start { block_type, input, reference } => self.start(block_type, input, reference).await,
             ClientMessage::Resume { stream_id, after } => match StreamId::parse(&stream_id) {
                 Some(id) => self.read(id, after, None).await,
-                None => self.reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") }).await,
+                None => {
+                    self.reply(ProtocolError {
+                        field: Some("stream_id".into()),
+                        ..ProtocolError::bad_request("stream_id is not a stream id")
+                    })
+                    .await
+                }
             },
             ClientMessage::Cancel { stream_id } => self.cancel(stream_id).await,
         }
@@ -200,7 +215,9 @@ impl Session {
     async fn start(&mut self, block_type: String, input: Map<String, Value>, reference: Option<String>) {
         let fail = |error: ProtocolError| ProtocolError { reference: reference.clone(), ..error };
         if reference.as_ref().is_some_and(|r| r.len() > 128) {
-            return self.reply(fail(ProtocolError { field: Some("ref".into()), ..ProtocolError::bad_request("ref is longer than 128 characters") })).await;
+            return self
+                .reply(fail(ProtocolError { field: Some("ref".into()), ..ProtocolError::bad_request("ref is longer than 128 characters") }))
+                .await;
         }
         let Some(block) = BlockType::parse(&block_type) else {
             let error = ProtocolError::bad_request(format!("unknown block type `{}`", block_type.chars().take(64).collect::<String>()));
@@ -261,10 +278,16 @@ impl Session {
 
     async fn cancel(&mut self, stream_id: String) {
         let Some(id) = StreamId::parse(&stream_id) else {
-            return self.reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") }).await;
+            return self
+                .reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") })
+                .await;
         };
         if let Err(ManagerError::NotFound(_)) = self.state.manager.cancel(&id).await {
-            let error = ProtocolError { code: "stream_not_found", stream_id: Some(stream_id), ..ProtocolError::bad_request("no such stream; it may have expired") };
+            let error = ProtocolError {
+                code: "stream_not_found",
+                stream_id: Some(stream_id),
+                ..ProtocolError::bad_request("no such stream; it may have expired")
+            };
             self.reply(error).await;
         }
     }

@@ -130,9 +130,7 @@ impl Source<'_> {
     }
 
     fn optional<T: FromStr>(&self, variable: &'static str, expected: &str) -> Result<Option<T>, SettingsError> {
-        self.raw(variable)
-            .map(|value| value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() }))
-            .transpose()
+        self.raw(variable).map(|value| value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() })).transpose()
     }
 
     fn flag(&self, variable: &'static str, default: bool) -> Result<bool, SettingsError> {
@@ -205,7 +203,11 @@ impl Settings {
                 tokens_per_second: {
                     let tps: f64 = src.parse("DEMO_TOKENS_PER_SECOND", 40.0, "tokens per second (0 for no pacing)")?;
                     if !tps.is_finite() || tps < 0.0 {
-                        return Err(SettingsError { variable: "DEMO_TOKENS_PER_SECOND", value: tps.to_string(), expected: "a number of tokens per second, 0 or more".into() });
+                        return Err(SettingsError {
+                            variable: "DEMO_TOKENS_PER_SECOND",
+                            value: tps.to_string(),
+                            expected: "a number of tokens per second, 0 or more".into(),
+                        });
                     }
                     tps
                 },
@@ -217,7 +219,11 @@ impl Settings {
             redis_url: {
                 let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
                 if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(SettingsError { variable: "REDIS_URL", value: url, expected: "a redis://, rediss:// or unix:// URL".into() });
+                    return Err(SettingsError {
+                        variable: "REDIS_URL",
+                        value: url,
+                        expected: "a redis://, rediss:// or unix:// URL".into(),
+                    });
                 }
                 url
             },

@@ -55,7 +55,9 @@ async fn config_health_and_metrics_answer() {
     let id = app.create_stream("explain-eli10", json!({"topic": "salt"})).await;
     app.events_of(&id).await.until_terminal().await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    for name in ["live_ai_active_streams", "live_ai_events_sent_total", "live_ai_time_to_first_token_seconds", "live_ai_stream_outcomes_total"] {
+    for name in
+        ["live_ai_active_streams", "live_ai_events_sent_total", "live_ai_time_to_first_token_seconds", "live_ai_stream_outcomes_total"]
+    {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
     assert!(app.metric("live_ai_events_sent_total", &["transport=\"sse\""]).await > 5.0);

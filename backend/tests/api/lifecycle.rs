@@ -140,8 +140,8 @@ async fn shutdown_ends_every_open_stream_with_a_retryable_error_and_stops() {
 
 #[tokio::test]
 async fn a_websocket_client_that_stops_reading_is_dropped_without_slowing_others() {
-    use tokio_tungstenite::tungstenite::Message;
     use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let app = spawn_app(&[("CLIENT_SEND_TIMEOUT_SECONDS", "0.3")]).await;
     // A tiny receive buffer, and never a read: the server's writes back up quickly.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

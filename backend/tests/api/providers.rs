@@ -20,7 +20,8 @@ const ANTHROPIC_KEY: &str = "sk-ant-live-0123456789abcdef";
 
 async fn openai_app(upstream: &FakeUpstream, extra: &[(&str, &str)]) -> TestApp {
     let base = format!("{}/v1", upstream.url());
-    let mut vars = vec![("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", base.as_str()), ("OPENAI_API_KEY", OPENAI_KEY), ("AI_MODEL", "gpt-test")];
+    let mut vars =
+        vec![("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", base.as_str()), ("OPENAI_API_KEY", OPENAI_KEY), ("AI_MODEL", "gpt-test")];
     vars.extend_from_slice(extra);
     spawn_app(&vars).await
 }
@@ -130,21 +131,62 @@ async fn each_upstream_failure_ends_in_one_error_event_with_its_code() {
     let limited = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
     let overloaded = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     let cases = [
-        Case { name: "401", anthropic: false, reply: Reply::status(401, &[], format!(r#"{{"error":{{"message":"Incorrect API key provided: {OPENAI_KEY}"}}}}"#)), code: "provider_error", retryable: false },
-        Case { name: "429", anthropic: false, reply: Reply::status(429, &[("Retry-After", "2")], limited.into()), code: "rate_limited", retryable: true },
+        Case {
+            name: "401",
+            anthropic: false,
+            reply: Reply::status(401, &[], format!(r#"{{"error":{{"message":"Incorrect API key provided: {OPENAI_KEY}"}}}}"#)),
+            code: "provider_error",
+            retryable: false,
+        },
+        Case {
+            name: "429",
+            anthropic: false,
+            reply: Reply::status(429, &[("Retry-After", "2")], limited.into()),
+            code: "rate_limited",
+            retryable: true,
+        },
         Case { name: "529", anthropic: true, reply: Reply::status(529, &[], overloaded.into()), code: "rate_limited", retryable: true },
-        Case { name: "overloaded event", anthropic: true, reply: Reply::sse(fixture("anthropic_overloaded_event.sse")), code: "rate_limited", retryable: true },
+        Case {
+            name: "overloaded event",
+            anthropic: true,
+            reply: Reply::sse(fixture("anthropic_overloaded_event.sse")),
+            code: "rate_limited",
+            retryable: true,
+        },
         Case { name: "500", anthropic: false, reply: Reply::status(500, &[], "oops".into()), code: "provider_error", retryable: true },
-        Case { name: "malformed", anthropic: false, reply: Reply::sse(fixture("openai_malformed.sse")), code: "provider_error", retryable: false },
-        Case { name: "no [DONE]", anthropic: false, reply: Reply::sse(fixture("openai_truncated.sse")), code: "provider_error", retryable: true },
-        Case { name: "no message_stop", anthropic: true, reply: Reply::sse(fixture("anthropic_truncated.sse")), code: "provider_error", retryable: true },
+        Case {
+            name: "malformed",
+            anthropic: false,
+            reply: Reply::sse(fixture("openai_malformed.sse")),
+            code: "provider_error",
+            retryable: false,
+        },
+        Case {
+            name: "no [DONE]",
+            anthropic: false,
+            reply: Reply::sse(fixture("openai_truncated.sse")),
+            code: "provider_error",
+            retryable: true,
+        },
+        Case {
+            name: "no message_stop",
+            anthropic: true,
+            reply: Reply::sse(fixture("anthropic_truncated.sse")),
+            code: "provider_error",
+            retryable: true,
+        },
     ];
     for case in cases {
         let upstream = FakeUpstream::start(vec![case.reply]).await;
         let app = if case.anthropic { anthropic_app(&upstream, &[]).await } else { openai_app(&upstream, &[]).await };
         let events = run_block(&app, "explain-eli10", explain()).await;
         let error = the_error(&events);
-        assert_eq!((error["code"].as_str(), error["retryable"].as_bool()), (Some(case.code), Some(case.retryable)), "{}: {error}", case.name);
+        assert_eq!(
+            (error["code"].as_str(), error["retryable"].as_bool()),
+            (Some(case.code), Some(case.retryable)),
+            "{}: {error}",
+            case.name
+        );
         assert_no_key(&events, OPENAI_KEY);
         assert_no_key(&events, ANTHROPIC_KEY);
         if case.name == "429" {
@@ -236,7 +278,10 @@ async fn the_config_names_the_provider_and_model_but_never_the_key() {
     let body = app.get("/api/ai/config").await.text().await.unwrap();
     assert!(!body.contains(OPENAI_KEY), "{body}");
     let config: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((config["provider"].as_str(), config["model"].as_str(), config["demo"].as_bool()), (Some("openai"), Some("gpt-test"), Some(false)));
+    assert_eq!(
+        (config["provider"].as_str(), config["model"].as_str(), config["demo"].as_bool()),
+        (Some("openai"), Some("gpt-test"), Some(false))
+    );
 }
 
 /// Log lines written while the test thread runs (the app runs on it too: the

@@ -43,11 +43,7 @@ pub struct DiagramInput {
 
 impl DiagramInput {
     pub(super) fn parse(fields: &Fields) -> Result<Self, InputError> {
-        let kinds = [
-            ("flowchart", DiagramKind::Flowchart),
-            ("sequence", DiagramKind::Sequence),
-            ("mindmap", DiagramKind::Mindmap),
-        ];
+        let kinds = [("flowchart", DiagramKind::Flowchart), ("sequence", DiagramKind::Sequence), ("mindmap", DiagramKind::Mindmap)];
         Ok(Self {
             description: fields.text("description", MAX_DESCRIPTION_CHARS)?,
             kind: fields.choice("kind", &kinds)?.unwrap_or(DiagramKind::Flowchart),

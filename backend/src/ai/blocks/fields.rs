@@ -82,7 +82,11 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => s.trim().parse::<i64>().map_err(|_| out_of_range())?,
             Some(_) => return Err(out_of_range()),
         };
-        if (min..=max).contains(&value) { Ok(Some(value)) } else { Err(out_of_range()) }
+        if (min..=max).contains(&value) {
+            Ok(Some(value))
+        } else {
+            Err(out_of_range())
+        }
     }
 
     /// One of `options`, by name.

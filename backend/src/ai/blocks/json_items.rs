@@ -71,10 +71,7 @@ mod tests {
     fn scan_in_pieces(text: &str, piece: usize) -> Vec<String> {
         let mut scanner = ArrayItemScanner::default();
         let chars: Vec<char> = text.chars().collect();
-        chars
-            .chunks(piece)
-            .flat_map(|c| scanner.push(&c.iter().collect::<String>()))
-            .collect()
+        chars.chunks(piece).flat_map(|c| scanner.push(&c.iter().collect::<String>())).collect()
     }
 
     #[test]

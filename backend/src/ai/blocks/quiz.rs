@@ -98,9 +98,7 @@ impl QuizQuestion {
     }
 
     fn parse(source: &str, index: usize) -> Result<Self, InvalidOutput> {
-        serde_json::from_str::<Self>(source)
-            .map_err(|e| InvalidOutput(format!("question {}: {e}", index + 1)))?
-            .validate(index)
+        serde_json::from_str::<Self>(source).map_err(|e| InvalidOutput(format!("question {}: {e}", index + 1)))?.validate(index)
     }
 }
 
@@ -149,25 +147,17 @@ impl OutputParser for QuizParser {
     }
 
     fn finish(&mut self, text: &str) -> Result<Value, InvalidOutput> {
-        let document: QuizDocument = serde_json::from_str(json_document(text))
-            .map_err(|e| InvalidOutput(format!("the quiz is not the JSON asked for: {e}")))?;
+        let document: QuizDocument =
+            serde_json::from_str(json_document(text)).map_err(|e| InvalidOutput(format!("the quiz is not the JSON asked for: {e}")))?;
         let raw = match document {
             QuizDocument::Wrapped { questions } | QuizDocument::Bare(questions) => questions,
         };
         if raw.is_empty() {
             return Err(InvalidOutput("the quiz has no questions".into()));
         }
-        let questions = raw
-            .iter()
-            .enumerate()
-            .map(|(i, v)| QuizQuestion::parse(&v.to_string(), i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let questions = raw.iter().enumerate().map(|(i, v)| QuizQuestion::parse(&v.to_string(), i)).collect::<Result<Vec<_>, _>>()?;
         if questions.len() != self.streamed {
-            return Err(InvalidOutput(format!(
-                "{} questions were streamed but the quiz holds {}",
-                self.streamed,
-                questions.len()
-            )));
+            return Err(InvalidOutput(format!("{} questions were streamed but the quiz holds {}", self.streamed, questions.len())));
         }
         // Fewer questions than asked is still a usable quiz; it is logged, not refused.
         if questions.len() != self.requested {

@@ -112,7 +112,13 @@ mod tests {
     }
 
     fn text(events: &[Result<ProviderEvent, ProviderError>]) -> String {
-        events.iter().filter_map(|e| match e { Ok(ProviderEvent::Delta(t)) => Some(t.as_str()), _ => None }).collect()
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn last_error(events: &[Result<ProviderEvent, ProviderError>]) -> ProviderError {

@@ -94,7 +94,13 @@ mod tests {
     #[tokio::test]
     async fn streams_the_text_then_usage_then_the_end_marker() {
         let events: Vec<_> = DemoProvider::new(fast()).stream(request("rain")).collect().await;
-        let text: String = events.iter().filter_map(|e| match e { Ok(ProviderEvent::Delta(t)) => Some(t.as_str()), _ => None }).collect();
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(text, demo_content::write(&request("rain").input));
         assert!(matches!(events[events.len() - 2], Ok(ProviderEvent::Usage(u)) if u.completion_tokens as usize == events.len() - 2));
         assert_eq!(events.last().unwrap(), &Ok(ProviderEvent::Finished(FinishReason::Stop)));

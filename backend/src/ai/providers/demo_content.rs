@@ -34,9 +34,9 @@ impl Picker {
 /// The input's words that carry meaning, for weaving into the text.
 fn key_terms(text: &str) -> Vec<String> {
     const STOP: &[&str] = &[
-        "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "is", "are", "was", "what", "why", "how",
-        "does", "do", "did", "with", "it", "its", "this", "that", "be", "can", "i", "you", "me", "my", "about",
-        "then", "from", "by", "as", "at", "when", "which", "who",
+        "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "is", "are", "was", "what", "why", "how", "does", "do", "did",
+        "with", "it", "its", "this", "that", "be", "can", "i", "you", "me", "my", "about", "then", "from", "by", "as", "at", "when",
+        "which", "who",
     ];
     let mut terms: Vec<String> = Vec::new();
     for word in text.split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'') {
@@ -76,10 +76,7 @@ fn answer(question: &str, context: Option<&str>) -> String {
     let main = &terms[0];
     let second = terms.get(1).unwrap_or(main);
     let opener = p.pick(&["In short", "The short answer", "Put simply"]);
-    let mut text = format!(
-        "**{opener}:** {} comes down to how *{main}* relates to *{second}*.\n\n## Why\n\n",
-        clip(question, 120)
-    );
+    let mut text = format!("**{opener}:** {} comes down to how *{main}* relates to *{second}*.\n\n## Why\n\n", clip(question, 120));
     text += &format!(
         "Start from what *{main}* is for. {} When you look at *{second}* the same way, the connection \
          becomes clearer: each one {} the other.\n\n",
@@ -179,12 +176,8 @@ fn quiz(topic: &str, count: usize, difficulty: &str) -> String {
 /// The description's steps: split at sentence and list boundaries.
 fn steps(description: &str) -> Vec<String> {
     let normalised = description.replace(" then ", ",").replace(" and then ", ",").replace("->", ",");
-    let mut steps: Vec<String> = normalised
-        .split([',', '.', ';', '\n'])
-        .map(|s| clip(s, 40).replace('"', "'"))
-        .filter(|s| !s.is_empty())
-        .take(8)
-        .collect();
+    let mut steps: Vec<String> =
+        normalised.split([',', '.', ';', '\n']).map(|s| clip(s, 40).replace('"', "'")).filter(|s| !s.is_empty()).take(8).collect();
     if steps.len() < 2 {
         // One phrase: draw the generic shape of a process around it.
         let subject = clip(description, 40).replace('"', "'");

@@ -107,11 +107,9 @@ pub struct ProviderSetupError {
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>, ProviderSetupError> {
     match settings.provider {
         ProviderKind::Demo => Ok(Arc::new(demo::DemoProvider::new(settings.demo.clone()))),
-        ProviderKind::OpenAi => Ok(Arc::new(openai::OpenAiProvider::new(
-            &settings.openai_base_url,
-            settings.openai_api_key.clone(),
-            settings.model.clone(),
-        )?)),
+        ProviderKind::OpenAi => {
+            Ok(Arc::new(openai::OpenAiProvider::new(&settings.openai_base_url, settings.openai_api_key.clone(), settings.model.clone())?))
+        }
         ProviderKind::Anthropic => {
             // Settings refuse to load without it; this keeps the message if that changes.
             let key = settings.anthropic_api_key.clone().ok_or(ProviderSetupError {

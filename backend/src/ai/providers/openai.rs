@@ -88,7 +88,8 @@ impl Provider for OpenAiProvider {
 /// `OPENAI_BASE_URL` as a URL ending in `/`, so `chat/completions` joins onto it
 /// rather than replacing its last segment (`…/v1` + `chat/completions`).
 fn endpoint_url(raw: &str) -> Result<reqwest::Url, ProviderSetupError> {
-    let invalid = |why: &str| ProviderSetupError { variable: "OPENAI_BASE_URL", message: format!("{why}, such as https://api.openai.com/v1") };
+    let invalid =
+        |why: &str| ProviderSetupError { variable: "OPENAI_BASE_URL", message: format!("{why}, such as https://api.openai.com/v1") };
     let mut url = reqwest::Url::parse(raw.trim()).map_err(|_| invalid("expected an http(s) URL"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid("expected an http(s) URL"));
@@ -149,7 +150,13 @@ mod tests {
     }
 
     fn text(events: &[Result<ProviderEvent, ProviderError>]) -> String {
-        events.iter().filter_map(|e| match e { Ok(ProviderEvent::Delta(t)) => Some(t.as_str()), _ => None }).collect()
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn last_error(events: &[Result<ProviderEvent, ProviderError>]) -> ProviderError {
@@ -209,7 +216,9 @@ mod tests {
     #[tokio::test]
     async fn a_refused_key_is_unauthorized_and_never_echoed() {
         // Some servers quote the key they refused; the error must not.
-        let body = format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error","code":"invalid_api_key"}}}}"#);
+        let body = format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error","code":"invalid_api_key"}}}}"#
+        );
         let server = FakeUpstream::start(vec![Reply::status(401, &[], body)]).await;
         let error = last_error(&collect(&provider(&server, Some(KEY))).await);
         assert!(matches!(error, ProviderError::Unauthorized { .. }), "{error:?}");
@@ -326,7 +335,13 @@ mod tests {
 
     #[test]
     fn the_base_url_keeps_its_path() {
-        assert_eq!(endpoint_url("https://api.groq.com/openai/v1").unwrap().join("chat/completions").unwrap().as_str(), "https://api.groq.com/openai/v1/chat/completions");
-        assert_eq!(endpoint_url("http://127.0.0.1:8080/v1/").unwrap().join("chat/completions").unwrap().as_str(), "http://127.0.0.1:8080/v1/chat/completions");
+        assert_eq!(
+            endpoint_url("https://api.groq.com/openai/v1").unwrap().join("chat/completions").unwrap().as_str(),
+            "https://api.groq.com/openai/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:8080/v1/").unwrap().join("chat/completions").unwrap().as_str(),
+            "http://127.0.0.1:8080/v1/chat/completions"
+        );
     }
 }

@@ -197,11 +197,12 @@ impl Upstream {
         let message = format!("{}: {}", if kind.is_empty() { "error event" } else { kind }, self.scrub(&truncate(&text)));
         let provider = self.provider.to_owned();
         match kind {
-            "overloaded_error" | "rate_limit_error" | "rate_limit_exceeded" => ProviderError::RateLimited { provider, message, retry_after: None },
-            "authentication_error" | "permission_error" | "invalid_api_key" => ProviderError::Unauthorized {
-                provider,
-                message: format!("the API key in {} was refused ({kind})", self.key_variable),
-            },
+            "overloaded_error" | "rate_limit_error" | "rate_limit_exceeded" => {
+                ProviderError::RateLimited { provider, message, retry_after: None }
+            }
+            "authentication_error" | "permission_error" | "invalid_api_key" => {
+                ProviderError::Unauthorized { provider, message: format!("the API key in {} was refused ({kind})", self.key_variable) }
+            }
             "api_error" | "server_error" | "internal_server_error" | "timeout_error" | "service_unavailable" => {
                 self.upstream(message, true)
             }
@@ -239,10 +240,12 @@ impl Upstream {
         let base = self.target.endpoint.base_url();
         reqwest::Url::parse(base)
             .ok()
-            .and_then(|url| url.host_str().map(|host| match url.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_owned(),
-            }))
+            .and_then(|url| {
+                url.host_str().map(|host| match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                })
+            })
             .unwrap_or_else(|| "the provider".into())
     }
 

@@ -326,7 +326,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_retry_after_is_reported_instead_of_slept_on() {
-        let limited = Err(ProviderError::RateLimited { provider: "p".into(), message: "slow down".into(), retry_after: Some(Duration::from_secs(600)) });
+        let limited = Err(ProviderError::RateLimited {
+            provider: "p".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(600)),
+        });
         let (engine, provider) = engine(vec![vec![limited]]);
         let events: Vec<_> = engine.stream(eli10()).collect().await;
         assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(600_000), .. })));
@@ -353,7 +357,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_provider_that_never_finishes_hits_the_generation_limit() {
-        let config = EngineConfig { idle_timeout: Duration::from_secs(5), max_duration: Duration::from_secs(30), max_retries: 0, retry_base: Duration::ZERO };
+        let config = EngineConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_duration: Duration::from_secs(30),
+            max_retries: 0,
+            retry_base: Duration::ZERO,
+        };
         let events: Vec<_> = Engine::new(Arc::new(Pinging), config).stream(eli10()).collect().await;
         assert!(matches!(events.last(), Some(EventBody::Error { code: ErrorCode::Timeout, .. })), "{:?}", events.last());
     }

@@ -24,9 +24,7 @@ impl StreamId {
 
     /// Accepts only ids of the contract's shape, so a garbage id never reaches a store.
     pub fn parse(raw: &str) -> Option<Self> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         ok.then(|| Self(raw.into()))
     }
 
@@ -150,13 +148,7 @@ impl EventBody {
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>, retryable: bool) -> Self {
-        Self::Error {
-            code,
-            message: message.into(),
-            retryable,
-            retry_after_ms: None,
-            raw_output: None,
-        }
+        Self::Error { code, message: message.into(), retryable, retry_after_ms: None, raw_output: None }
     }
 }
 
@@ -221,19 +213,10 @@ pub struct LoggedEvent {
 impl LoggedEvent {
     pub fn new(stream_id: &StreamId, seq: u64, body: EventBody) -> Self {
         let event_type = body.event_type();
-        let event = Event {
-            stream_id: stream_id.clone(),
-            seq,
-            body,
-        };
+        let event = Event { stream_id: stream_id.clone(), seq, body };
         // Serialising plain data (strings, numbers, serde_json::Value) cannot fail.
         let json = serde_json::to_string(&event).expect("events serialise to JSON");
-        Self {
-            seq,
-            event_type,
-            json: json.into(),
-            created: std::time::Instant::now(),
-        }
+        Self { seq, event_type, json: json.into(), created: std::time::Instant::now() }
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -254,10 +237,7 @@ mod tests {
     fn event_serialises_with_type_stream_id_and_seq_at_the_top_level() {
         let id = StreamId::parse("abc").unwrap();
         let logged = LoggedEvent::new(&id, 3, EventBody::Chunk { token: "hi".into() });
-        assert_eq!(
-            &*logged.json,
-            r#"{"stream_id":"abc","seq":3,"type":"chunk","token":"hi"}"#
-        );
+        assert_eq!(&*logged.json, r#"{"stream_id":"abc","seq":3,"type":"chunk","token":"hi"}"#);
         assert_eq!(logged.event_type, EventType::Chunk);
         assert!(!logged.is_terminal());
     }
@@ -267,10 +247,7 @@ mod tests {
         let id = StreamId::parse("abc").unwrap();
         let body = EventBody::error(ErrorCode::Timeout, "stalled", true);
         let logged = LoggedEvent::new(&id, 0, body);
-        assert_eq!(
-            &*logged.json,
-            r#"{"stream_id":"abc","seq":0,"type":"error","code":"timeout","message":"stalled","retryable":true}"#
-        );
+        assert_eq!(&*logged.json, r#"{"stream_id":"abc","seq":0,"type":"error","code":"timeout","message":"stalled","retryable":true}"#);
         assert!(logged.is_terminal());
     }
 

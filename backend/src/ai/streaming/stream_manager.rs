@@ -213,10 +213,7 @@ impl StreamManager {
     async fn launch(&self, id: StreamId, input: BlockInput) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         self.inner.store.create(&id).await?;
-        let generation = Arc::new(Generation {
-            cancel: self.inner.shutdown.child_token(),
-            readers: watch::channel(0).0,
-        });
+        let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let run = run_generation(self.inner.clone(), id.clone(), input, generation, permit);
@@ -427,11 +424,13 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     // The engine (and with it the provider request) is dropped by now.
     let (terminal, outcome) = match ending {
         Ending::Finished => (None, String::new()),
-        Ending::Cancelled(reason) => (Some(EventBody::Cancelled { reason }), format!("cancelled_{}", if reason == CancelReason::Requested { "requested" } else { "abandoned" })),
-        Ending::Shutdown => (
-            Some(EventBody::error(ErrorCode::GenerationLost, "the server is shutting down; start again", true)),
-            "generation_lost".into(),
+        Ending::Cancelled(reason) => (
+            Some(EventBody::Cancelled { reason }),
+            format!("cancelled_{}", if reason == CancelReason::Requested { "requested" } else { "abandoned" }),
         ),
+        Ending::Shutdown => {
+            (Some(EventBody::error(ErrorCode::GenerationLost, "the server is shutting down; start again", true)), "generation_lost".into())
+        }
         Ending::Failed(message) => {
             tracing::error!(stream_id = %id, %message, "generation failed");
             (Some(EventBody::error(ErrorCode::GenerationLost, message, true)), "generation_lost".into())
@@ -449,7 +448,14 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
 }
 
 /// Appends the engine's events to the log until its terminal event.
-async fn drive(inner: &Inner, writer: &mut LogWriter, mut events: EventStream, block: BlockType, provider: &str, started: Instant) -> Result<(), StoreError> {
+async fn drive(
+    inner: &Inner,
+    writer: &mut LogWriter,
+    mut events: EventStream,
+    block: BlockType,
+    provider: &str,
+    started: Instant,
+) -> Result<(), StoreError> {
     let mut first_chunk = true;
     while let Some(body) = events.next().await {
         let event_type = body.event_type();

@@ -160,12 +160,7 @@ impl RedisStore {
             redis::Value::SimpleString(s) => Some(s.clone()),
             _ => None,
         };
-        Some(LoggedEvent {
-            seq,
-            event_type: EventType::parse(&text("t")?)?,
-            json: text("j")?.into(),
-            created: std::time::Instant::now(),
-        })
+        Some(LoggedEvent { seq, event_type: EventType::parse(&text("t")?)?, json: text("j")?.into(), created: std::time::Instant::now() })
     }
 }
 
@@ -178,7 +173,11 @@ impl EventStore for RedisStore {
             .atomic()
             .hset_multiple(&meta, &[("len", "0"), ("finished", "0")])
             .pexpire(&meta, LIVE_TTL.as_millis() as i64)
-            .set_options(self.key(id, "lease"), 1, redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(LEASE_TTL.as_millis() as u64)))
+            .set_options(
+                self.key(id, "lease"),
+                1,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(LEASE_TTL.as_millis() as u64)),
+            )
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
@@ -223,7 +222,10 @@ impl EventStore for RedisStore {
         reply
             .ids
             .iter()
-            .map(|entry| Self::entry_event(&entry.id, &entry.map).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry {} of {id}", entry.id))))
+            .map(|entry| {
+                Self::entry_event(&entry.id, &entry.map)
+                    .ok_or_else(|| StoreError::Unavailable(format!("malformed log entry {} of {id}", entry.id)))
+            })
             .collect()
     }
 
@@ -317,7 +319,9 @@ mod tests {
     async fn store() -> RedisStore {
         // A fresh prefix per test keeps parallel tests apart.
         let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
-        RedisStore::connect(&redis_url(), &prefix, Duration::from_secs(60), CancellationToken::new()).await.expect("Redis runs for the tests")
+        RedisStore::connect(&redis_url(), &prefix, Duration::from_secs(60), CancellationToken::new())
+            .await
+            .expect("Redis runs for the tests")
     }
 
     fn chunk(id: &StreamId, seq: u64) -> LoggedEvent {
