@@ -26,8 +26,10 @@ struct StreamStats {
 async fn one_stream(client: reqwest::Client, base: String, n: usize, tps: f64, first_token: Duration) -> Result<StreamStats, String> {
     // The one-shot endpoint starts and streams in one request, so `start` arrives as
     // it is emitted rather than replayed.
-    let question = format!("Benchmark question number {n}: how do streams scale?").replace(' ', "%20").replace('?', "%3F").replace(':', "%3A");
-    let response = client.get(format!("{base}/api/stream/ai-block/ask-question?question={question}")).send().await.map_err(|e| e.to_string())?;
+    let question =
+        format!("Benchmark question number {n}: how do streams scale?").replace(' ', "%20").replace('?', "%3F").replace(':', "%3A");
+    let response =
+        client.get(format!("{base}/api/stream/ai-block/ask-question?question={question}")).send().await.map_err(|e| e.to_string())?;
     if response.status() != 200 {
         return Err(format!("status {}", response.status()));
     }
@@ -136,4 +138,3 @@ async fn main() {
         bucket_quantile(&buckets_before, &buckets_after, 0.99)
     );
 }
-
