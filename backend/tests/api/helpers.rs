@@ -332,3 +332,51 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A real `live-ai` process (the built binary) on a free loopback port, for what
+/// only a process shows: signals, and dying.
+pub struct LiveAiProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl LiveAiProcess {
+    /// Starts the binary with the test defaults plus `vars`, and waits until it answers.
+    pub async fn spawn(vars: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("AI_STREAMING_ENABLED", "true")
+            .env("DEMO_FIRST_TOKEN_MS", "0")
+            .env("STATIC_DIR", "no-frontend-in-tests")
+            .envs(vars.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn().expect("the live-ai binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+                return Self { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("live-ai did not come up on {base}");
+    }
+
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Sends SIGTERM, as a process manager does to stop a service.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    }
+}

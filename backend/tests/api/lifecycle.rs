@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -156,4 +158,24 @@ async fn a_websocket_client_that_stops_reading_is_dropped_without_slowing_others
     let id = app.create_stream("explain-eli10", json!({"topic": "patience"})).await;
     let events = app.events_of(&id).await.until_terminal().await;
     assert_eq!(events.last().unwrap().kind(), "complete", "other readers are unaffected");
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_with_a_retryable_error_and_the_process_exits() {
+    let mut process = LiveAiProcess::spawn(&[("DEMO_TOKENS_PER_SECOND", "10"), ("SHUTDOWN_TIMEOUT_SECONDS", "3")]).await;
+    let http = reqwest::Client::new();
+    let response = http.get(format!("{}/api/stream/ai-block/explain-eli10?topic=sleep", process.base)).send().await.unwrap();
+    let mut events = response.bytes_stream().eventsource();
+    let first = tokio::time::timeout(PATIENCE, events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.event, "start");
+    process.terminate();
+    let mut last = first;
+    while let Some(Ok(event)) = tokio::time::timeout(PATIENCE, events.next()).await.expect("the stream ends in time") {
+        last = event;
+    }
+    let data: Value = serde_json::from_str(&last.data).unwrap();
+    assert_stream_event(&data);
+    assert_eq!((data["code"].as_str(), data["retryable"].as_bool()), (Some("generation_lost"), Some(true)));
+    let exit = tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await.expect("exits within the shutdown timeout");
+    assert!(exit.unwrap().success());
 }

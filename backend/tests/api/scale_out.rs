@@ -2,9 +2,6 @@
 //! so a client resumes or cancels on any of them, and readers learn when the
 //! process that generates dies. Needs the Redis at `REDIS_URL` (default local).
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -76,40 +73,14 @@ async fn a_cancel_sent_to_another_process_stops_the_generation_where_it_runs() {
 #[tokio::test]
 async fn readers_get_generation_lost_when_the_generating_process_dies() {
     let prefix = fresh_prefix();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut generator = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs([
-            ("HOST", "127.0.0.1".to_owned()),
-            ("PORT", port.to_string()),
-            ("AI_STREAMING_ENABLED", "true".into()),
-            ("STREAM_STORE", "redis".into()),
-            ("REDIS_URL", redis_url()),
-            ("REDIS_KEY_PREFIX", prefix.clone()),
-            ("DEMO_TOKENS_PER_SECOND", "5".into()),
-            ("DEMO_FIRST_TOKEN_MS", "0".into()),
-            ("STATIC_DIR", "no-frontend-in-tests".into()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the live-ai binary starts");
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..100 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the generating process came up");
+    let generator = LiveAiProcess::spawn(&[
+        ("STREAM_STORE", "redis"),
+        ("REDIS_URL", &redis_url()),
+        ("REDIS_KEY_PREFIX", &prefix),
+        ("DEMO_TOKENS_PER_SECOND", "5"),
+    ])
+    .await;
+    let (http, base) = (reqwest::Client::new(), generator.base.clone());
     let created: Value = http
         .post(format!("{base}/api/streams"))
         .json(&json!({"block_type": "explain-eli10", "input": {"topic": "comets"}}))
@@ -123,7 +94,7 @@ async fn readers_get_generation_lost_when_the_generating_process_dies() {
     let watcher = spawn_in(&deployment(&prefix, "5")).await;
     let mut reader = watcher.events_of(&id).await;
     let mut events = reader.take(2).await;
-    generator.kill().await.unwrap();
+    generator.kill().await;
     events.extend(reader.until_terminal().await);
     assert_contiguous(&events, 0);
     let last = &events.last().unwrap().data;
