@@ -4,7 +4,7 @@ import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { block, launchBrowser, outputText, recordStatuses, startBlock, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
+import { block, launchBrowser, outputText, recordStatuses, startBlock, startBlocks, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
 
@@ -51,7 +51,7 @@ for (const transport of ["sse", "websocket"] as const) {
           (error: Error) => `${name}: ${error.message.split("\n")[0]}`,
         ),
       );
-      for (const name of BLOCKS) await startBlock(page, name);
+      await startBlocks(page, BLOCKS);
       for (const partial of await Promise.all(partials)) expect(partial).toBeGreaterThan(0);
       for (const name of BLOCKS) await waitForStatus(page, name, "complete");
       for (const name of BLOCKS) {
@@ -149,7 +149,7 @@ describe("demo page", () => {
 
   it("works through the whole-response endpoint too (?transport=whole), with the same page", async () => {
     const { page, errors } = await openPage("?transport=whole");
-    for (const name of BLOCKS) await startBlock(page, name);
+    await startBlocks(page, BLOCKS);
     for (const name of BLOCKS) await waitForStatus(page, name, "complete");
     expect(await block(page, "quiz").locator(".quiz-question").count()).toBe(3);
     await block(page, "diagram").locator(".diagram-svg svg").waitFor({ timeout: 15_000 });

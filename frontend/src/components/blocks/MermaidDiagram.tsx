@@ -18,6 +18,16 @@ function loadMermaid(): Promise<MermaidApi> {
   return mermaidLoad;
 }
 
+/**
+ * Gives the main thread back (input, frames of the other blocks) between Mermaid's steps:
+ * its promises resolve as microtasks, so without this a parse and a draw run as one long task.
+ */
+function yieldToMainThread(): Promise<void> {
+  const scheduler = (globalThis as { scheduler?: { yield?: () => Promise<void> } }).scheduler;
+  if (scheduler?.yield) return scheduler.yield();
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 /** Strips a ```mermaid fence a model may wrap the source in. */
 export function mermaidSource(text: string): string {
   return text
@@ -62,7 +72,9 @@ export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
     void (async () => {
       const mermaid = await loadMermaid();
       while (queue.current.next && mounted.current) {
+        await yieldToMainThread();
         const job = queue.current.next;
+        if (!job) break;
         queue.current.next = null;
         const parsed = await mermaid.parse(job.source, { suppressErrors: true });
         if (!mounted.current) break;
@@ -70,6 +82,8 @@ export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
           if (job.final) setFailed("This diagram could not be drawn; here is its source.");
           continue;
         }
+        await yieldToMainThread();
+        if (!mounted.current) break;
         try {
           const { svg: drawn } = await mermaid.render(`${baseId}-${renders.current++}`, job.source);
           if (!mounted.current) break;
