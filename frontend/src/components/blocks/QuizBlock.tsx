@@ -1,6 +1,6 @@
 // Generate a quiz: each question appears as soon as its `part` event arrives, and the
 // learner can answer it (keyboard or pointer) and read the explanation right away.
-import { useId, useState, type FormEvent } from "react";
+import { useEffect, useId, useRef, useState, type FormEvent } from "react";
 import type { QuizInput, QuizQuestion } from "../../ai/contract";
 import { useAIBlockStreaming, type BlockStreamOptions } from "../../ai/streamHooks";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame";
@@ -70,6 +70,11 @@ function QuizQuestionCard({ question, number }: { question: QuizQuestion; number
   const [choice, setChoice] = useState<number | null>(null);
   const [checked, setChecked] = useState(false);
   const name = useId();
+  const feedback = useRef<HTMLDivElement>(null);
+  // Checking disables the focused button; focus moves to the verdict so keyboard users stay put.
+  useEffect(() => {
+    if (checked) feedback.current?.focus();
+  }, [checked]);
   const check = (event: FormEvent) => {
     event.preventDefault();
     if (choice !== null) setChecked(true);
@@ -92,7 +97,7 @@ function QuizQuestionCard({ question, number }: { question: QuizQuestion; number
         </button>
       </fieldset>
       {checked && (
-        <div className={correct ? "feedback correct" : "feedback wrong"} role="status">
+        <div ref={feedback} tabIndex={-1} className={correct ? "feedback correct" : "feedback wrong"} role="status">
           <strong>{correct ? "Correct!" : `Not quite — the answer is “${question.choices[question.answer_index]}”.`}</strong>
           <p className="explanation">{question.explanation}</p>
         </div>

@@ -101,6 +101,7 @@ describe("QuizBlock", () => {
     await user.tab();
     await user.keyboard("{Enter}");
     expect(within(q1).getByText(/Not quite — the answer is “Lava”/)).toBeTruthy();
+    expect(document.activeElement).toBe(q1.querySelector(".feedback"));
     expect(within(q1).getByText(SAMPLE_QUESTION.explanation)).toBeTruthy();
 
     response.sendEvents(e.part(1, second), e.complete({ questions: [SAMPLE_QUESTION, second] }));
