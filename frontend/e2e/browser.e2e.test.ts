@@ -45,6 +45,8 @@ for (const transport of ["sse", "websocket"] as const) {
   describe(`demo page over ${transport}`, () => {
     it("streams every block, showing output before it completes", async () => {
       const { page, errors } = await openPage(`?transport=${transport}`);
+      const sockets: string[] = [];
+      page.on("websocket", (socket) => sockets.push(socket.url()));
       const partials = BLOCKS.map((name) =>
         waitForIntermediateOutput(page, name).then(
           (text) => text.length,
@@ -60,6 +62,8 @@ for (const transport of ["sse", "websocket"] as const) {
       expect((await outputText(page, "ask-question")).length).toBeGreaterThan(100);
       await block(page, "diagram").locator(".diagram-svg svg").waitFor({ timeout: 15_000 });
       expect(await block(page, "quiz").locator(".quiz-question").count()).toBe(3);
+      // Four concurrent streams share one socket over WebSocket, and SSE opens none.
+      expect(sockets).toEqual(transport === "websocket" ? [`${proxy.url.replace("http", "ws")}/api/stream/ws`] : []);
       if (transport === "sse") {
         await mkdir(RESULTS_DIR, { recursive: true });
         await page.screenshot({ path: `${RESULTS_DIR}/demo-page.png`, fullPage: true });
