@@ -230,6 +230,39 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
   }
 });
 
+describe("stream client when the server restarts mid-stream", () => {
+  // The memory store dies with the process, so the stream cannot survive a restart; what
+  // matters is that the client ends with a typed error instead of hanging or looping.
+  it.each([
+    ["stops gracefully (SIGTERM)", "SIGTERM", ["generation_lost", "stream_not_found"]],
+    ["crashes (SIGKILL)", "SIGKILL", ["stream_not_found"]],
+  ] as const)("ends with a typed error when the server %s", async (_name, signal, codes) => {
+    const env = { DEMO_TOKENS_PER_SECOND: "40", STREAM_STORE: "memory" };
+    let server = await startLiveAi(env);
+    const client = newClient(server.url);
+    let restarted: Promise<void> | undefined;
+    try {
+      const result = await run(client, "ask-question", "sse", (event) => {
+        if (event.type === "chunk" && event.seq === 5 && !restarted) {
+          restarted = server.stop(signal).then(async () => {
+            server = await startLiveAi(env, server.port);
+          });
+        }
+      });
+      await restarted;
+      expect(result.outcome.status).toBe("error");
+      if (result.outcome.status !== "error") return;
+      expect(codes).toContain(result.outcome.error.code);
+      // A crash leaves the client to find out by itself: it reconnects, then learns the stream is gone.
+      if (signal === "SIGKILL") expect(result.statuses).toContain("reconnecting");
+    } finally {
+      client.dispose();
+      await restarted?.catch(() => undefined);
+      await server.stop();
+    }
+  });
+});
+
 describe("stream client against live-ai with streaming off", () => {
   let server: LiveAiServer;
   beforeAll(async () => {

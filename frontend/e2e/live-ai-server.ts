@@ -18,7 +18,8 @@ export interface LiveAiServer {
   url: string;
   port: number;
   output(): string;
-  stop(): Promise<void>;
+  /** SIGTERM (graceful) by default; SIGKILL to simulate a crash. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 export async function freePort(): Promise<number> {
@@ -32,10 +33,12 @@ export async function freePort(): Promise<number> {
   });
 }
 
-export async function startLiveAi(env: Record<string, string> = {}): Promise<LiveAiServer> {
+/** Starts live-ai; `port` pins the port (to restart a server where clients expect it). */
+export async function startLiveAi(env: Record<string, string> = {}, port?: number): Promise<LiveAiServer> {
   if (!existsSync(LIVE_AI_BIN)) {
     throw new Error(`live-ai binary not found at ${LIVE_AI_BIN}; build it or set LIVE_AI_BIN`);
   }
+  if (port !== undefined) return spawnOn(port, env);
   // A port picked here may be taken by someone else before the binary binds it: try again.
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
@@ -69,9 +72,9 @@ function spawnOn(port: number, env: Record<string, string>): Promise<LiveAiServe
   let output = "";
   const url = `http://127.0.0.1:${port}`;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const stop = async () => {
+  const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
+      child.kill(signal);
       const killTimer = setTimeout(() => child.kill("SIGKILL"), 5_000);
       await exited;
       clearTimeout(killTimer);
