@@ -230,6 +230,27 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
   }
 });
 
+describe("stream client against live-ai with a slow first token", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    // 1 s keep-alives give a 3 s silence timeout; the first token takes longer than that.
+    server = await startLiveAi({ SSE_KEEPALIVE_SECONDS: "1", DEMO_FIRST_TOKEN_MS: "4500", DEMO_TOKENS_PER_SECOND: "2000" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  for (const transport of TRANSPORTS) {
+    it(`keeps a quiet ${transport} connection alive through its keep-alives, without reconnecting`, async () => {
+      const client = newClient(server.url);
+      const result = await run(client, "explain-eli10", transport);
+      client.dispose();
+      expect(result.outcome.status).toBe("complete");
+      expect(result.statuses).toEqual(["connecting", "streaming", "complete"]);
+    });
+  }
+});
+
 describe("stream client when the server restarts mid-stream", () => {
   // The memory store dies with the process, so the stream cannot survive a restart; what
   // matters is that the client ends with a typed error instead of hanging or looping.

@@ -40,6 +40,12 @@ describe("parseStreamEvent", () => {
 });
 
 describe("parseServerMessage", () => {
+  it("recognises the WebSocket keep-alive and rejects anything else", () => {
+    expect(parseServerMessage('{"type":"keep_alive"}')).toEqual({ kind: "keep_alive" });
+    expect(() => parseServerMessage('{"type":"keep_alive","extra":1}')).toThrow(ContractError);
+    expect(() => parseServerMessage('{"type":"tick"}')).toThrow(ContractError);
+  });
+
   it("tells a stream error event from a protocol error by its seq", () => {
     const event = streamEvents("s1").error();
     expect(parseServerMessage(JSON.stringify(event)).kind).toBe("event");

@@ -31,6 +31,7 @@ function compileValidators() {
   return {
     streamEvent: get("StreamEvent"),
     protocolError: get("ProtocolError"),
+    keepAlive: get("KeepAlive"),
     blockResult: get("BlockResult"),
     quizQuestion: get("QuizQuestion"),
   };
@@ -71,11 +72,12 @@ export function parseStreamEvent(data: string, expectedType?: string): StreamEve
   return event;
 }
 
-/** Parses one WebSocket text frame: a stream event or a ProtocolError. */
+/** Parses one WebSocket text frame: a stream event, a ProtocolError or a KeepAlive. */
 export function parseServerMessage(data: string): ServerMessage {
   const value = parseJson(data);
-  const { streamEvent, protocolError } = schemas();
+  const { streamEvent, protocolError, keepAlive } = schemas();
   if (streamEvent(value)) return { kind: "event", event: value as StreamEvent };
+  if (keepAlive(value)) return { kind: "keep_alive" };
   // A ProtocolError has no seq, which is what tells it apart from a stream's error event.
   if (protocolError(value)) return { kind: "protocol_error", error: value as ProtocolError };
   throw new ContractError(`message ${describe(streamEvent)}`);

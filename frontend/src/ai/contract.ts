@@ -114,9 +114,15 @@ export interface ProtocolError {
   retry_after_ms?: number;
 }
 
+/** WebSocket only: sent on an idle socket, so a quiet socket can be told from a lost one. */
+export interface KeepAlive {
+  type: "keep_alive";
+}
+
 export type ServerMessage =
   | { kind: "event"; event: StreamEvent }
-  | { kind: "protocol_error"; error: ProtocolError };
+  | { kind: "protocol_error"; error: ProtocolError }
+  | { kind: "keep_alive" };
 
 export interface AskQuestionInput {
   question: string;

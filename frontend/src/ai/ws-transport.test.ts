@@ -144,6 +144,38 @@ describe("StreamClient over WebSocket", () => {
     expect(FakeWebSocket.sockets).toHaveLength(1);
   });
 
+  it("keeps a quiet socket that sends keep_alive frames", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      const { api } = setup();
+      const client = new StreamClient({
+        fetch: api.fetch,
+        baseUrl: "http://127.0.0.1:9999",
+        WebSocket: FakeWebSocket as unknown as typeof WebSocket,
+        idleTimeoutMs: 500,
+      });
+      const a = collect();
+      const handle = client.start("explain-eli10", { topic: "rain" }, a.handlers, { idempotencyKey: "k1" });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = FakeWebSocket.latest();
+      socket.serverOpen();
+      const e = streamEvents("K");
+      socket.serverSend({ ...e.start("explain-eli10"), ref: "k1" } as StreamEvent);
+      // A slow first token: nothing but keep-alives for well over the idle timeout.
+      for (let i = 0; i < 6; i++) {
+        await vi.advanceTimersByTimeAsync(400);
+        socket.serverSend({ type: "keep_alive" });
+      }
+      socket.serverSend(e.chunk("late"), e.complete());
+      await vi.advanceTimersByTimeAsync(0);
+      expect((await handle.done).status).toBe("complete");
+      expect(a.statuses).not.toContain("reconnecting");
+      expect(FakeWebSocket.sockets).toHaveLength(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("treats a silent socket as lost and resumes on a new one", async () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     try {

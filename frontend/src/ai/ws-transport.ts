@@ -121,8 +121,9 @@ export class WebSocketTransport implements StreamTransport {
       if (!(error instanceof ContractError)) throw error;
       return;
     }
+    // A keep_alive has done its job by arriving: any frame re-arms the idle timer.
     if (message.kind === "event") this.deliver(message.event);
-    else this.reject(message.error);
+    else if (message.kind === "protocol_error") this.reject(message.error);
   }
 
   private deliver(event: StreamEvent): void {
