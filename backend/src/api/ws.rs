@@ -248,7 +248,7 @@ impl Session {
             Ok(Opened::Events(reader)) => reader,
             Ok(Opened::UpToDate) => return,
             Err(ManagerError::NotFound(_)) => {
-                let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired"), false);
+                let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired: start again"), true);
                 let event = LoggedEvent::new(&id, after.map_or(0, |seq| seq + 1), body);
                 let _ = self.outbox.send(Message::Text(event.json.to_string().into())).await;
                 return;
