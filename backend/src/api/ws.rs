@@ -77,7 +77,7 @@ struct ProtocolError {
 impl ProtocolError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self {
-            kind: "error",
+            kind: "protocol_error",
             code: "bad_request",
             message: message.into(),
             retryable: false,

@@ -124,7 +124,7 @@ async fn malformed_websocket_messages_get_error_frames_and_other_streams_live_on
     while frames.len() < bad_messages.len() + 1 {
         frames.push(ws.next().await);
     }
-    assert!(frames.iter().all(|f| f["type"] == "error" && f.get("seq").is_none()), "{frames:?}");
+    assert!(frames.iter().all(|f| f["type"] == "protocol_error" && f.get("seq").is_none()), "{frames:?}");
     let quiz_error = frames.iter().find(|f| f["ref"] == "r2").expect("the bad start's ref is echoed");
     assert_eq!(quiz_error["field"], "topic");
     assert!(frames.iter().any(|f| f["code"] == "stream_not_found" && f["stream_id"] == "nosuchstream"));

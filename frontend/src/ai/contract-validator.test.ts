@@ -49,7 +49,7 @@ describe("parseServerMessage", () => {
   it("tells a stream error event from a protocol error by its seq", () => {
     const event = streamEvents("s1").error();
     expect(parseServerMessage(JSON.stringify(event)).kind).toBe("event");
-    const protocolError = { type: "error", code: "bad_request", message: "no", retryable: false, ref: "r1" };
+    const protocolError = { type: "protocol_error", code: "bad_request", message: "no", retryable: false, ref: "r1" };
     expect(parseServerMessage(JSON.stringify(protocolError))).toEqual({ kind: "protocol_error", error: protocolError });
   });
 });

@@ -78,7 +78,6 @@ export function parseServerMessage(data: string): ServerMessage {
   const { streamEvent, protocolError, keepAlive } = schemas();
   if (streamEvent(value)) return { kind: "event", event: value as StreamEvent };
   if (keepAlive(value)) return { kind: "keep_alive" };
-  // A ProtocolError has no seq, which is what tells it apart from a stream's error event.
   if (protocolError(value)) return { kind: "protocol_error", error: value as ProtocolError };
   throw new ContractError(`message ${describe(streamEvent)}`);
 }

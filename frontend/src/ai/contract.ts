@@ -104,7 +104,7 @@ export function isTerminal(event: StreamEvent): event is TerminalEvent {
 
 /** WebSocket only: answers a client message that could not be acted on; not part of any stream. */
 export interface ProtocolError {
-  type: "error";
+  type: "protocol_error";
   code: "bad_request" | "stream_not_found" | "rate_limited";
   message: string;
   retryable: boolean;

@@ -109,7 +109,7 @@ describe("StreamClient over WebSocket", () => {
     const bad = client.start("quiz", { topic: "" }, collect().handlers, { idempotencyKey: "bad" });
     const socket = await openedSocket(0);
     await vi.waitFor(() => expect(socket.sent).toHaveLength(2));
-    socket.serverSend({ type: "error", code: "bad_request", message: "topic is empty", retryable: false, field: "topic", ref: "bad" });
+    socket.serverSend({ type: "protocol_error", code: "bad_request", message: "topic is empty", retryable: false, field: "topic", ref: "bad" });
     expect(await bad.done).toMatchObject({ status: "error", error: { code: "bad_request", field: "topic", retryable: false } });
     const e = streamEvents("G");
     socket.serverSend({ ...e.start("explain-eli10"), ref: "good" } as StreamEvent, e.complete());
