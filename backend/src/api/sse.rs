@@ -50,7 +50,10 @@ pub fn frame(event: &LoggedEvent, stream_id: &StreamId) -> SseEvent {
 pub fn respond(state: &AppState, stream_id: StreamId, opened: Opened) -> Response {
     match opened {
         Opened::UpToDate => StatusCode::NO_CONTENT.into_response(),
-        Opened::Events(reader) => events_response(state, stream_id, pump(state, reader)),
+        Opened::Events(reader) => {
+            let events = pump(state, stream_id.clone(), reader);
+            events_response(state, stream_id, events)
+        }
     }
 }
 
@@ -63,7 +66,7 @@ pub fn not_found(state: &AppState, stream_id: StreamId, after: Option<u64>) -> R
     events_response(state, stream_id, rx)
 }
 
-fn pump(state: &AppState, mut reader: EventReader) -> mpsc::Receiver<LoggedEvent> {
+fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc::Receiver<LoggedEvent> {
     let (tx, rx) = mpsc::channel(PUMP_BUFFER);
     let send_timeout = state.settings.client_send_timeout;
     let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
@@ -77,7 +80,7 @@ fn pump(state: &AppState, mut reader: EventReader) -> mpsc::Receiver<LoggedEvent
                 Ok(()) => {}
                 Err(SendTimeoutError::Timeout(_)) => {
                     dropped.inc();
-                    tracing::info!("dropping an SSE reader that stopped reading");
+                    tracing::info!(%stream_id, "dropping an SSE reader that stopped reading");
                     return;
                 }
                 Err(SendTimeoutError::Closed(_)) => return,

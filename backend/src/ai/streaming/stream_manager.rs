@@ -423,7 +423,7 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     };
     // The engine (and with it the provider request) is dropped by now.
     let (terminal, outcome) = match ending {
-        Ending::Finished => (None, String::new()),
+        Ending::Finished => (None, "finished by the engine".to_owned()),
         Ending::Cancelled(reason) => (
             Some(EventBody::Cancelled { reason }),
             format!("cancelled_{}", if reason == CancelReason::Requested { "requested" } else { "abandoned" }),
@@ -444,7 +444,7 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     }
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
-    tracing::info!(stream_id = %id, block = block.as_str(), elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
+    tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
 }
 
 /// Appends the engine's events to the log until its terminal event.
