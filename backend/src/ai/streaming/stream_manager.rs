@@ -392,8 +392,8 @@ async fn abandoned(mut readers: watch::Receiver<usize>, grace: Duration) {
 }
 
 enum Ending {
-    /// The engine wrote its own terminal event.
-    Finished,
+    /// The engine wrote its own terminal event; the outcome it recorded.
+    Finished(&'static str),
     Cancelled(CancelReason),
     Shutdown,
     Failed(String),
@@ -415,7 +415,7 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
             }
             _ = abandoned(generation.readers.subscribe(), inner.config.resume_grace) => Ending::Cancelled(CancelReason::Abandoned),
             driven = drive => match driven {
-                Ok(Ok(())) => Ending::Finished,
+                Ok(Ok(outcome)) => Ending::Finished(outcome),
                 Ok(Err(error)) => Ending::Failed(format!("the event log failed: {error}")),
                 Err(_) => Ending::Failed("the generation crashed".into()),
             },
@@ -423,7 +423,7 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     };
     // The engine (and with it the provider request) is dropped by now.
     let (terminal, outcome) = match ending {
-        Ending::Finished => (None, "finished by the engine".to_owned()),
+        Ending::Finished(outcome) => (None, outcome.to_owned()),
         Ending::Cancelled(reason) => (
             Some(EventBody::Cancelled { reason }),
             format!("cancelled_{}", if reason == CancelReason::Requested { "requested" } else { "abandoned" }),
@@ -447,7 +447,8 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
 }
 
-/// Appends the engine's events to the log until its terminal event.
+/// Appends the engine's events to the log until its terminal event; returns the
+/// outcome recorded for it.
 async fn drive(
     inner: &Inner,
     writer: &mut LogWriter,
@@ -455,7 +456,7 @@ async fn drive(
     block: BlockType,
     provider: &str,
     started: Instant,
-) -> Result<(), StoreError> {
+) -> Result<&'static str, StoreError> {
     let mut first_chunk = true;
     while let Some(body) = events.next().await {
         let event_type = body.event_type();
@@ -471,7 +472,7 @@ async fn drive(
         writer.append(body).await?;
         if let Some(outcome) = outcome {
             inner.metrics.outcomes.with_label_values(&[block.as_str(), provider, outcome]).inc();
-            return Ok(());
+            return Ok(outcome);
         }
     }
     Err(StoreError::Unavailable("the engine ended without a terminal event".into()))
