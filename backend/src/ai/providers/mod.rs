@@ -167,3 +167,35 @@ impl Provider for Instrumented {
 pub fn instrumented(inner: Arc<dyn Provider>, open: prometheus::IntGauge) -> Arc<dyn Provider> {
     Arc::new(Instrumented { inner, open })
 }
+
+/// Reading provider streams in the provider tests.
+#[cfg(test)]
+pub(crate) mod stream_reading {
+    use super::{ProviderError, ProviderEvent, ProviderStream};
+    use futures::StreamExt;
+
+    pub type Events = Vec<Result<ProviderEvent, ProviderError>>;
+
+    /// Everything the stream yields, failing the test if it does not end.
+    pub async fn drain(stream: ProviderStream) -> Events {
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.collect()).await.expect("the stream ends")
+    }
+
+    /// The text of the deltas.
+    pub fn text(events: &Events) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn last_error(events: &Events) -> ProviderError {
+        match events.last() {
+            Some(Err(error)) => error.clone(),
+            other => panic!("expected the stream to end in an error, got {other:?}"),
+        }
+    }
+}

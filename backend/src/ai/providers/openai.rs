@@ -129,6 +129,7 @@ mod tests {
     use super::*;
     use crate::ai::blocks::{BlockInput, BlockType};
     use crate::ai::providers::fake_upstream::{fixture, FakeUpstream, Reply};
+    use crate::ai::providers::stream_reading::{drain, last_error, text, Events};
     use crate::ai::providers::{secret_for_tests, ProviderError, ProviderEvent};
     use crate::ai::streaming::events::{FinishReason, Usage};
 
@@ -144,26 +145,8 @@ mod tests {
         OpenAiProvider::new(&format!("{}/v1", server.url()), key.map(secret_for_tests), Some("test-model".into())).unwrap()
     }
 
-    async fn collect(provider: &OpenAiProvider) -> Vec<Result<ProviderEvent, ProviderError>> {
-        let all = provider.stream(request()).collect();
-        tokio::time::timeout(Duration::from_secs(10), all).await.expect("the stream ends")
-    }
-
-    fn text(events: &[Result<ProviderEvent, ProviderError>]) -> String {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn last_error(events: &[Result<ProviderEvent, ProviderError>]) -> ProviderError {
-        match events.last() {
-            Some(Err(error)) => error.clone(),
-            other => panic!("expected the stream to end in an error, got {other:?}"),
-        }
+    async fn collect(provider: &OpenAiProvider) -> Events {
+        drain(provider.stream(request())).await
     }
 
     #[tokio::test]
