@@ -17,9 +17,7 @@ export function AskQuestionBlock({ options, initialQuestion = "" }: { options?: 
     <BlockFrame
       blockType="ask-question"
       title="Ask a question"
-      state={stream}
-      onCancel={stream.cancel}
-      onRetry={stream.retry}
+      stream={stream}
       form={
         <form onSubmit={submit}>
           <label>

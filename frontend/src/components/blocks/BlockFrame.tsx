@@ -21,16 +21,15 @@ export function isActive(status: StreamState["status"]): boolean {
 interface BlockFrameProps {
   blockType: string;
   title: string;
-  state: StreamState;
-  onCancel(): void;
-  onRetry(): void;
+  /** The block's stream: its state, and the cancel and retry the frame's buttons call. */
+  stream: StreamState & { cancel(): void; retry(): void };
   /** The block's input form. */
   form: ReactNode;
   /** The block's output. */
   children?: ReactNode;
 }
 
-export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, children }: BlockFrameProps) {
+export function BlockFrame({ blockType, title, stream: state, form, children }: BlockFrameProps) {
   // Every render of a block renders its frame, so this counts the block's renders.
   useRenderCounter(blockType);
   const active = isActive(state.status);
@@ -61,7 +60,7 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
           ref={focus.cancel}
           type="button"
           className="cancel"
-          onClick={onCancel}
+          onClick={state.cancel}
           onFocus={() => (focus.cancelFocused.current = true)}
           onBlur={() => (focus.cancelFocused.current = false)}
         >
@@ -78,7 +77,7 @@ export function BlockFrame({ blockType, title, state, onCancel, onRetry, form, c
             {state.error.field ? ` (field: ${state.error.field})` : ""}
           </p>
           {state.error.retryable && (
-            <button type="button" onClick={onRetry}>
+            <button type="button" onClick={state.retry}>
               Retry
             </button>
           )}

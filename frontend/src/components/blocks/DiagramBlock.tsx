@@ -21,9 +21,7 @@ export function DiagramBlock({ options, initialDescription = "" }: { options?: B
     <BlockFrame
       blockType="diagram"
       title="Diagram"
-      state={stream}
-      onCancel={stream.cancel}
-      onRetry={stream.retry}
+      stream={stream}
       form={
         <form onSubmit={submit}>
           <label>

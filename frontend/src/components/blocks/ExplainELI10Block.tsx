@@ -16,9 +16,7 @@ export function ExplainELI10Block({ options, initialTopic = "" }: { options?: Bl
     <BlockFrame
       blockType="explain-eli10"
       title="Explain like I am 10"
-      state={stream}
-      onCancel={stream.cancel}
-      onRetry={stream.retry}
+      stream={stream}
       form={
         <form onSubmit={submit}>
           <label>

@@ -22,9 +22,7 @@ export function QuizBlock({ options, initialTopic = "" }: { options?: BlockStrea
     <BlockFrame
       blockType="quiz"
       title="Quiz"
-      state={stream}
-      onCancel={stream.cancel}
-      onRetry={stream.retry}
+      stream={stream}
       form={
         <form onSubmit={submit}>
           <label>
