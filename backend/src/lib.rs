@@ -50,7 +50,14 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
         }
         StoreKind::Redis => {
-            Arc::new(RedisStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.retention, shutdown.clone()).await?)
+            let store = RedisStore::connect(
+                &settings.redis_url,
+                &settings.redis_key_prefix,
+                settings.retention,
+                settings.resume_grace,
+                shutdown.clone(),
+            );
+            Arc::new(store.await?)
         }
     };
     let manager = StreamManager::new(

@@ -69,7 +69,8 @@ impl ApiError {
             Self::Manager(e) => match e {
                 ManagerError::AtCapacity | ManagerError::ShuttingDown | ManagerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ManagerError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
-                ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+                ManagerError::NotFound { .. } => StatusCode::NOT_FOUND,
+                ManagerError::AfterBeyondLog { .. } => StatusCode::BAD_REQUEST,
             },
             Self::Generation(failed) => match failed.code {
                 ErrorCode::ProviderUnavailable | ErrorCode::GenerationLost => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,7 +94,8 @@ impl ApiError {
                 ManagerError::AtCapacity => "at_capacity",
                 ManagerError::ShuttingDown => "shutting_down",
                 ManagerError::IdempotencyConflict => "idempotency_conflict",
-                ManagerError::NotFound(_) => "stream_not_found",
+                ManagerError::NotFound { .. } => "stream_not_found",
+                ManagerError::AfterBeyondLog { .. } => "bad_request",
                 ManagerError::Store(_) => "store_unavailable",
             },
             Self::Generation(failed) => failed.code.as_str(),
@@ -129,7 +131,7 @@ impl ApiError {
 impl From<ManagerError> for ApiError {
     fn from(error: ManagerError) -> Self {
         match error {
-            ManagerError::NotFound(id) => Self::StreamNotFound(id),
+            ManagerError::NotFound { stream_id, .. } => Self::StreamNotFound(stream_id),
             other => Self::Manager(other),
         }
     }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod openapi;
 pub mod ops;
 pub mod sse;
+pub mod sse_wire;
 pub mod streaming;
 pub mod ws;
 

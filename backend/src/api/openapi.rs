@@ -22,6 +22,7 @@ use super::AppState;
         super::blocks::whole_response,
         super::config::ai_config,
         super::ops::healthz,
+        super::ops::readyz,
         super::ops::metrics,
     ),
     components(schemas(super::error::Problem))

@@ -1,7 +1,8 @@
-//! Operations endpoints: liveness and Prometheus metrics.
+//! Operations endpoints: liveness (`/healthz`: the process answers), readiness
+//! (`/readyz`: it can serve streams, its store answers) and Prometheus metrics.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -10,7 +11,7 @@ use serde::Serialize;
 use super::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -24,6 +25,31 @@ pub struct Health {
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     let status = if state.shutdown.is_cancelled() { "shutting_down" } else { "ok" };
     Json(Health { status, active_streams: state.manager.live_count() })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready`, `store_unavailable` or `shutting_down`.
+    status: &'static str,
+    /// `memory` or `redis`.
+    store: &'static str,
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Readiness, description = "Ready to serve streams"),
+    (status = 503, body = Readiness, description = "The stream store does not answer, or the server is shutting down"),
+))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.settings.store.as_str();
+    let status = if state.shutdown.is_cancelled() {
+        "shutting_down"
+    } else if state.manager.ready().await.is_err() {
+        "store_unavailable"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(Readiness { status, store }))
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]

@@ -5,25 +5,28 @@
 //! that stops reading blocks only its own pump, which gives up after the send
 //! timeout and detaches, so it never slows other readers nor grows memory. The
 //! pump also detaches as soon as the client goes away, even while the stream is
-//! idle, so the resume grace period starts on time.
+//! idle, so the resume grace period starts on time. The bytes themselves come
+//! from `sse_wire`.
 
 use std::convert::Infallible;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{sse_wire, AppState};
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
 use crate::ai::streaming::stream_manager::{EventReader, Opened};
 
-/// Events buffered per SSE response between the log and the socket.
-const PUMP_BUFFER: usize = 64;
+/// Writes buffered per SSE response between the log and the socket (each holds
+/// every event that was ready at once).
+const PUMP_BUFFER: usize = 16;
 
 /// Parses `Last-Event-ID: <stream_id>:<seq>`.
 pub fn parse_last_event_id(raw: &str) -> Option<(StreamId, u64)> {
@@ -42,41 +45,50 @@ pub fn last_event_id(headers: &HeaderMap) -> Result<Option<(StreamId, u64)>, Api
         .ok_or_else(|| ApiError::bad_request("Last-Event-ID", "Last-Event-ID must be `<stream_id>:<seq>` as sent in an event's id"))
 }
 
-pub fn frame(event: &LoggedEvent, stream_id: &StreamId) -> SseEvent {
-    SseEvent::default().id(format!("{stream_id}:{}", event.seq)).event(event.event_type.as_str()).data(&*event.json)
-}
-
 /// The response for an opened stream: 204 when the client is up to date, else SSE.
 pub fn respond(state: &AppState, stream_id: StreamId, opened: Opened) -> Response {
     match opened {
         Opened::UpToDate => StatusCode::NO_CONTENT.into_response(),
-        Opened::Events(reader) => {
-            let events = pump(state, stream_id.clone(), reader);
-            events_response(state, stream_id, events)
-        }
+        Opened::Events(reader) => events_response(state, pump(state, stream_id, reader)),
     }
 }
 
-/// An SSE response holding one `stream_not_found` error event.
-pub fn not_found(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Response {
+/// An SSE response holding one `stream_not_found` error event at `seq`.
+pub fn not_found(state: &AppState, stream_id: StreamId, seq: u64) -> Response {
     let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {stream_id}; it may have expired: start again"), true);
-    let event = LoggedEvent::new(&stream_id, after.map_or(0, |seq| seq + 1), body);
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(event);
-    events_response(state, stream_id, rx)
+    let _ = tx.try_send(sse_wire::frames(&stream_id, &[LoggedEvent::new(seq, &body)]));
+    events_response(state, rx)
 }
 
-fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc::Receiver<LoggedEvent> {
+/// Frames the reader's batches in a task of its own: a client that stops reading
+/// blocks only this task, which gives up after the send timeout and detaches.
+/// While the stream is idle it sends keep-alive comments, and it notices a client
+/// that went away, so the resume grace period starts on time.
+fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(PUMP_BUFFER);
     let send_timeout = state.settings.client_send_timeout;
+    let keep_alive = state.settings.sse_keepalive;
     let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
+    let (sent, delivery) = (state.metrics.events_sent_sse.clone(), state.metrics.chunk_delivery.clone());
     tokio::spawn(async move {
         loop {
-            let event = tokio::select! {
+            let next = tokio::select! {
                 _ = tx.closed() => return,
-                event = reader.next() => match event { Some(event) => event, None => return },
+                next = tokio::time::timeout(keep_alive, reader.next()) => next,
             };
-            match tx.send_timeout(event, send_timeout).await {
+            let bytes = match next {
+                Ok(Some(batch)) => {
+                    sent.inc_by(batch.events.len() as u64);
+                    if let (Some(since), Some(EventType::Chunk)) = (batch.tail_since, batch.events.last().map(|e| e.event_type)) {
+                        delivery.observe(since.elapsed().as_secs_f64());
+                    }
+                    sse_wire::frames(&stream_id, &batch.events)
+                }
+                Ok(None) => return,
+                Err(_) => Bytes::from_static(sse_wire::KEEP_ALIVE),
+            };
+            match tx.send_timeout(bytes, send_timeout).await {
                 Ok(()) => {}
                 Err(SendTimeoutError::Timeout(_)) => {
                     dropped.inc();
@@ -90,21 +102,12 @@ fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc:
     rx
 }
 
-fn events_response(state: &AppState, stream_id: StreamId, events: mpsc::Receiver<LoggedEvent>) -> Response {
-    let sent = state.metrics.events_sent_sse.clone();
-    let delivery = state.metrics.chunk_delivery.clone();
-    let retry = SseEvent::default().retry(state.settings.sse_retry).comment("connected");
-    let frames = ReceiverStream::new(events).map(move |event| {
-        sent.inc();
-        if event.event_type == EventType::Chunk {
-            delivery.observe(event.created.elapsed().as_secs_f64());
-        }
-        Ok::<_, Infallible>(frame(&event, &stream_id))
-    });
-    let body = stream::once(async move { Ok(retry) }).chain(frames);
-    let keep_alive = KeepAlive::new().interval(state.settings.sse_keepalive).text("keep-alive");
-    let mut response = Sse::new(body).keep_alive(keep_alive).into_response();
+fn events_response(state: &AppState, frames: mpsc::Receiver<Bytes>) -> Response {
+    let preamble = sse_wire::preamble(state.settings.sse_retry);
+    let body = stream::once(async move { preamble }).chain(ReceiverStream::new(frames)).map(Ok::<_, Infallible>);
+    let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
@@ -118,7 +121,8 @@ mod tests {
     fn last_event_ids_parse_only_in_their_own_shape() {
         let (id, seq) = parse_last_event_id("abc123:17").unwrap();
         assert_eq!((id.as_str(), seq), ("abc123", 17));
-        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:x", "a b:1", "abc:1:2x"] {
+        assert_eq!(parse_last_event_id("abc:18446744073709551615").unwrap().1, u64::MAX);
+        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:x", "a b:1", "abc:1:2x", "abc:18446744073709551616"] {
             assert!(parse_last_event_id(bad).is_none(), "{bad:?}");
         }
     }

@@ -48,12 +48,24 @@ fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
 }
 
+/// Where a reader's resume point came from, to name it in an error.
+#[derive(Clone, Copy)]
+enum ResumeFrom {
+    Start,
+    LastEventId,
+    After,
+}
+
 /// Opens `stream_id` after `after` and answers with SSE (or 204, or a
 /// `stream_not_found` event).
-async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Result<Response, ApiError> {
+async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>, from: ResumeFrom) -> Result<Response, ApiError> {
     match state.manager.open(&stream_id, after).await {
         Ok(opened) => Ok(sse::respond(state, stream_id, opened)),
-        Err(ManagerError::NotFound(_)) => Ok(sse::not_found(state, stream_id, after)),
+        Err(ManagerError::NotFound { next_seq, .. }) => Ok(sse::not_found(state, stream_id, next_seq)),
+        Err(error @ ManagerError::AfterBeyondLog { .. }) => {
+            let field = if matches!(from, ResumeFrom::LastEventId) { "Last-Event-ID" } else { "after" };
+            Err(ApiError::bad_request(field, error.to_string()))
+        }
         Err(other) => Err(other.into()),
     }
 }
@@ -84,7 +96,7 @@ pub async fn stream_block(
     // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
     // resume of the same generation, never a new one.
     if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
-        return attach(&state, stream_id, Some(seq)).await;
+        return attach(&state, stream_id, Some(seq), ResumeFrom::LastEventId).await;
     }
     let block_type = parse_block_type(&block_type)?;
     let mut fields = Map::new();
@@ -95,7 +107,7 @@ pub async fn stream_block(
     }
     let input = BlockInput::parse(block_type, &fields)?;
     let started = state.manager.start(input, idempotency_key(&headers)?).await?;
-    attach(&state, started.stream_id().clone(), None).await
+    attach(&state, started.stream_id().clone(), None, ResumeFrom::Start).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -168,14 +180,14 @@ pub async fn stream_events(
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
     let stream_id = parse_stream_id(&stream_id)?;
-    let after = match sse::last_event_id(&headers)? {
+    let (after, from) = match sse::last_event_id(&headers)? {
         Some((id, _)) if id != stream_id => {
             return Err(ApiError::bad_request("Last-Event-ID", "Last-Event-ID names another stream than the path"));
         }
-        Some((_, seq)) => Some(seq),
-        None => query.after,
+        Some((_, seq)) => (Some(seq), ResumeFrom::LastEventId),
+        None => (query.after, ResumeFrom::After),
     };
-    attach(&state, stream_id, after).await
+    attach(&state, stream_id, after, from).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

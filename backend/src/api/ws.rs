@@ -15,11 +15,13 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::AppState;
@@ -33,6 +35,8 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 32 * 1024;
 const KEEP_ALIVE: &str = r#"{"type":"keep_alive"}"#;
 /// Messages queued for the socket before readers wait.
 const OUTBOX: usize = 256;
+/// How long the Close handshake may take once the socket is closing.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/stream/ws", get(upgrade))
@@ -104,56 +108,79 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
 }
 
 async fn serve(socket: WebSocket, state: AppState) {
-    let (mut sink, mut incoming) = socket.split();
-    let (outbox, mut outgoing) = mpsc::channel::<Message>(OUTBOX);
-    let send_timeout = state.settings.client_send_timeout;
-    let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
-    let keepalive = state.settings.sse_keepalive;
-    let mut send_task = tokio::spawn(async move {
-        loop {
-            // Browsers hide WebSocket pings from scripts, so an idle socket gets a
-            // keep-alive message the client can see and time its silence against.
-            let message = match tokio::time::timeout(keepalive, outgoing.recv()).await {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(_) => Message::Text(Utf8Bytes::from_static(KEEP_ALIVE)),
-            };
-            match tokio::time::timeout(send_timeout, sink.send(message)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    dropped.inc();
-                    tracing::info!("closing a WebSocket that stopped reading");
-                    return;
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut incoming) = socket.split();
+    let (outbox, outgoing) = mpsc::channel::<Message>(OUTBOX);
+    let closing = CancellationToken::new();
+    let mut send_task = tokio::spawn(send_loop(sink, outgoing, closing.clone(), state.clone()));
     let mut session = Session { state: state.clone(), outbox, readers: HashMap::new() };
-    loop {
+    let flush = loop {
         tokio::select! {
             _ = &mut send_task => return session.abort_readers(),
             _ = state.shutdown.cancelled() => {
                 // Each stream is ending with a terminal event: let the readers deliver
                 // them, within the shutdown timeout, before the socket closes.
                 session.finish_readers(state.settings.shutdown_timeout).await;
-                break;
+                break true;
             }
             message = incoming.next() => match message {
                 Some(Ok(Message::Text(text))) => session.handle(text).await,
                 Some(Ok(Message::Binary(_))) => session.reply(ProtocolError::bad_request("send JSON text frames, not binary")).await,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break false,
                 Some(Ok(_)) => {}
             },
         }
         session.forget_finished();
-    }
+    };
     session.abort_readers();
+    if !flush {
+        // The client is closing (or gone): what is still queued for it, a resume
+        // replay say, is moot. Answer its Close at once.
+        closing.cancel();
+    }
     // With every sender gone the send task flushes what is queued, then closes.
     if tokio::time::timeout(state.settings.client_send_timeout, &mut send_task).await.is_err() {
         send_task.abort();
     }
+}
+
+/// Writes the outbox to the socket, a keep-alive when idle, until the outbox
+/// closes or `closing`; then sends a Close frame.
+async fn send_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outgoing: mpsc::Receiver<Message>,
+    closing: CancellationToken,
+    state: AppState,
+) {
+    let (send_timeout, keepalive) = (state.settings.client_send_timeout, state.settings.sse_keepalive);
+    let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
+    loop {
+        // Browsers hide WebSocket pings from scripts, so an idle socket gets a
+        // keep-alive message the client can see and time its silence against.
+        let message = tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            next = tokio::time::timeout(keepalive, outgoing.recv()) => match next {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => Message::Text(Utf8Bytes::from_static(KEEP_ALIVE)),
+            },
+        };
+        let sent = tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            sent = tokio::time::timeout(send_timeout, sink.send(message)) => sent,
+        };
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                dropped.inc();
+                tracing::info!("closing a WebSocket that stopped reading");
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
 
 struct Session {
@@ -247,30 +274,44 @@ impl Session {
         let reader = match self.state.manager.open(&id, after).await {
             Ok(Opened::Events(reader)) => reader,
             Ok(Opened::UpToDate) => return,
-            Err(ManagerError::NotFound(_)) => {
+            Err(ManagerError::NotFound { next_seq, .. }) => {
                 let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired: start again"), true);
-                let event = LoggedEvent::new(&id, after.map_or(0, |seq| seq + 1), body);
-                let _ = self.outbox.send(Message::Text(event.json.to_string().into())).await;
+                let _ = self.outbox.send(text(&LoggedEvent::new(next_seq, &body), &id)).await;
                 return;
             }
-            Err(error) => return self.reply(ProtocolError { retryable: true, ..ProtocolError::bad_request(error.to_string()) }).await,
+            Err(error @ ManagerError::AfterBeyondLog { .. }) => {
+                let error = ProtocolError {
+                    field: Some("after".into()),
+                    stream_id: Some(id.to_string()),
+                    ..ProtocolError::bad_request(error.to_string())
+                };
+                return self.reply(error).await;
+            }
+            Err(error) => {
+                let error =
+                    ProtocolError { retryable: true, stream_id: Some(id.to_string()), ..ProtocolError::bad_request(error.to_string()) };
+                return self.reply(error).await;
+            }
         };
         if let Some(previous) = self.readers.remove(&id) {
             previous.abort();
         }
         let outbox = self.outbox.clone();
         let sent = self.state.metrics.events_sent_ws.clone();
+        let stream_id = id.clone();
         let task = tokio::spawn(async move {
             let mut reader = reader;
-            while let Some(event) = reader.next().await {
-                let json = match (&reference, event.event_type) {
-                    (Some(reference), EventType::Start) => with_ref(&event.json, reference),
-                    _ => event.json.to_string(),
-                };
-                if outbox.send(Message::Text(json.into())).await.is_err() {
-                    return;
+            while let Some(batch) = reader.next().await {
+                for event in &batch.events {
+                    let message = match (&reference, event.event_type) {
+                        (Some(reference), EventType::Start) => with_ref(event, &stream_id, reference),
+                        _ => text(event, &stream_id),
+                    };
+                    if outbox.send(message).await.is_err() {
+                        return;
+                    }
+                    sent.inc();
                 }
-                sent.inc();
             }
         });
         self.readers.insert(id, task);
@@ -282,7 +323,7 @@ impl Session {
                 .reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") })
                 .await;
         };
-        if let Err(ManagerError::NotFound(_)) = self.state.manager.cancel(&id).await {
+        if let Err(ManagerError::NotFound { .. }) = self.state.manager.cancel(&id).await {
             let error = ProtocolError {
                 code: "stream_not_found",
                 stream_id: Some(stream_id),
@@ -293,9 +334,14 @@ impl Session {
     }
 }
 
+/// An event as a text message.
+fn text(event: &LoggedEvent, stream_id: &StreamId) -> Message {
+    Message::Text(Utf8Bytes::try_from(event.json(stream_id)).expect("events are JSON, so UTF-8"))
+}
+
 /// The `start` event with the client's `ref` added: done once per stream.
-fn with_ref(json: &str, reference: &str) -> String {
-    let mut value: Value = serde_json::from_str(json).expect("logged events are JSON");
+fn with_ref(event: &LoggedEvent, stream_id: &StreamId, reference: &str) -> Message {
+    let mut value: Value = serde_json::from_slice(&event.json(stream_id)).expect("logged events are JSON");
     value["ref"] = Value::String(reference.to_owned());
-    value.to_string()
+    Message::Text(value.to_string().into())
 }

@@ -2,11 +2,12 @@
 //!
 //! Mirrors `specs/050-live-ai-interaction/contracts/stream-schema.yaml`; the
 //! integration tests validate every emitted event against that file. An event is
-//! serialised once, when it is appended to the log (`LoggedEvent`), and that JSON is
-//! what every reader on every transport sends.
+//! serialised once, when it is appended to the log (`EventRecord`); readers on
+//! every transport wrap those bytes with the stream id and seq.
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -200,32 +201,77 @@ pub struct Event {
     pub body: EventBody,
 }
 
-/// An event as stored in a log and sent to readers: serialised once.
-#[derive(Debug, Clone)]
+/// An event as a log holds it: serialised once, without its stream id and seq
+/// (the log knows both), so a store can put it at whatever seq is next and every
+/// reader renders the same bytes around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event_type: EventType,
+    /// The JSON members of the body after `type`, e.g. `"token":"hi"`.
+    pub fields: Bytes,
+}
+
+impl EventRecord {
+    pub fn new(body: &EventBody) -> Self {
+        // Serialising plain data (strings, numbers, serde_json::Value) cannot fail.
+        let json = serde_json::to_vec(body).expect("events serialise to JSON");
+        let event_type = body.event_type();
+        // `{"type":"<type>",` … `}`: every body has members after its tag.
+        let from = r#"{"type":""#.len() + event_type.as_str().len() + r#"","#.len();
+        let fields = Bytes::from(json).slice(from..);
+        Self { event_type, fields: fields.slice(..fields.len() - 1) }
+    }
+
+    pub fn at(self, seq: u64) -> LoggedEvent {
+        LoggedEvent { seq, event_type: self.event_type, fields: self.fields }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.event_type.is_terminal()
+    }
+}
+
+/// An event of a log, at its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedEvent {
     pub seq: u64,
     pub event_type: EventType,
-    pub json: Arc<str>,
-    /// When it was made, for the delivery-latency metric.
-    pub created: std::time::Instant,
+    /// See [`EventRecord::fields`].
+    pub fields: Bytes,
 }
 
 impl LoggedEvent {
-    pub fn new(stream_id: &StreamId, seq: u64, body: EventBody) -> Self {
-        let event_type = body.event_type();
-        let event = Event { stream_id: stream_id.clone(), seq, body };
-        // Serialising plain data (strings, numbers, serde_json::Value) cannot fail.
-        let json = serde_json::to_string(&event).expect("events serialise to JSON");
-        Self { seq, event_type, json: json.into(), created: std::time::Instant::now() }
+    pub fn new(seq: u64, body: &EventBody) -> Self {
+        EventRecord::new(body).at(seq)
     }
 
     pub fn is_terminal(&self) -> bool {
         self.event_type.is_terminal()
     }
 
+    /// Appends the event's JSON, `{"stream_id":…,"seq":…,"type":…,…}`, to `out`.
+    pub fn write_json(&self, stream_id: &StreamId, out: &mut BytesMut) {
+        out.reserve(48 + stream_id.as_str().len() + self.fields.len());
+        out.extend_from_slice(br#"{"stream_id":""#);
+        out.extend_from_slice(stream_id.as_str().as_bytes());
+        out.extend_from_slice(br#"","seq":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        out.extend_from_slice(br#","type":""#);
+        out.extend_from_slice(self.event_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(&self.fields);
+        out.extend_from_slice(b"}");
+    }
+
+    pub fn json(&self, stream_id: &StreamId) -> Bytes {
+        let mut out = BytesMut::new();
+        self.write_json(stream_id, &mut out);
+        out.freeze()
+    }
+
     /// Bytes this event holds in a log, for the retention bound.
     pub fn size(&self) -> usize {
-        self.json.len() + std::mem::size_of::<Self>()
+        self.fields.len() + std::mem::size_of::<Self>()
     }
 }
 
@@ -236,18 +282,42 @@ mod tests {
     #[test]
     fn event_serialises_with_type_stream_id_and_seq_at_the_top_level() {
         let id = StreamId::parse("abc").unwrap();
-        let logged = LoggedEvent::new(&id, 3, EventBody::Chunk { token: "hi".into() });
-        assert_eq!(&*logged.json, r#"{"stream_id":"abc","seq":3,"type":"chunk","token":"hi"}"#);
+        let logged = LoggedEvent::new(3, &EventBody::Chunk { token: "hi".into() });
+        assert_eq!(logged.json(&id), r#"{"stream_id":"abc","seq":3,"type":"chunk","token":"hi"}"#);
         assert_eq!(logged.event_type, EventType::Chunk);
         assert!(!logged.is_terminal());
+    }
+
+    #[test]
+    fn a_record_rendered_at_a_seq_is_the_serialised_event() {
+        let id = StreamId::parse("s-1").unwrap();
+        let bodies = [
+            EventBody::Start { block_type: BlockType::Quiz, provider: "demo".into(), model: "demo-model".into() },
+            EventBody::Chunk { token: "a \"quoted\" token\n".into() },
+            EventBody::Part { kind: PartKind::QuizQuestion, index: 0, data: serde_json::json!({"question": "Why?"}) },
+            EventBody::error(ErrorCode::GenerationLost, "lost", true),
+            EventBody::Complete {
+                finish_reason: FinishReason::Stop,
+                usage: Usage::default(),
+                result: serde_json::json!({"markdown": "hi"}),
+                ttft_ms: 1,
+                duration_ms: 2,
+            },
+            EventBody::Cancelled { reason: CancelReason::Abandoned },
+        ];
+        for (seq, body) in bodies.into_iter().enumerate() {
+            let seq = seq as u64 + u64::from(u32::MAX);
+            let expected = serde_json::to_string(&Event { stream_id: id.clone(), seq, body: body.clone() }).unwrap();
+            assert_eq!(LoggedEvent::new(seq, &body).json(&id), expected.as_bytes());
+        }
     }
 
     #[test]
     fn optional_error_fields_are_omitted_when_absent() {
         let id = StreamId::parse("abc").unwrap();
         let body = EventBody::error(ErrorCode::Timeout, "stalled", true);
-        let logged = LoggedEvent::new(&id, 0, body);
-        assert_eq!(&*logged.json, r#"{"stream_id":"abc","seq":0,"type":"error","code":"timeout","message":"stalled","retryable":true}"#);
+        let logged = LoggedEvent::new(0, &body);
+        assert_eq!(logged.json(&id), r#"{"stream_id":"abc","seq":0,"type":"error","code":"timeout","message":"stalled","retryable":true}"#);
         assert!(logged.is_terminal());
     }
 

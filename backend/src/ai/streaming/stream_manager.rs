@@ -1,12 +1,17 @@
 //! The stream manager owns generations: it starts the engine for a block, appends
-//! each event to the stream's log with the next seq, hands readers the log (replay
-//! after a seq, then the live tail), cancels, and watches for abandonment.
+//! each event to the stream's log with the next seq, hands readers the store's
+//! follower of the log (replay after a seq, then the live tail), cancels, and
+//! watches for abandonment.
 //!
-//! Disconnect is not cancel: a generation with no reader attached keeps running for
-//! the resume grace period, then is cancelled upstream (`cancelled`/`abandoned`).
-//! Every generation ends with exactly one terminal event in its log, whatever
-//! happens: completion, provider error, cancel, abandonment, shutdown
-//! (`generation_lost`, retryable) or a panic in the pipeline (`generation_lost`).
+//! Disconnect is not cancel: a generation with no reader attached here or in any
+//! other process for the whole resume grace period is cancelled upstream
+//! (`cancelled`/`abandoned`). Every generation ends with exactly one terminal event
+//! in its log, whatever happens: completion, provider error, cancel, abandonment,
+//! shutdown (`generation_lost`, retryable) or a panic in the pipeline
+//! (`generation_lost`). An append is never abandoned half way: cancellation is
+//! looked at between appends, so the terminal event always lands at the next seq.
+//! The one exception is a store that stops answering: then the generation stops,
+//! and readers learn it from their follower.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -22,19 +27,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::events::{CancelReason, ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
-use super::store::{EventStore, KeyClaim, StoreError};
-use crate::ai::blocks::{BlockInput, BlockType};
-use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
+use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, LoggedEvent, StreamId};
+use super::store::{EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
+use crate::ai::blocks::BlockInput;
+use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
 use crate::metrics::Metrics;
 
-/// Events read from the store per round trip.
-const READ_BATCH: usize = 512;
-/// How long a reader waits on the tail before re-checking the log and whether its
-/// generation is still alive somewhere.
-const TAIL_WAIT: Duration = Duration::from_secs(2);
-/// How often this process renews the leases of the generations it runs.
-const LEASE_RENEWAL: Duration = Duration::from_secs(1);
+/// How long a cancel waits for the terminal event before answering `cancelling`.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// How long an append keeps retrying a store that does not answer before the
+/// generation gives up.
+const APPEND_PATIENCE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -51,8 +54,12 @@ pub enum ManagerError {
     ShuttingDown,
     #[error("this idempotency key was used for a different request")]
     IdempotencyConflict,
-    #[error("no stream {0}")]
-    NotFound(StreamId),
+    /// Unknown, or expired: `next_seq` is a seq no event of it ever had, for the
+    /// `stream_not_found` event a reader gets.
+    #[error("no stream {stream_id}")]
+    NotFound { stream_id: StreamId, next_seq: u64 },
+    #[error("`after` ({after}) is beyond the last event of the stream (it has {len})")]
+    AfterBeyondLog { after: u64, len: u64 },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -60,7 +67,8 @@ pub enum ManagerError {
 impl From<StoreError> for ManagerError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::NotFound(id) => Self::NotFound(id),
+            StoreError::NotFound(stream_id) => Self::NotFound { stream_id, next_seq: 0 },
+            StoreError::Expired { stream_id, len } => Self::NotFound { stream_id, next_seq: len },
             other => Self::Store(other),
         }
     }
@@ -98,8 +106,9 @@ pub enum CancelOutcome {
     AlreadyFinished,
 }
 
-/// A reader's events, ending after the terminal one. Dropping it detaches the reader.
-pub type EventReader = BoxStream<'static, LoggedEvent>;
+/// A reader's events, in batches of those that were ready together, ending after
+/// the terminal one. Dropping it detaches the reader.
+pub type EventReader = BoxStream<'static, EventBatch>;
 
 struct Generation {
     cancel: CancellationToken,
@@ -136,12 +145,16 @@ impl StreamManager {
         });
         let manager = Self { inner };
         manager.listen_for_cancel_requests();
-        manager.renew_leases();
         manager
     }
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Whether the store answers, for `/readyz`.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.store.ready().await
     }
 
     /// Cancel requests arriving through the store (from any process) reach the
@@ -160,27 +173,6 @@ impl StreamManager {
                 let generation = inner.live.lock().unwrap().get(&id).cloned();
                 if let Some(generation) = generation {
                     generation.cancel.cancel();
-                }
-            }
-        });
-    }
-
-    /// Keeps the generations running here marked as alive in the store, so readers
-    /// in other processes can tell a slow generation from a dead one.
-    fn renew_leases(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LEASE_RENEWAL);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let ids: Vec<StreamId> = inner.live.lock().unwrap().keys().cloned().collect();
-                if let Err(error) = inner.store.renew_leases(&ids).await {
-                    tracing::warn!(%error, "could not renew generation leases");
                 }
             }
         });
@@ -222,40 +214,43 @@ impl StreamManager {
     }
 
     /// Opens a reader on a stream: the events after `after` (all when `None`), then
-    /// the live tail, ending after the terminal event.
+    /// the live tail, ending after the terminal event. An `after` the stream has no
+    /// event at is refused, except the terminal event's own (`UpToDate`).
     pub async fn open(&self, id: &StreamId, after: Option<u64>) -> Result<Opened, ManagerError> {
-        let status = self.inner.store.status(id).await?;
-        if status.finished && after.is_some_and(|seq| seq + 1 >= status.len) {
-            return Ok(Opened::UpToDate);
+        let status = match self.inner.store.status(id).await {
+            Ok(status) => status,
+            Err(StoreError::Expired { len, .. }) if after.is_some_and(|after| after >= len) => {
+                return Err(ManagerError::AfterBeyondLog { after: after.unwrap_or_default(), len });
+            }
+            Err(StoreError::NotFound(stream_id)) => {
+                // A stream that never existed (or is long gone): the seq after the
+                // client's is one no event of it can take.
+                let next_seq = match after {
+                    None => 0,
+                    Some(after) => after.checked_add(1).ok_or(ManagerError::AfterBeyondLog { after, len: 0 })?,
+                };
+                return Err(ManagerError::NotFound { stream_id, next_seq });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if let Some(after) = after {
+            if after >= status.len {
+                return Err(ManagerError::AfterBeyondLog { after, len: status.len });
+            }
+            if status.finished && after + 1 == status.len {
+                return Ok(Opened::UpToDate);
+            }
         }
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
-        let store = self.inner.store.clone();
-        let id = id.clone();
+        let mut follower = self.inner.store.follow(id, after);
         Ok(Opened::Events(
             stream! {
                 let _guard = guard;
-                let mut cursor = after;
-                loop {
-                    let batch = match store.read_after(&id, cursor, READ_BATCH).await {
-                        Ok(batch) => batch,
+                while let Some(next) = follower.next().await {
+                    match next {
+                        Ok(batch) => yield batch,
                         Err(error) => {
-                            yield lost_log(&id, cursor, &error);
-                            return;
-                        }
-                    };
-                    if batch.is_empty() {
-                        if let Err(error) = store.wait_after(&id, cursor, TAIL_WAIT).await {
-                            yield lost_log(&id, cursor, &error);
-                            return;
-                        }
-                        end_if_abandoned_by_its_process(store.as_ref(), &id).await;
-                        continue;
-                    }
-                    for event in batch {
-                        cursor = Some(event.seq);
-                        let terminal = event.is_terminal();
-                        yield event;
-                        if terminal {
+                            yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None };
                             return;
                         }
                     }
@@ -265,7 +260,7 @@ impl StreamManager {
         ))
     }
 
-    /// Cancels a generation; waits briefly for its terminal event.
+    /// Cancels a generation, wherever it runs; waits briefly for its terminal event.
     pub async fn cancel(&self, id: &StreamId) -> Result<CancelOutcome, ManagerError> {
         let status = self.inner.store.status(id).await?;
         if status.finished {
@@ -276,15 +271,20 @@ impl StreamManager {
             Some(token) => token.cancel(),
             None => self.inner.store.request_cancel(id).await?,
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let status = self.inner.store.status(id).await?;
-            if status.finished {
-                return Ok(CancelOutcome::Cancelled);
+        let mut follower = self.inner.store.follow(id, status.len.checked_sub(1));
+        let terminal = tokio::time::timeout(CANCEL_WAIT, async {
+            while let Some(Ok(batch)) = follower.next().await {
+                if let Some(last) = batch.events.last().filter(|e| e.is_terminal()) {
+                    return Some(last.event_type);
+                }
             }
-            let _ = self.inner.store.wait_after(id, status.len.checked_sub(1), deadline - Instant::now()).await;
-        }
-        Ok(CancelOutcome::Cancelling)
+            None
+        });
+        Ok(match terminal.await {
+            Ok(Some(EventType::Cancelled)) => CancelOutcome::Cancelled,
+            Ok(Some(_)) => CancelOutcome::AlreadyFinished,
+            Ok(None) | Err(_) => CancelOutcome::Cancelling,
+        })
     }
 
     /// Whole-response mode, within the same concurrency bound as streams.
@@ -319,6 +319,16 @@ impl StreamManager {
     }
 }
 
+/// The closing event of a reader whose follower failed, at the seq the log would
+/// have given its next event.
+fn follow_failure_event(error: &FollowError) -> LoggedEvent {
+    let message = match error.cause {
+        FollowFailure::Unreachable => "the stream store (Redis) stopped answering; start again",
+        FollowFailure::LogLost => "the stream store (Redis) no longer has this stream's log; start again",
+    };
+    LoggedEvent::new(error.next_seq, &EventBody::error(ErrorCode::GenerationLost, message, true))
+}
+
 /// Counts a reader on a live generation for as long as it is held.
 struct ReaderGuard {
     generation: Arc<Generation>,
@@ -340,30 +350,17 @@ impl Drop for ReaderGuard {
     }
 }
 
-/// Ends a stream whose generating process died (its lease lapsed) with
-/// `generation_lost`, so its readers stop waiting. Any reader may do it; the log's
-/// seq check lets exactly one succeed.
-async fn end_if_abandoned_by_its_process(store: &dyn EventStore, id: &StreamId) {
-    let Ok(status) = store.status(id).await else { return };
-    if status.finished || !matches!(store.is_generating(id).await, Ok(false)) {
-        return;
-    }
-    let body = EventBody::error(ErrorCode::GenerationLost, "the process generating this stream stopped; start again", true);
-    if store.append(id, LoggedEvent::new(id, status.len, body)).await.is_ok() {
-        tracing::warn!(stream_id = %id, "generation lost: its process stopped renewing its lease");
-    }
+/// Why an append did not land.
+enum AppendFailed {
+    /// Someone else ended the log (a reader elsewhere declared this generation
+    /// lost while its lease had lapsed).
+    Ended,
+    Store(StoreError),
 }
 
-/// The event a reader gets when the log vanished under it (expired or evicted).
-fn lost_log(id: &StreamId, cursor: Option<u64>, error: &StoreError) -> LoggedEvent {
-    let (code, message) = match error {
-        StoreError::NotFound(_) => (ErrorCode::StreamNotFound, "the stream's log expired before it was read".to_owned()),
-        other => (ErrorCode::GenerationLost, format!("the stream's log cannot be read: {other}")),
-    };
-    LoggedEvent::new(id, cursor.map_or(0, |seq| seq + 1), EventBody::error(code, message, true))
-}
-
-/// Appends events to one log with contiguous seq.
+/// Appends events to one log with contiguous seq. The seq advances only once the
+/// store confirmed the append; a store that does not answer is retried for a
+/// while, which is safe because the store recognises an append that did land.
 struct LogWriter {
     store: Arc<dyn EventStore>,
     id: StreamId,
@@ -371,32 +368,59 @@ struct LogWriter {
 }
 
 impl LogWriter {
-    async fn append(&mut self, body: EventBody) -> Result<(), StoreError> {
-        let event = LoggedEvent::new(&self.id, self.next_seq, body);
-        self.store.append(&self.id, event).await?;
-        self.next_seq += 1;
-        Ok(())
+    async fn append(&mut self, body: &EventBody) -> Result<(), AppendFailed> {
+        let record = EventRecord::new(body);
+        let deadline = Instant::now() + APPEND_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.store.append(&self.id, self.next_seq, &record).await {
+                Ok(()) => {
+                    self.next_seq += 1;
+                    return Ok(());
+                }
+                Err(StoreError::Unavailable(_)) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(StoreError::Finished(_)) => return Err(AppendFailed::Ended),
+                Err(other) => return Err(AppendFailed::Store(other)),
+            }
+        }
     }
 }
 
-/// Resolves when no reader has been attached for a whole grace period.
-async fn abandoned(mut readers: watch::Receiver<usize>, grace: Duration) {
+/// Resolves once no reader has been attached, here or in any other process, for
+/// a whole grace period.
+async fn abandoned(store: Arc<dyn EventStore>, id: StreamId, mut readers: watch::Receiver<usize>, grace: Duration) {
     loop {
         if readers.wait_for(|n| *n == 0).await.is_err() {
             return futures::future::pending().await;
         }
-        if tokio::time::timeout(grace, readers.wait_for(|n| *n > 0)).await.is_err() {
-            return;
+        let mut quiet_until = Instant::now() + grace;
+        loop {
+            if tokio::time::timeout_at(quiet_until, readers.wait_for(|n| *n > 0)).await.is_ok() {
+                break;
+            }
+            match store.readers_elsewhere(&id).await {
+                Ok(None) => return,
+                Ok(Some(left)) => quiet_until = Instant::now() + left,
+                // Never abandon on a guess: ask again soon.
+                Err(_) => quiet_until = Instant::now() + Duration::from_secs(1),
+            }
         }
     }
 }
 
 enum Ending {
-    /// The engine wrote its own terminal event; the outcome it recorded.
+    /// The engine's own terminal event landed; the outcome it recorded.
     Finished(&'static str),
     Cancelled(CancelReason),
     Shutdown,
     Failed(String),
+    /// The log was ended by someone else.
+    Preempted,
+    /// The store stopped answering; nothing more can be written.
+    StoreLost(StoreError),
 }
 
 async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, generation: Arc<Generation>, _permit: OwnedSemaphorePermit) {
@@ -405,23 +429,45 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
     inner.metrics.active_streams.inc();
     let started = Instant::now();
     let mut writer = LogWriter { store: inner.store.clone(), id: id.clone(), next_seq: 0 };
-    let events = inner.engine.stream(input);
-    let ending = {
-        let drive = AssertUnwindSafe(drive(&inner, &mut writer, events, block, &provider, started)).catch_unwind();
-        tokio::select! {
+    let mut events = inner.engine.stream(input);
+    let abandoned = abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace);
+    tokio::pin!(abandoned);
+    let mut first_chunk = true;
+    let ending = loop {
+        let next = tokio::select! {
             biased;
             _ = generation.cancel.cancelled() => {
-                if inner.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Cancelled(CancelReason::Requested) }
+                break if inner.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Cancelled(CancelReason::Requested) };
             }
-            _ = abandoned(generation.readers.subscribe(), inner.config.resume_grace) => Ending::Cancelled(CancelReason::Abandoned),
-            driven = drive => match driven {
-                Ok(Ok(outcome)) => Ending::Finished(outcome),
-                Ok(Err(error)) => Ending::Failed(format!("the event log failed: {error}")),
-                Err(_) => Ending::Failed("the generation crashed".into()),
-            },
+            _ = &mut abandoned => break Ending::Cancelled(CancelReason::Abandoned),
+            next = AssertUnwindSafe(events.next()).catch_unwind() => next,
+        };
+        let body = match next {
+            Ok(Some(body)) => body,
+            Ok(None) => break Ending::Failed("the engine ended without a terminal event".into()),
+            Err(_) => break Ending::Failed("the generation crashed".into()),
+        };
+        if first_chunk && body.event_type() == EventType::Chunk {
+            first_chunk = false;
+            inner.metrics.time_to_first_token.with_label_values(&[block.as_str(), &provider]).observe(started.elapsed().as_secs_f64());
+        }
+        let outcome = match &body {
+            EventBody::Complete { .. } => Some("complete"),
+            EventBody::Error { code, .. } => Some(code.as_str()),
+            _ => None,
+        };
+        match writer.append(&body).await {
+            Ok(()) => {
+                if let Some(outcome) = outcome {
+                    break Ending::Finished(outcome);
+                }
+            }
+            Err(AppendFailed::Ended) => break Ending::Preempted,
+            Err(AppendFailed::Store(error)) => break Ending::StoreLost(error),
         }
     };
-    // The engine (and with it the provider request) is dropped by now.
+    // Dropping the engine's stream closes the provider request.
+    drop(events);
     let (terminal, outcome) = match ending {
         Ending::Finished(outcome) => (None, outcome.to_owned()),
         Ending::Cancelled(reason) => (
@@ -435,45 +481,24 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
             tracing::error!(stream_id = %id, %message, "generation failed");
             (Some(EventBody::error(ErrorCode::GenerationLost, message, true)), "generation_lost".into())
         }
+        Ending::Preempted => {
+            tracing::warn!(stream_id = %id, "another process ended this stream (its lease had lapsed); stopping");
+            (None, "generation_lost".into())
+        }
+        Ending::StoreLost(error) => {
+            tracing::error!(stream_id = %id, %error, "the stream store failed; stopping the generation");
+            (None, "store_unavailable".into())
+        }
     };
     if let Some(terminal) = terminal {
-        if let Err(error) = writer.append(terminal).await {
-            tracing::error!(stream_id = %id, %error, "could not write the terminal event");
+        match writer.append(&terminal).await {
+            Ok(()) | Err(AppendFailed::Ended) => {}
+            Err(AppendFailed::Store(error)) => tracing::error!(stream_id = %id, %error, "could not write the terminal event"),
         }
-        inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
     }
+    inner.store.release(&id);
+    inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
-}
-
-/// Appends the engine's events to the log until its terminal event; returns the
-/// outcome recorded for it.
-async fn drive(
-    inner: &Inner,
-    writer: &mut LogWriter,
-    mut events: EventStream,
-    block: BlockType,
-    provider: &str,
-    started: Instant,
-) -> Result<&'static str, StoreError> {
-    let mut first_chunk = true;
-    while let Some(body) = events.next().await {
-        let event_type = body.event_type();
-        if event_type == EventType::Chunk && first_chunk {
-            first_chunk = false;
-            inner.metrics.time_to_first_token.with_label_values(&[block.as_str(), provider]).observe(started.elapsed().as_secs_f64());
-        }
-        let outcome = match &body {
-            EventBody::Complete { .. } => Some("complete"),
-            EventBody::Error { code, .. } => Some(code.as_str()),
-            _ => None,
-        };
-        writer.append(body).await?;
-        if let Some(outcome) = outcome {
-            inner.metrics.outcomes.with_label_values(&[block.as_str(), provider, outcome]).inc();
-            return Ok(outcome);
-        }
-    }
-    Err(StoreError::Unavailable("the engine ended without a terminal event".into()))
 }

@@ -1,14 +1,17 @@
 //! The embedded event store: logs in process memory.
 //!
-//! Each log is a `Vec` indexed by seq plus a `watch` of its length that readers wait
-//! on, so fan-out costs one wake-up per reader and a slow reader never makes the
-//! writer buffer anything: it re-reads the log at its own pace. Finished logs are
-//! kept for the retention period within a byte bound, oldest evicted first.
+//! Each log is a `Vec` indexed by seq plus a `watch` of its length that followers
+//! wait on, so fan-out costs one wake-up per reader and a slow reader never makes
+//! the writer buffer anything: it re-reads the log at its own pace. A follower
+//! holds its log, so eviction never pulls a log from under a reader. The global
+//! index is touched only to create, find and evict logs; expiry runs in a
+//! background task, and the byte bound is enforced when a log finishes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use async_stream::stream;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -16,17 +19,31 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{EventStore, KeyClaim, LogStatus, StoreError};
-use crate::ai::streaming::events::{LoggedEvent, StreamId};
+use super::{EventBatch, EventStore, FollowError, FollowFailure, Follower, KeyClaim, LogStatus, StoreError, READ_BATCH};
+use crate::ai::streaming::events::{EventRecord, LoggedEvent, StreamId};
 
 struct Log {
     events: Mutex<Vec<LoggedEvent>>,
-    /// Length of `events`, for readers waiting on the live tail.
+    /// When the newest event was appended.
+    appended_at: Mutex<std::time::Instant>,
+    /// Length of `events`, for followers waiting on the live tail.
     len: watch::Sender<u64>,
+}
+
+impl Log {
+    fn status(&self) -> LogStatus {
+        let events = self.events.lock().unwrap();
+        LogStatus { len: events.len() as u64, finished: events.last().is_some_and(LoggedEvent::is_terminal) }
+    }
 }
 
 /// Idempotency keys kept at most; the oldest go first.
 const MAX_KEYS: usize = 100_000;
+/// Lengths of evicted logs remembered, so a late reader's `stream_not_found`
+/// takes a seq no event of that log ever had.
+const MAX_TOMBSTONES: usize = 100_000;
+/// How often expired logs are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Index {
@@ -34,11 +51,13 @@ struct Index {
     /// Finished logs in finishing order, with their size.
     finished: VecDeque<(Instant, StreamId, usize)>,
     finished_bytes: usize,
+    tombstones: HashMap<StreamId, u64>,
+    tombstone_order: VecDeque<StreamId>,
     keys: HashMap<String, (KeyClaim, Instant)>,
 }
 
 pub struct MemoryStore {
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
     retention: Duration,
     max_finished_bytes: usize,
     cancels: broadcast::Sender<StreamId>,
@@ -47,29 +66,39 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store whose finished logs live `retention` within `max_finished_bytes`.
+    /// Starts its sweeper on the current Tokio runtime; it stops with the store.
     pub fn new(retention: Duration, max_finished_bytes: usize, retained_bytes: prometheus::IntGauge) -> Self {
-        Self { index: Mutex::default(), retention, max_finished_bytes, cancels: broadcast::channel(1024).0, retained_bytes }
+        let store = Self { index: Arc::default(), retention, max_finished_bytes, cancels: broadcast::channel(1024).0, retained_bytes };
+        store.sweep_in_background();
+        store
+    }
+
+    fn sweep_in_background(&self) {
+        let index = Arc::downgrade(&self.index);
+        let (retention, max_bytes, gauge) = (self.retention, self.max_finished_bytes, self.retained_bytes.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(index) = Weak::upgrade(&index) else { return };
+                let mut index = index.lock().unwrap();
+                evict(&mut index, retention, max_bytes);
+                gauge.set(index.finished_bytes as i64);
+            }
+        });
     }
 
     fn log(&self, id: &StreamId) -> Result<Arc<Log>, StoreError> {
-        let mut index = self.index.lock().unwrap();
-        self.evict(&mut index);
-        index.logs.get(id).cloned().ok_or_else(|| StoreError::NotFound(id.clone()))
-    }
-
-    fn evict(&self, index: &mut Index) {
-        let now = Instant::now();
-        while let Some((finished_at, _, bytes)) = index.finished.front() {
-            let expired = now.duration_since(*finished_at) >= self.retention;
-            if !expired && index.finished_bytes <= self.max_finished_bytes {
-                break;
-            }
-            let bytes = *bytes;
-            let (_, id, _) = index.finished.pop_front().expect("front exists");
-            index.logs.remove(&id);
-            index.finished_bytes -= bytes;
+        let index = self.index.lock().unwrap();
+        match index.logs.get(id) {
+            Some(log) => Ok(log.clone()),
+            None => Err(match index.tombstones.get(id) {
+                Some(&len) => StoreError::Expired { stream_id: id.clone(), len },
+                None => StoreError::NotFound(id.clone()),
+            }),
         }
-        self.retained_bytes.set(index.finished_bytes as i64);
     }
 
     /// Bytes held by finished logs, for tests and metrics.
@@ -82,29 +111,52 @@ impl MemoryStore {
     }
 }
 
+/// Drops finished logs past the retention period, then the oldest while over the
+/// byte bound; each leaves a tombstone with its length.
+fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
+    let now = Instant::now();
+    while let Some((finished_at, _, bytes)) = index.finished.front() {
+        if now.duration_since(*finished_at) < retention && index.finished_bytes <= max_bytes {
+            break;
+        }
+        let bytes = *bytes;
+        let (_, id, _) = index.finished.pop_front().expect("front exists");
+        index.finished_bytes -= bytes;
+        if let Some(log) = index.logs.remove(&id) {
+            let len = *log.len.borrow();
+            if index.tombstone_order.len() >= MAX_TOMBSTONES {
+                if let Some(oldest) = index.tombstone_order.pop_front() {
+                    index.tombstones.remove(&oldest);
+                }
+            }
+            index.tombstones.insert(id.clone(), len);
+            index.tombstone_order.push_back(id);
+        }
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
-        let log = Arc::new(Log { events: Mutex::default(), len: watch::channel(0).0 });
-        let mut index = self.index.lock().unwrap();
-        self.evict(&mut index);
-        index.logs.insert(id.clone(), log);
+        let log = Arc::new(Log { events: Mutex::default(), appended_at: Mutex::new(std::time::Instant::now()), len: watch::channel(0).0 });
+        self.index.lock().unwrap().logs.insert(id.clone(), log);
         Ok(())
     }
 
-    async fn append(&self, id: &StreamId, event: LoggedEvent) -> Result<(), StoreError> {
+    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
         let log = self.log(id)?;
-        let terminal = event.is_terminal();
+        let terminal = record.is_terminal();
         let (len, bytes) = {
             let mut events = log.events.lock().unwrap();
             if events.last().is_some_and(LoggedEvent::is_terminal) {
                 return Err(StoreError::Finished(id.clone()));
             }
             let expected = events.len() as u64;
-            if event.seq != expected {
-                return Err(StoreError::OutOfOrder { stream_id: id.clone(), expected, got: event.seq });
+            if seq != expected {
+                return Err(StoreError::OutOfOrder { stream_id: id.clone(), expected, got: seq });
             }
-            events.push(event);
+            events.push(record.clone().at(seq));
+            *log.appended_at.lock().unwrap() = std::time::Instant::now();
             let bytes = if terminal { events.iter().map(LoggedEvent::size).sum() } else { 0 };
             (events.len() as u64, bytes)
         };
@@ -113,31 +165,50 @@ impl EventStore for MemoryStore {
             let mut index = self.index.lock().unwrap();
             index.finished.push_back((Instant::now(), id.clone(), bytes));
             index.finished_bytes += bytes;
-            self.evict(&mut index);
+            if index.finished_bytes > self.max_finished_bytes {
+                evict(&mut index, self.retention, self.max_finished_bytes);
+            }
+            self.retained_bytes.set(index.finished_bytes as i64);
         }
         Ok(())
     }
 
-    async fn read_after(&self, id: &StreamId, after: Option<u64>, limit: usize) -> Result<Vec<LoggedEvent>, StoreError> {
-        let log = self.log(id)?;
-        let events = log.events.lock().unwrap();
-        let from = after.map_or(0, |seq| seq as usize + 1).min(events.len());
-        let to = from.saturating_add(limit).min(events.len());
-        Ok(events[from..to].to_vec())
-    }
-
-    async fn wait_after(&self, id: &StreamId, after: Option<u64>, wait: Duration) -> Result<(), StoreError> {
-        let mut len = self.log(id)?.len.subscribe();
-        let wanted = after.map_or(1, |seq| seq + 2);
-        // Timing out is an answer too: the caller re-checks and waits again.
-        let _ = tokio::time::timeout(wait, len.wait_for(|len| *len >= wanted)).await;
-        Ok(())
-    }
-
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
-        let log = self.log(id)?;
-        let events = log.events.lock().unwrap();
-        Ok(LogStatus { len: events.len() as u64, finished: events.last().is_some_and(LoggedEvent::is_terminal) })
+        Ok(self.log(id)?.status())
+    }
+
+    fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower {
+        let log = self.log(id);
+        let first = after.map_or(0, |seq| seq.saturating_add(1));
+        stream! {
+            let Ok(log) = log else {
+                yield Err(FollowError { next_seq: first, cause: FollowFailure::LogLost });
+                return;
+            };
+            let mut len = log.len.subscribe();
+            let mut next = first;
+            loop {
+                let (batch, at_tail) = {
+                    let events = log.events.lock().unwrap();
+                    let from = usize::try_from(next).unwrap_or(usize::MAX).min(events.len());
+                    let to = from.saturating_add(READ_BATCH).min(events.len());
+                    (events[from..to].to_vec(), to == events.len())
+                };
+                let Some(last) = batch.last() else {
+                    // The log lives as long as we hold it, and with it the sender.
+                    let _ = len.wait_for(|len| *len > next).await;
+                    continue;
+                };
+                next = last.seq + 1;
+                let terminal = last.is_terminal();
+                let tail_since = at_tail.then(|| *log.appended_at.lock().unwrap());
+                yield Ok(EventBatch { events: batch, tail_since });
+                if terminal {
+                    return;
+                }
+            }
+        }
+        .boxed()
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
@@ -151,14 +222,12 @@ impl EventStore for MemoryStore {
         BroadcastStream::new(self.cancels.subscribe()).filter_map(|r| async move { r.ok() }).boxed()
     }
 
-    async fn renew_leases(&self, _ids: &[StreamId]) -> Result<(), StoreError> {
-        // One process: every unfinished log is being generated here.
-        Ok(())
+    async fn readers_elsewhere(&self, _id: &StreamId) -> Result<Option<Duration>, StoreError> {
+        // One process: there is no elsewhere.
+        Ok(None)
     }
 
-    async fn is_generating(&self, id: &StreamId) -> Result<bool, StoreError> {
-        Ok(!self.status(id).await?.finished)
-    }
+    fn release(&self, _id: &StreamId) {}
 
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
         let mut index = self.index.lock().unwrap();
@@ -187,6 +256,10 @@ impl EventStore for MemoryStore {
         }
         Ok(())
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -202,59 +275,72 @@ mod tests {
         StreamId::parse(&format!("s{n}")).unwrap()
     }
 
-    fn chunk(stream: &StreamId, seq: u64) -> LoggedEvent {
-        LoggedEvent::new(stream, seq, EventBody::Chunk { token: "token ".repeat(10) })
+    fn chunk() -> EventRecord {
+        EventRecord::new(&EventBody::Chunk { token: "token ".repeat(10) })
     }
 
-    fn end(stream: &StreamId, seq: u64) -> LoggedEvent {
-        LoggedEvent::new(stream, seq, EventBody::Cancelled { reason: CancelReason::Requested })
+    fn end() -> EventRecord {
+        EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested })
+    }
+
+    fn store(retention: Duration, max_bytes: usize) -> MemoryStore {
+        MemoryStore::new(retention, max_bytes, gauge())
+    }
+
+    async fn seqs(follower: Follower) -> Vec<u64> {
+        follower.map(|batch| batch.unwrap().events).concat().await.iter().map(|e| e.seq).collect()
     }
 
     #[tokio::test]
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
-        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
+        let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
         store.create(&s).await.unwrap();
-        store.append(&s, chunk(&s, 0)).await.unwrap();
-        assert!(matches!(store.append(&s, chunk(&s, 2)).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
-        store.append(&s, end(&s, 1)).await.unwrap();
-        assert!(matches!(store.append(&s, chunk(&s, 2)).await, Err(StoreError::Finished(_))));
+        store.append(&s, 0, &chunk()).await.unwrap();
+        assert!(matches!(store.append(&s, 2, &chunk()).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
+        store.append(&s, 1, &end()).await.unwrap();
+        assert!(matches!(store.append(&s, 2, &chunk()).await, Err(StoreError::Finished(_))));
         assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true });
     }
 
     #[tokio::test]
-    async fn reads_start_after_the_given_seq() {
-        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
+    async fn a_follower_starts_after_the_given_seq_and_ends_after_the_terminal_event() {
+        let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
         store.create(&s).await.unwrap();
         for seq in 0..5 {
-            store.append(&s, chunk(&s, seq)).await.unwrap();
+            store.append(&s, seq, &chunk()).await.unwrap();
         }
-        let seqs = |events: Vec<LoggedEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(store.read_after(&s, None, 2).await.unwrap()), [0, 1]);
-        assert_eq!(seqs(store.read_after(&s, Some(2), 10).await.unwrap()), [3, 4]);
-        assert!(store.read_after(&s, Some(4), 10).await.unwrap().is_empty());
-        assert!(store.read_after(&s, Some(99), 10).await.unwrap().is_empty());
+        store.append(&s, 5, &end()).await.unwrap();
+        assert_eq!(seqs(store.follow(&s, None)).await, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(seqs(store.follow(&s, Some(2))).await, [3, 4, 5]);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waiting_resolves_when_the_tail_grows() {
-        let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge()));
+    async fn a_follower_waits_for_the_tail_to_grow() {
+        let store = Arc::new(store(Duration::from_secs(60), 1 << 20));
         let s = id(1);
         store.create(&s).await.unwrap();
-        let waiter = tokio::spawn({
-            let (store, s) = (store.clone(), s.clone());
-            async move { store.wait_after(&s, None, Duration::from_secs(3600)).await }
-        });
+        let mut follower = store.follow(&s, None);
+        let next = tokio::spawn(async move { follower.next().await });
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        store.append(&s, chunk(&s, 0)).await.unwrap();
-        waiter.await.unwrap().unwrap();
+        assert!(!next.is_finished());
+        store.append(&s, 0, &chunk()).await.unwrap();
+        let batch = next.await.unwrap().unwrap().unwrap().events;
+        assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [0]);
+    }
+
+    #[tokio::test]
+    async fn following_an_unknown_log_ends_with_a_lost_log_at_the_next_seq() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let mut follower = store.follow(&id(7), Some(3));
+        assert_eq!(follower.next().await, Some(Err(FollowError { next_seq: 4, cause: FollowFailure::LogLost })));
+        assert_eq!(follower.next().await, None);
     }
 
     #[tokio::test]
     async fn the_first_claim_of_a_key_wins_until_it_is_released() {
-        let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
+        let store = store(Duration::from_secs(60), 1 << 20);
         let claim = |n| KeyClaim { stream_id: id(n), fingerprint: "f".into() };
         let ttl = Duration::from_secs(60);
         assert_eq!(store.claim_key("k", claim(1), ttl).await.unwrap(), None);
@@ -266,35 +352,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finished_logs_stay_within_the_byte_bound_oldest_first() {
-        let one_log = {
-            let s = id(0);
-            chunk(&s, 0).size() + end(&s, 1).size()
-        };
-        let store = MemoryStore::new(Duration::from_secs(60), one_log * 3, gauge());
+    async fn finished_logs_stay_within_the_byte_bound_oldest_first_and_leave_their_length() {
+        let one_log = chunk().at(0).size() + end().at(1).size();
+        let store = store(Duration::from_secs(60), one_log * 3);
         for n in 0..10 {
             let s = id(n);
             store.create(&s).await.unwrap();
-            store.append(&s, chunk(&s, 0)).await.unwrap();
-            store.append(&s, end(&s, 1)).await.unwrap();
+            store.append(&s, 0, &chunk()).await.unwrap();
+            store.append(&s, 1, &end()).await.unwrap();
             assert!(store.finished_bytes() <= one_log * 3);
         }
         assert_eq!(store.log_count(), 3);
-        assert!(matches!(store.status(&id(6)).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.status(&id(6)).await, Err(StoreError::Expired { len: 2, .. })));
         assert!(store.status(&id(9)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_follower_keeps_reading_a_log_evicted_under_it() {
+        let one_log = chunk().at(0).size() + end().at(1).size();
+        let store = store(Duration::from_secs(60), one_log);
+        let s = id(1);
+        store.create(&s).await.unwrap();
+        store.append(&s, 0, &chunk()).await.unwrap();
+        let follower = store.follow(&s, None);
+        store.append(&s, 1, &end()).await.unwrap();
+        for n in 2..4 {
+            store.create(&id(n)).await.unwrap();
+            store.append(&id(n), 0, &chunk()).await.unwrap();
+            store.append(&id(n), 1, &end()).await.unwrap();
+        }
+        assert!(matches!(store.status(&s).await, Err(StoreError::Expired { .. })));
+        assert_eq!(seqs(follower).await, [0, 1]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
-        let store = MemoryStore::new(Duration::from_secs(300), usize::MAX, gauge());
+        let store = store(Duration::from_secs(300), usize::MAX);
         let (done, live) = (id(1), id(2));
         for s in [&done, &live] {
             store.create(s).await.unwrap();
-            store.append(s, chunk(s, 0)).await.unwrap();
+            store.append(s, 0, &chunk()).await.unwrap();
         }
-        store.append(&done, end(&done, 1)).await.unwrap();
-        tokio::time::advance(Duration::from_secs(301)).await;
-        assert!(matches!(store.status(&done).await, Err(StoreError::NotFound(_))));
+        store.append(&done, 1, &end()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(302)).await;
+        assert!(matches!(store.status(&done).await, Err(StoreError::Expired { len: 2, .. })));
         assert!(store.status(&live).await.is_ok());
     }
 }

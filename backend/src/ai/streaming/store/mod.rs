@@ -1,6 +1,12 @@
-//! Where event logs live. The trait's semantics fit Redis Streams (append with an
-//! explicit seq, read after a seq, block for the live tail, a cancel channel,
-//! expiry); the memory store is the embedded default.
+//! Where event logs live, and who follows them. The trait's semantics fit Redis
+//! Streams: append at an explicit seq, follow a log from a seq (replay, then the
+//! live tail), leases on the logs a process generates, reader presence, a cancel
+//! channel, expiry. The memory store is the embedded default.
+//!
+//! Following a tail is the store's job, as expiring keys is mini-redis's `Db`'s:
+//! the manager asks for a stream of events and decides lifecycles; how readers
+//! are woken (a `watch` in memory, one `XREAD` loop per process with Redis) stays
+//! behind this trait.
 
 pub mod memory;
 pub mod redis;
@@ -10,17 +16,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use super::events::{LoggedEvent, StreamId};
+use super::events::{EventRecord, LoggedEvent, StreamId};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     #[error("no log for stream {0}")]
     NotFound(StreamId),
+    /// The log existed, held `len` events, and has expired since.
+    #[error("the log of stream {stream_id} expired")]
+    Expired { stream_id: StreamId, len: u64 },
     #[error("stream {stream_id}: expected seq {expected}, got {got}")]
     OutOfOrder { stream_id: StreamId, expected: u64, got: u64 },
     #[error("stream {0} is already finished")]
     Finished(StreamId),
-    #[error("store unavailable: {0}")]
+    /// The store did not answer (in time). The text is for logs, never for clients.
+    #[error("the stream store is unavailable: {0}")]
     Unavailable(String),
 }
 
@@ -33,35 +43,73 @@ pub struct LogStatus {
     pub finished: bool,
 }
 
+/// Why a follower stopped before its log's terminal event. `next_seq` is the seq
+/// the store would have given the next event: a reader's own closing event takes
+/// it, so it never names an event the reader was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowError {
+    pub next_seq: u64,
+    pub cause: FollowFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowFailure {
+    /// The store stopped answering.
+    Unreachable,
+    /// The store answers but no longer has the log (e.g. Redis restarted without persistence).
+    LogLost,
+}
+
+/// Events that were ready together, in seq order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBatch {
+    pub events: Vec<LoggedEvent>,
+    /// When the last of them reached this process (appended here, or read from
+    /// Redis), if it was the newest event of its log then: the start of the
+    /// delay the server adds to the live tail.
+    pub tail_since: Option<std::time::Instant>,
+}
+
+impl EventBatch {
+    pub fn is_terminal(&self) -> bool {
+        self.events.last().is_some_and(LoggedEvent::is_terminal)
+    }
+}
+
+/// A log's events after a seq: replayed, then the live tail, in batches; the
+/// stream ends after the batch holding the terminal event, or with one error.
+pub type Follower = BoxStream<'static, Result<EventBatch, FollowError>>;
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Creates an empty log.
+    /// Creates an empty log whose generator is this process: the store holds the
+    /// log's lease (renewing it where several processes share the store) until the
+    /// terminal event or [`EventStore::release`].
     async fn create(&self, id: &StreamId) -> Result<(), StoreError>;
 
-    /// Appends an event; its seq must be the log's length. A terminal event
-    /// finishes the log, which then stays readable for the retention period.
-    async fn append(&self, id: &StreamId, event: LoggedEvent) -> Result<(), StoreError>;
-
-    /// Up to `limit` events with seq greater than `after` (all when `None`).
-    async fn read_after(&self, id: &StreamId, after: Option<u64>, limit: usize) -> Result<Vec<LoggedEvent>, StoreError>;
-
-    /// Resolves once the log holds an event after `after`, or when `wait` passes.
-    async fn wait_after(&self, id: &StreamId, after: Option<u64>, wait: Duration) -> Result<(), StoreError>;
+    /// Appends `record` at `seq`, which must be the log's length; nothing follows
+    /// a terminal event. Retrying an append whose outcome was not learned is safe:
+    /// finding the very same record at `seq` counts as success.
+    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError>;
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError>;
 
-    /// Asks whichever process runs the generation to cancel it.
+    /// Follows a log from the event after `after` (from the first when `None`).
+    fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower;
+
+    /// Asks whichever process generates the stream to cancel it. A stream that no
+    /// process generates any more (its generator died) ends `cancelled` here.
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError>;
 
-    /// Cancel requests, for the generations this process runs.
+    /// Cancel requests for the generations this process runs.
     fn cancel_requests(&self) -> BoxStream<'static, StreamId>;
 
-    /// Marks these streams as still being generated by this process. A store shared
-    /// by several processes lets the mark lapse when its process stops renewing it.
-    async fn renew_leases(&self, ids: &[StreamId]) -> Result<(), StoreError>;
+    /// How much longer a reader attached in another process still counts as
+    /// present (`None`: no reader anywhere else within the resume grace).
+    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError>;
 
-    /// Whether some process is still generating this unfinished stream.
-    async fn is_generating(&self, id: &StreamId) -> Result<bool, StoreError>;
+    /// Gives up this process's lease on a log it could not finish.
+    fn release(&self, id: &StreamId);
 
     /// Claims an idempotency key for stream `id` for `ttl`, atomically. When another
     /// start holds it, returns that claim instead.
@@ -69,6 +117,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Gives a claim back (its start failed), if it is still `id`'s.
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError>;
+
+    /// Whether the store answers, for `/readyz`.
+    async fn ready(&self) -> Result<(), StoreError>;
 }
 
 /// Who holds an idempotency key: the stream it started and the request's
@@ -78,3 +129,6 @@ pub struct KeyClaim {
     pub stream_id: StreamId,
     pub fingerprint: String,
 }
+
+/// Events read from a log per batch.
+pub const READ_BATCH: usize = 512;

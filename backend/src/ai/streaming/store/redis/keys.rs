@@ -1,0 +1,86 @@
+//! The names of everything `live-ai` keeps in Redis. Per stream, keys share a hash
+//! tag (`{<id>}`), so a cluster keeps a stream's keys on one slot and its scripts
+//! may touch them together:
+//! - `<prefix>:{<id>}:log`: a Redis Stream, one entry per event, entry id
+//!   `<seq>-1`, fields `t` (type) and `j` (the event's JSON members);
+//! - `<prefix>:{<id>}:meta`: a hash, `state` (`live` or `finished`) and, once
+//!   finished, `len`; it outlives the log so an expired stream's length is known;
+//! - `<prefix>:{<id>}:lease`: the generating process's id while it generates (or
+//!   `cancel` once a cancel was asked for and not yet seen);
+//! - `<prefix>:{<id>}:readers`: present while some process serves a reader, and
+//!   for the resume grace after the last one left.
+
+use std::sync::Arc;
+
+use crate::ai::streaming::events::StreamId;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    fn of(&self, id: &StreamId, part: &str) -> String {
+        format!("{}:{{{id}}}:{part}", self.prefix)
+    }
+
+    pub fn log(&self, id: &StreamId) -> String {
+        self.of(id, "log")
+    }
+
+    pub fn meta(&self, id: &StreamId) -> String {
+        self.of(id, "meta")
+    }
+
+    pub fn lease(&self, id: &StreamId) -> String {
+        self.of(id, "lease")
+    }
+
+    pub fn readers(&self, id: &StreamId) -> String {
+        self.of(id, "readers")
+    }
+
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idempotency:{key}", self.prefix)
+    }
+
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+}
+
+/// The entry id of the event at `seq` (Redis refuses the id `0-0`).
+pub fn entry_id(seq: u64) -> String {
+    format!("{seq}-1")
+}
+
+/// The seq of an entry id.
+pub fn entry_seq(entry_id: &[u8]) -> Option<u64> {
+    let (seq, _) = std::str::from_utf8(entry_id).ok()?.split_once('-')?;
+    seq.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streams_keys_share_its_hash_tag() {
+        let keys = Keys::new("live-ai");
+        let id = StreamId::parse("abc").unwrap();
+        assert_eq!(keys.log(&id), "live-ai:{abc}:log");
+        assert_eq!(keys.lease(&id), "live-ai:{abc}:lease");
+        assert_eq!(keys.readers(&id), "live-ai:{abc}:readers");
+    }
+
+    #[test]
+    fn entry_ids_carry_the_seq() {
+        assert_eq!(entry_id(0), "0-1");
+        assert_eq!(entry_seq(entry_id(u64::MAX).as_bytes()), Some(u64::MAX));
+        assert_eq!(entry_seq(b"12"), None);
+    }
+}

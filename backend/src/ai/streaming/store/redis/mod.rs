@@ -1,0 +1,350 @@
+//! The scale-out event store: logs in Redis, shared by every `live-ai` process
+//! behind any load balancer (key layout in `keys.rs`).
+//!
+//! - Append: one `XADD` at the event's entry id per event; the first and the
+//!   terminal one are scripts (`scripts.rs`): the first checks the stream exists
+//!   and sets the log's expiry, the terminal one finishes the log. An append retried after a lost reply finds its own entry and succeeds.
+//! - Follow: one `XREAD` loop per process feeds local mirrors (`tail.rs`).
+//! - Leases: the generating process renews `lease` with its id (`SET … PX`,
+//!   re-taken if it lapsed under a stall); a cancel from anywhere marks it
+//!   `cancel` and publishes on `<prefix>:cancel`, so the generator learns of it on
+//!   the next renewal even if the message is lost.
+//! - Presence: every process serving a reader of a stream refreshes `readers`
+//!   (expiring after the resume grace), so the generator abandons a stream only
+//!   when no process anywhere had a reader for the whole grace (`upkeep.rs`).
+//! - Every command has a timeout; Redis going away ends open streams with a
+//!   retryable error within a few seconds, and the connections come back by
+//!   themselves when it returns.
+
+mod cancels;
+mod entries;
+mod keys;
+mod scripts;
+mod tail;
+mod upkeep;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+
+use self::entries::events_of;
+use self::keys::{entry_id, Keys};
+use self::scripts::{Finish, FinishTarget, First, Scripts};
+use self::tail::Tails;
+use super::{EventStore, Follower, KeyClaim, LogStatus, StoreError};
+use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
+
+/// How long a lease lives without renewal; its process renews it every second,
+/// so only a process that stopped (or stalled this long) loses it.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// Upper bound on how long an unfinished log is kept if its process vanished.
+const LIVE_TTL: Duration = Duration::from_secs(3600);
+/// How long a finished stream's length outlives its log, so a late reader's
+/// `stream_not_found` takes a seq no event of the log had.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+/// Bound on every Redis command (a blocking `XREAD` gets this on top of its block).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts, so the store is back soon after Redis.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+/// What the store's parts share: the connection, key names, and this process's
+/// identity and leases.
+struct Shared {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    /// This process's id, the value of the leases it holds.
+    owner: String,
+    retention: Duration,
+    grace: Duration,
+    leases: Mutex<HashSet<StreamId>>,
+}
+
+impl Shared {
+    fn holds_lease(&self, id: &StreamId) -> bool {
+        self.leases.lock().unwrap().contains(id)
+    }
+
+    /// Marks a reader of `id` present now, in the background.
+    fn stamp_presence(&self, id: &StreamId) {
+        let (mut conn, key, grace) = (self.conn.clone(), self.keys.readers(id), self.grace);
+        tokio::spawn(async move {
+            let _ = conn.pset_ex::<_, _, ()>(key, 1, grace.as_millis().max(1) as u64).await;
+        });
+    }
+
+    async fn finish(&self, id: &StreamId, seq: Option<u64>, record: &EventRecord) -> redis::RedisResult<Finish> {
+        let (log, meta, lease) = (self.keys.log(id), self.keys.meta(id), self.keys.lease(id));
+        let target = FinishTarget {
+            log: &log,
+            meta: &meta,
+            lease: &lease,
+            retention_ms: self.retention.as_millis() as u64,
+            tombstone_ms: (self.retention + TOMBSTONE_TTL).as_millis() as u64,
+        };
+        self.scripts.finish(&mut self.conn.clone(), target, seq, record).await
+    }
+
+    async fn read_at(&self, id: &StreamId, seq: u64) -> Result<Option<LoggedEvent>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(self.keys.log(id))
+            .arg(entry_id(seq))
+            .arg(entry_id(seq))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let events = events_of(reply).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry of {id}")))?;
+        Ok(events.into_iter().next())
+    }
+}
+
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    tails: Arc<Tails>,
+    cancels: broadcast::Sender<StreamId>,
+}
+
+fn connection_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_max_delay(RECONNECT_MAX_DELAY)
+}
+
+impl RedisStore {
+    /// Connects; its background tasks (following, leases and presence, cancel
+    /// requests) run until `shutdown`. `grace` is the resume grace period.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        retention: Duration,
+        grace: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn = ConnectionManager::new_with_config(client.clone(), connection_config(COMMAND_TIMEOUT)).await.map_err(unavailable)?;
+        let tail_conn = ConnectionManager::new_with_config(client.clone(), connection_config(tail::BLOCK + COMMAND_TIMEOUT))
+            .await
+            .map_err(unavailable)?;
+        let shared = Arc::new(Shared {
+            conn,
+            keys: Keys::new(prefix),
+            scripts: Scripts::default(),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            retention,
+            grace,
+            leases: Mutex::default(),
+        });
+        let cancels = broadcast::channel(1024).0;
+        cancels::listen(client, shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
+        let tails = Tails::start(shared.clone(), tail_conn, shutdown.clone());
+        upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
+        Ok(Self { shared, tails, cancels })
+    }
+
+    /// Appends at `seq` when another event may already be there: one we sent
+    /// whose reply was lost (success), or a terminal event someone else wrote.
+    async fn settle_conflict(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        match self.shared.read_at(id, seq).await? {
+            Some(found) if found.event_type == record.event_type && found.fields == record.fields => Ok(()),
+            Some(found) if found.is_terminal() => Err(StoreError::Finished(id.clone())),
+            _ => {
+                let status = self.status(id).await?;
+                if status.finished {
+                    return Err(StoreError::Finished(id.clone()));
+                }
+                Err(StoreError::OutOfOrder { stream_id: id.clone(), expected: status.len, got: seq })
+            }
+        }
+    }
+
+    async fn append_event(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let log = self.shared.keys.log(id);
+        if seq == 0 {
+            let meta = self.shared.keys.meta(id);
+            let live_ttl = LIVE_TTL.as_millis() as u64;
+            return match self.shared.scripts.first(&mut conn, &log, &meta, live_ttl, record).await.map_err(unavailable)? {
+                First::Appended => Ok(()),
+                First::Taken => self.settle_conflict(id, seq, record).await,
+                First::Unknown => Err(StoreError::NotFound(id.clone())),
+            };
+        }
+        // NOMKSTREAM: a log that vanished (Redis restarted, the key expired) is
+        // not re-created half empty.
+        let added: redis::RedisResult<Option<String>> = redis::cmd("XADD")
+            .arg(&log)
+            .arg("NOMKSTREAM")
+            .arg(entry_id(seq))
+            .arg("t")
+            .arg(record.event_type.as_str())
+            .arg("j")
+            .arg(&record.fields[..])
+            .query_async(&mut conn)
+            .await;
+        match added {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::NotFound(id.clone())),
+            Err(error) if error.to_string().contains("equal or smaller") => self.settle_conflict(id, seq, record).await,
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn append_terminal(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let appended = match self.shared.finish(id, Some(seq), record).await.map_err(unavailable)? {
+            Finish::Appended { .. } => Ok(()),
+            Finish::Unknown => Err(StoreError::NotFound(id.clone())),
+            Finish::AlreadyFinished { len } if len == seq + 1 => self.settle_conflict(id, seq, record).await,
+            Finish::AlreadyFinished { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
+            Finish::OutOfOrder { len } => Err(StoreError::OutOfOrder { stream_id: id.clone(), expected: len, got: seq }),
+        };
+        if appended.is_ok() {
+            self.release(id);
+        }
+        appended
+    }
+}
+
+#[async_trait]
+impl EventStore for RedisStore {
+    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let meta = self.shared.keys.meta(id);
+        redis::pipe()
+            .atomic()
+            .hset(&meta, "state", "live")
+            .ignore()
+            .pexpire(&meta, LIVE_TTL.as_millis() as i64)
+            .ignore()
+            .pset_ex(self.shared.keys.lease(id), &self.shared.owner, LEASE_TTL.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.shared.leases.lock().unwrap().insert(id.clone());
+        Ok(())
+    }
+
+    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        if record.is_terminal() {
+            self.append_terminal(id, seq, record).await
+        } else {
+            self.append_event(id, seq, record).await
+        }
+    }
+
+    async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let ((state, len), top): ((Option<String>, Option<u64>), redis::Value) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.shared.keys.meta(id))
+            .arg("state")
+            .arg("len")
+            .cmd("XREVRANGE")
+            .arg(self.shared.keys.log(id))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(state) = state else { return Err(StoreError::NotFound(id.clone())) };
+        let top = events_of(top).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry of {id}")))?;
+        match top.first() {
+            Some(last) => Ok(LogStatus { len: last.seq + 1, finished: last.is_terminal() }),
+            None if state == "finished" => Err(StoreError::Expired { stream_id: id.clone(), len: len.unwrap_or(0) }),
+            None => Ok(LogStatus { len: 0, finished: false }),
+        }
+    }
+
+    fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower {
+        self.tails.follow(id, after)
+    }
+
+    async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        // Marks the lease (if any) so its holder sees the request on its next
+        // renewal even if the message below is lost.
+        let marked: Option<String> = redis::cmd("SET")
+            .arg(self.shared.keys.lease(id))
+            .arg("cancel")
+            .arg("XX")
+            .arg("KEEPTTL")
+            .arg("GET")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if marked.is_none() {
+            // Nobody generates it: end it here, unless it ended already.
+            let cancelled = EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested });
+            match self.shared.finish(id, None, &cancelled).await.map_err(unavailable)? {
+                Finish::Unknown => return Err(StoreError::NotFound(id.clone())),
+                Finish::Leased => {}
+                _ => return Ok(()),
+            }
+        }
+        conn.publish::<_, _, ()>(self.shared.keys.cancel_channel(), id.as_str()).await.map_err(unavailable)
+    }
+
+    fn cancel_requests(&self) -> BoxStream<'static, StreamId> {
+        BroadcastStream::new(self.cancels.subscribe()).filter_map(|r| async move { r.ok() }).boxed()
+    }
+
+    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let left: i64 = conn.pttl(self.shared.keys.readers(id)).await.map_err(unavailable)?;
+        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
+    }
+
+    fn release(&self, id: &StreamId) {
+        self.shared.leases.lock().unwrap().remove(id);
+    }
+
+    async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let name = self.shared.keys.idempotency(key);
+        let value = format!("{} {}", claim.stream_id, claim.fingerprint);
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .get(true)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
+        // SET NX GET: the previous holder when the key was taken, nothing when we got it.
+        let held: Option<String> = conn.set_options(&name, value, options).await.map_err(unavailable)?;
+        Ok(held.and_then(|held| {
+            let (id, fingerprint) = held.split_once(' ')?;
+            Some(KeyClaim { stream_id: StreamId::parse(id)?, fingerprint: fingerprint.to_owned() })
+        }))
+    }
+
+    async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let release = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]) end return 0",
+        );
+        release.key(self.shared.keys.idempotency(key)).arg(id.as_str()).invoke_async::<i64>(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+//! The one Redis-side decision that needs atomicity: ending a log. Ordinary events
+//! are plain `XADD`s at an explicit entry id (one command per event; Redis refuses
+//! an id at or below the top, which fences a writer whose log someone else ended).
+//! The first event checks that the log was created (and sets its expiry); ending
+//! a log checks and writes several keys at once. Each is one Lua script; the
+//! ending one has two modes:
+//! - `owner`: the generator appends its terminal event at its seq;
+//! - `orphan`: anyone may end a log that no process holds a lease on (its
+//!   generator died), at whatever seq is next — a reader declaring the generation
+//!   lost, or a cancel of an orphaned stream.
+
+use crate::ai::streaming::events::EventRecord;
+
+const FINISH: &str = r#"
+-- KEYS: log, meta, lease. ARGV: mode, seq, type, fields, retention_ms, tombstone_ms
+if ARGV[1] == 'orphan' and redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+local len = 0
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  len = tonumber(string.match(top[1][1], '^%d+')) + 1
+  local t = top[1][2][2]
+  if t == 'error' or t == 'complete' or t == 'cancelled' then return {2, len} end
+end
+if ARGV[1] == 'owner' and tonumber(ARGV[2]) ~= len then return {-3, len} end
+redis.call('XADD', KEYS[1], len .. '-1', 't', ARGV[3], 'j', ARGV[4])
+-- Nothing follows a terminal event: every later XADD now finds its id too small.
+redis.call('XSETID', KEYS[1], '18446744073709551615-0')
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[2], 'state', 'finished', 'len', len + 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('DEL', KEYS[3])
+return {0, len + 1}
+"#;
+
+const FIRST: &str = r#"
+-- KEYS: log, meta. ARGV: type, fields, live_ttl_ms
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], '0-1', 't', ARGV[1], 'j', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// What the first-event script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum First {
+    Appended,
+    /// The log has events already (a retry, or a bug).
+    Taken,
+    /// No such stream.
+    Unknown,
+}
+
+/// What the finishing script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Appended; the log now holds `len` events.
+    Appended { len: u64 },
+    /// The log already ended; it holds `len` events.
+    AlreadyFinished { len: u64 },
+    /// `orphan` mode: a process holds the lease, so nothing was written.
+    Leased,
+    /// `owner` mode: the log's length is `len`, not the given seq.
+    OutOfOrder { len: u64 },
+    /// No such stream.
+    Unknown,
+}
+
+pub struct Scripts {
+    first: redis::Script,
+    finish: redis::Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self { first: redis::Script::new(FIRST), finish: redis::Script::new(FINISH) }
+    }
+}
+
+/// Where and how long a finished log is kept.
+pub struct FinishTarget<'a> {
+    pub log: &'a str,
+    pub meta: &'a str,
+    pub lease: &'a str,
+    pub retention_ms: u64,
+    pub tombstone_ms: u64,
+}
+
+impl Scripts {
+    /// Appends `record` as the log's first event (seq 0).
+    pub async fn first(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        log: &str,
+        meta: &str,
+        live_ttl_ms: u64,
+        record: &EventRecord,
+    ) -> redis::RedisResult<First> {
+        let code: i64 = self
+            .first
+            .key(log)
+            .key(meta)
+            .arg(record.event_type.as_str())
+            .arg(&record.fields[..])
+            .arg(live_ttl_ms)
+            .invoke_async(conn)
+            .await?;
+        Ok(match code {
+            1 => First::Appended,
+            0 => First::Taken,
+            _ => First::Unknown,
+        })
+    }
+
+    /// Appends `record` as the log's terminal event: at `seq` as its generator
+    /// (`Some(seq)`), or at the next seq of an orphaned log (`None`).
+    pub async fn finish(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        target: FinishTarget<'_>,
+        seq: Option<u64>,
+        record: &EventRecord,
+    ) -> redis::RedisResult<Finish> {
+        let (code, len): (i64, u64) = self
+            .finish
+            .key(target.log)
+            .key(target.meta)
+            .key(target.lease)
+            .arg(if seq.is_some() { "owner" } else { "orphan" })
+            .arg(seq.unwrap_or(0))
+            .arg(record.event_type.as_str())
+            .arg(&record.fields[..])
+            .arg(target.retention_ms.max(1))
+            .arg(target.tombstone_ms.max(1))
+            .invoke_async(conn)
+            .await?;
+        Ok(match code {
+            0 => Finish::Appended { len },
+            1 => Finish::Leased,
+            2 => Finish::AlreadyFinished { len },
+            -3 => Finish::OutOfOrder { len },
+            _ => Finish::Unknown,
+        })
+    }
+}

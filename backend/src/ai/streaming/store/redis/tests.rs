@@ -1,0 +1,241 @@
+//! The Redis store against the machine's Redis (`REDIS_URL`, default local); each
+//! test has a key prefix of its own, and two stores on one prefix are two
+//! processes of one deployment.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+
+use super::*;
+use crate::ai::streaming::events::{ErrorCode, EventType};
+use crate::ai::streaming::store::{FollowError, FollowFailure};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn store_on(prefix: &str, grace: Duration) -> RedisStore {
+    RedisStore::connect(&redis_url(), prefix, Duration::from_secs(60), grace, CancellationToken::new())
+        .await
+        .expect("Redis runs for the tests")
+}
+
+/// Two processes of one deployment.
+async fn pair() -> (RedisStore, RedisStore) {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    (store_on(&prefix, Duration::from_secs(30)).await, store_on(&prefix, Duration::from_secs(30)).await)
+}
+
+fn chunk(n: u64) -> EventRecord {
+    EventRecord::new(&EventBody::Chunk { token: format!("t{n} ") })
+}
+
+fn end() -> EventRecord {
+    EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested })
+}
+
+async fn raw(store: &RedisStore) -> ConnectionManager {
+    store.shared.conn.clone()
+}
+
+/// Everything a follower yields until it ends.
+async fn drain(follower: Follower) -> (Vec<LoggedEvent>, Option<FollowError>) {
+    let items: Vec<_> = tokio::time::timeout(PATIENCE, follower.collect::<Vec<_>>()).await.expect("the follower ends");
+    let mut events = Vec::new();
+    for item in items {
+        match item {
+            Ok(batch) => events.extend(batch.events),
+            Err(error) => return (events, Some(error)),
+        }
+    }
+    (events, None)
+}
+
+#[tokio::test]
+async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_end() {
+    let (store, _) = pair().await;
+    let id = StreamId::generate();
+    assert!(matches!(store.append(&id, 0, &chunk(0)).await, Err(StoreError::NotFound(_))), "no log before create");
+    store.create(&id).await.unwrap();
+    store.append(&id, 0, &chunk(0)).await.unwrap();
+    store.append(&id, 0, &chunk(0)).await.unwrap();
+    store.append(&id, 1, &chunk(1)).await.unwrap();
+    assert!(
+        matches!(store.append(&id, 1, &chunk(9)).await, Err(StoreError::OutOfOrder { expected: 2, got: 1, .. })),
+        "another event at a taken seq is refused"
+    );
+    assert!(matches!(store.append(&id, 3, &end()).await, Err(StoreError::OutOfOrder { expected: 2, .. })));
+    store.append(&id, 2, &end()).await.unwrap();
+    store.append(&id, 2, &end()).await.unwrap();
+    assert!(matches!(store.append(&id, 3, &chunk(3)).await, Err(StoreError::Finished(_)) | Err(StoreError::OutOfOrder { .. })));
+    assert!(matches!(store.append(&id, 3, &end()).await, Err(StoreError::Finished(_))));
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 3, finished: true });
+    let lease: Option<String> = raw(&store).await.get(store.shared.keys.lease(&id)).await.unwrap();
+    assert_eq!(lease, None, "a finished stream has no lease");
+    assert!(!store.shared.holds_lease(&id));
+}
+
+#[tokio::test]
+async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
+    let (writer, reader) = pair().await;
+    let id = StreamId::generate();
+    writer.create(&id).await.unwrap();
+    for seq in 0..3 {
+        writer.append(&id, seq, &chunk(seq)).await.unwrap();
+    }
+    let from_one = reader.follow(&id, Some(0));
+    let mut live = reader.follow(&id, Some(2));
+    // The second follower made the mirror start at 3; the first reads 1..=2 from history.
+    for seq in 3..6 {
+        writer.append(&id, seq, &chunk(seq)).await.unwrap();
+    }
+    let first = tokio::time::timeout(PATIENCE, live.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events[0].seq, 3);
+    assert_eq!(first.events[0].fields, chunk(3).fields);
+    writer.append(&id, 6, &end()).await.unwrap();
+    let (events, failure) = drain(from_one).await;
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(events.last().unwrap().event_type, EventType::Cancelled);
+}
+
+#[tokio::test]
+async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
+    let (store, _) = pair().await;
+    let id = StreamId::generate();
+    assert!(matches!(store.status(&id).await, Err(StoreError::NotFound(_))));
+    store.create(&id).await.unwrap();
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 0, finished: false });
+    store.append(&id, 0, &chunk(0)).await.unwrap();
+    store.append(&id, 1, &end()).await.unwrap();
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
+    // Retention over: the log goes, its length stays.
+    raw(&store).await.del::<_, ()>(store.shared.keys.log(&id)).await.unwrap();
+    assert!(matches!(store.status(&id).await, Err(StoreError::Expired { len: 2, .. })));
+}
+
+#[tokio::test]
+async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers() {
+    let (generator, reader) = pair().await;
+    let id = StreamId::generate();
+    generator.create(&id).await.unwrap();
+    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    // The generating process dies: it stops renewing, and its lease lapses.
+    generator.release(&id);
+    raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
+    let (events, failure) = drain(reader.follow(&id, None)).await;
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+    let lost: serde_json::Value = serde_json::from_slice(&events[1].json(&id)).unwrap();
+    assert_eq!((lost["code"].as_str(), lost["retryable"].as_bool()), (Some(ErrorCode::GenerationLost.as_str()), Some(true)));
+    assert!(matches!(generator.append(&id, 1, &chunk(1)).await, Err(StoreError::Finished(_))), "the old generator is fenced");
+}
+
+#[tokio::test]
+async fn a_process_never_declares_its_own_running_generation_lost() {
+    let (store, _) = pair().await;
+    let id = StreamId::generate();
+    store.create(&id).await.unwrap();
+    store.append(&id, 0, &chunk(0)).await.unwrap();
+    // A stall longer than the lease: it lapses although the generation runs here.
+    raw(&store).await.del::<_, ()>(store.shared.keys.lease(&id)).await.unwrap();
+    let mut follower = store.follow(&id, Some(0));
+    // Long enough for the silence check to run more than once, and the lease to be re-taken.
+    let waited = tokio::time::timeout(tail::SILENCE * 3, follower.next()).await;
+    assert!(waited.is_err(), "no event: the stream is still live");
+    let lease: Option<String> = raw(&store).await.get(store.shared.keys.lease(&id)).await.unwrap();
+    assert_eq!(lease.as_deref(), Some(store.shared.owner.as_str()), "the renewal re-took the lapsed lease");
+    store.append(&id, 1, &chunk(1)).await.unwrap();
+    let next = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.events[0].seq, 1);
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
+    let (generator, other) = pair().await;
+    let id = StreamId::generate();
+    generator.create(&id).await.unwrap();
+    let mut requests = generator.cancel_requests();
+    other.request_cancel(&id).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
+    assert_eq!(first, Some(id.clone()));
+    // Even with the message lost, the mark left on the lease reaches the generator
+    // on its next renewal.
+    let second = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
+    assert_eq!(second, Some(id));
+}
+
+#[tokio::test]
+async fn cancelling_a_stream_nobody_generates_ends_it_cancelled_at_once() {
+    let (generator, other) = pair().await;
+    let id = StreamId::generate();
+    generator.create(&id).await.unwrap();
+    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    generator.release(&id);
+    raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
+    other.request_cancel(&id).await.unwrap();
+    assert_eq!(other.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
+    assert!(matches!(other.request_cancel(&StreamId::generate()).await, Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_reader_in_another_process_counts_until_the_grace_after_it_left() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_millis(1500);
+    let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let id = StreamId::generate();
+    generator.create(&id).await.unwrap();
+    assert_eq!(generator.readers_elsewhere(&id).await.unwrap(), None);
+    let follower = reader.follow(&id, None);
+    let mut follower = follower;
+    // Attaching happens on the first poll.
+    let _ = tokio::time::timeout(Duration::from_millis(50), follower.next()).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while generator.readers_elsewhere(&id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the reader's presence shows");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(follower);
+    // Left, but within the grace: still counted; then not.
+    assert!(generator.readers_elsewhere(&id).await.unwrap().is_some());
+    while generator.readers_elsewhere(&id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "presence lapses after the grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_claimed_once_across_processes() {
+    let (a, b) = pair().await;
+    let claim = |id: &StreamId| KeyClaim { stream_id: id.clone(), fingerprint: "quiz:00ff".into() };
+    let (first, second) = (StreamId::generate(), StreamId::generate());
+    let ttl = Duration::from_secs(60);
+    assert_eq!(a.claim_key("retry-me", claim(&first), ttl).await.unwrap(), None);
+    assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), Some(claim(&first)));
+    b.release_key("retry-me", &second).await.unwrap();
+    assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), Some(claim(&first)));
+    a.release_key("retry-me", &first).await.unwrap();
+    assert_eq!(b.claim_key("retry-me", claim(&second), ttl).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
+    let (generator, reader) = pair().await;
+    let id = StreamId::generate();
+    generator.create(&id).await.unwrap();
+    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    let mut follower = reader.follow(&id, None);
+    let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events.len(), 1);
+    // What a Redis restart without persistence leaves: nothing.
+    let keys = &generator.shared.keys;
+    raw(&generator).await.del::<_, ()>(&[keys.log(&id), keys.meta(&id), keys.lease(&id)]).await.unwrap();
+    generator.release(&id);
+    let (events, failure) = drain(follower).await;
+    assert!(events.is_empty());
+    assert_eq!(failure, Some(FollowError { next_seq: 1, cause: FollowFailure::LogLost }));
+    assert!(matches!(generator.append(&id, 1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
+}
