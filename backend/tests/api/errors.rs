@@ -135,3 +135,34 @@ async fn malformed_websocket_messages_get_error_frames_and_other_streams_live_on
 }
 
 use futures::SinkExt;
+
+#[tokio::test]
+async fn resume_positions_beyond_the_log_are_400_naming_where_they_came_from_in_both_stores() {
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("live-ai-test-beyond-{}", std::process::id());
+    let memory = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20")]).await;
+    let redis =
+        spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("STREAM_STORE", "redis"), ("REDIS_URL", &redis_url), ("REDIS_KEY_PREFIX", &prefix)])
+            .await;
+    for app in [&memory, &redis] {
+        let id = app.create_stream("ask-question", json!({"question": "Is this live?"})).await;
+        let mut reader = app.events_of(&id).await;
+        let seen = reader.take(3).await;
+        let events = format!("/api/streams/{id}/events");
+        for after in [u64::MAX, seen.last().unwrap().seq() + 1_000] {
+            let body = problem(app.get(&format!("{events}?after={after}")).await, 400).await;
+            assert_eq!(body["field"], "after", "{after}");
+            let header = format!("{id}:{after}");
+            let response = app.http.get(app.url(&events)).header("last-event-id", &header).send().await.unwrap();
+            assert_eq!(problem(response, 400).await["field"], "Last-Event-ID");
+        }
+        let unknown = problem(app.get(&format!("/api/streams/nosuchstream/events?after={}", u64::MAX)).await, 400).await;
+        assert_eq!(unknown["field"], "after");
+        let mut ws = app.ws().await;
+        ws.send(json!({"type": "resume", "stream_id": id, "after": u64::MAX})).await;
+        let refused = ws.next().await;
+        assert_eq!((refused["type"].as_str(), refused["field"].as_str()), (Some("protocol_error"), Some("after")));
+        // The reader that asked for a position that exists is unaffected.
+        assert_eq!(reader.next().await.unwrap().seq(), seen.last().unwrap().seq() + 1);
+    }
+}

@@ -51,11 +51,24 @@ pub fn assert_protocol_error(message: &Value) {
     assert!(errors.is_empty(), "protocol error breaks the contract: {message}\n{}", errors.join("\n"));
 }
 
-pub struct TestApp {
+/// Speaks HTTP, SSE and WebSocket to one address: a server, or a proxy in front of several.
+pub struct ApiClient {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+}
+
+/// A server running in this test's runtime.
+pub struct TestApp {
+    pub api: ApiClient,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 /// Fast demo model, streaming on, no frontend; `vars` override any setting.
@@ -76,7 +89,7 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
     let state = live_ai::build_state(settings, shutdown.clone()).await.expect("state builds");
     let signal = shutdown.clone().cancelled_owned();
     let server = tokio::spawn(live_ai::run(listener, state, signal));
-    TestApp { addr, http: reqwest::Client::new(), shutdown, server }
+    TestApp { api: ApiClient::new(addr), shutdown, server }
 }
 
 /// One event as a client received it.
@@ -153,7 +166,11 @@ impl SseReader {
     }
 }
 
-impl TestApp {
+impl ApiClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, http: reqwest::Client::new() }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -334,10 +351,18 @@ fn urlencode(s: &str) -> String {
 }
 
 /// A real `live-ai` process (the built binary) on a free loopback port, for what
-/// only a process shows: signals, and dying.
+/// only a process shows: signals, dying, and several processes on one store.
 pub struct LiveAiProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    pub api: ApiClient,
+}
+
+impl std::ops::Deref for LiveAiProcess {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl LiveAiProcess {
@@ -355,14 +380,20 @@ impl LiveAiProcess {
             .env("STATIC_DIR", "no-frontend-in-tests")
             .envs(vars.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // LIVE_AI_TEST_LOGS=1 shows the processes' logs when a test needs explaining.
+            .stderr(if std::env::var_os("LIVE_AI_TEST_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .kill_on_drop(true);
         let child = command.spawn().expect("the live-ai binary starts");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         for _ in 0..100 {
             if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-                return Self { child, base };
+                let api = ApiClient::new(format!("127.0.0.1:{port}").parse().unwrap());
+                return Self { child, base, api };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

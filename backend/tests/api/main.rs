@@ -3,6 +3,8 @@
 //! AsyncAPI contract in `specs/`.
 
 mod helpers;
+mod private_redis;
+mod proxy;
 
 mod contract;
 mod errors;

@@ -1,32 +1,56 @@
-//! Scale-out over the Redis store: several `live-ai` processes share stream logs,
-//! so a client resumes or cancels on any of them, and readers learn when the
-//! process that generates dies. Needs the Redis at `REDIS_URL` (default local).
+//! Scale-out over the Redis store, with real separate `live-ai` processes (the
+//! built binary) on one Redis, reached directly or through a round-robin proxy
+//! that sends every request to the next process: a client resumes or cancels on
+//! any process, a generation read only elsewhere is not abandoned, the death of a
+//! process or of Redis is told to readers, and nothing is lost or repeated.
 
+use std::time::Duration;
+
+use futures::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use crate::private_redis::PrivateRedis;
+use crate::proxy::RoundRobinProxy;
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Settings of one deployment: processes with the same prefix share streams.
-fn deployment(prefix: &str, tokens_per_second: &'static str) -> Vec<(&'static str, String)> {
-    vec![
-        ("STREAM_STORE", "redis".into()),
-        ("REDIS_URL", redis_url()),
-        ("REDIS_KEY_PREFIX", prefix.to_owned()),
-        ("DEMO_TOKENS_PER_SECOND", tokens_per_second.into()),
-    ]
+/// How long readers may take to learn that a generator or Redis died (the bound).
+const DEATH_NOTICE: Duration = Duration::from_secs(10);
+
+/// Settings shared by the processes of one deployment (their own key prefix).
+struct Deployment {
+    vars: Vec<(&'static str, String)>,
 }
 
-async fn spawn_in(deployment: &[(&'static str, String)]) -> TestApp {
-    let vars: Vec<(&str, &str)> = deployment.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    spawn_app(&vars).await
-}
+impl Deployment {
+    fn new(redis_url: &str, tokens_per_second: u32) -> Self {
+        let prefix = format!("live-ai-test-{}", uuid_like());
+        Self {
+            vars: vec![
+                ("STREAM_STORE", "redis".into()),
+                ("REDIS_URL", redis_url.to_owned()),
+                ("REDIS_KEY_PREFIX", prefix),
+                ("DEMO_TOKENS_PER_SECOND", tokens_per_second.to_string()),
+            ],
+        }
+    }
 
-fn fresh_prefix() -> String {
-    format!("live-ai-test-{}", uuid_like())
+    fn with(mut self, name: &'static str, value: &str) -> Self {
+        self.vars.push((name, value.to_owned()));
+        self
+    }
+
+    async fn process(&self) -> LiveAiProcess {
+        let vars: Vec<(&str, &str)> = self.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        LiveAiProcess::spawn(&vars).await
+    }
+
+    async fn processes(&self, n: usize) -> Vec<LiveAiProcess> {
+        join_all((0..n).map(|_| self.process())).await
+    }
 }
 
 fn uuid_like() -> String {
@@ -35,10 +59,34 @@ fn uuid_like() -> String {
     format!("{nanos:x}-{}", std::process::id())
 }
 
+/// A small deterministic generator for cut points, so a failure can be replayed.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn assert_generation_lost(event: &Received, mentioning: &str) {
+    assert_eq!(event.kind(), "error", "{:?}", event.data);
+    assert_eq!(event.data["code"], "generation_lost", "{:?}", event.data);
+    assert_eq!(event.data["retryable"], true, "{:?}", event.data);
+    assert!(event.data["message"].as_str().unwrap().contains(mentioning), "{:?}", event.data);
+}
+
+/// Reads until the terminal event within `bound`; returns the events.
+async fn terminal_within(reader: &mut SseReader, bound: Duration) -> Vec<Received> {
+    tokio::time::timeout(bound, reader.until_terminal()).await.expect("the terminal event in time")
+}
+
 #[tokio::test]
 async fn a_stream_started_on_one_process_resumes_on_another_without_gap_or_duplicate() {
-    let deployment = deployment(&fresh_prefix(), "200");
-    let (a, b) = (spawn_in(&deployment).await, spawn_in(&deployment).await);
+    let deployment = Deployment::new(&redis_url(), 200);
+    let [a, b]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
     let id = a.create_stream("quiz", json!({"topic": "glaciers", "count": 2})).await;
     let mut first = a.events_of(&id).await;
     let mut events = first.take(10).await;
@@ -53,17 +101,91 @@ async fn a_stream_started_on_one_process_resumes_on_another_without_gap_or_dupli
 }
 
 #[tokio::test]
-async fn a_cancel_sent_to_another_process_stops_the_generation_where_it_runs() {
-    let deployment = deployment(&fresh_prefix(), "30");
-    let (a, b) = (spawn_in(&deployment).await, spawn_in(&deployment).await);
+async fn a_stream_longer_than_the_grace_read_only_through_another_process_completes() {
+    // ~130 chunks at 40/s is over three times the grace: the generator's process
+    // never has a reader of its own, the other process has one throughout.
+    let deployment = Deployment::new(&redis_url(), 40).with("STREAM_RESUME_GRACE_SECONDS", "1");
+    let [generator, reader]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("ask-question", json!({"question": "Why do leaves change colour?"})).await;
+    let events = reader.events_of(&id).await.until_terminal().await;
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().kind(), "complete", "{:?}", events.last().unwrap().data);
+    assert_eq!(events.last().unwrap().data["result"]["markdown"], text_of(&events));
+}
+
+#[tokio::test]
+async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_repeat_nothing() {
+    let deployment = Deployment::new(&redis_url(), 400);
+    let processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let proxy = &proxy;
+    let read_with_cuts = |n: u64| async move {
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let (block, input) = if n.is_multiple_of(4) {
+            ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
+        } else {
+            ("explain-eli10", json!({"topic": format!("topic {n}")}))
+        };
+        let id = proxy.create_stream(block, input).await;
+        let mut events: Vec<Received> = Vec::new();
+        let mut resumes = 0;
+        loop {
+            let path = format!("/api/streams/{id}/events");
+            let mut reader = match events.last() {
+                None => proxy.sse(&path, &[]).await,
+                Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
+            };
+            assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
+            let cut_after = 1 + dice.roll(25);
+            let mut read = 0;
+            while read < cut_after {
+                let Some(event) = reader.next().await else { break };
+                let terminal = event.is_terminal();
+                events.push(event);
+                read += 1;
+                if terminal {
+                    assert!(reader.next().await.is_none(), "nothing follows the terminal event");
+                    return (block, events, resumes);
+                }
+            }
+            resumes += 1;
+        }
+    };
+    let mut outcomes = Vec::new();
+    // 100 streams, 25 at a time: bounded load on a small machine.
+    for wave in 0..4 {
+        outcomes.extend(join_all((0..25).map(|i| read_with_cuts(wave * 25 + i))).await);
+    }
+    let mut total_resumes = 0;
+    for (block, events, resumes) in &outcomes {
+        assert_contiguous(events, 0);
+        let last = events.last().unwrap();
+        assert_eq!(last.kind(), "complete", "{:?}", last.data);
+        match *block {
+            "quiz" => {
+                let parts: Vec<&Value> = events.iter().filter(|e| e.kind() == "part").map(|e| &e.data["data"]).collect();
+                let questions: Vec<&Value> = last.data["result"]["questions"].as_array().unwrap().iter().collect();
+                assert_eq!(parts, questions);
+            }
+            _ => assert_eq!(last.data["result"]["markdown"], text_of(events)),
+        }
+        total_resumes += resumes;
+    }
+    assert!(total_resumes >= 100, "the streams were cut and resumed ({total_resumes} resumes)");
+}
+
+#[tokio::test]
+async fn a_cancel_sent_to_another_process_ends_the_stream_cancelled_for_readers_everywhere() {
+    let deployment = Deployment::new(&redis_url(), 30);
+    let [a, b, c]: [LiveAiProcess; 3] = deployment.processes(3).await.try_into().ok().unwrap();
     let id = a.create_stream("ask-question", json!({"question": "Where do rivers start?"})).await;
-    let mut on_a = a.events_of(&id).await;
-    let mut on_b = b.events_of(&id).await;
-    on_a.take(2).await;
-    on_b.take(2).await;
-    let response: Value = b.delete(&format!("/api/streams/{id}")).await.json().await.unwrap();
+    let mut readers = vec![a.events_of(&id).await, b.events_of(&id).await, c.events_of(&id).await];
+    for reader in &mut readers {
+        reader.take(2).await;
+    }
+    let response: Value = c.delete(&format!("/api/streams/{id}")).await.json().await.unwrap();
     assert_eq!(response["state"], "cancelled");
-    for reader in [&mut on_a, &mut on_b] {
+    for reader in &mut readers {
         let events = reader.until_terminal().await;
         assert_eq!(events.last().unwrap().kind(), "cancelled");
     }
@@ -71,46 +193,100 @@ async fn a_cancel_sent_to_another_process_stops_the_generation_where_it_runs() {
 }
 
 #[tokio::test]
-async fn readers_get_generation_lost_when_the_generating_process_dies() {
-    let prefix = fresh_prefix();
-    let generator = LiveAiProcess::spawn(&[
-        ("STREAM_STORE", "redis"),
-        ("REDIS_URL", &redis_url()),
-        ("REDIS_KEY_PREFIX", &prefix),
-        ("DEMO_TOKENS_PER_SECOND", "5"),
-    ])
-    .await;
-    let (http, base) = (reqwest::Client::new(), generator.base.clone());
-    let created: Value = http
-        .post(format!("{base}/api/streams"))
-        .json(&json!({"block_type": "explain-eli10", "input": {"topic": "comets"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["stream_id"].as_str().unwrap().to_owned();
-    let watcher = spawn_in(&deployment(&prefix, "5")).await;
-    let mut reader = watcher.events_of(&id).await;
-    let mut events = reader.take(2).await;
+async fn cancels_landing_while_appends_are_in_flight_always_end_cancelled() {
+    // Fast enough that appends are always in flight, slow enough that every
+    // stream is still running when its cancel lands.
+    let deployment = Deployment::new(&redis_url(), 500);
+    let [a, b]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let (a, b) = (&a, &b);
+    let cancel_one = |n: u64| async move {
+        let id = a.create_stream("ask-question", json!({"question": format!("Question {n}?")})).await;
+        let mut reader = a.events_of(&id).await;
+        reader.take(2 + (n % 7) as usize).await;
+        // Half through the generator's own process, half through the other one.
+        let canceller = if n.is_multiple_of(2) { a } else { b };
+        let response: Value = canceller.delete(&format!("/api/streams/{id}")).await.json().await.unwrap();
+        let events = reader.until_terminal().await;
+        (response["state"].as_str().unwrap().to_owned(), events.last().unwrap().clone())
+    };
+    let outcomes = join_all((0..30).map(cancel_one)).await;
+    for (state, terminal) in outcomes {
+        assert_eq!(terminal.kind(), "cancelled", "{:?}", terminal.data);
+        assert_eq!(terminal.data["reason"], "requested");
+        assert_eq!(state, "cancelled");
+    }
+}
+
+#[tokio::test]
+async fn killing_the_generating_process_ends_every_reader_elsewhere_with_generation_lost() {
+    let deployment = Deployment::new(&redis_url(), 5);
+    let generator = deployment.process().await;
+    let [b, c]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("explain-eli10", json!({"topic": "comets"})).await;
+    let mut readers = vec![b.events_of(&id).await, c.events_of(&id).await];
+    let mut received = Vec::new();
+    for reader in &mut readers {
+        received.push(reader.take(2).await);
+    }
     generator.kill().await;
-    events.extend(reader.until_terminal().await);
-    assert_contiguous(&events, 0);
-    let last = &events.last().unwrap().data;
-    assert_eq!((last["code"].as_str(), last["retryable"].as_bool()), (Some("generation_lost"), Some(true)));
+    for (reader, mut events) in readers.iter_mut().zip(received) {
+        events.extend(terminal_within(reader, DEATH_NOTICE).await);
+        assert_contiguous(&events, 0);
+        assert_generation_lost(events.last().unwrap(), "stopped");
+    }
+    // Every process reports the same end.
+    let resumed = b.sse(&format!("/api/streams/{id}/events"), &[]).await.until_terminal().await;
+    assert_eq!(resumed.last().unwrap().data, c.events_of(&id).await.until_terminal().await.last().unwrap().data);
 }
 
 #[tokio::test]
 async fn a_start_retried_on_another_process_attaches_to_the_same_generation() {
-    let deployment = deployment(&fresh_prefix(), "100");
-    let (a, b) = (spawn_in(&deployment).await, spawn_in(&deployment).await);
+    let deployment = Deployment::new(&redis_url(), 100);
+    let [a, b]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
     let body = json!({"block_type": "explain-eli10", "input": {"topic": "fog"}});
-    let start = |app: &TestApp| app.http.post(app.url("/api/streams")).header("idempotency-key", "one-fog").json(&body).send();
+    let start = |app: &LiveAiProcess| app.http.post(app.url("/api/streams")).header("idempotency-key", "one-fog").json(&body).send();
     let first = start(&a).await.unwrap();
     let retried = start(&b).await.unwrap();
     assert_eq!((first.status().as_u16(), retried.status().as_u16()), (201, 200));
     let (first, retried): (Value, Value) = (first.json().await.unwrap(), retried.json().await.unwrap());
     assert_eq!(first["stream_id"], retried["stream_id"]);
     assert_eq!(b.metric("live_ai_active_streams", &[]).await, 0.0, "the retry started nothing on b");
+}
+
+#[tokio::test]
+async fn a_redis_outage_ends_open_streams_with_a_store_error_and_the_processes_recover() {
+    let mut redis = PrivateRedis::start().await;
+    let deployment = Deployment::new(&redis.url(), 10);
+    let [generator, reader]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("ask-question", json!({"question": "What is rain?"})).await;
+    let mut readers = vec![generator.events_of(&id).await, reader.events_of(&id).await];
+    let mut received = Vec::new();
+    for reader in &mut readers {
+        received.push(reader.take(2).await);
+    }
+    assert_eq!(generator.get("/readyz").await.status(), 200);
+
+    redis.stop().await;
+    for (reader, mut events) in readers.iter_mut().zip(received) {
+        events.extend(terminal_within(reader, DEATH_NOTICE).await);
+        assert_contiguous(&events, 0);
+        assert_generation_lost(events.last().unwrap(), "Redis");
+    }
+    for process in [&generator, &reader] {
+        let readiness = process.get("/readyz").await;
+        assert_eq!(readiness.status(), 503);
+        assert_eq!(process.get("/healthz").await.status(), 200, "liveness is not readiness");
+    }
+
+    redis.restart().await;
+    for process in [&generator, &reader] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while process.get("/readyz").await.status() != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "ready again once Redis answers");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let id = process.create_stream("explain-eli10", json!({"topic": "snow"})).await;
+        let events = reader.events_of(&id).await.until_terminal().await;
+        assert_eq!(events.last().unwrap().kind(), "complete");
+    }
 }

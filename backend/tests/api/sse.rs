@@ -179,3 +179,18 @@ async fn a_retried_start_with_the_same_idempotency_key_attaches_to_the_same_gene
     assert_eq!(problem["field"], "Idempotency-Key");
     assert_eq!(app.metric("live_ai_active_streams", &[]).await, 1.0, "one generation paid for");
 }
+
+#[tokio::test]
+async fn an_expired_stream_is_not_found_at_a_seq_none_of_its_events_had() {
+    // Room for about one finished ELI10 log: the first is evicted by the next ones.
+    let app = spawn_app(&[("STREAM_RETENTION_MAX_BYTES", "9000")]).await;
+    let first = app.create_stream("explain-eli10", json!({"topic": "moss"})).await;
+    let events = app.events_of(&first).await.until_terminal().await;
+    for n in 0..3 {
+        let id = app.create_stream("explain-eli10", json!({"topic": format!("topic {n}")})).await;
+        app.events_of(&id).await.until_terminal().await;
+    }
+    let gone = app.sse(&format!("/api/streams/{first}/events?after=2"), &[]).await.until_terminal().await;
+    assert_eq!(gone[0].data["code"], "stream_not_found");
+    assert_eq!(gone[0].seq(), events.len() as u64, "the seq after the log's last event, not after the client's");
+}

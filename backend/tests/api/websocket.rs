@@ -1,7 +1,9 @@
 //! WebSocket: every block, multiplexing, resume after a dropped socket, cancel,
 //! idempotent start by `ref`.
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
@@ -105,4 +107,35 @@ async fn an_idle_socket_gets_keep_alive_messages() {
     ws.skip_keep_alives = false;
     assert_eq!(ws.next().await, json!({"type": "keep_alive"}));
     assert_eq!(ws.next().await, json!({"type": "keep_alive"}));
+}
+
+#[tokio::test]
+async fn a_close_mid_replay_is_answered_at_once_and_frees_the_sockets_readers() {
+    // A send timeout far beyond the test's patience: a Close that waited for it fails the test.
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "50"), ("CLIENT_SEND_TIMEOUT_SECONDS", "120")]).await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let id = app.create_stream("ask-question", json!({"question": format!("Question {n}?"), "context": "x ".repeat(500)})).await;
+        app.events_of(&id).await.take(20).await;
+        ids.push(id);
+    }
+    let mut ws = app.ws().await;
+    for id in &ids {
+        ws.send(json!({"type": "resume", "stream_id": id, "after": null})).await;
+    }
+    app.wait_for_metric("live_ai_attached_readers", &[], |v| v >= 8.0).await;
+    ws.socket.send(Message::Close(None)).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.socket.next().await {
+                Some(Ok(Message::Close(_))) => return "close frame",
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return "connection dropped without a close frame",
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer, Ok("close frame"), "the server answered the Close");
+    app.wait_for_metric("live_ai_attached_readers", &[], |v| v == 0.0).await;
+    assert_eq!(app.metric("live_ai_active_streams", &[]).await, 8.0, "the generations go on, resumable");
 }
