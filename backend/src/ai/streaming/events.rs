@@ -268,11 +268,6 @@ impl LoggedEvent {
         self.write_json(stream_id, &mut out);
         out.freeze()
     }
-
-    /// Bytes this event holds in a log, for the retention bound.
-    pub fn size(&self) -> usize {
-        self.fields.len() + std::mem::size_of::<Self>()
-    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, LoggedEvent, StreamId};
-use super::store::{EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
+use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
 use crate::metrics::Metrics;
@@ -204,11 +204,12 @@ impl StreamManager {
 
     async fn launch(&self, id: StreamId, input: BlockInput) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        self.inner.store.create(&id).await?;
+        let appender = self.inner.store.create(&id).await?;
         let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, permit);
+        let writer = LogWriter { appender, next_seq: 0 };
+        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
@@ -362,8 +363,7 @@ enum AppendFailed {
 /// store confirmed the append; a store that does not answer is retried for a
 /// while, which is safe because the store recognises an append that did land.
 struct LogWriter {
-    store: Arc<dyn EventStore>,
-    id: StreamId,
+    appender: Box<dyn Appender>,
     next_seq: u64,
 }
 
@@ -373,7 +373,7 @@ impl LogWriter {
         let deadline = Instant::now() + APPEND_PATIENCE;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.store.append(&self.id, self.next_seq, &record).await {
+            match self.appender.append(self.next_seq, &record).await {
                 Ok(()) => {
                     self.next_seq += 1;
                     return Ok(());
@@ -423,12 +423,18 @@ enum Ending {
     StoreLost(StoreError),
 }
 
-async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, generation: Arc<Generation>, _permit: OwnedSemaphorePermit) {
+async fn run_generation(
+    inner: Arc<Inner>,
+    id: StreamId,
+    input: BlockInput,
+    generation: Arc<Generation>,
+    mut writer: LogWriter,
+    _permit: OwnedSemaphorePermit,
+) {
     let block = input.block_type();
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut writer = LogWriter { store: inner.store.clone(), id: id.clone(), next_seq: 0 };
     let mut events = inner.engine.stream(input);
     let abandoned = abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace);
     tokio::pin!(abandoned);

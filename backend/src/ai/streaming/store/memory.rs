@@ -1,11 +1,14 @@
 //! The embedded event store: logs in process memory.
 //!
-//! Each log is a `Vec` indexed by seq plus a `watch` of its length that followers
-//! wait on, so fan-out costs one wake-up per reader and a slow reader never makes
-//! the writer buffer anything: it re-reads the log at its own pace. A follower
-//! holds its log, so eviction never pulls a log from under a reader. The global
-//! index is touched only to create, find and evict logs; expiry runs in a
-//! background task, and the byte bound is enforced when a log finishes.
+//! Each log keeps its events compactly: the JSON members of every event back to
+//! back in one buffer, plus a small entry (type, end offset) per event, so a
+//! chunk costs its token text and under 30 bytes. A `watch` of the log's length
+//! wakes followers, so fan-out costs one wake-up per reader and a slow reader never
+//! makes the writer buffer anything: it re-reads the log at its own pace, a batch
+//! at a time (one copy per batch, not per event). A follower and the writer hold
+//! their log, so neither touches the global index per event, and eviction never
+//! pulls a log from under a reader. Expiry runs in a background task; the byte
+//! bound is enforced when a log finishes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -13,27 +16,77 @@ use std::time::Duration;
 
 use async_stream::stream;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{EventBatch, EventStore, FollowError, FollowFailure, Follower, KeyClaim, LogStatus, StoreError, READ_BATCH};
-use crate::ai::streaming::events::{EventRecord, LoggedEvent, StreamId};
+use super::{Appender, EventBatch, EventStore, FollowError, FollowFailure, Follower, KeyClaim, LogStatus, StoreError, READ_BATCH};
+use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
+
+/// One event's place in its log's buffer.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Where its JSON members end in `LogData::fields`; they start where the
+    /// previous entry's end.
+    end: usize,
+    event_type: EventType,
+}
+
+#[derive(Default)]
+struct LogData {
+    fields: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl LogData {
+    fn finished(&self) -> bool {
+        self.entries.last().is_some_and(|e| e.event_type.is_terminal())
+    }
+
+    fn start_of(&self, index: usize) -> usize {
+        index.checked_sub(1).map_or(0, |previous| self.entries[previous].end)
+    }
+
+    /// Events `from..to`, sharing one copy of their bytes.
+    fn events(&self, from: usize, to: usize) -> Vec<LoggedEvent> {
+        if from >= to {
+            return Vec::new();
+        }
+        let base = self.start_of(from);
+        let bytes = Bytes::copy_from_slice(&self.fields[base..self.entries[to - 1].end]);
+        (from..to)
+            .map(|index| {
+                let entry = self.entries[index];
+                LoggedEvent {
+                    seq: index as u64,
+                    event_type: entry.event_type,
+                    fields: bytes.slice(self.start_of(index) - base..entry.end - base),
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the log holds.
+    fn size(&self) -> usize {
+        self.fields.capacity() + self.entries.capacity() * std::mem::size_of::<Entry>() + std::mem::size_of::<Log>()
+    }
+}
 
 struct Log {
-    events: Mutex<Vec<LoggedEvent>>,
+    data: Mutex<LogData>,
     /// When the newest event was appended.
     appended_at: Mutex<std::time::Instant>,
-    /// Length of `events`, for followers waiting on the live tail.
+    /// Number of events, for followers waiting on the live tail.
     len: watch::Sender<u64>,
 }
 
 impl Log {
     fn status(&self) -> LogStatus {
-        let events = self.events.lock().unwrap();
-        LogStatus { len: events.len() as u64, finished: events.last().is_some_and(LoggedEvent::is_terminal) }
+        let data = self.data.lock().unwrap();
+        LogStatus { len: data.entries.len() as u64, finished: data.finished() }
     }
 }
 
@@ -56,42 +109,98 @@ struct Index {
     keys: HashMap<String, (KeyClaim, Instant)>,
 }
 
-pub struct MemoryStore {
-    index: Arc<Mutex<Index>>,
+/// What the store and the writers of its logs share.
+struct Shared {
+    index: Mutex<Index>,
     retention: Duration,
     max_finished_bytes: usize,
-    cancels: broadcast::Sender<StreamId>,
     /// Mirrors `finished_bytes` for `/metrics`.
     retained_bytes: prometheus::IntGauge,
+}
+
+impl Shared {
+    /// Counts a log that just finished towards the retention bound.
+    fn finished(&self, id: &StreamId, bytes: usize) {
+        let mut index = self.index.lock().unwrap();
+        index.finished.push_back((Instant::now(), id.clone(), bytes));
+        index.finished_bytes += bytes;
+        if index.finished_bytes > self.max_finished_bytes {
+            evict(&mut index, self.retention, self.max_finished_bytes);
+        }
+        self.retained_bytes.set(index.finished_bytes as i64);
+    }
+}
+
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    cancels: broadcast::Sender<StreamId>,
+}
+
+/// The writer of one memory log.
+struct MemoryAppender {
+    id: StreamId,
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl Appender for MemoryAppender {
+    async fn append(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let terminal = record.is_terminal();
+        let (len, bytes) = {
+            let mut data = self.log.data.lock().unwrap();
+            if data.finished() {
+                return Err(StoreError::Finished(self.id.clone()));
+            }
+            let expected = data.entries.len() as u64;
+            if seq != expected {
+                return Err(StoreError::OutOfOrder { stream_id: self.id.clone(), expected, got: seq });
+            }
+            data.fields.extend_from_slice(&record.fields);
+            let end = data.fields.len();
+            data.entries.push(Entry { end, event_type: record.event_type });
+            if terminal {
+                data.fields.shrink_to_fit();
+                data.entries.shrink_to_fit();
+            }
+            (data.entries.len() as u64, data.size())
+        };
+        *self.log.appended_at.lock().unwrap() = std::time::Instant::now();
+        self.log.len.send_replace(len);
+        if terminal {
+            self.shared.finished(&self.id, bytes);
+        }
+        Ok(())
+    }
 }
 
 impl MemoryStore {
     /// A store whose finished logs live `retention` within `max_finished_bytes`.
     /// Starts its sweeper on the current Tokio runtime; it stops with the store.
     pub fn new(retention: Duration, max_finished_bytes: usize, retained_bytes: prometheus::IntGauge) -> Self {
-        let store = Self { index: Arc::default(), retention, max_finished_bytes, cancels: broadcast::channel(1024).0, retained_bytes };
+        let shared = Arc::new(Shared { index: Mutex::default(), retention, max_finished_bytes, retained_bytes });
+        let store = Self { shared, cancels: broadcast::channel(1024).0 };
         store.sweep_in_background();
         store
     }
 
     fn sweep_in_background(&self) {
-        let index = Arc::downgrade(&self.index);
-        let (retention, max_bytes, gauge) = (self.retention, self.max_finished_bytes, self.retained_bytes.clone());
+        let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(index) = Weak::upgrade(&index) else { return };
-                let mut index = index.lock().unwrap();
-                evict(&mut index, retention, max_bytes);
-                gauge.set(index.finished_bytes as i64);
+                let Some(shared) = Weak::upgrade(&shared) else { return };
+                let mut index = shared.index.lock().unwrap();
+                evict(&mut index, shared.retention, shared.max_finished_bytes);
+                shared.retained_bytes.set(index.finished_bytes as i64);
             }
         });
     }
 
     fn log(&self, id: &StreamId) -> Result<Arc<Log>, StoreError> {
-        let index = self.index.lock().unwrap();
+        let index = self.shared.index.lock().unwrap();
         match index.logs.get(id) {
             Some(log) => Ok(log.clone()),
             None => Err(match index.tombstones.get(id) {
@@ -103,11 +212,11 @@ impl MemoryStore {
 
     /// Bytes held by finished logs, for tests and metrics.
     pub fn finished_bytes(&self) -> usize {
-        self.index.lock().unwrap().finished_bytes
+        self.shared.index.lock().unwrap().finished_bytes
     }
 
     pub fn log_count(&self) -> usize {
-        self.index.lock().unwrap().logs.len()
+        self.shared.index.lock().unwrap().logs.len()
     }
 }
 
@@ -137,40 +246,10 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
-        let log = Arc::new(Log { events: Mutex::default(), appended_at: Mutex::new(std::time::Instant::now()), len: watch::channel(0).0 });
-        self.index.lock().unwrap().logs.insert(id.clone(), log);
-        Ok(())
-    }
-
-    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
-        let log = self.log(id)?;
-        let terminal = record.is_terminal();
-        let (len, bytes) = {
-            let mut events = log.events.lock().unwrap();
-            if events.last().is_some_and(LoggedEvent::is_terminal) {
-                return Err(StoreError::Finished(id.clone()));
-            }
-            let expected = events.len() as u64;
-            if seq != expected {
-                return Err(StoreError::OutOfOrder { stream_id: id.clone(), expected, got: seq });
-            }
-            events.push(record.clone().at(seq));
-            *log.appended_at.lock().unwrap() = std::time::Instant::now();
-            let bytes = if terminal { events.iter().map(LoggedEvent::size).sum() } else { 0 };
-            (events.len() as u64, bytes)
-        };
-        log.len.send_replace(len);
-        if terminal {
-            let mut index = self.index.lock().unwrap();
-            index.finished.push_back((Instant::now(), id.clone(), bytes));
-            index.finished_bytes += bytes;
-            if index.finished_bytes > self.max_finished_bytes {
-                evict(&mut index, self.retention, self.max_finished_bytes);
-            }
-            self.retained_bytes.set(index.finished_bytes as i64);
-        }
-        Ok(())
+    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError> {
+        let log = Arc::new(Log { data: Mutex::default(), appended_at: Mutex::new(std::time::Instant::now()), len: watch::channel(0).0 });
+        self.shared.index.lock().unwrap().logs.insert(id.clone(), log.clone());
+        Ok(Box::new(MemoryAppender { id: id.clone(), log, shared: self.shared.clone() }))
     }
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
@@ -189,10 +268,11 @@ impl EventStore for MemoryStore {
             let mut next = first;
             loop {
                 let (batch, at_tail) = {
-                    let events = log.events.lock().unwrap();
-                    let from = usize::try_from(next).unwrap_or(usize::MAX).min(events.len());
-                    let to = from.saturating_add(READ_BATCH).min(events.len());
-                    (events[from..to].to_vec(), to == events.len())
+                    let data = log.data.lock().unwrap();
+                    let len = data.entries.len();
+                    let from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+                    let to = from.saturating_add(READ_BATCH).min(len);
+                    (data.events(from, to), to == len)
                 };
                 let Some(last) = batch.last() else {
                     // The log lives as long as we hold it, and with it the sender.
@@ -230,7 +310,7 @@ impl EventStore for MemoryStore {
     fn release(&self, _id: &StreamId) {}
 
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
-        let mut index = self.index.lock().unwrap();
+        let mut index = self.shared.index.lock().unwrap();
         let keys = &mut index.keys;
         if let Some((held, at)) = keys.get(key) {
             if at.elapsed() < ttl {
@@ -250,7 +330,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
-        let mut index = self.index.lock().unwrap();
+        let mut index = self.shared.index.lock().unwrap();
         if index.keys.get(key).is_some_and(|(held, _)| &held.stream_id == id) {
             index.keys.remove(key);
         }
@@ -295,11 +375,11 @@ mod tests {
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        store.create(&s).await.unwrap();
-        store.append(&s, 0, &chunk()).await.unwrap();
-        assert!(matches!(store.append(&s, 2, &chunk()).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
-        store.append(&s, 1, &end()).await.unwrap();
-        assert!(matches!(store.append(&s, 2, &chunk()).await, Err(StoreError::Finished(_))));
+        let log = store.create(&s).await.unwrap();
+        log.append(0, &chunk()).await.unwrap();
+        assert!(matches!(log.append(2, &chunk()).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
+        log.append(1, &end()).await.unwrap();
+        assert!(matches!(log.append(2, &chunk()).await, Err(StoreError::Finished(_))));
         assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true });
     }
 
@@ -307,11 +387,11 @@ mod tests {
     async fn a_follower_starts_after_the_given_seq_and_ends_after_the_terminal_event() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        store.create(&s).await.unwrap();
+        let log = store.create(&s).await.unwrap();
         for seq in 0..5 {
-            store.append(&s, seq, &chunk()).await.unwrap();
+            log.append(seq, &chunk()).await.unwrap();
         }
-        store.append(&s, 5, &end()).await.unwrap();
+        log.append(5, &end()).await.unwrap();
         assert_eq!(seqs(store.follow(&s, None)).await, [0, 1, 2, 3, 4, 5]);
         assert_eq!(seqs(store.follow(&s, Some(2))).await, [3, 4, 5]);
     }
@@ -320,12 +400,12 @@ mod tests {
     async fn a_follower_waits_for_the_tail_to_grow() {
         let store = Arc::new(store(Duration::from_secs(60), 1 << 20));
         let s = id(1);
-        store.create(&s).await.unwrap();
+        let log = store.create(&s).await.unwrap();
         let mut follower = store.follow(&s, None);
         let next = tokio::spawn(async move { follower.next().await });
         tokio::task::yield_now().await;
         assert!(!next.is_finished());
-        store.append(&s, 0, &chunk()).await.unwrap();
+        log.append(0, &chunk()).await.unwrap();
         let batch = next.await.unwrap().unwrap().unwrap().events;
         assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [0]);
     }
@@ -351,15 +431,38 @@ mod tests {
         assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), None);
     }
 
+    /// The bytes a finished log of one chunk holds.
+    async fn one_log() -> usize {
+        let store = store(Duration::from_secs(60), usize::MAX);
+        let log = store.create(&id(0)).await.unwrap();
+        log.append(0, &chunk()).await.unwrap();
+        log.append(1, &end()).await.unwrap();
+        store.finished_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_chunk_costs_its_text_and_a_few_bytes() {
+        let store = store(Duration::from_secs(60), usize::MAX);
+        let log = store.create(&id(1)).await.unwrap();
+        let events = 1000;
+        let token = "word ";
+        for seq in 0..events {
+            log.append(seq, &EventRecord::new(&EventBody::Chunk { token: token.into() })).await.unwrap();
+        }
+        log.append(events, &end()).await.unwrap();
+        let per_chunk = store.finished_bytes() / events as usize;
+        assert!(per_chunk <= token.len() + 40, "{per_chunk} bytes per chunk of {} bytes of text", token.len());
+    }
+
     #[tokio::test]
     async fn finished_logs_stay_within_the_byte_bound_oldest_first_and_leave_their_length() {
-        let one_log = chunk().at(0).size() + end().at(1).size();
+        let one_log = one_log().await;
         let store = store(Duration::from_secs(60), one_log * 3);
         for n in 0..10 {
             let s = id(n);
-            store.create(&s).await.unwrap();
-            store.append(&s, 0, &chunk()).await.unwrap();
-            store.append(&s, 1, &end()).await.unwrap();
+            let log = store.create(&s).await.unwrap();
+            log.append(0, &chunk()).await.unwrap();
+            log.append(1, &end()).await.unwrap();
             assert!(store.finished_bytes() <= one_log * 3);
         }
         assert_eq!(store.log_count(), 3);
@@ -369,17 +472,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_keeps_reading_a_log_evicted_under_it() {
-        let one_log = chunk().at(0).size() + end().at(1).size();
+        let one_log = one_log().await;
         let store = store(Duration::from_secs(60), one_log);
         let s = id(1);
-        store.create(&s).await.unwrap();
-        store.append(&s, 0, &chunk()).await.unwrap();
+        let log = store.create(&s).await.unwrap();
+        log.append(0, &chunk()).await.unwrap();
         let follower = store.follow(&s, None);
-        store.append(&s, 1, &end()).await.unwrap();
+        log.append(1, &end()).await.unwrap();
         for n in 2..4 {
-            store.create(&id(n)).await.unwrap();
-            store.append(&id(n), 0, &chunk()).await.unwrap();
-            store.append(&id(n), 1, &end()).await.unwrap();
+            let other = store.create(&id(n)).await.unwrap();
+            other.append(0, &chunk()).await.unwrap();
+            other.append(1, &end()).await.unwrap();
         }
         assert!(matches!(store.status(&s).await, Err(StoreError::Expired { .. })));
         assert_eq!(seqs(follower).await, [0, 1]);
@@ -389,11 +492,11 @@ mod tests {
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
         let store = store(Duration::from_secs(300), usize::MAX);
         let (done, live) = (id(1), id(2));
-        for s in [&done, &live] {
-            store.create(s).await.unwrap();
-            store.append(s, 0, &chunk()).await.unwrap();
+        let (done_log, live_log) = (store.create(&done).await.unwrap(), store.create(&live).await.unwrap());
+        for log in [&done_log, &live_log] {
+            log.append(0, &chunk()).await.unwrap();
         }
-        store.append(&done, 1, &end()).await.unwrap();
+        done_log.append(1, &end()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(302)).await;
         assert!(matches!(store.status(&done).await, Err(StoreError::Expired { len: 2, .. })));
         assert!(store.status(&live).await.is_ok());

@@ -80,17 +80,21 @@ impl EventBatch {
 /// stream ends after the batch holding the terminal event, or with one error.
 pub type Follower = BoxStream<'static, Result<EventBatch, FollowError>>;
 
+/// The writer of one log, held by its generation.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
-    /// Creates an empty log whose generator is this process: the store holds the
-    /// log's lease (renewing it where several processes share the store) until the
-    /// terminal event or [`EventStore::release`].
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError>;
-
+pub trait Appender: Send + Sync {
     /// Appends `record` at `seq`, which must be the log's length; nothing follows
     /// a terminal event. Retrying an append whose outcome was not learned is safe:
     /// finding the very same record at `seq` counts as success.
-    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError>;
+    async fn append(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Creates an empty log whose generator is this process, and its writer: the
+    /// store holds the log's lease (renewing it where several processes share the
+    /// store) until the terminal event or [`EventStore::release`].
+    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError>;
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError>;
 

@@ -40,7 +40,7 @@ use self::entries::events_of;
 use self::keys::{entry_id, Keys};
 use self::scripts::{Finish, FinishTarget, First, Scripts};
 use self::tail::Tails;
-use super::{EventStore, Follower, KeyClaim, LogStatus, StoreError};
+use super::{Appender, EventStore, Follower, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
 
 /// How long a lease lives without renewal; its process renews it every second,
@@ -96,6 +96,31 @@ impl Shared {
             tombstone_ms: (self.retention + TOMBSTONE_TTL).as_millis() as u64,
         };
         self.scripts.finish(&mut self.conn.clone(), target, seq, record).await
+    }
+
+    async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
+        let mut conn = self.conn.clone();
+        let ((state, len), top): ((Option<String>, Option<u64>), redis::Value) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.meta(id))
+            .arg("state")
+            .arg("len")
+            .cmd("XREVRANGE")
+            .arg(self.keys.log(id))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(state) = state else { return Err(StoreError::NotFound(id.clone())) };
+        let top = events_of(top).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry of {id}")))?;
+        match top.first() {
+            Some(last) => Ok(LogStatus { len: last.seq + 1, finished: last.is_terminal() }),
+            None if state == "finished" => Err(StoreError::Expired { stream_id: id.clone(), len: len.unwrap_or(0) }),
+            None => Ok(LogStatus { len: 0, finished: false }),
+        }
     }
 
     async fn read_at(&self, id: &StreamId, seq: u64) -> Result<Option<LoggedEvent>, StoreError> {
@@ -155,15 +180,37 @@ impl RedisStore {
         upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
         Ok(Self { shared, tails, cancels })
     }
+}
 
+/// The writer of one log, with its keys named once.
+struct RedisAppender {
+    shared: Arc<Shared>,
+    id: StreamId,
+    log: String,
+    meta: String,
+}
+
+#[async_trait]
+impl Appender for RedisAppender {
+    async fn append(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        if record.is_terminal() {
+            self.append_terminal(seq, record).await
+        } else {
+            self.append_event(seq, record).await
+        }
+    }
+}
+
+impl RedisAppender {
     /// Appends at `seq` when another event may already be there: one we sent
     /// whose reply was lost (success), or a terminal event someone else wrote.
-    async fn settle_conflict(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+    async fn settle_conflict(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let id = &self.id;
         match self.shared.read_at(id, seq).await? {
             Some(found) if found.event_type == record.event_type && found.fields == record.fields => Ok(()),
             Some(found) if found.is_terminal() => Err(StoreError::Finished(id.clone())),
             _ => {
-                let status = self.status(id).await?;
+                let status = self.shared.status(id).await?;
                 if status.finished {
                     return Err(StoreError::Finished(id.clone()));
                 }
@@ -172,22 +219,20 @@ impl RedisStore {
         }
     }
 
-    async fn append_event(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn.clone();
-        let log = self.shared.keys.log(id);
+    async fn append_event(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let (id, mut conn) = (&self.id, self.shared.conn.clone());
         if seq == 0 {
-            let meta = self.shared.keys.meta(id);
             let live_ttl = LIVE_TTL.as_millis() as u64;
-            return match self.shared.scripts.first(&mut conn, &log, &meta, live_ttl, record).await.map_err(unavailable)? {
+            return match self.shared.scripts.first(&mut conn, &self.log, &self.meta, live_ttl, record).await.map_err(unavailable)? {
                 First::Appended => Ok(()),
-                First::Taken => self.settle_conflict(id, seq, record).await,
+                First::Taken => self.settle_conflict(seq, record).await,
                 First::Unknown => Err(StoreError::NotFound(id.clone())),
             };
         }
         // NOMKSTREAM: a log that vanished (Redis restarted, the key expired) is
         // not re-created half empty.
         let added: redis::RedisResult<Option<String>> = redis::cmd("XADD")
-            .arg(&log)
+            .arg(&self.log)
             .arg("NOMKSTREAM")
             .arg(entry_id(seq))
             .arg("t")
@@ -199,21 +244,22 @@ impl RedisStore {
         match added {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(StoreError::NotFound(id.clone())),
-            Err(error) if error.to_string().contains("equal or smaller") => self.settle_conflict(id, seq, record).await,
+            Err(error) if error.to_string().contains("equal or smaller") => self.settle_conflict(seq, record).await,
             Err(error) => Err(unavailable(error)),
         }
     }
 
-    async fn append_terminal(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+    async fn append_terminal(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
+        let id = &self.id;
         let appended = match self.shared.finish(id, Some(seq), record).await.map_err(unavailable)? {
             Finish::Appended { .. } => Ok(()),
             Finish::Unknown => Err(StoreError::NotFound(id.clone())),
-            Finish::AlreadyFinished { len } if len == seq + 1 => self.settle_conflict(id, seq, record).await,
+            Finish::AlreadyFinished { len } if len == seq + 1 => self.settle_conflict(seq, record).await,
             Finish::AlreadyFinished { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
             Finish::OutOfOrder { len } => Err(StoreError::OutOfOrder { stream_id: id.clone(), expected: len, got: seq }),
         };
         if appended.is_ok() {
-            self.release(id);
+            self.shared.leases.lock().unwrap().remove(id);
         }
         appended
     }
@@ -221,7 +267,7 @@ impl RedisStore {
 
 #[async_trait]
 impl EventStore for RedisStore {
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
+    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let meta = self.shared.keys.meta(id);
         redis::pipe()
@@ -236,40 +282,12 @@ impl EventStore for RedisStore {
             .await
             .map_err(unavailable)?;
         self.shared.leases.lock().unwrap().insert(id.clone());
-        Ok(())
-    }
-
-    async fn append(&self, id: &StreamId, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
-        if record.is_terminal() {
-            self.append_terminal(id, seq, record).await
-        } else {
-            self.append_event(id, seq, record).await
-        }
+        let shared = self.shared.clone();
+        Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id), meta: meta.clone(), shared }))
     }
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
-        let mut conn = self.shared.conn.clone();
-        let ((state, len), top): ((Option<String>, Option<u64>), redis::Value) = redis::pipe()
-            .cmd("HMGET")
-            .arg(self.shared.keys.meta(id))
-            .arg("state")
-            .arg("len")
-            .cmd("XREVRANGE")
-            .arg(self.shared.keys.log(id))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let Some(state) = state else { return Err(StoreError::NotFound(id.clone())) };
-        let top = events_of(top).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry of {id}")))?;
-        match top.first() {
-            Some(last) => Ok(LogStatus { len: last.seq + 1, finished: last.is_terminal() }),
-            None if state == "finished" => Err(StoreError::Expired { stream_id: id.clone(), len: len.unwrap_or(0) }),
-            None => Ok(LogStatus { len: 0, finished: false }),
-        }
+        self.shared.status(id).await
     }
 
     fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower {

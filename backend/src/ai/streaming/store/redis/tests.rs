@@ -58,20 +58,19 @@ async fn drain(follower: Follower) -> (Vec<LoggedEvent>, Option<FollowError>) {
 async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_end() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    assert!(matches!(store.append(&id, 0, &chunk(0)).await, Err(StoreError::NotFound(_))), "no log before create");
-    store.create(&id).await.unwrap();
-    store.append(&id, 0, &chunk(0)).await.unwrap();
-    store.append(&id, 0, &chunk(0)).await.unwrap();
-    store.append(&id, 1, &chunk(1)).await.unwrap();
+    let log = store.create(&id).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    log.append(1, &chunk(1)).await.unwrap();
     assert!(
-        matches!(store.append(&id, 1, &chunk(9)).await, Err(StoreError::OutOfOrder { expected: 2, got: 1, .. })),
+        matches!(log.append(1, &chunk(9)).await, Err(StoreError::OutOfOrder { expected: 2, got: 1, .. })),
         "another event at a taken seq is refused"
     );
-    assert!(matches!(store.append(&id, 3, &end()).await, Err(StoreError::OutOfOrder { expected: 2, .. })));
-    store.append(&id, 2, &end()).await.unwrap();
-    store.append(&id, 2, &end()).await.unwrap();
-    assert!(matches!(store.append(&id, 3, &chunk(3)).await, Err(StoreError::Finished(_)) | Err(StoreError::OutOfOrder { .. })));
-    assert!(matches!(store.append(&id, 3, &end()).await, Err(StoreError::Finished(_))));
+    assert!(matches!(log.append(3, &end()).await, Err(StoreError::OutOfOrder { expected: 2, .. })));
+    log.append(2, &end()).await.unwrap();
+    log.append(2, &end()).await.unwrap();
+    assert!(matches!(log.append(3, &chunk(3)).await, Err(StoreError::Finished(_)) | Err(StoreError::OutOfOrder { .. })));
+    assert!(matches!(log.append(3, &end()).await, Err(StoreError::Finished(_))));
     assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 3, finished: true });
     let lease: Option<String> = raw(&store).await.get(store.shared.keys.lease(&id)).await.unwrap();
     assert_eq!(lease, None, "a finished stream has no lease");
@@ -82,20 +81,20 @@ async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_e
 async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
-    writer.create(&id).await.unwrap();
+    let log = writer.create(&id).await.unwrap();
     for seq in 0..3 {
-        writer.append(&id, seq, &chunk(seq)).await.unwrap();
+        log.append(seq, &chunk(seq)).await.unwrap();
     }
     let from_one = reader.follow(&id, Some(0));
     let mut live = reader.follow(&id, Some(2));
     // The second follower made the mirror start at 3; the first reads 1..=2 from history.
     for seq in 3..6 {
-        writer.append(&id, seq, &chunk(seq)).await.unwrap();
+        log.append(seq, &chunk(seq)).await.unwrap();
     }
     let first = tokio::time::timeout(PATIENCE, live.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.events[0].seq, 3);
     assert_eq!(first.events[0].fields, chunk(3).fields);
-    writer.append(&id, 6, &end()).await.unwrap();
+    log.append(6, &end()).await.unwrap();
     let (events, failure) = drain(from_one).await;
     assert_eq!(failure, None);
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
@@ -107,10 +106,10 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
     assert!(matches!(store.status(&id).await, Err(StoreError::NotFound(_))));
-    store.create(&id).await.unwrap();
+    let log = store.create(&id).await.unwrap();
     assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 0, finished: false });
-    store.append(&id, 0, &chunk(0)).await.unwrap();
-    store.append(&id, 1, &end()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    log.append(1, &end()).await.unwrap();
     assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
     // Retention over: the log goes, its length stays.
     raw(&store).await.del::<_, ()>(store.shared.keys.log(&id)).await.unwrap();
@@ -121,8 +120,8 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
 async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    generator.create(&id).await.unwrap();
-    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    let log = generator.create(&id).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
     // The generating process dies: it stops renewing, and its lease lapses.
     generator.release(&id);
     raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
@@ -131,15 +130,15 @@ async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers(
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
     let lost: serde_json::Value = serde_json::from_slice(&events[1].json(&id)).unwrap();
     assert_eq!((lost["code"].as_str(), lost["retryable"].as_bool()), (Some(ErrorCode::GenerationLost.as_str()), Some(true)));
-    assert!(matches!(generator.append(&id, 1, &chunk(1)).await, Err(StoreError::Finished(_))), "the old generator is fenced");
+    assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::Finished(_))), "the old generator is fenced");
 }
 
 #[tokio::test]
 async fn a_process_never_declares_its_own_running_generation_lost() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    store.create(&id).await.unwrap();
-    store.append(&id, 0, &chunk(0)).await.unwrap();
+    let log = store.create(&id).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
     // A stall longer than the lease: it lapses although the generation runs here.
     raw(&store).await.del::<_, ()>(store.shared.keys.lease(&id)).await.unwrap();
     let mut follower = store.follow(&id, Some(0));
@@ -148,7 +147,7 @@ async fn a_process_never_declares_its_own_running_generation_lost() {
     assert!(waited.is_err(), "no event: the stream is still live");
     let lease: Option<String> = raw(&store).await.get(store.shared.keys.lease(&id)).await.unwrap();
     assert_eq!(lease.as_deref(), Some(store.shared.owner.as_str()), "the renewal re-took the lapsed lease");
-    store.append(&id, 1, &chunk(1)).await.unwrap();
+    log.append(1, &chunk(1)).await.unwrap();
     let next = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(next.events[0].seq, 1);
 }
@@ -157,7 +156,7 @@ async fn a_process_never_declares_its_own_running_generation_lost() {
 async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    generator.create(&id).await.unwrap();
+    let _log = generator.create(&id).await.unwrap();
     let mut requests = generator.cancel_requests();
     other.request_cancel(&id).await.unwrap();
     let first = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
@@ -172,8 +171,8 @@ async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
 async fn cancelling_a_stream_nobody_generates_ends_it_cancelled_at_once() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    generator.create(&id).await.unwrap();
-    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    let log = generator.create(&id).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
     generator.release(&id);
     raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
     other.request_cancel(&id).await.unwrap();
@@ -187,7 +186,7 @@ async fn a_reader_in_another_process_counts_until_the_grace_after_it_left() {
     let grace = Duration::from_millis(1500);
     let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
     let id = StreamId::generate();
-    generator.create(&id).await.unwrap();
+    let _log = generator.create(&id).await.unwrap();
     assert_eq!(generator.readers_elsewhere(&id).await.unwrap(), None);
     let follower = reader.follow(&id, None);
     let mut follower = follower;
@@ -225,8 +224,8 @@ async fn an_idempotency_key_is_claimed_once_across_processes() {
 async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    generator.create(&id).await.unwrap();
-    generator.append(&id, 0, &chunk(0)).await.unwrap();
+    let log = generator.create(&id).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
     let mut follower = reader.follow(&id, None);
     let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.events.len(), 1);
@@ -237,5 +236,5 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (events, failure) = drain(follower).await;
     assert!(events.is_empty());
     assert_eq!(failure, Some(FollowError { next_seq: 1, cause: FollowFailure::LogLost }));
-    assert!(matches!(generator.append(&id, 1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
+    assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
 }
