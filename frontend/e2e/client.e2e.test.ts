@@ -3,9 +3,16 @@
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import type { BlockInputs, BlockType, StreamEvent } from "../src/ai/contract";
-import { parseStreamEvent } from "../src/ai/contract-validator";
-import { StreamClient, type StreamHandlers, type StreamOutcome, type TransportKind } from "../src/ai/streamClient";
+import {
+  parseStreamEvent,
+  StreamClient,
+  type BlockInputs,
+  type BlockType,
+  type StreamEvent,
+  type StreamHandlers,
+  type StreamOutcome,
+  type TransportKind,
+} from "@live-ai/client";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
 
