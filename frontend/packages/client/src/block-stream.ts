@@ -57,6 +57,8 @@ export class BlockStream<B extends BlockType = BlockType> {
   private current: Run<B> | undefined;
   private last: { blockType: B; input: BlockInputs[B] } | undefined;
   private parked: Run<B> | undefined;
+  /** The run being disposed of: its promise is not settled. */
+  private silenced: Run<B> | undefined;
   private readonly options: () => BlockStreamOptions<B>;
   private readonly resumable: boolean;
   private readonly fixedKey: string | undefined;
@@ -73,10 +75,6 @@ export class BlockStream<B extends BlockType = BlockType> {
     this.store = new StreamStore(initial.scheduler ?? schedulerFor(initial.throttle));
     this.resumable = initial.resume === true;
     this.fixedKey = initial.id ?? blockType;
-    if (this.resumable) {
-      globalThis.addEventListener?.("pagehide", this.persist);
-      globalThis.document?.addEventListener("visibilitychange", this.persistWhenHidden);
-    }
   }
 
   readonly subscribe = (listener: () => void) => this.store.subscribe(listener);
@@ -131,6 +129,8 @@ export class BlockStream<B extends BlockType = BlockType> {
       parts: stored.parts,
       status: "reconnecting",
     });
+    // Shown at once: the first render after a reload already has the text of before.
+    this.store.flush();
     const { run } = this.newRun(blockType, input, stored.lastSeq);
     run.streamId = stored.streamId;
     run.handle = this.client.resume(stored.streamId, stored.lastSeq, this.handlersFor(run), { mode: this.options().mode });
@@ -139,16 +139,20 @@ export class BlockStream<B extends BlockType = BlockType> {
 
   /**
    * Releases everything (unmount). A running stream is cancelled on the server, since nobody is
-   * left to resume it, unless `resume: true` (then it is kept for the next page). The object
-   * stays usable: React may mount it again.
+   * left to resume it, unless `resume: true` (then it is kept for the next page and detached).
+   * Its `start()` promise is left pending. The object stays usable: React may mount it again.
    */
   dispose(): void {
+    // Nobody is left to hear how the stream ended: its promise stays pending rather than
+    // rejecting into a `.then` chain of a component that is gone.
+    this.silenced = this.current;
     if (this.resumable) {
       this.persist();
       this.stopCurrent("detach");
     } else {
       this.stopCurrent("cancel");
     }
+    this.silenced = undefined;
     this.store.dispose();
   }
 
@@ -158,8 +162,21 @@ export class BlockStream<B extends BlockType = BlockType> {
     const promise = new Promise<BlockResults[B]>((res, rej) => ((resolve = res), (reject = rej)));
     // A caller may ignore the promise (a form's submit handler); its failure is in the state.
     promise.catch(noop);
-    const run: Run<B> = { blockType, input, lastSeq, resolve, reject };
+    const run: Run<B> = {
+      blockType,
+      input,
+      lastSeq,
+      resolve,
+      reject: (error) => {
+        if (this.silenced !== run) reject(error);
+      },
+    };
     this.current = run;
+    if (this.resumable) {
+      // Saved when the page goes away (or into the background, where it may be discarded).
+      globalThis.addEventListener?.("pagehide", this.persist);
+      globalThis.document?.addEventListener("visibilitychange", this.persistWhenHidden);
+    }
     return { run, promise };
   }
 
@@ -242,6 +259,10 @@ export class BlockStream<B extends BlockType = BlockType> {
   /** The run is over here; `ended` (it will never resume) also drops what was kept of it. */
   private finish(run: Run<B>, ended = true): void {
     if (this.current === run) this.current = undefined;
+    if (this.current === undefined) {
+      globalThis.removeEventListener?.("pagehide", this.persist);
+      globalThis.document?.removeEventListener("visibilitychange", this.persistWhenHidden);
+    }
     if (ended && this.resumable && this.fixedKey !== undefined) forgetStream(this.fixedKey);
   }
 

@@ -270,3 +270,59 @@ describe("useAIStreaming", () => {
     expect(JSON.parse(api.requestsTo("POST", /^\/api\/streams$/)[0]!.body!).block_type).toBe("explain-eli10");
   });
 });
+
+describe("useAIBlockStreaming promise and resume", () => {
+  function Diagram(props: { onResult(kind: string): void; resume?: boolean }) {
+    const diagram = useAIBlockStreaming("diagram", { resume: props.resume });
+    return (
+      <div>
+        <span data-testid="status">{diagram.status}</span>
+        <span data-testid="text">{diagram.text}</span>
+        <button onClick={() => diagram.start({ description: "rain" }).then((result) => props.onResult(result.kind))}>draw</button>
+      </div>
+    );
+  }
+
+  it("start() resolves with the block's typed result", async () => {
+    const api = new FakeApi();
+    const onResult = vi.fn();
+    render(
+      <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+        <Diagram onResult={onResult} />
+      </StreamClientProvider>,
+    );
+    act(() => screen.getByText("draw").click());
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("diagram"), e.chunk("flowchart TD"), e.complete({ kind: "flowchart", source: "flowchart TD\n  A-->B" }));
+    await waitFor(() => expect(onResult).toHaveBeenCalledWith("flowchart"));
+  });
+
+  it("with resume: true, a component mounted after a reload picks the stream up where it was", async () => {
+    sessionStorage.clear();
+    const api = new FakeApi();
+    const first = render(
+      <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+        <Diagram onResult={() => undefined} resume />
+      </StreamClientProvider>,
+    );
+    act(() => screen.getByText("draw").click());
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("diagram"), e.chunk("flowchart TD"));
+    await waitFor(() => expect(text("text")).toBe("flowchart TD"));
+    window.dispatchEvent(new Event("pagehide"));
+    first.unmount();
+    expect(api.requestsTo("DELETE", /.*/)).toHaveLength(0);
+
+    render(
+      <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+        <Diagram onResult={() => undefined} resume />
+      </StreamClientProvider>,
+    );
+    expect(text("text")).toBe("flowchart TD");
+    const resumed = await api.eventResponse(1);
+    expect(resumed.request.headers.get("last-event-id")).toBe("s1:1");
+    resumed.sendEvents(e.chunk("\n  A-->B"), e.complete({ kind: "flowchart", source: "flowchart TD\n  A-->B" }));
+    await waitFor(() => expect(text("status")).toBe("complete"));
+    expect(text("text")).toBe("flowchart TD\n  A-->B");
+  });
+});
