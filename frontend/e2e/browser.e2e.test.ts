@@ -1,5 +1,6 @@
 // The built demo page in Chromium against the real live-ai server: every block streams
-// visibly, cancel, the quiz, the diagram, and recovery from a connection cut mid-stream.
+// visibly, cancel, the quiz, the diagram, recovery from a connection cut mid-stream, and the
+// same stream picked up again after a reload.
 import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -7,6 +8,7 @@ import type { Page } from "playwright-core";
 import { block, launchBrowser, outputText, recordStatuses, startBlock, startBlocks, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
+import { untilLogEndsWith } from "./server-log";
 
 const RESULTS_DIR = fileURLToPath(new URL("../test-results", import.meta.url));
 const BLOCKS: BlockName[] = ["ask-question", "explain-eli10", "quiz", "diagram"];
@@ -105,8 +107,10 @@ describe("demo page", () => {
     // Chromium's offline mode fails new requests but leaves open responses flowing, so the
     // open connections are cut as well, the way a real network loss would.
     await browser.context.setOffline(true);
+    const failedWhileOffline = page.waitForEvent("requestfailed", (request) => request.url().includes("/api/streams/"));
     expect(proxy.cutAll()).toBeGreaterThan(0);
-    await page.waitForTimeout(1_500);
+    // The client tried to resume and the network said no: it must still be waiting, not failed.
+    await failedWhileOffline;
     const whileOffline = await outputText(page, "ask-question");
     expect(await block(page, "ask-question").getAttribute("data-status")).toBe("reconnecting");
     await browser.context.setOffline(false);
@@ -118,16 +122,46 @@ describe("demo page", () => {
     await page.close();
   });
 
-  it("cancels a stream: status cancelled, and the text stops growing", async () => {
+  it("cancels a stream: cancelled on the page and on the server, with no text after the cancel", async () => {
     const { page } = await openPage();
     await startBlock(page, "ask-question");
     await waitForIntermediateOutput(page, "ask-question");
     await block(page, "ask-question").getByRole("button", { name: "Cancel" }).click();
     await waitForStatus(page, "ask-question", "cancelled", 5_000);
     const atCancel = await outputText(page, "ask-question");
-    await page.waitForTimeout(800);
+    const streamId = await block(page, "ask-question").getAttribute("data-stream-id");
+    // Once the server's log ends with `cancelled`, no token of this stream can come any more.
+    const log = await untilLogEndsWith(server.url, streamId!, "cancelled");
+    expect(log.at(-1)).toMatchObject({ type: "cancelled", reason: "requested" });
     expect(await outputText(page, "ask-question")).toBe(atCancel);
+    const generated = log.flatMap((event) => (event.type === "chunk" ? [event.token] : [])).join("");
+    expect(generated.startsWith(atCancel.trim().slice(0, 20))).toBe(true);
     expect(await block(page, "ask-question").getByRole("button", { name: "Cancel" }).count()).toBe(0);
+    await page.close();
+  });
+
+  it("picks the same stream up after a page reload (resume: true) and ends with the uninterrupted text", async () => {
+    const { page, errors } = await openPage();
+    await startBlock(page, "explain-eli10");
+    await waitForStatus(page, "explain-eli10", "complete");
+    const reference = await outputText(page, "explain-eli10");
+
+    await startBlock(page, "explain-eli10");
+    const partial = await waitForIntermediateOutput(page, "explain-eli10");
+    const streamId = await block(page, "explain-eli10").getAttribute("data-stream-id");
+    const starts: string[] = [];
+    page.on("request", (request) => {
+      if (request.method() === "POST") starts.push(request.url());
+    });
+    await page.reload();
+    await page.getByRole("heading", { name: "Live AI Blocks" }).waitFor();
+    // What was on screen before the reload is back at once, and the stream goes on from there.
+    await expect.poll(async () => (await outputText(page, "explain-eli10")).trim().length).toBeGreaterThanOrEqual(partial.trim().length);
+    await waitForStatus(page, "explain-eli10", "complete");
+    expect(await block(page, "explain-eli10").getAttribute("data-stream-id")).toBe(streamId);
+    expect(await outputText(page, "explain-eli10")).toBe(reference);
+    expect(starts).toEqual([]);
+    expect(errors).toEqual([]);
     await page.close();
   });
 
