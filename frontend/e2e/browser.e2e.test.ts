@@ -106,14 +106,24 @@ describe("demo page", () => {
     await waitForIntermediateOutput(page, "ask-question");
     // Chromium's offline mode fails new requests but leaves open responses flowing, so the
     // open connections are cut as well, the way a real network loss would.
+    let failures = 0;
+    let secondFailure!: () => void;
+    const resumeRefused = new Promise<void>((resolve) => (secondFailure = resolve));
+    page.on("requestfailed", (request) => {
+      if (request.url().includes("/api/streams/") && ++failures === 2) secondFailure();
+    });
+    let whileOffline = "";
     await browser.context.setOffline(true);
-    const failedWhileOffline = page.waitForEvent("requestfailed", (request) => request.url().includes("/api/streams/"));
-    expect(proxy.cutAll()).toBeGreaterThan(0);
-    // The client tried to resume and the network said no: it must still be waiting, not failed.
-    await failedWhileOffline;
-    const whileOffline = await outputText(page, "ask-question");
-    expect(await block(page, "ask-question").getAttribute("data-status")).toBe("reconnecting");
-    await browser.context.setOffline(false);
+    try {
+      expect(proxy.cutAll()).toBeGreaterThan(0);
+      // The first failure is the cut response itself; the second, a resume the offline network
+      // refused. After that the page must still be waiting to reconnect, not failed.
+      await resumeRefused;
+      await waitForStatus(page, "ask-question", "reconnecting", 5_000);
+      whileOffline = await outputText(page, "ask-question");
+    } finally {
+      await browser.context.setOffline(false);
+    }
     await waitForStatus(page, "ask-question", "complete");
     const final = await outputText(page, "ask-question");
     expect(whileOffline.length).toBeLessThan(final.length);
@@ -134,8 +144,8 @@ describe("demo page", () => {
     const log = await untilLogEndsWith(server.url, streamId!, "cancelled");
     expect(log.at(-1)).toMatchObject({ type: "cancelled", reason: "requested" });
     expect(await outputText(page, "ask-question")).toBe(atCancel);
-    const generated = log.flatMap((event) => (event.type === "chunk" ? [event.token] : [])).join("");
-    expect(generated.startsWith(atCancel.trim().slice(0, 20))).toBe(true);
+    // Stopped early: the generation did not run to its end.
+    expect(log.some((event) => event.type === "complete")).toBe(false);
     expect(await block(page, "ask-question").getByRole("button", { name: "Cancel" }).count()).toBe(0);
     await page.close();
   });
