@@ -49,10 +49,6 @@ export class FakeWebSocket {
       this.onmessage?.(new MessageEvent("message", { data: frame }));
     }
   }
-  /** A frame as is, valid or not (to test the client's own boundary check). */
-  serverSendRaw(frame: string): void {
-    this.onmessage?.(new MessageEvent("message", { data: frame }));
-  }
   /** The server closes the socket, with a close code (1008: policy violation, after a refused token). */
   serverClose(code = 1000): void {
     this.readyState = 3;
