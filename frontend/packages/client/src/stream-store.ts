@@ -1,5 +1,6 @@
 // The state of one block's stream as an external store (subscribe / getSnapshot) whose
-// snapshot is published at most once per animation frame, however fast events arrive.
+// snapshot is published at most once per scheduled tick (an animation frame by default, or
+// the `throttle` interval), however fast events arrive.
 import type { BlockParts, BlockResult, BlockResults, BlockType, BlockTypeWithParts, QuizQuestion, Usage } from "./contract.js";
 import { animationFrameScheduler, type FrameScheduler } from "./frame-scheduler.js";
 import type { StreamError } from "./stream-error.js";
