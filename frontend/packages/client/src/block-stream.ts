@@ -34,7 +34,7 @@ export interface BlockStreamOptions<B extends BlockType = BlockType> {
    * the same generation; leaving (unmount) then detaches instead of cancelling. Read once.
    */
   resume?: boolean;
-  /** Names the stored stream (default: the block type); give two blocks of one type different ids. */
+  /** Names the stored stream (default: the block type; useAIStreaming, which has none, needs one to resume). */
   id?: string;
   /** Replaces the publication schedule entirely (tests). */
   scheduler?: FrameScheduler;
@@ -103,7 +103,11 @@ export class BlockStream<B extends BlockType = BlockType> {
 
   /** Starts the last request again, as a new generation. */
   retry(): Promise<BlockResults[B]> {
-    if (!this.last) return Promise.reject(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
+    if (!this.last) {
+      const nothing = Promise.reject(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
+      nothing.catch(noop);
+      return nothing;
+    }
     return this.start(this.last.blockType, this.last.input);
   }
 
