@@ -60,7 +60,9 @@ beforeAll(async () => {
     ["pack", "--json", "--pack-destination", packs, ...PACKAGES.flatMap((name) => ["--workspace", `packages/${name}`])],
     { cwd: FRONTEND, maxBuffer: 16 * 1024 * 1024 },
   );
-  for (const packed of JSON.parse(stdout.slice(stdout.indexOf("["))) as Array<{ name: string; filename: string }>) {
+  // The prepack builds print their own lines before npm's JSON report.
+  const report = stdout.slice(stdout.search(/^\[\s*\{/m));
+  for (const packed of JSON.parse(report) as Array<{ name: string; filename: string }>) {
     tarballs[packed.name] = join(packs, packed.filename);
   }
   const dependencies: Record<string, string> = {
