@@ -22,9 +22,13 @@ test: deps backend-test frontend-test e2e-test
 
 deps: frontend-deps browser redis
 
+# npm ci installs the workspace (the demo app and the @live-ai packages); the packages are
+# then built (contract validators and types generated from the YAML, dist/ with .d.ts files),
+# since the demo app and the tests import them by name.
 frontend-deps:
 	@command -v node >/dev/null || { echo "Node.js 20+ is required"; exit 1; }
 	cd $(FRONTEND) && $(NPM) ci --no-audit --no-fund
+	cd $(FRONTEND) && $(NPM) run build:packages
 
 # Debian's chromium: playwright's own browser download does not work offline.
 browser:
@@ -53,6 +57,8 @@ backend-test:
 frontend-test:
 	cd $(FRONTEND) && $(NPM) test
 
+# Browser tests, the client against the real server, and the packaging test (the packed
+# packages installed in a fresh Vite app, which needs the npm registry or npm's cache).
 e2e-test:
 	cd $(BACKEND) && $(CARGO) build
 	cd $(FRONTEND) && LIVE_AI_BIN=../$(BACKEND)/target/debug/live-ai $(NPM) run test:e2e

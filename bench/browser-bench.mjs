@@ -1,9 +1,10 @@
 // Browser benchmark of the demo page: all four blocks streaming at once from the demo model
 // at DEMO_TOKENS_PER_SECOND=2000, in Debian's Chromium. Reports React renders per second per
-// block (counted by the page's `?bench` Profiler) and the longest main-thread task
+// block (commits of the demo component that owns the block's hook, counted with `?bench`) and
+// the longest main-thread task
 // (PerformanceObserver "longtask"). Targets: ≤ 60 renders/s per block, no task over 50 ms.
 //
-// Usage (from the repository root, after `npm ci` in frontend/ and `cargo build`):
+// Usage (from the repository root, after `npm ci` and `npm run build` in frontend/, and `cargo build`):
 //   node bench/browser-bench.mjs [rounds]
 // Env: LIVE_AI_BIN (default backend/target/debug/live-ai), CHROMIUM_BIN (default
 // /usr/bin/chromium), DEMO_TOKENS_PER_SECOND (default 2000). Builds frontend/dist if missing.

@@ -1,10 +1,8 @@
-// End-to-end tests (node environment): the TypeScript client and the built page in Chromium
-// against the real live-ai binary. Run with `npm run test:e2e`.
+// End-to-end tests (node environment): the TypeScript client, the built page in Chromium, and
+// the packed packages in a fresh app, against the real live-ai binary. Run with `npm run test:e2e`.
 import { defineConfig } from "vitest/config";
-import { yamlContract } from "./contract-plugin.ts";
 
 export default defineConfig({
-  plugins: [yamlContract()],
   test: {
     environment: "node",
     include: ["e2e/**/*.e2e.test.ts"],

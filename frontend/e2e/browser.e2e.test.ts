@@ -1,5 +1,6 @@
 // The built demo page in Chromium against the real live-ai server: every block streams
-// visibly, cancel, the quiz, the diagram, and recovery from a connection cut mid-stream.
+// visibly, cancel, the quiz, the diagram, recovery from a connection cut mid-stream, and the
+// same stream picked up again after a reload.
 import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -7,6 +8,7 @@ import type { Page } from "playwright-core";
 import { block, launchBrowser, outputText, recordStatuses, startBlock, startBlocks, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
+import { untilLogEndsWith } from "./server-log";
 
 const RESULTS_DIR = fileURLToPath(new URL("../test-results", import.meta.url));
 const BLOCKS: BlockName[] = ["ask-question", "explain-eli10", "quiz", "diagram"];
@@ -104,12 +106,24 @@ describe("demo page", () => {
     await waitForIntermediateOutput(page, "ask-question");
     // Chromium's offline mode fails new requests but leaves open responses flowing, so the
     // open connections are cut as well, the way a real network loss would.
+    let failures = 0;
+    let secondFailure!: () => void;
+    const resumeRefused = new Promise<void>((resolve) => (secondFailure = resolve));
+    page.on("requestfailed", (request) => {
+      if (request.url().includes("/api/streams/") && ++failures === 2) secondFailure();
+    });
+    let whileOffline = "";
     await browser.context.setOffline(true);
-    expect(proxy.cutAll()).toBeGreaterThan(0);
-    await page.waitForTimeout(1_500);
-    const whileOffline = await outputText(page, "ask-question");
-    expect(await block(page, "ask-question").getAttribute("data-status")).toBe("reconnecting");
-    await browser.context.setOffline(false);
+    try {
+      expect(proxy.cutAll()).toBeGreaterThan(0);
+      // The first failure is the cut response itself; the second, a resume the offline network
+      // refused. After that the page must still be waiting to reconnect, not failed.
+      await resumeRefused;
+      await waitForStatus(page, "ask-question", "reconnecting", 5_000);
+      whileOffline = await outputText(page, "ask-question");
+    } finally {
+      await browser.context.setOffline(false);
+    }
     await waitForStatus(page, "ask-question", "complete");
     const final = await outputText(page, "ask-question");
     expect(whileOffline.length).toBeLessThan(final.length);
@@ -118,16 +132,44 @@ describe("demo page", () => {
     await page.close();
   });
 
-  it("cancels a stream: status cancelled, and the text stops growing", async () => {
+  it("cancels a stream: cancelled on the page and on the server, with no text after the cancel", async () => {
     const { page } = await openPage();
     await startBlock(page, "ask-question");
     await waitForIntermediateOutput(page, "ask-question");
     await block(page, "ask-question").getByRole("button", { name: "Cancel" }).click();
     await waitForStatus(page, "ask-question", "cancelled", 5_000);
     const atCancel = await outputText(page, "ask-question");
-    await page.waitForTimeout(800);
+    const streamId = await block(page, "ask-question").getAttribute("data-stream-id");
+    // Once the server's log ends with `cancelled`, no token of this stream can come any more.
+    const log = await untilLogEndsWith(server.url, streamId!, "cancelled");
+    expect(log.at(-1)).toMatchObject({ type: "cancelled", reason: "requested" });
     expect(await outputText(page, "ask-question")).toBe(atCancel);
     expect(await block(page, "ask-question").getByRole("button", { name: "Cancel" }).count()).toBe(0);
+    await page.close();
+  });
+
+  it("picks the same stream up after a page reload (resume: true) and ends with the uninterrupted text", async () => {
+    const { page, errors } = await openPage();
+    await startBlock(page, "explain-eli10");
+    await waitForStatus(page, "explain-eli10", "complete");
+    const reference = await outputText(page, "explain-eli10");
+
+    await startBlock(page, "explain-eli10");
+    const partial = await waitForIntermediateOutput(page, "explain-eli10");
+    const streamId = await block(page, "explain-eli10").getAttribute("data-stream-id");
+    const starts: string[] = [];
+    page.on("request", (request) => {
+      if (request.method() === "POST") starts.push(request.url());
+    });
+    await page.reload();
+    await page.getByRole("heading", { name: "Live AI Blocks" }).waitFor();
+    // What was on screen before the reload is back at once, and the stream goes on from there.
+    await expect.poll(async () => (await outputText(page, "explain-eli10")).trim().length).toBeGreaterThanOrEqual(partial.trim().length);
+    await waitForStatus(page, "explain-eli10", "complete");
+    expect(await block(page, "explain-eli10").getAttribute("data-stream-id")).toBe(streamId);
+    expect(await outputText(page, "explain-eli10")).toBe(reference);
+    expect(starts).toEqual([]);
+    expect(errors).toEqual([]);
     await page.close();
   });
 

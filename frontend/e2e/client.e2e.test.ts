@@ -1,12 +1,20 @@
 // The TypeScript stream client against the real live-ai server: every block over both
 // transports, resume after the connection is cut mid-stream, cancel, and the fallback.
-import { EventSourceParserStream } from "eventsource-parser/stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import type { BlockInputs, BlockType, StreamEvent } from "../src/ai/contract";
-import { parseStreamEvent } from "../src/ai/contract-validator";
-import { StreamClient, type StreamHandlers, type StreamOutcome, type TransportKind } from "../src/ai/streamClient";
+import {
+  parseServerMessage,
+  StreamClient,
+  type BlockInputs,
+  type BlockType,
+  type StreamEvent,
+  type StreamHandlers,
+  type StreamOutcome,
+  type TransportKind,
+} from "@live-ai/client";
+import { streamNotFound } from "../testing/events";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
+import { readAllEvents, untilLogEndsWith } from "./server-log";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
 
 const INPUTS: { [B in BlockType]: BlockInputs[B] } = {
@@ -71,20 +79,6 @@ function expectContiguous(events: StreamEvent[]) {
   expect(events.map((event) => event.seq)).toEqual(events.map((_, index) => index));
 }
 
-/** Reads an SSE endpoint to its end and validates every event against the contract. */
-async function readAllEvents(url: string, headers: Record<string, string> = {}): Promise<{ status: number; events: StreamEvent[] }> {
-  const response = await fetch(url, { headers });
-  if (!response.body || response.status !== 200) return { status: response.status, events: [] };
-  const events: StreamEvent[] = [];
-  const reader = response.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream()).getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    events.push(parseStreamEvent(value.data, value.event));
-  }
-  return { status: response.status, events };
-}
-
 describe("stream client against live-ai (fast demo model)", () => {
   let server: LiveAiServer;
   let client: StreamClient;
@@ -143,6 +137,26 @@ describe("stream client against live-ai (fast demo model)", () => {
       headers: { "last-event-id": `${done.streamId}:${last.seq}` },
     });
     expect(response.status).toBe(204);
+  });
+
+  it("answers a resume of an unknown stream, over SSE, with exactly the stream_not_found event the unit fakes send", async () => {
+    const { status, events } = await readAllEvents(`${server.url}/api/streams/nosuchstream/events?after=5`);
+    expect(status).toBe(200);
+    expect(events).toEqual([streamNotFound("nosuchstream", 5)]);
+    expect((await readAllEvents(`${server.url}/api/streams/nosuchstream/events`)).events).toEqual([streamNotFound("nosuchstream", null)]);
+  });
+
+  it("answers a resume of an unknown stream, over the WebSocket, with exactly the stream_not_found event the unit fakes send", async () => {
+    const socket = new WebSocket(`${server.url.replace("http", "ws")}/api/stream/ws`);
+    const frame = new Promise<string>((resolve, reject) => {
+      socket.once("message", (data) => resolve(String(data)));
+      socket.once("error", reject);
+    });
+    await new Promise((resolve) => socket.once("open", resolve));
+    socket.send(JSON.stringify({ type: "resume", stream_id: "nosuchstream", after: 7 }));
+    const message = parseServerMessage(await frame);
+    socket.close();
+    expect(message).toEqual({ kind: "event", event: streamNotFound("nosuchstream", 7) });
   });
 
   it("runs a retried start with the same idempotency key as one generation", async () => {
@@ -217,13 +231,7 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
       expect(result.outcome).toEqual({ status: "cancelled", event: null });
       expect(result.streamId).toBeDefined();
       // The server's log of the stream ends with `cancelled` (requested), soon after.
-      const deadline = Date.now() + 10_000;
-      let replay: StreamEvent[] = [];
-      while (Date.now() < deadline) {
-        replay = (await readAllEvents(`${server.url}/api/streams/${result.streamId}/events`)).events;
-        if (replay.at(-1)?.type === "cancelled") break;
-        await new Promise((resolve) => setTimeout(resolve, 200));
-      }
+      const replay = await untilLogEndsWith(server.url, result.streamId!, "cancelled");
       expect(replay.at(-1)).toMatchObject({ type: "cancelled", reason: "requested" });
       expect(replay.filter((e) => e.type === "chunk").length).toBeLessThan(40);
     });

@@ -72,7 +72,14 @@ function spawnOn(port: number, env: Record<string, string>): Promise<LiveAiServe
   let output = "";
   const url = `http://127.0.0.1:${port}`;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  let stopping = false;
+  let listening = false;
+  // A server that dies under a test explains the test's failure: say so, with its last words.
+  child.once("exit", (code, signal) => {
+    if (listening && !stopping) process.stderr.write(`\nlive-ai on ${url} exited unexpectedly (${code ?? signal}):\n${output.slice(-4000)}\n`);
+  });
   const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
+    stopping = true;
     if (child.exitCode === null && child.signalCode === null) {
       child.kill(signal);
       const killTimer = setTimeout(() => child.kill("SIGKILL"), 5_000);
@@ -88,6 +95,7 @@ function spawnOn(port: number, env: Record<string, string>): Promise<LiveAiServe
     const onData = (data: Buffer) => {
       output += data.toString();
       if (output.includes(`listening on ${url}`)) {
+        listening = true;
         clearTimeout(timer);
         resolve({ url, port, output: () => output, stop });
       }

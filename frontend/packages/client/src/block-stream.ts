@@ -1,0 +1,317 @@
+// One block's stream controller: connects StreamClient runs to a StreamStore and owns start /
+// cancel / detach / retry, the promise `start()` returns, the caller's callbacks, and two ways
+// a stream outlives a connection the session itself gave up on:
+// - visibility: a stream that failed with `connection_lost` while the page was hidden (the
+//   network dropped while the learner was away, and the browser throttled the reconnects) is
+//   parked in `error` and resumed from its last seq when the page becomes visible again;
+// - `resume: true`: the stream id and what was shown so far are kept in sessionStorage, and a
+//   new page (a reload) resumes the same generation with `resumeStored()`.
+// Framework-agnostic; the React hooks are thin wrappers around it.
+import { AIBlockError } from "./block-error.js";
+import type { BlockInputs, BlockResults, BlockType, ChunkEvent, CompleteEvent, PartEvent } from "./contract.js";
+import { schedulerFor, type FrameScheduler, type Throttle } from "./frame-scheduler.js";
+import { forgetStream, loadStream, saveStream, type StoredStream } from "./resume-storage.js";
+import type { StreamError } from "./stream-error.js";
+import type { StreamHandlers } from "./stream-session.js";
+import { StreamStore, type StreamState } from "./stream-store.js";
+import type { DeliveryMode, StreamClient, StreamHandle } from "./stream-client.js";
+
+export interface BlockStreamOptions<B extends BlockType = BlockType> {
+  /** Overrides the delivery mode the server's config picks (read at each start). */
+  mode?: DeliveryMode;
+  /** How often the state is published: "frame" (default, once per animation frame) or every N ms. Read once. */
+  throttle?: Throttle;
+  /** Every chunk of output text, as it arrives (not throttled). */
+  onChunk?(event: ChunkEvent): void;
+  /** Every structured part (a quiz question), as it arrives. */
+  onPart?(event: PartEvent): void;
+  /** Once, when a stream completes, with the block's final result. */
+  onFinish?(result: BlockResults[B], event: CompleteEvent): void;
+  /** Once, when a stream fails for good. */
+  onError?(error: StreamError): void;
+  /**
+   * Keep the stream in sessionStorage so that, after a reload, `resumeStored()` re-attaches to
+   * the same generation; leaving (unmount) then detaches instead of cancelling. Read once.
+   */
+  resume?: boolean;
+  /** Names the stored stream (default: the block type; useAIStreaming, which has none, needs one to resume). */
+  id?: string;
+  /** Replaces the publication schedule entirely (tests). */
+  scheduler?: FrameScheduler;
+}
+
+interface Run<B extends BlockType> {
+  blockType: B;
+  input: BlockInputs[B];
+  handle?: StreamHandle;
+  streamId?: string;
+  lastSeq: number;
+  resolve(result: BlockResults[B]): void;
+  reject(error: AIBlockError): void;
+}
+
+function noop(): void {}
+
+export class BlockStream<B extends BlockType = BlockType> {
+  readonly store: StreamStore;
+  private current: Run<B> | undefined;
+  private last: { blockType: B; input: BlockInputs[B] } | undefined;
+  private parked: Run<B> | undefined;
+  /** The run being disposed of: its promise is not settled. */
+  private silenced: Run<B> | undefined;
+  private readonly options: () => BlockStreamOptions<B>;
+  private readonly resumable: boolean;
+  private readonly fixedKey: string | undefined;
+
+  /** `options` may be a getter, so a caller (the hook) can hand in its latest callbacks. */
+  constructor(
+    private readonly client: StreamClient,
+    options: BlockStreamOptions<B> | (() => BlockStreamOptions<B>) = {},
+    /** The block this stream is for, when fixed: names the stored stream. */
+    private readonly blockType?: B,
+  ) {
+    this.options = typeof options === "function" ? options : () => options;
+    const initial = this.options();
+    this.store = new StreamStore(initial.scheduler ?? schedulerFor(initial.throttle));
+    this.resumable = initial.resume === true;
+    this.fixedKey = initial.id ?? blockType;
+  }
+
+  readonly subscribe = (listener: () => void) => this.store.subscribe(listener);
+  readonly getSnapshot = (): StreamState => this.store.getSnapshot();
+
+  /** Starts a new generation (cancelling one still running); resolves with its final result. */
+  start(blockType: B, input: BlockInputs[B]): Promise<BlockResults[B]> {
+    this.stopCurrent("cancel");
+    this.last = { blockType, input };
+    this.store.reset({ blockType, status: "connecting" });
+    const { run, promise } = this.newRun(blockType, input, -1);
+    run.handle = this.client.start(blockType, input, this.handlersFor(run), { mode: this.options().mode });
+    return promise;
+  }
+
+  /** Stops the generation on the server; `start()`'s promise rejects with code "cancelled". */
+  cancel(): void {
+    if (this.parked) return this.stopCurrent("cancel");
+    this.current?.handle?.cancel();
+  }
+
+  /** Stops listening; the generation goes on (and can be resumed). The promise rejects with "detached". */
+  detach(): void {
+    this.stopCurrent("detach");
+  }
+
+  /** Starts the last request again, as a new generation. */
+  retry(): Promise<BlockResults[B]> {
+    if (!this.last) {
+      const nothing = Promise.reject(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
+      nothing.catch(noop);
+      return nothing;
+    }
+    return this.start(this.last.blockType, this.last.input);
+  }
+
+  /**
+   * With `resume: true`, re-attaches to the stream this block left in sessionStorage (before a
+   * reload), showing what was shown then and continuing from there. Returns whether there was one.
+   */
+  resumeStored(): boolean {
+    if (!this.resumable || this.current) return false;
+    const key = this.fixedKey;
+    const stored = key === undefined ? undefined : loadStream(key);
+    if (!stored || (this.blockType !== undefined && stored.blockType !== this.blockType)) return false;
+    const blockType = stored.blockType as B;
+    const input = stored.input as BlockInputs[B];
+    this.last = { blockType, input };
+    this.store.reset({
+      blockType,
+      streamId: stored.streamId,
+      provider: stored.provider,
+      model: stored.model,
+      isDemo: stored.provider === "demo",
+      text: stored.text,
+      parts: stored.parts,
+      status: "reconnecting",
+    });
+    // Shown at once: the first render after a reload already has the text of before.
+    this.store.flush();
+    const { run } = this.newRun(blockType, input, stored.lastSeq);
+    run.streamId = stored.streamId;
+    run.handle = this.client.resume(stored.streamId, stored.lastSeq, this.handlersFor(run), { mode: this.options().mode });
+    return true;
+  }
+
+  /**
+   * Releases everything (unmount). A running stream is cancelled on the server, since nobody is
+   * left to resume it, unless `resume: true` (then it is kept for the next page and detached).
+   * Its `start()` promise is left pending. The object stays usable: React may mount it again.
+   */
+  dispose(): void {
+    // Nobody is left to hear how the stream ended: its promise stays pending rather than
+    // rejecting into a `.then` chain of a component that is gone.
+    this.silenced = this.current;
+    if (this.resumable) {
+      this.persist();
+      this.stopCurrent("detach");
+    } else {
+      this.stopCurrent("cancel");
+    }
+    this.silenced = undefined;
+    this.store.dispose();
+  }
+
+  private newRun(blockType: B, input: BlockInputs[B], lastSeq: number) {
+    let resolve!: (result: BlockResults[B]) => void;
+    let reject!: (error: AIBlockError) => void;
+    const promise = new Promise<BlockResults[B]>((res, rej) => ((resolve = res), (reject = rej)));
+    // A caller may ignore the promise (a form's submit handler); its failure is in the state.
+    promise.catch(noop);
+    const run: Run<B> = {
+      blockType,
+      input,
+      lastSeq,
+      resolve,
+      reject: (error) => {
+        if (this.silenced !== run) reject(error);
+      },
+    };
+    this.current = run;
+    if (this.resumable) {
+      // Saved when the page goes away (or into the background, where it may be discarded).
+      globalThis.addEventListener?.("pagehide", this.persist);
+      globalThis.document?.addEventListener("visibilitychange", this.persistWhenHidden);
+    }
+    return { run, promise };
+  }
+
+  private stopCurrent(how: "cancel" | "detach"): void {
+    const run = this.current;
+    if (!run) return;
+    if (this.parked === run) {
+      this.unpark();
+      // The session already ended; the generation may still be running on the server.
+      if (how === "cancel" && run.streamId) {
+        void this.client.cancelStream(run.streamId).catch(noop);
+        this.store.update({ status: "cancelled" });
+      }
+      this.finish(run, how === "cancel");
+      run.reject(new AIBlockError(how === "cancel" ? "cancelled" : "detached", `the stream was ${how === "cancel" ? "cancelled" : "left"}`));
+      return;
+    }
+    if (how === "cancel") run.handle?.cancel();
+    else {
+      run.handle?.detach();
+      this.finish(run, false);
+      run.reject(new AIBlockError("detached", "the stream was left; it goes on on the server"));
+    }
+  }
+
+  private handlersFor(run: Run<B>): StreamHandlers {
+    const store = this.store;
+    const mine = () => this.current === run;
+    const seen = (seq: number) => {
+      run.lastSeq = seq;
+    };
+    return {
+      onStatus: (status) => mine() && store.update({ status }),
+      onStart: (event) => {
+        seen(event.seq);
+        if (!mine()) return;
+        run.streamId = event.stream_id;
+        store.update({ streamId: event.stream_id, provider: event.provider, model: event.model, isDemo: event.provider === "demo" });
+        if (this.resumable) this.persist();
+      },
+      onChunk: (event) => {
+        seen(event.seq);
+        if (!mine()) return;
+        store.appendText(event.token);
+        this.options().onChunk?.(event);
+      },
+      onPart: (event) => {
+        seen(event.seq);
+        if (!mine()) return;
+        store.setPart(event.index, event.data);
+        this.options().onPart?.(event);
+      },
+      onComplete: (event) => {
+        seen(event.seq);
+        if (!mine()) return;
+        const result = event.result as BlockResults[B];
+        store.update({ result, usage: event.usage });
+        this.finish(run);
+        this.options().onFinish?.(result, event);
+        run.resolve(result);
+      },
+      onError: (error, event) => {
+        if (event) seen(event.seq);
+        if (!mine()) return;
+        store.update({ error });
+        if (this.shouldPark(run, error)) return this.park(run);
+        this.finish(run);
+        this.options().onError?.(error);
+        run.reject(AIBlockError.failed(error));
+      },
+      onCancelled: (event) => {
+        if (event) seen(event.seq);
+        if (!mine()) return;
+        this.finish(run);
+        run.reject(new AIBlockError("cancelled", "the stream was cancelled"));
+      },
+    };
+  }
+
+  /** The run is over here; `ended` (it will never resume) also drops what was kept of it. */
+  private finish(run: Run<B>, ended = true): void {
+    if (this.current === run) this.current = undefined;
+    if (this.current === undefined) {
+      globalThis.removeEventListener?.("pagehide", this.persist);
+      globalThis.document?.removeEventListener("visibilitychange", this.persistWhenHidden);
+    }
+    if (ended && this.resumable && this.fixedKey !== undefined) forgetStream(this.fixedKey);
+  }
+
+  private shouldPark(run: Run<B>, error: StreamError): boolean {
+    return error.code === "connection_lost" && run.streamId !== undefined && globalThis.document?.visibilityState === "hidden";
+  }
+
+  private park(run: Run<B>): void {
+    this.parked = run;
+    globalThis.document?.addEventListener("visibilitychange", this.resumeParked);
+  }
+
+  private unpark(): void {
+    this.parked = undefined;
+    globalThis.document?.removeEventListener("visibilitychange", this.resumeParked);
+  }
+
+  private readonly resumeParked = (): void => {
+    const run = this.parked;
+    if (!run || globalThis.document?.visibilityState !== "visible") return;
+    this.unpark();
+    this.store.update({ status: "reconnecting", error: undefined });
+    run.handle = this.client.resume(run.streamId!, run.lastSeq, this.handlersFor(run), { mode: this.options().mode });
+  };
+
+  private readonly persistWhenHidden = (): void => {
+    if (globalThis.document?.visibilityState === "hidden") this.persist();
+  };
+
+  /** Saves the running stream (`resume: true`), with what is shown so far, for the next page. */
+  private readonly persist = (): void => {
+    const run = this.current;
+    if (!run?.streamId || this.fixedKey === undefined) return;
+    this.store.flush();
+    const state = this.store.getSnapshot();
+    const stored: StoredStream = {
+      streamId: run.streamId,
+      blockType: run.blockType,
+      input: run.input,
+      lastSeq: run.lastSeq,
+      text: state.text,
+      parts: state.parts,
+      provider: state.provider,
+      model: state.model,
+    };
+    saveStream(this.fixedKey, stored);
+  };
+}
