@@ -1,6 +1,10 @@
 //! Streaming over SSE: the spec's one-shot `GET /api/stream/ai-block/{block_type}`
 //! (native `EventSource` works, including its reconnect with `Last-Event-ID`), and
 //! the create / stream / cancel resource `/api/streams` for fetch clients.
+//!
+//! Every request acts for a [`Principal`]; starts are admitted by the limits and
+//! refused when cross-site ([`SameSiteStart`]); a stream read, resumed or
+//! cancelled by anyone but its owner answers exactly as an unknown one.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,10 +16,13 @@ use serde_json::{Map, Value};
 
 use super::blocks::parse_block_type;
 use super::error::{ApiError, JsonBody, QueryParams};
+use super::origin::SameSiteStart;
 use super::{sse, AppState};
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::StreamId;
 use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, Started};
+use crate::auth::principal::Reader;
+use crate::auth::Principal;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -48,10 +55,16 @@ fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
 }
 
-/// Opens `stream_id` after `after` and answers with SSE (or 204, or a
+/// Admits a start for `principal` and starts it.
+pub async fn start(state: &AppState, principal: &Principal, input: BlockInput, key: Option<String>) -> Result<Started, ApiError> {
+    let reservation = state.limits.admit(principal, input.prompt().max_tokens.into()).await?;
+    Ok(state.manager.start(input, key, principal.id(), reservation).await?)
+}
+
+/// Opens `principal`'s stream after `after` and answers with SSE (or 204, or a
 /// `stream_not_found` event).
-async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Result<Response, ApiError> {
-    match state.manager.open(&stream_id, after).await {
+async fn attach(state: &AppState, principal: &Principal, stream_id: StreamId, after: Option<u64>) -> Result<Response, ApiError> {
+    match state.manager.open(&stream_id, after, principal.id()).await {
         Ok(opened) => Ok(sse::respond(state, stream_id, opened)),
         Err(ManagerError::NotFound(_)) => Ok(sse::not_found(state, stream_id, after)),
         Err(other) => Err(other.into()),
@@ -75,7 +88,9 @@ async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Re
     )
 )]
 pub async fn stream_block(
+    _: SameSiteStart,
     State(state): State<AppState>,
+    principal: Principal,
     Path(block_type): Path<String>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<Vec<(String, String)>>,
@@ -84,7 +99,7 @@ pub async fn stream_block(
     // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
     // resume of the same generation, never a new one.
     if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
-        return attach(&state, stream_id, Some(seq)).await;
+        return attach(&state, &principal, stream_id, Some(seq)).await;
     }
     let block_type = parse_block_type(&block_type)?;
     let mut fields = Map::new();
@@ -94,8 +109,8 @@ pub async fn stream_block(
         }
     }
     let input = BlockInput::parse(block_type, &fields)?;
-    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
-    attach(&state, started.stream_id().clone(), None).await
+    let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
+    attach(&state, &principal, started.stream_id().clone(), None).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -111,6 +126,11 @@ pub struct CreateStream {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StreamCreated {
     stream_id: String,
+    /// Reads this stream as `?read_token=` on its events URL, for clients that
+    /// cannot send headers; bound to the stream and its owner.
+    read_token: String,
+    /// When `read_token` stops working (RFC 3339; at most five minutes away).
+    read_token_expires_at: String,
 }
 
 #[utoipa::path(
@@ -124,7 +144,9 @@ pub struct StreamCreated {
     )
 )]
 pub async fn create_stream(
+    _: SameSiteStart,
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateStream>,
 ) -> Result<Response, ApiError> {
@@ -133,18 +155,24 @@ pub async fn create_stream(
         ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>()))
     })?;
     let input = BlockInput::parse(block_type, &request.input)?;
-    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
+    let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
     let status = match started {
         Started::New(_) => StatusCode::CREATED,
         Started::Existing(_) => StatusCode::OK,
     };
-    Ok((status, Json(StreamCreated { stream_id: started.stream_id().to_string() })).into_response())
+    let read = state.auth.read_tokens().issue(&principal, started.stream_id());
+    let expires_at = chrono::DateTime::<chrono::Utc>::from(read.expires_at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let created = StreamCreated { stream_id: started.stream_id().to_string(), read_token: read.token, read_token_expires_at: expires_at };
+    Ok((status, Json(created)).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     after: Option<u64>,
+    /// Read by the [`Reader`] extractor.
+    #[allow(dead_code)]
+    read_token: Option<String>,
 }
 
 #[utoipa::path(
@@ -162,12 +190,14 @@ pub struct EventsQuery {
 )]
 pub async fn stream_events(
     State(state): State<AppState>,
+    reader: Reader,
     Path(stream_id): Path<String>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventsQuery>,
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
     let stream_id = parse_stream_id(&stream_id)?;
+    let principal = reader.principal_for(&stream_id)?;
     let after = match sse::last_event_id(&headers)? {
         Some((id, _)) if id != stream_id => {
             return Err(ApiError::bad_request("Last-Event-ID", "Last-Event-ID names another stream than the path"));
@@ -175,7 +205,7 @@ pub async fn stream_events(
         Some((_, seq)) => Some(seq),
         None => query.after,
     };
-    attach(&state, stream_id, after).await
+    attach(&state, principal, stream_id, after).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -193,9 +223,13 @@ pub struct CancelState {
         (status = 404, body = super::error::Problem),
     )
 )]
-pub async fn cancel_stream(State(state): State<AppState>, Path(stream_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel_stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(stream_id): Path<String>,
+) -> Result<Response, ApiError> {
     let stream_id = parse_stream_id(&stream_id)?;
-    let outcome = state.manager.cancel(&stream_id).await?;
+    let outcome = state.manager.cancel(&stream_id, principal.id()).await?;
     let state = match outcome {
         CancelOutcome::Cancelled => "cancelled",
         CancelOutcome::Cancelling => "cancelling",

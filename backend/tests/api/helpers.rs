@@ -58,7 +58,8 @@ pub struct TestApp {
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Fast demo model, streaming on, no frontend; `vars` override any setting.
+/// Fast demo model, streaming on, no frontend, no per-principal limits (the
+/// tests of limits set their own); `vars` override any setting.
 pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
     let mut all = vec![
         ("AI_STREAMING_ENABLED", "true"),
@@ -66,6 +67,9 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         ("DEMO_FIRST_TOKEN_MS", "0"),
         ("STATIC_DIR", "no-frontend-in-tests"),
         ("PROVIDER_MAX_RETRIES", "0"),
+        ("LIMIT_CONCURRENT_STREAMS", "unlimited"),
+        ("LIMIT_STARTS_PER_MINUTE", "unlimited"),
+        ("LIMIT_STREAMS_PER_SOCKET", "unlimited"),
     ];
     all.extend_from_slice(vars);
     let map = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

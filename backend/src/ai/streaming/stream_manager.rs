@@ -7,6 +7,11 @@
 //! Every generation ends with exactly one terminal event in its log, whatever
 //! happens: completion, provider error, cancel, abandonment, shutdown
 //! (`generation_lost`, retryable) or a panic in the pipeline (`generation_lost`).
+//!
+//! A stream belongs to the principal that started it: to anyone else it does not
+//! exist (`NotFound`, exactly as for an unknown id, so ids cannot be probed), and
+//! idempotency keys are scoped per principal. A generation carries the limits
+//! [`Reservation`] it was admitted with and settles it when it ends.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -26,6 +31,7 @@ use super::events::{CancelReason, ErrorCode, EventBody, EventType, LoggedEvent, 
 use super::store::{EventStore, KeyClaim, StoreError};
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
+use crate::limits::Reservation;
 use crate::metrics::Metrics;
 
 /// Events read from the store per round trip.
@@ -186,13 +192,22 @@ impl StreamManager {
         });
     }
 
-    /// Starts a generation, or with a known idempotency key returns the one it
-    /// started (in any process sharing the store).
-    pub async fn start(&self, input: BlockInput, key: Option<String>) -> Result<Started, ManagerError> {
+    /// Starts a generation for `owner` (a principal id) under its admitted
+    /// `reservation`, or with a known idempotency key of the same owner returns the
+    /// one it started (in any process sharing the store; the reservation is then
+    /// given back).
+    pub async fn start(
+        &self,
+        input: BlockInput,
+        key: Option<String>,
+        owner: &str,
+        reservation: Reservation,
+    ) -> Result<Started, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
         let id = StreamId::generate();
+        let key = key.map(|key| scoped_key(owner, &key));
         if let Some(key) = &key {
             let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
             if let Some(held) = self.inner.store.claim_key(key, claim.clone(), self.inner.config.retention).await? {
@@ -202,7 +217,7 @@ impl StreamManager {
                 return Ok(Started::Existing(held.stream_id));
             }
         }
-        let started = self.launch(id.clone(), input).await;
+        let started = self.launch(id.clone(), input, owner, reservation).await;
         if let (Err(_), Some(key)) = (&started, &key) {
             // Nothing started under this key: a retry may start afresh.
             let _ = self.inner.store.release_key(key, &id).await;
@@ -210,21 +225,24 @@ impl StreamManager {
         started
     }
 
-    async fn launch(&self, id: StreamId, input: BlockInput) -> Result<Started, ManagerError> {
+    async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        self.inner.store.create(&id).await?;
+        self.inner.store.create(&id, owner).await?;
         let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, permit);
+        let run = run_generation(self.inner.clone(), id.clone(), input, generation, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
 
-    /// Opens a reader on a stream: the events after `after` (all when `None`), then
-    /// the live tail, ending after the terminal event.
-    pub async fn open(&self, id: &StreamId, after: Option<u64>) -> Result<Opened, ManagerError> {
+    /// Opens a reader on `owner`'s stream: the events after `after` (all when
+    /// `None`), then the live tail, ending after the terminal event.
+    pub async fn open(&self, id: &StreamId, after: Option<u64>, owner: &str) -> Result<Opened, ManagerError> {
         let status = self.inner.store.status(id).await?;
+        if status.owner != owner {
+            return Err(ManagerError::NotFound(id.clone()));
+        }
         if status.finished && after.is_some_and(|seq| seq + 1 >= status.len) {
             return Ok(Opened::UpToDate);
         }
@@ -265,9 +283,12 @@ impl StreamManager {
         ))
     }
 
-    /// Cancels a generation; waits briefly for its terminal event.
-    pub async fn cancel(&self, id: &StreamId) -> Result<CancelOutcome, ManagerError> {
+    /// Cancels `owner`'s generation; waits briefly for its terminal event.
+    pub async fn cancel(&self, id: &StreamId, owner: &str) -> Result<CancelOutcome, ManagerError> {
         let status = self.inner.store.status(id).await?;
+        if status.owner != owner {
+            return Err(ManagerError::NotFound(id.clone()));
+        }
         if status.finished {
             return Ok(CancelOutcome::AlreadyFinished);
         }
@@ -354,11 +375,27 @@ async fn end_if_abandoned_by_its_process(store: &dyn EventStore, id: &StreamId) 
     }
 }
 
+/// An idempotency key as the store keeps it: scoped to its principal (the length
+/// prefix keeps `owner` and `key` apart whatever they contain), hashed when long.
+fn scoped_key(owner: &str, key: &str) -> String {
+    use sha2::Digest;
+    let scoped = format!("{}:{owner}:{key}", owner.len());
+    if scoped.len() <= 200 {
+        scoped
+    } else {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(scoped.as_bytes())))
+    }
+}
+
 /// The event a reader gets when the log vanished under it (expired or evicted).
 fn lost_log(id: &StreamId, cursor: Option<u64>, error: &StoreError) -> LoggedEvent {
     let (code, message) = match error {
         StoreError::NotFound(_) => (ErrorCode::StreamNotFound, "the stream's log expired before it was read".to_owned()),
-        other => (ErrorCode::GenerationLost, format!("the stream's log cannot be read: {other}")),
+        other => {
+            // The store's own words (addresses, Redis errors) stay in the logs.
+            tracing::warn!(stream_id = %id, error = %other, "a reader lost the stream's log");
+            (ErrorCode::GenerationLost, "the stream's log cannot be read: the store is unavailable".to_owned())
+        }
     };
     LoggedEvent::new(id, cursor.map_or(0, |seq| seq + 1), EventBody::error(code, message, true))
 }
@@ -399,13 +436,20 @@ enum Ending {
     Failed(String),
 }
 
-async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, generation: Arc<Generation>, _permit: OwnedSemaphorePermit) {
+async fn run_generation(
+    inner: Arc<Inner>,
+    id: StreamId,
+    input: BlockInput,
+    generation: Arc<Generation>,
+    _permit: OwnedSemaphorePermit,
+    reservation: Reservation,
+) {
     let block = input.block_type();
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
     let mut writer = LogWriter { store: inner.store.clone(), id: id.clone(), next_seq: 0 };
-    let events = inner.engine.stream(input);
+    let events = reservation.meter(inner.engine.stream(input));
     let ending = {
         let drive = AssertUnwindSafe(drive(&inner, &mut writer, events, block, &provider, started)).catch_unwind();
         tokio::select! {
@@ -433,7 +477,10 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
         }
         Ending::Failed(message) => {
             tracing::error!(stream_id = %id, %message, "generation failed");
-            (Some(EventBody::error(ErrorCode::GenerationLost, message, true)), "generation_lost".into())
+            (
+                Some(EventBody::error(ErrorCode::GenerationLost, "the generation failed on the server; start again", true)),
+                "generation_lost".into(),
+            )
         }
     };
     if let Some(terminal) = terminal {
@@ -442,6 +489,7 @@ async fn run_generation(inner: Arc<Inner>, id: StreamId, input: BlockInput, gene
         }
         inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
     }
+    reservation.settle().await;
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");

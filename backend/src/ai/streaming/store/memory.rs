@@ -20,6 +20,7 @@ use super::{EventStore, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{LoggedEvent, StreamId};
 
 struct Log {
+    owner: String,
     events: Mutex<Vec<LoggedEvent>>,
     /// Length of `events`, for readers waiting on the live tail.
     len: watch::Sender<u64>,
@@ -84,8 +85,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
-        let log = Arc::new(Log { events: Mutex::default(), len: watch::channel(0).0 });
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<(), StoreError> {
+        let log = Arc::new(Log { owner: owner.to_owned(), events: Mutex::default(), len: watch::channel(0).0 });
         let mut index = self.index.lock().unwrap();
         self.evict(&mut index);
         index.logs.insert(id.clone(), log);
@@ -137,7 +138,7 @@ impl EventStore for MemoryStore {
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
         let log = self.log(id)?;
         let events = log.events.lock().unwrap();
-        Ok(LogStatus { len: events.len() as u64, finished: events.last().is_some_and(LoggedEvent::is_terminal) })
+        Ok(LogStatus { len: events.len() as u64, finished: events.last().is_some_and(LoggedEvent::is_terminal), owner: log.owner.clone() })
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
@@ -214,19 +215,19 @@ mod tests {
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
         let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
         let s = id(1);
-        store.create(&s).await.unwrap();
+        store.create(&s, "owner").await.unwrap();
         store.append(&s, chunk(&s, 0)).await.unwrap();
         assert!(matches!(store.append(&s, chunk(&s, 2)).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
         store.append(&s, end(&s, 1)).await.unwrap();
         assert!(matches!(store.append(&s, chunk(&s, 2)).await, Err(StoreError::Finished(_))));
-        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true });
+        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true, owner: "owner".into() });
     }
 
     #[tokio::test]
     async fn reads_start_after_the_given_seq() {
         let store = MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge());
         let s = id(1);
-        store.create(&s).await.unwrap();
+        store.create(&s, "owner").await.unwrap();
         for seq in 0..5 {
             store.append(&s, chunk(&s, seq)).await.unwrap();
         }
@@ -241,7 +242,7 @@ mod tests {
     async fn waiting_resolves_when_the_tail_grows() {
         let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 1 << 20, gauge()));
         let s = id(1);
-        store.create(&s).await.unwrap();
+        store.create(&s, "owner").await.unwrap();
         let waiter = tokio::spawn({
             let (store, s) = (store.clone(), s.clone());
             async move { store.wait_after(&s, None, Duration::from_secs(3600)).await }
@@ -274,7 +275,7 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(60), one_log * 3, gauge());
         for n in 0..10 {
             let s = id(n);
-            store.create(&s).await.unwrap();
+            store.create(&s, "owner").await.unwrap();
             store.append(&s, chunk(&s, 0)).await.unwrap();
             store.append(&s, end(&s, 1)).await.unwrap();
             assert!(store.finished_bytes() <= one_log * 3);
@@ -289,7 +290,7 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(300), usize::MAX, gauge());
         let (done, live) = (id(1), id(2));
         for s in [&done, &live] {
-            store.create(s).await.unwrap();
+            store.create(s, "owner").await.unwrap();
             store.append(s, chunk(s, 0)).await.unwrap();
         }
         store.append(&done, end(&done, 1)).await.unwrap();

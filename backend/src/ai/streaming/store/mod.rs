@@ -25,18 +25,20 @@ pub enum StoreError {
 }
 
 /// Where a log stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogStatus {
     /// Number of events; the next seq.
     pub len: u64,
     /// A terminal event has been appended.
     pub finished: bool,
+    /// The principal that started the stream; to anyone else it does not exist.
+    pub owner: String,
 }
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Creates an empty log.
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError>;
+    /// Creates an empty log belonging to `owner` (a principal id).
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<(), StoreError>;
 
     /// Appends an event; its seq must be the log's length. A terminal event
     /// finishes the log, which then stays readable for the retention period.

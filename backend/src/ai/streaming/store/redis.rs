@@ -3,7 +3,8 @@
 //! Per stream (keys share a hash tag, so a cluster keeps them on one slot):
 //! - `{prefix}:{<id>}:log`: a Redis Stream; entry id `<seq>-1`, fields `t` (type)
 //!   and `j` (the event JSON);
-//! - `{prefix}:{<id>}:meta`: a hash with `len` and `finished`;
+//! - `{prefix}:{<id>}:meta`: a hash with `len`, `finished` and `owner` (the
+//!   principal that started the stream);
 //! - `{prefix}:{<id>}:lease`: present while a process generates the stream; that
 //!   process renews it, so when the process dies the lease lapses and readers
 //!   elsewhere end the stream with `generation_lost` instead of hanging.
@@ -166,12 +167,12 @@ impl RedisStore {
 
 #[async_trait]
 impl EventStore for RedisStore {
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let meta = self.key(id, "meta");
         redis::pipe()
             .atomic()
-            .hset_multiple(&meta, &[("len", "0"), ("finished", "0")])
+            .hset_multiple(&meta, &[("len", "0"), ("finished", "0"), ("owner", owner)])
             .pexpire(&meta, LIVE_TTL.as_millis() as i64)
             .set_options(
                 self.key(id, "lease"),
@@ -234,7 +235,7 @@ impl EventStore for RedisStore {
         let mut tail = self.tails.lock().unwrap().entry(id.clone()).or_insert_with(|| watch::channel(0).0).subscribe();
         // Subscribed first, then checked: an append in between is not missed.
         let checked = self.status(id).await;
-        if !matches!(checked, Ok(status) if status.len >= wanted) {
+        if !matches!(&checked, Ok(status) if status.len >= wanted) {
             let _ = tokio::time::timeout(wait, tail.wait_for(|len| *len >= wanted)).await;
         }
         drop(tail);
@@ -247,10 +248,16 @@ impl EventStore for RedisStore {
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
         let mut conn = self.conn.clone();
-        let (len, finished): (Option<u64>, Option<String>) =
-            redis::cmd("HMGET").arg(self.key(id, "meta")).arg("len").arg("finished").query_async(&mut conn).await.map_err(unavailable)?;
+        let (len, finished, owner): (Option<u64>, Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.key(id, "meta"))
+            .arg("len")
+            .arg("finished")
+            .arg("owner")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let len = len.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-        Ok(LogStatus { len, finished: finished.as_deref() == Some("1") })
+        Ok(LogStatus { len, finished: finished.as_deref() == Some("1"), owner: owner.unwrap_or_default() })
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
@@ -333,12 +340,12 @@ mod tests {
         let store = store().await;
         let id = StreamId::generate();
         assert!(matches!(store.append(&id, chunk(&id, 0)).await, Err(StoreError::NotFound(_))));
-        store.create(&id).await.unwrap();
+        store.create(&id, "owner").await.unwrap();
         store.append(&id, chunk(&id, 0)).await.unwrap();
         assert!(matches!(store.append(&id, chunk(&id, 2)).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
         store.append(&id, LoggedEvent::new(&id, 1, EventBody::Cancelled { reason: CancelReason::Requested })).await.unwrap();
         assert!(matches!(store.append(&id, chunk(&id, 2)).await, Err(StoreError::Finished(_))));
-        assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
+        assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true, owner: "owner".into() });
         assert!(!store.is_generating(&id).await.unwrap(), "a finished stream has no lease");
     }
 
@@ -346,7 +353,7 @@ mod tests {
     async fn reads_start_after_the_given_seq_and_keep_the_json() {
         let store = store().await;
         let id = StreamId::generate();
-        store.create(&id).await.unwrap();
+        store.create(&id, "owner").await.unwrap();
         for seq in 0..5 {
             store.append(&id, chunk(&id, seq)).await.unwrap();
         }
@@ -366,7 +373,7 @@ mod tests {
         // Same prefix: two processes sharing one Redis.
         let writer = RedisStore::connect(&redis_url(), &reader.prefix, Duration::from_secs(60), CancellationToken::new()).await.unwrap();
         let id = StreamId::generate();
-        writer.create(&id).await.unwrap();
+        writer.create(&id, "owner").await.unwrap();
         let waiting = tokio::spawn({
             let (reader, id) = (reader.clone(), id.clone());
             async move {
@@ -401,7 +408,7 @@ mod tests {
         let a = store().await;
         let b = RedisStore::connect(&redis_url(), &a.prefix, Duration::from_secs(60), CancellationToken::new()).await.unwrap();
         let id = StreamId::generate();
-        a.create(&id).await.unwrap();
+        a.create(&id, "owner").await.unwrap();
         let mut requests = b.cancel_requests();
         a.request_cancel(&id).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), requests.next()).await.unwrap();
@@ -413,7 +420,7 @@ mod tests {
         let store = store().await;
         let (renewed, lapsed) = (StreamId::generate(), StreamId::generate());
         for id in [&renewed, &lapsed] {
-            store.create(id).await.unwrap();
+            store.create(id, "owner").await.unwrap();
         }
         for _ in 0..4 {
             tokio::time::sleep(LEASE_TTL / 3).await;
