@@ -4,9 +4,13 @@
 
 mod helpers;
 
+mod auth;
 mod contract;
 mod errors;
+mod hardening;
 mod lifecycle;
+mod limits;
+mod ownership;
 mod providers;
 mod scale_out;
 mod sse;
