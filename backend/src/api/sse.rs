@@ -25,9 +25,13 @@ use crate::ai::streaming::stream_manager::{EventReader, Opened};
 /// Events buffered per SSE response between the log and the socket.
 const PUMP_BUFFER: usize = 64;
 
-/// Parses `Last-Event-ID: <stream_id>:<seq>`.
+/// Parses `Last-Event-ID: <stream_id>:<seq>`; `seq` is decimal digits only (no
+/// sign), as the server writes it.
 pub fn parse_last_event_id(raw: &str) -> Option<(StreamId, u64)> {
     let (id, seq) = raw.trim().rsplit_once(':')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some((StreamId::parse(id)?, seq.parse().ok()?))
 }
 
@@ -118,8 +122,29 @@ mod tests {
     fn last_event_ids_parse_only_in_their_own_shape() {
         let (id, seq) = parse_last_event_id("abc123:17").unwrap();
         assert_eq!((id.as_str(), seq), ("abc123", 17));
-        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:x", "a b:1", "abc:1:2x"] {
+        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:+1", "abc:x", "a b:1", "abc:1:2x", "abc:99999999999999999999"] {
             assert!(parse_last_event_id(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        #[test]
+        fn any_header_value_parses_or_is_refused_without_panicking(raw in "\\PC{0,120}") {
+            if let Some((id, seq)) = parse_last_event_id(&raw) {
+                // Whatever is accepted is a stream id and a decimal seq, nothing else.
+                let (raw_id, raw_seq) = raw.trim().rsplit_once(':').unwrap();
+                proptest::prop_assert_eq!(id.as_str(), raw_id);
+                proptest::prop_assert!(raw_seq.bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert_eq!(raw_seq.parse::<u64>().ok(), Some(seq));
+            }
+        }
+
+        #[test]
+        fn every_id_the_server_sends_parses_back(id in "[A-Za-z0-9_-]{1,64}", seq in proptest::prelude::any::<u64>()) {
+            let parsed = parse_last_event_id(&format!("{id}:{seq}"));
+            proptest::prop_assert_eq!(parsed, Some((StreamId::parse(&id).unwrap(), seq)));
         }
     }
 }

@@ -43,11 +43,15 @@ fn require_streaming(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The `Idempotency-Key` header: 1 to 128 printable ASCII characters, not all spaces.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    match value.to_str() {
-        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.trim().to_owned())),
-        _ => Err(ApiError::bad_request("Idempotency-Key", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
+    let key = value.as_bytes();
+    let printable = key.iter().all(|b| (0x20..=0x7e).contains(b));
+    if printable && key.len() <= MAX_KEY_LEN && key.iter().any(|b| *b != b' ') {
+        Ok(Some(String::from_utf8_lossy(key).trim().to_owned()))
+    } else {
+        Err(ApiError::bad_request("Idempotency-Key", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters")))
     }
 }
 
@@ -108,7 +112,7 @@ pub async fn stream_block(
             return Err(ApiError::bad_request("query", format!("`{name}` is given more than once")));
         }
     }
-    let input = BlockInput::parse(block_type, &fields)?;
+    let input = BlockInput::parse_query(block_type, &fields)?;
     let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
     attach(&state, &principal, started.stream_id().clone(), None).await
 }
