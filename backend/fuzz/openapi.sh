@@ -7,7 +7,8 @@
 #
 # The server runs with AUTH_MODE=api_key (so credentials are exercised) and no
 # per-principal limits (a 429 would hide what the request itself deserves).
-# Usage: backend/fuzz/openapi.sh [EXAMPLES_PER_OPERATION]   (default 300)
+# Usage: backend/fuzz/openapi.sh [EXAMPLES_PER_OPERATION]   (default 300; or FUZZ_EXAMPLES)
+# FUZZ_PHASES and FUZZ_PATHS (a path regex) narrow a run while investigating.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 examples=${1:-${FUZZ_EXAMPLES:-300}}
@@ -37,7 +38,7 @@ status=0
   --workers 2 \
   --seed "${FUZZ_SEED:-20260101}" \
   --request-timeout 20 \
-  --no-color) || status=$?
+  --no-color --phases ${FUZZ_PHASES:-examples,coverage,fuzzing,stateful} --include-path-regex "${FUZZ_PATHS:-.}") || status=$?
 if ! kill -0 $server 2>/dev/null; then
   echo "live-ai died during the fuzz run:"; tail -50 "$work/server.log"; exit 1
 fi

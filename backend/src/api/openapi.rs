@@ -150,8 +150,15 @@ fn complete(path: &str, method: &str, operation: &mut Value) {
     for (status, description) in extra {
         responses.entry(status).or_insert_with(|| json!({"description": description}));
     }
+    if path.starts_with("/api/stream/ai-block/") {
+        // Answered by the HTTP layer itself, before any handler: no body.
+        responses.insert(
+            "414".into(),
+            json!({"description": "The URL is too long for the HTTP layer (about 64 KiB): send long input with POST /api/streams"}),
+        );
+    }
     for (status, response) in responses.iter_mut() {
-        if status.as_str() >= "400" {
+        if status.as_str() >= "400" && status != "414" {
             response["content"] = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
         }
         if status == "429" {

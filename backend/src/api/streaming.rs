@@ -100,11 +100,6 @@ pub async fn stream_block(
     QueryParams(query): QueryParams<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
-    // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
-    // resume of the same generation, never a new one.
-    if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
-        return attach(&state, &principal, stream_id, Some(seq)).await;
-    }
     let block_type = parse_block_type(&block_type)?;
     let mut fields = Map::new();
     for (name, value) in query {
@@ -112,8 +107,16 @@ pub async fn stream_block(
             return Err(ApiError::bad_request("query", format!("`{name}` is given more than once")));
         }
     }
+    // The URL is checked on a reconnect too: the same request is valid or not,
+    // whatever its headers say.
     let input = BlockInput::parse_query(block_type, &fields)?;
-    let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
+    let key = idempotency_key(&headers)?;
+    // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
+    // resume of the same generation, never a new one.
+    if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
+        return attach(&state, &principal, stream_id, Some(seq)).await;
+    }
+    let started = start(&state, &principal, input, key).await?;
     attach(&state, &principal, started.stream_id().clone(), None).await
 }
 
@@ -240,4 +243,38 @@ pub async fn cancel_stream(
         CancelOutcome::AlreadyFinished => "finished",
     };
     Ok((StatusCode::ACCEPTED, Json(CancelState { stream_id: stream_id.to_string(), state })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Query;
+    use axum::http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn after_of(query: &str) -> Option<Result<Option<u64>, ()>> {
+        let uri: Uri = format!("/api/streams/x/events?{query}").parse().ok()?;
+        Some(Query::<EventsQuery>::try_from_uri(&uri).map(|q| q.0.after).map_err(|_| ()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `?after=` is a seq or refused (400), never a panic.
+        #[test]
+        fn any_query_string_gives_a_seq_or_a_refusal(query in "[ -~]{0,60}") {
+            let _ = after_of(&query);
+        }
+
+        #[test]
+        fn every_seq_parses_back(seq in any::<u64>()) {
+            prop_assert_eq!(after_of(&format!("after={seq}")), Some(Ok(Some(seq))));
+        }
+
+        #[test]
+        fn negative_and_non_numeric_positions_are_refused(raw in "-[0-9]{1,5}|[a-z]{1,5}|[1-9][0-9]{20,24}") {
+            prop_assert_eq!(after_of(&format!("after={raw}")), Some(Err(())));
+        }
+    }
 }

@@ -474,3 +474,69 @@ fn with_ref(json: &str, reference: &str) -> String {
     value["ref"] = Value::String(reference.to_owned());
     value.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// JSON shaped like client messages, right and wrong: known and unknown types
+    /// and fields, values of every JSON type.
+    fn message() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,16}".prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let kind = prop::sample::select(vec!["auth", "start", "resume", "cancel", "dance", ""]);
+        let name = prop::sample::select(vec!["token", "block_type", "input", "ref", "stream_id", "after", "extra"]);
+        (kind, prop::collection::btree_map(name, value, 0..4)).prop_map(|(kind, fields)| {
+            let mut object: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("type".into(), json!(kind));
+            Value::Object(object)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_text_frame_decodes_or_is_refused_without_panicking(text in "\\PC{0,200}") {
+            let _ = decode(&text);
+        }
+
+        /// A message decodes exactly when it is one of the contract's client
+        /// messages, with only its own fields.
+        #[test]
+        fn messages_decode_exactly_when_they_have_a_client_message_shape(message in message()) {
+            let fields: Vec<&str> = message.as_object().unwrap().keys().map(String::as_str).filter(|k| *k != "type").collect();
+            let has = |allowed: &[&str], required: &[&str]| {
+                fields.iter().all(|f| allowed.contains(f)) && required.iter().all(|r| fields.contains(r))
+            };
+            let is = |key: &str, check: fn(&Value) -> bool| message.get(key).is_none_or(check);
+            let expected = match message["type"].as_str().unwrap() {
+                "auth" => has(&["token"], &["token"]) && is("token", Value::is_string),
+                "start" => has(&["block_type", "input", "ref"], &["block_type", "input"])
+                    && is("block_type", Value::is_string)
+                    && is("input", Value::is_object)
+                    && is("ref", |v| v.is_string() || v.is_null()),
+                "resume" => has(&["stream_id", "after"], &["stream_id"])
+                    && is("stream_id", Value::is_string)
+                    && is("after", |v| v.is_u64() || v.is_null()),
+                "cancel" => has(&["stream_id"], &["stream_id"]) && is("stream_id", Value::is_string),
+                _ => false,
+            };
+            prop_assert_eq!(decode(&message.to_string()).is_ok(), expected, "{}", message);
+        }
+    }
+}
