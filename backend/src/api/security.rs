@@ -4,8 +4,11 @@
 //! `CORS_ALLOWED_ORIGINS`: without it, browsers on other sites cannot read our
 //! answers (same-origin only).
 //!
-//! One deliberate allowance: `style-src 'unsafe-inline'`, because Mermaid writes
-//! its diagram styles into the SVG it renders. Scripts stay `'self'` only.
+//! Two deliberate allowances, for the demo page's own code, never other sites':
+//! `style-src 'unsafe-inline'`, because Mermaid writes its diagram styles into the
+//! SVG it renders; and `script-src 'unsafe-eval'`, because the client compiles the
+//! contract's JSON Schemas with Ajv at run time (`new Function`). Drop the latter
+//! once the client ships precompiled validators.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; \
 img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
 form-action 'self'; frame-ancestors 'self'";
 
