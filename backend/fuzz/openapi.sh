@@ -32,7 +32,9 @@ server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 status=0
-(cd backend/fuzz && "../../$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
+# Run from the git-ignored cache folder: schemathesis keeps its own state (.schemathesis/) there.
+mkdir -p .cache/fuzz
+(cd .cache/fuzz && "../schemathesis/bin/schemathesis" --config-file ../../backend/fuzz/schemathesis.toml run "http://127.0.0.1:$port/api/openapi.json" \
   --header "Authorization: Bearer $key" \
   --max-examples "$examples" \
   --workers 2 \

@@ -64,7 +64,7 @@ pub fn respond(state: &AppState, stream_id: StreamId, opened: Opened) -> Respons
 /// An SSE response holding one `stream_not_found` error event.
 pub fn not_found(state: &AppState, stream_id: StreamId, after: Option<u64>) -> Response {
     let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {stream_id}; it may have expired: start again"), true);
-    let event = LoggedEvent::new(&stream_id, after.map_or(0, |seq| seq + 1), body);
+    let event = LoggedEvent::new(&stream_id, after.map_or(0, |seq| seq.saturating_add(1)), body);
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(event);
     events_response(state, stream_id, rx)

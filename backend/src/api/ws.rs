@@ -421,7 +421,7 @@ impl Session {
             Ok(Opened::UpToDate) => return,
             Err(ManagerError::NotFound(_)) => {
                 let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired: start again"), true);
-                let event = LoggedEvent::new(&id, after.map_or(0, |seq| seq + 1), body);
+                let event = LoggedEvent::new(&id, after.map_or(0, |seq| seq.saturating_add(1)), body);
                 let _ = self.outbox.send(Message::Text(event.json.to_string().into())).await;
                 return;
             }

@@ -134,3 +134,22 @@ async fn malformed_websocket_messages_get_error_frames_and_other_streams_live_on
 }
 
 use futures::SinkExt;
+
+#[tokio::test]
+async fn the_largest_resume_positions_are_answered_not_crashed_on() {
+    // Found by the OpenAPI fuzz: `after=u64::MAX` overflowed `seq + 1`.
+    let app = spawn_app(&[]).await;
+    let max = u64::MAX;
+    let unknown = app.sse(&format!("/api/streams/nosuchstream/events?after={max}"), &[]).await.until_terminal().await;
+    assert_eq!(unknown[0].data["code"], "stream_not_found");
+    let id = app.create_stream("explain-eli10", json!({"topic": "tides"})).await;
+    app.events_of(&id).await.until_terminal().await;
+    let done = app.sse(&format!("/api/streams/{id}/events?after={max}"), &[]).await;
+    assert_eq!(done.status, 204, "a client past the end of a finished stream holds its terminal event");
+    let resumed = app.sse(&format!("/api/streams/{id}/events"), &[("last-event-id", &format!("{id}:{max}"))]).await;
+    assert_eq!(resumed.status, 204);
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "resume", "stream_id": "nosuchstream", "after": max})).await;
+    assert_eq!(ws.next().await["code"], "stream_not_found");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}

@@ -243,7 +243,7 @@ impl StreamManager {
         if status.owner != owner {
             return Err(ManagerError::NotFound(id.clone()));
         }
-        if status.finished && after.is_some_and(|seq| seq + 1 >= status.len) {
+        if status.finished && after.is_some_and(|seq| seq.saturating_add(1) >= status.len) {
             return Ok(Opened::UpToDate);
         }
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
@@ -397,7 +397,7 @@ fn lost_log(id: &StreamId, cursor: Option<u64>, error: &StoreError) -> LoggedEve
             (ErrorCode::GenerationLost, "the stream's log cannot be read: the store is unavailable".to_owned())
         }
     };
-    LoggedEvent::new(id, cursor.map_or(0, |seq| seq + 1), EventBody::error(code, message, true))
+    LoggedEvent::new(id, cursor.map_or(0, |seq| seq.saturating_add(1)), EventBody::error(code, message, true))
 }
 
 /// Appends events to one log with contiguous seq.

@@ -122,14 +122,14 @@ impl EventStore for MemoryStore {
     async fn read_after(&self, id: &StreamId, after: Option<u64>, limit: usize) -> Result<Vec<LoggedEvent>, StoreError> {
         let log = self.log(id)?;
         let events = log.events.lock().unwrap();
-        let from = after.map_or(0, |seq| seq as usize + 1).min(events.len());
+        let from = after.map_or(0, |seq| usize::try_from(seq).unwrap_or(usize::MAX).saturating_add(1)).min(events.len());
         let to = from.saturating_add(limit).min(events.len());
         Ok(events[from..to].to_vec())
     }
 
     async fn wait_after(&self, id: &StreamId, after: Option<u64>, wait: Duration) -> Result<(), StoreError> {
         let mut len = self.log(id)?.len.subscribe();
-        let wanted = after.map_or(1, |seq| seq + 2);
+        let wanted = after.map_or(1, |seq| seq.saturating_add(2));
         // Timing out is an answer too: the caller re-checks and waits again.
         let _ = tokio::time::timeout(wait, len.wait_for(|len| *len >= wanted)).await;
         Ok(())

@@ -231,7 +231,7 @@ impl EventStore for RedisStore {
     }
 
     async fn wait_after(&self, id: &StreamId, after: Option<u64>, wait: Duration) -> Result<(), StoreError> {
-        let wanted = after.map_or(1, |seq| seq + 2);
+        let wanted = after.map_or(1, |seq| seq.saturating_add(2));
         let mut tail = self.tails.lock().unwrap().entry(id.clone()).or_insert_with(|| watch::channel(0).0).subscribe();
         // Subscribed first, then checked: an append in between is not missed.
         let checked = self.status(id).await;
