@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser redis backend-test frontend-test e2e-test bench-load
+.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 demo: frontend-deps
@@ -17,10 +17,10 @@ demo: frontend-deps
 	AI_STREAMING_ENABLED=true STATIC_DIR=$(FRONTEND)/dist HOST=$${HOST:-127.0.0.1} PORT=$${PORT:-8000} \
 		$(BACKEND)/target/release/live-ai
 
-## test: every test — Rust (unit + integration), TypeScript (Vitest), browser (Chromium)
-test: deps backend-test frontend-test e2e-test
+## test: every test — Rust (unit + integration + property tests), OpenAPI fuzz, TypeScript (Vitest), browser (Chromium)
+test: deps backend-test openapi-fuzz frontend-test e2e-test
 
-deps: frontend-deps browser redis
+deps: frontend-deps browser redis python
 
 # npm ci installs the workspace (the demo app and the @live-ai packages); the packages are
 # then built (contract validators and types generated from the YAML, dist/ with .d.ts files),
@@ -51,8 +51,21 @@ redis:
 		for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done; \
 	fi
 
+# The OpenAPI fuzz installs schemathesis from PyPI into a venv: Python's venv
+# module comes separately on Debian.
+python:
+	@if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+		echo "installing Debian's python3-venv for the OpenAPI fuzz"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv curl >/dev/null; \
+	fi
+
 backend-test:
 	cd $(BACKEND) && $(CARGO) test --all-targets
+
+## openapi-fuzz: schemathesis against a running live-ai, a few hundred cases per operation (FUZZ_EXAMPLES)
+openapi-fuzz: python
+	bash $(BACKEND)/fuzz/openapi.sh
 
 frontend-test:
 	cd $(FRONTEND) && $(NPM) test

@@ -13,6 +13,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 STREAM_STORE=${STREAM_STORE:-memory} REDIS_KEY_PREFIX=live-ai-bench \
 AI_STREAMING_ENABLED=true HOST=127.0.0.1 PORT=$port DEMO_TOKENS_PER_SECOND=$tps DEMO_FIRST_TOKEN_MS=200 \
   MAX_CONCURRENT_STREAMS=$((streams * 2)) STREAM_RESUME_GRACE_SECONDS=30 RUST_LOG=warn \
+  LIMIT_CONCURRENT_STREAMS=unlimited LIMIT_STARTS_PER_MINUTE=unlimited LIMIT_STREAMS_PER_SOCKET=unlimited \
   backend/target/release/live-ai &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT

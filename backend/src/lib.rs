@@ -3,8 +3,12 @@
 
 pub mod ai;
 pub mod api;
+pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod metrics;
+pub mod redis_connection;
+pub mod server;
 pub mod telemetry;
 
 use std::future::Future;
@@ -20,7 +24,11 @@ use crate::ai::streaming::store::redis::RedisStore;
 use crate::ai::streaming::store::{EventStore, StoreError};
 use crate::ai::streaming::stream_manager::{ManagerConfig, StreamManager};
 use crate::api::AppState;
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::settings::{Settings, StoreKind};
+use crate::limits::memory::MemoryLimitStore;
+use crate::limits::redis::RedisLimitStore;
+use crate::limits::{LimitError, LimitStore, Limits, SLOT_TTL};
 use crate::metrics::Metrics;
 
 /// Why the application could not be built from its settings.
@@ -30,11 +38,23 @@ pub enum SetupError {
     Provider(#[from] providers::ProviderSetupError),
     #[error("cannot use the Redis store at REDIS_URL: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Auth(#[from] AuthSetupError),
+    #[error("cannot keep limits in the Redis at REDIS_URL: {0}")]
+    Limits(#[from] LimitError),
 }
 
 /// Builds the application state from settings; `shutdown` ends every stream.
 pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Result<AppState, SetupError> {
     let metrics = Metrics::new();
+    let auth = Arc::new(Authenticator::from_settings(&settings)?);
+    let limit_store: Arc<dyn LimitStore> = match settings.store {
+        StoreKind::Memory => Arc::new(MemoryLimitStore::new(settings.limits.clone())),
+        StoreKind::Redis => {
+            Arc::new(RedisLimitStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.limits.clone(), SLOT_TTL).await?)
+        }
+    };
+    let limits = Limits::new(limit_store, settings.limits.clone(), shutdown.clone());
     let provider = providers::instrumented(providers::from_settings(&settings)?, metrics.provider_streams_open.clone());
     let engine = Engine::new(
         provider,
@@ -71,7 +91,7 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
         metrics.clone(),
         shutdown.clone(),
     );
-    Ok(AppState { settings: Arc::new(settings), manager, metrics, shutdown })
+    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, shutdown })
 }
 
 /// Serves `state` on an already-bound listener until `signal` resolves; then every
@@ -81,6 +101,7 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     let app = api::router(state.clone());
     let shutdown = state.shutdown.clone();
     let timeout = state.settings.shutdown_timeout;
+    let header_timeout = state.settings.http_header_timeout;
     let manager = state.manager.clone();
     let drained = CancellationToken::new();
     let serve_until = drained.clone();
@@ -93,14 +114,8 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
         manager.drain(timeout).await;
         serve_until.cancel();
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drained.clone().cancelled_owned());
     // Connections that do not close by themselves (an idle WebSocket, a client that
-    // stopped reading) must not hold the process: give them the timeout, no more.
-    tokio::select! {
-        served = server => served,
-        _ = async { drained.cancelled().await; tokio::time::sleep(timeout).await } => {
-            tracing::warn!("connections still open after the shutdown timeout; closing them");
-            Ok(())
-        }
-    }
+    // stopped reading) must not hold the process: they get the timeout, no more.
+    server::serve(listener, app, header_timeout, drained, timeout).await;
+    Ok(())
 }

@@ -8,9 +8,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, JsonBody};
+use super::origin::SameSiteStart;
 use super::AppState;
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::{FinishReason, Usage};
+use crate::auth::Principal;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/ai-block/{block_type}", post(whole_response))
@@ -50,13 +52,19 @@ pub struct BlockResponse {
     )
 )]
 pub async fn whole_response(
+    _: SameSiteStart,
     State(state): State<AppState>,
+    principal: Principal,
     Path(block_type): Path<String>,
     JsonBody(fields): JsonBody<Map<String, Value>>,
 ) -> Result<Json<BlockResponse>, ApiError> {
     let block_type = parse_block_type(&block_type)?;
     let input = BlockInput::parse(block_type, &fields)?;
-    let whole = state.manager.respond(input).await?.map_err(ApiError::Generation)?;
+    let reservation = state.limits.admit(&principal, input.prompt().max_tokens.into()).await?;
+    let response = state.manager.respond(input).await?;
+    // A failed generation's usage is unknown here: it counts as nothing.
+    reservation.settle_to(response.as_ref().map_or(0, |whole| whole.usage.completion_tokens)).await;
+    let whole = response.map_err(ApiError::Generation)?;
     Ok(Json(BlockResponse {
         block_type,
         provider: whole.provider,

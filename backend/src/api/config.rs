@@ -26,6 +26,8 @@ pub struct AiConfig {
     resume_grace_seconds: f64,
     keepalive_seconds: f64,
     blocks: Vec<BlockType>,
+    /// `none`, `jwt` or `api_key`: whether requests must carry `Authorization: Bearer`.
+    auth_mode: &'static str,
 }
 
 #[utoipa::path(get, path = "/api/ai/config", responses((status = 200, body = AiConfig)))]
@@ -40,5 +42,6 @@ pub async fn ai_config(State(state): State<AppState>) -> Json<AiConfig> {
         resume_grace_seconds: state.settings.resume_grace.as_secs_f64(),
         keepalive_seconds: state.settings.sse_keepalive.as_secs_f64(),
         blocks: BlockType::ALL.to_vec(),
+        auth_mode: state.auth.mode().as_str(),
     })
 }

@@ -3,6 +3,7 @@
 //! Internals never reach the body.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,8 @@ use crate::ai::blocks::InputError;
 use crate::ai::runtime::engine::GenerationFailed;
 use crate::ai::streaming::events::{ErrorCode, StreamId};
 use crate::ai::streaming::stream_manager::ManagerError;
+use crate::auth::AuthError;
+use crate::limits::{LimitError, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +36,12 @@ pub enum ApiError {
     Generation(GenerationFailed),
     #[error("no route for this path")]
     NoRoute,
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("requests that start a generation must come from this site or an origin in CORS_ALLOWED_ORIGINS")]
+    ForbiddenOrigin,
+    #[error(transparent)]
+    Limited(LimitError),
 }
 
 /// The problem body.
@@ -51,6 +60,9 @@ pub struct Problem {
     pub field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// How long to wait before trying again, when the server knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -66,6 +78,10 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Rejected { status, .. } => *status,
             Self::StreamingDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Self::Limited(LimitError::Refused(_)) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Limited(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Manager(e) => match e {
                 ManagerError::AtCapacity | ManagerError::ShuttingDown | ManagerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ManagerError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
@@ -90,6 +106,10 @@ impl ApiError {
             Self::StreamNotFound(_) => "stream_not_found",
             Self::StreamingDisabled => "streaming_disabled",
             Self::NoRoute => "not_found",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::Limited(LimitError::Refused(refusal)) => refusal.code(),
+            Self::Limited(LimitError::Unavailable(_)) => "store_unavailable",
             Self::Manager(e) => match e {
                 ManagerError::AtCapacity => "at_capacity",
                 ManagerError::ShuttingDown => "shutting_down",
@@ -115,16 +135,48 @@ impl ApiError {
         match self {
             Self::Generation(failed) => Some(failed.retryable),
             Self::Manager(ManagerError::AtCapacity | ManagerError::ShuttingDown | ManagerError::Store(_)) => Some(true),
+            Self::Limited(_) => Some(true),
             _ => None,
         }
     }
 
-    fn retry_after_secs(&self) -> Option<u64> {
+    fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Self::Manager(ManagerError::AtCapacity) => Some(1),
-            Self::Generation(GenerationFailed { retry_after_ms: Some(ms), .. }) => Some(ms.div_ceil(1000)),
+            Self::Manager(ManagerError::AtCapacity) => Some(1000),
+            Self::Generation(GenerationFailed { retry_after_ms: Some(ms), .. }) => Some(*ms),
+            Self::Limited(LimitError::Refused(refusal)) => Some(refusal.retry_after_ms()),
             _ => None,
         }
+    }
+
+    /// What the client reads: the message, except for infrastructure failures,
+    /// whose text (Redis, I/O) stays in the logs.
+    fn detail(&self) -> String {
+        match self {
+            Self::Manager(ManagerError::Store(_)) | Self::Limited(LimitError::Unavailable(_)) => {
+                "the server's store is unavailable; try again shortly".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Limited(LimitError::Refused(refusal)) => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(error: LimitError) -> Self {
+        Self::Limited(error)
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        Self::Rejected { status: rejection.status(), message: rejection.body_text() }
     }
 }
 
@@ -155,20 +207,36 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, %status, "request failed");
         }
+        let retry_after_ms = self.retry_after_ms();
         let problem = Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail: self.detail(),
             code: self.code(),
             field: self.field(),
             retryable: self.retryable(),
+            retry_after_ms: retry_after_ms.filter(|_| self.refusal().is_some()),
         };
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(secs) = self.retry_after_secs() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(ms) = retry_after_ms {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+        }
+        if let Some(refusal) = self.refusal() {
+            // draft-ietf-httpapi-ratelimit-headers: the limit that refused, what is
+            // left of it, and seconds until it allows again.
+            headers.insert("ratelimit-limit", HeaderValue::from(refusal.limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(refusal.remaining));
+            headers.insert("ratelimit-reset", HeaderValue::from(refusal.retry_after_ms().div_ceil(1000)));
+        }
+        if let Self::Unauthorized(error) = &self {
+            let challenge = match error {
+                AuthError::Missing => "Bearer",
+                AuthError::Invalid(_) => "Bearer error=\"invalid_token\"",
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

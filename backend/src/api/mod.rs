@@ -5,9 +5,12 @@ pub mod config;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod origin;
+pub mod security;
 pub mod sse;
 pub mod sse_wire;
 pub mod streaming;
+pub mod usage;
 pub mod ws;
 
 use std::sync::Arc;
@@ -20,16 +23,21 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 use crate::ai::streaming::stream_manager::StreamManager;
+use crate::auth::Authenticator;
 use crate::config::settings::Settings;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 
-/// Largest request body accepted (a block input with its longest context).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body accepted: the longest valid block input (20,000
+/// characters), even with every character JSON-escaped as a surrogate pair.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub manager: StreamManager,
+    pub auth: Arc<Authenticator>,
+    pub limits: Limits,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
 }
@@ -42,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::router())
         .merge(blocks::router())
         .merge(config::router())
+        .merge(usage::router())
         .merge(ops::router())
         .merge(openapi::router())
         .route("/api/{*rest}", any(|| async { error::ApiError::NoRoute }));
@@ -54,5 +63,15 @@ pub fn router(state: AppState) -> Router {
             axum::response::Html("<h1>Live AI Blocks</h1><p>The demo page is not built. Run <code>make demo</code>, or see <a href=\"/api/openapi.json\">the API</a>.</p>")
         })
     };
-    routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(TraceLayer::new_for_http()).with_state(state)
+    let cors = security::cors(&state.settings.cors_allowed_origins);
+    let routes = security::harden(routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)));
+    // Spans name the path only: a query may carry a read token, which no log shows.
+    let trace = TraceLayer::new_for_http().make_span_with(
+        |request: &axum::http::Request<_>| tracing::info_span!("request", method = %request.method(), path = %request.uri().path()),
+    );
+    let routes = routes.layer(trace);
+    match cors {
+        Some(cors) => routes.layer(cors).with_state(state),
+        None => routes.with_state(state),
+    }
 }

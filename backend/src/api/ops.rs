@@ -43,7 +43,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.settings.store.as_str();
     let status = if state.shutdown.is_cancelled() {
         "shutting_down"
-    } else if state.manager.ready().await.is_err() {
+    } else if state.manager.ready().await.is_err() || state.limits.ready().await.is_err() {
         "store_unavailable"
     } else {
         "ready"

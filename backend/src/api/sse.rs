@@ -28,9 +28,13 @@ use crate::ai::streaming::stream_manager::{EventReader, Opened};
 /// every event that was ready at once).
 const PUMP_BUFFER: usize = 16;
 
-/// Parses `Last-Event-ID: <stream_id>:<seq>`.
+/// Parses `Last-Event-ID: <stream_id>:<seq>`; `seq` is decimal digits only (no
+/// sign), as the server writes it.
 pub fn parse_last_event_id(raw: &str) -> Option<(StreamId, u64)> {
     let (id, seq) = raw.trim().rsplit_once(':')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some((StreamId::parse(id)?, seq.parse().ok()?))
 }
 
@@ -122,8 +126,29 @@ mod tests {
         let (id, seq) = parse_last_event_id("abc123:17").unwrap();
         assert_eq!((id.as_str(), seq), ("abc123", 17));
         assert_eq!(parse_last_event_id("abc:18446744073709551615").unwrap().1, u64::MAX);
-        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:x", "a b:1", "abc:1:2x", "abc:18446744073709551616"] {
+        for bad in ["", "abc", "abc:", ":3", "abc:-1", "abc:+1", "abc:x", "a b:1", "abc:1:2x", "abc:18446744073709551616"] {
             assert!(parse_last_event_id(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        #[test]
+        fn any_header_value_parses_or_is_refused_without_panicking(raw in "\\PC{0,120}") {
+            if let Some((id, seq)) = parse_last_event_id(&raw) {
+                // Whatever is accepted is a stream id and a decimal seq, nothing else.
+                let (raw_id, raw_seq) = raw.trim().rsplit_once(':').unwrap();
+                proptest::prop_assert_eq!(id.as_str(), raw_id);
+                proptest::prop_assert!(raw_seq.bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert_eq!(raw_seq.parse::<u64>().ok(), Some(seq));
+            }
+        }
+
+        #[test]
+        fn every_id_the_server_sends_parses_back(id in "[A-Za-z0-9_-]{1,64}", seq in proptest::prelude::any::<u64>()) {
+            let parsed = parse_last_event_id(&format!("{id}:{seq}"));
+            proptest::prop_assert_eq!(parsed, Some((StreamId::parse(&id).unwrap(), seq)));
         }
     }
 }

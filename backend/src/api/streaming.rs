@@ -1,6 +1,10 @@
 //! Streaming over SSE: the spec's one-shot `GET /api/stream/ai-block/{block_type}`
 //! (native `EventSource` works, including its reconnect with `Last-Event-ID`), and
 //! the create / stream / cancel resource `/api/streams` for fetch clients.
+//!
+//! Every request acts for a [`Principal`]; starts are admitted by the limits and
+//! refused when cross-site ([`SameSiteStart`]); a stream read, resumed or
+//! cancelled by anyone but its owner answers exactly as an unknown one.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,10 +16,13 @@ use serde_json::{Map, Value};
 
 use super::blocks::parse_block_type;
 use super::error::{ApiError, JsonBody, QueryParams};
+use super::origin::SameSiteStart;
 use super::{sse, AppState};
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::StreamId;
 use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, Started};
+use crate::auth::principal::Reader;
+use crate::auth::Principal;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -36,16 +43,26 @@ fn require_streaming(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The `Idempotency-Key` header: 1 to 128 printable ASCII characters, not all spaces.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    match value.to_str() {
-        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.trim().to_owned())),
-        _ => Err(ApiError::bad_request("Idempotency-Key", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
+    let key = value.as_bytes();
+    let printable = key.iter().all(|b| (0x20..=0x7e).contains(b));
+    if printable && key.len() <= MAX_KEY_LEN && key.iter().any(|b| *b != b' ') {
+        Ok(Some(String::from_utf8_lossy(key).trim().to_owned()))
+    } else {
+        Err(ApiError::bad_request("Idempotency-Key", format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters")))
     }
 }
 
 fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
+}
+
+/// Admits a start for `principal` and starts it.
+pub async fn start(state: &AppState, principal: &Principal, input: BlockInput, key: Option<String>) -> Result<Started, ApiError> {
+    let reservation = state.limits.admit(principal, input.prompt().max_tokens.into()).await?;
+    Ok(state.manager.start(input, key, principal.id(), reservation).await?)
 }
 
 /// Where a reader's resume point came from, to name it in an error.
@@ -56,10 +73,16 @@ enum ResumeFrom {
     After,
 }
 
-/// Opens `stream_id` after `after` and answers with SSE (or 204, or a
+/// Opens `principal`'s stream after `after` and answers with SSE (or 204, or a
 /// `stream_not_found` event).
-async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>, from: ResumeFrom) -> Result<Response, ApiError> {
-    match state.manager.open(&stream_id, after).await {
+async fn attach(
+    state: &AppState,
+    principal: &Principal,
+    stream_id: StreamId,
+    after: Option<u64>,
+    from: ResumeFrom,
+) -> Result<Response, ApiError> {
+    match state.manager.open(&stream_id, after, principal.id()).await {
         Ok(opened) => Ok(sse::respond(state, stream_id, opened)),
         Err(ManagerError::NotFound { next_seq, .. }) => Ok(sse::not_found(state, stream_id, next_seq)),
         Err(error @ ManagerError::AfterBeyondLog { .. }) => {
@@ -87,17 +110,14 @@ async fn attach(state: &AppState, stream_id: StreamId, after: Option<u64>, from:
     )
 )]
 pub async fn stream_block(
+    _: SameSiteStart,
     State(state): State<AppState>,
+    principal: Principal,
     Path(block_type): Path<String>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
-    // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
-    // resume of the same generation, never a new one.
-    if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
-        return attach(&state, stream_id, Some(seq), ResumeFrom::LastEventId).await;
-    }
     let block_type = parse_block_type(&block_type)?;
     let mut fields = Map::new();
     for (name, value) in query {
@@ -105,9 +125,17 @@ pub async fn stream_block(
             return Err(ApiError::bad_request("query", format!("`{name}` is given more than once")));
         }
     }
-    let input = BlockInput::parse(block_type, &fields)?;
-    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
-    attach(&state, started.stream_id().clone(), None, ResumeFrom::Start).await
+    // The URL is checked on a reconnect too: the same request is valid or not,
+    // whatever its headers say.
+    let input = BlockInput::parse_query(block_type, &fields)?;
+    let key = idempotency_key(&headers)?;
+    // A native EventSource reconnects to the same URL with Last-Event-ID: that is a
+    // resume of the same generation, never a new one.
+    if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
+        return attach(&state, &principal, stream_id, Some(seq), ResumeFrom::LastEventId).await;
+    }
+    let started = start(&state, &principal, input, key).await?;
+    attach(&state, &principal, started.stream_id().clone(), None, ResumeFrom::Start).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -123,6 +151,11 @@ pub struct CreateStream {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StreamCreated {
     stream_id: String,
+    /// Reads this stream as `?read_token=` on its events URL, for clients that
+    /// cannot send headers; bound to the stream and its owner.
+    read_token: String,
+    /// When `read_token` stops working (RFC 3339; at most five minutes away).
+    read_token_expires_at: String,
 }
 
 #[utoipa::path(
@@ -136,7 +169,9 @@ pub struct StreamCreated {
     )
 )]
 pub async fn create_stream(
+    _: SameSiteStart,
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateStream>,
 ) -> Result<Response, ApiError> {
@@ -145,18 +180,24 @@ pub async fn create_stream(
         ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>()))
     })?;
     let input = BlockInput::parse(block_type, &request.input)?;
-    let started = state.manager.start(input, idempotency_key(&headers)?).await?;
+    let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
     let status = match started {
         Started::New(_) => StatusCode::CREATED,
         Started::Existing(_) => StatusCode::OK,
     };
-    Ok((status, Json(StreamCreated { stream_id: started.stream_id().to_string() })).into_response())
+    let read = state.auth.read_tokens().issue(&principal, started.stream_id());
+    let expires_at = chrono::DateTime::<chrono::Utc>::from(read.expires_at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let created = StreamCreated { stream_id: started.stream_id().to_string(), read_token: read.token, read_token_expires_at: expires_at };
+    Ok((status, Json(created)).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     after: Option<u64>,
+    /// Read by the [`Reader`] extractor.
+    #[allow(dead_code)]
+    read_token: Option<String>,
 }
 
 #[utoipa::path(
@@ -174,12 +215,14 @@ pub struct EventsQuery {
 )]
 pub async fn stream_events(
     State(state): State<AppState>,
+    reader: Reader,
     Path(stream_id): Path<String>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventsQuery>,
 ) -> Result<Response, ApiError> {
     require_streaming(&state)?;
     let stream_id = parse_stream_id(&stream_id)?;
+    let principal = reader.principal_for(&stream_id)?;
     let (after, from) = match sse::last_event_id(&headers)? {
         Some((id, _)) if id != stream_id => {
             return Err(ApiError::bad_request("Last-Event-ID", "Last-Event-ID names another stream than the path"));
@@ -187,7 +230,7 @@ pub async fn stream_events(
         Some((_, seq)) => (Some(seq), ResumeFrom::LastEventId),
         None => (query.after, ResumeFrom::After),
     };
-    attach(&state, stream_id, after, from).await
+    attach(&state, principal, stream_id, after, from).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -205,13 +248,51 @@ pub struct CancelState {
         (status = 404, body = super::error::Problem),
     )
 )]
-pub async fn cancel_stream(State(state): State<AppState>, Path(stream_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel_stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(stream_id): Path<String>,
+) -> Result<Response, ApiError> {
     let stream_id = parse_stream_id(&stream_id)?;
-    let outcome = state.manager.cancel(&stream_id).await?;
+    let outcome = state.manager.cancel(&stream_id, principal.id()).await?;
     let state = match outcome {
         CancelOutcome::Cancelled => "cancelled",
         CancelOutcome::Cancelling => "cancelling",
         CancelOutcome::AlreadyFinished => "finished",
     };
     Ok((StatusCode::ACCEPTED, Json(CancelState { stream_id: stream_id.to_string(), state })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Query;
+    use axum::http::Uri;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn after_of(query: &str) -> Option<Result<Option<u64>, ()>> {
+        let uri: Uri = format!("/api/streams/x/events?{query}").parse().ok()?;
+        Some(Query::<EventsQuery>::try_from_uri(&uri).map(|q| q.0.after).map_err(|_| ()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `?after=` is a seq or refused (400), never a panic.
+        #[test]
+        fn any_query_string_gives_a_seq_or_a_refusal(query in "[ -~]{0,60}") {
+            let _ = after_of(&query);
+        }
+
+        #[test]
+        fn every_seq_parses_back(seq in any::<u64>()) {
+            prop_assert_eq!(after_of(&format!("after={seq}")), Some(Ok(Some(seq))));
+        }
+
+        #[test]
+        fn negative_and_non_numeric_positions_are_refused(raw in "-[0-9]{1,5}|[a-z]{1,5}|[1-9][0-9]{20,24}") {
+            prop_assert_eq!(after_of(&format!("after={raw}")), Some(Err(())));
+        }
+    }
 }

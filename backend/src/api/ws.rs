@@ -7,10 +7,23 @@
 //! stops reading is disconnected after the timeout; its streams keep running for
 //! the resume grace period like any other disconnect. An idle socket gets a
 //! `keep_alive` message every `SSE_KEEPALIVE_SECONDS`.
+//!
+//! Trust: the upgrade is refused cross-site (`Origin`), and a socket acts for one
+//! principal — from the upgrade's `Authorization` header, or (browsers cannot set
+//! headers on a WebSocket) from a first message `{"type":"auth","token":…}` sent
+//! within [`AUTH_WAIT`]; a bad or missing one gets a `protocol_error`
+//! `unauthorized` and close code 1008. Successful auth is not answered. Starts
+//! are admitted by the principal's limits, and one socket reads at most
+//! `LIMIT_STREAMS_PER_SOCKET` live streams. Frames over
+//! [`MAX_CLIENT_MESSAGE_BYTES`] are refused by the WebSocket layer before they
+//! are buffered (close code 1009); the socket's generations live on and resume
+//! on a new socket. A socket with no live stream and no client message for
+//! `WS_IDLE_TIMEOUT_SECONDS` is closed (1000).
 
 use std::collections::HashMap;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
@@ -24,13 +37,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
+use super::origin::SameSiteStart;
 use super::AppState;
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
 use crate::ai::streaming::stream_manager::{ManagerError, Opened};
+use crate::auth::principal::{SocketAuth, SocketPrincipal};
+use crate::auth::Principal;
+use crate::config::settings::AuthMode;
+use crate::limits::LimitError;
 
-/// Largest client message acted on; bigger ones get an error frame.
+/// Largest client frame or message; the WebSocket layer refuses bigger ones.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 32 * 1024;
+/// How long a socket may wait before authenticating.
+pub const AUTH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Sent when the socket has been idle for the keep-alive interval.
 const KEEP_ALIVE: &str = r#"{"type":"keep_alive"}"#;
 /// Messages queued for the socket before readers wait.
@@ -44,7 +64,10 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMessage {
+pub enum ClientMessage {
+    Auth {
+        token: String,
+    },
     Start {
         block_type: String,
         input: Map<String, Value>,
@@ -79,6 +102,23 @@ struct ProtocolError {
 }
 
 impl ProtocolError {
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self { code: "unauthorized", retryable: true, ..Self::bad_request(message) }
+    }
+
+    fn unavailable() -> Self {
+        Self { code: "store_unavailable", retryable: true, ..Self::bad_request("the server's store is unavailable; try again shortly") }
+    }
+
+    fn socket_full(limit: usize) -> Self {
+        Self {
+            code: "rate_limited",
+            retryable: true,
+            retry_after_ms: Some(1000),
+            ..Self::bad_request(format!("this socket already reads {limit} live streams (LIMIT_STREAMS_PER_SOCKET); wait for one to end"))
+        }
+    }
+
     fn bad_request(message: impl Into<String>) -> Self {
         Self {
             kind: "protocol_error",
@@ -97,25 +137,76 @@ impl ProtocolError {
     }
 }
 
-#[utoipa::path(get, path = "/api/stream/ws", responses((status = 101, description = "WebSocket; messages as in the AsyncAPI contract")))]
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+/// Decodes one client text message.
+pub fn decode(text: &str) -> Result<ClientMessage, String> {
+    serde_json::from_str::<ClientMessage>(text).map_err(|error| format!("not a valid client message: {error}"))
+}
+
+#[utoipa::path(
+    get, path = "/api/stream/ws",
+    description = "Upgrades to a WebSocket multiplexing many streams; messages as in the AsyncAPI contract. Authenticate with the upgrade's `Authorization` header or a first message `{\"type\":\"auth\",\"token\":…}`.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "Not a WebSocket upgrade request"),
+        (status = 401, body = super::error::Problem, content_type = "application/problem+json", description = "The upgrade's Authorization header was refused"),
+        (status = 403, body = super::error::Problem, content_type = "application/problem+json", description = "The upgrade comes from another site"),
+        (status = 426, body = super::error::Problem, content_type = "application/problem+json", description = "The connection cannot be upgraded"),
+        (status = 503, body = super::error::Problem, content_type = "application/problem+json", description = "Streaming is disabled"),
+    )
+)]
+pub async fn upgrade(
+    _: SameSiteStart,
+    State(state): State<AppState>,
+    SocketPrincipal(principal): SocketPrincipal,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
     if !state.settings.streaming_enabled {
         return Err(ApiError::StreamingDisabled);
     }
-    // The socket's own limit is far above ours so that an oversized message gets an
-    // error frame instead of killing the socket and its other streams.
-    Ok(ws.max_message_size(MAX_CLIENT_MESSAGE_BYTES * 32).on_upgrade(move |socket| serve(socket, state)))
+    let ws = ws?.max_message_size(MAX_CLIENT_MESSAGE_BYTES).max_frame_size(MAX_CLIENT_MESSAGE_BYTES);
+    Ok(ws.on_upgrade(move |socket| serve(socket, state, principal)))
 }
 
-async fn serve(socket: WebSocket, state: AppState) {
+/// The close frame that ends a socket for `code`.
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+async fn serve(socket: WebSocket, state: AppState, principal: SocketAuth) {
     let (sink, mut incoming) = socket.split();
     let (outbox, outgoing) = mpsc::channel::<Message>(OUTBOX);
     let closing = CancellationToken::new();
     let mut send_task = tokio::spawn(send_loop(sink, outgoing, closing.clone(), state.clone()));
-    let mut session = Session { state: state.clone(), outbox, readers: HashMap::new() };
+    let principal = match principal {
+        SocketAuth::Known(principal) => principal,
+        SocketAuth::Pending { client_ip } => match authenticate_first(&state, &mut incoming, client_ip).await {
+            Ok(principal) => principal,
+            Err(error) => {
+                let _ = outbox.send(error.to_message()).await;
+                let _ = outbox.send(close(close_code::POLICY, "unauthorized")).await;
+                drop(outbox);
+                if tokio::time::timeout(state.settings.client_send_timeout, &mut send_task).await.is_err() {
+                    send_task.abort();
+                }
+                return;
+            }
+        },
+    };
+    let mut session = Session { state: state.clone(), principal, outbox, readers: HashMap::new() };
+    let idle_timeout = state.settings.ws_idle_timeout;
+    let mut idle_check = tokio::time::interval(idle_timeout / 4);
+    let mut last_activity = tokio::time::Instant::now();
     let flush = loop {
         tokio::select! {
             _ = &mut send_task => return session.abort_readers(),
+            _ = idle_check.tick() => {
+                if !session.readers.is_empty() {
+                    last_activity = tokio::time::Instant::now();
+                } else if last_activity.elapsed() >= idle_timeout {
+                    let _ = session.outbox.send(close(close_code::NORMAL, "idle")).await;
+                    break true;
+                }
+            }
             _ = state.shutdown.cancelled() => {
                 // Each stream is ending with a terminal event: let the readers deliver
                 // them, within the shutdown timeout, before the socket closes.
@@ -123,7 +214,12 @@ async fn serve(socket: WebSocket, state: AppState) {
                 break true;
             }
             message = incoming.next() => match message {
-                Some(Ok(Message::Text(text))) => session.handle(text).await,
+                Some(Ok(Message::Text(text))) => {
+                    last_activity = tokio::time::Instant::now();
+                    if !session.handle(text).await {
+                        break true;
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => session.reply(ProtocolError::bad_request("send JSON text frames, not binary")).await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break false,
                 Some(Ok(_)) => {}
@@ -183,8 +279,29 @@ async fn send_loop(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
 
+/// Waits for the first message, which must be a valid `auth`.
+async fn authenticate_first(
+    state: &AppState,
+    incoming: &mut futures::stream::SplitStream<WebSocket>,
+    client_ip: std::net::IpAddr,
+) -> Result<Principal, ProtocolError> {
+    let first = tokio::time::timeout(AUTH_WAIT, incoming.next()).await.map_err(|_| {
+        ProtocolError::unauthorized(format!("authenticate within {} s: send {{\"type\":\"auth\",\"token\":…}} first", AUTH_WAIT.as_secs()))
+    })?;
+    let Some(Ok(Message::Text(text))) = first else {
+        return Err(ProtocolError::unauthorized("the first message must be {\"type\":\"auth\",\"token\":…}"));
+    };
+    match decode(&text) {
+        Ok(ClientMessage::Auth { token }) => {
+            state.auth.authenticate(Some(&token), client_ip).map_err(|error| ProtocolError::unauthorized(error.to_string()))
+        }
+        _ => Err(ProtocolError::unauthorized("the first message must be {\"type\":\"auth\",\"token\":…}")),
+    }
+}
+
 struct Session {
     state: AppState,
+    principal: Principal,
     outbox: mpsc::Sender<Message>,
     /// The stream readers this socket runs, by stream.
     readers: HashMap<StreamId, JoinHandle<()>>,
@@ -215,15 +332,17 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, text: Utf8Bytes) {
-        if text.len() > MAX_CLIENT_MESSAGE_BYTES {
-            return self.reply(ProtocolError::bad_request(format!("message is larger than {MAX_CLIENT_MESSAGE_BYTES} bytes"))).await;
-        }
-        let message = match serde_json::from_str::<ClientMessage>(&text) {
+    /// Acts on one client message; `false` when the socket must close.
+    async fn handle(&mut self, text: Utf8Bytes) -> bool {
+        let message = match decode(&text) {
             Ok(message) => message,
-            Err(error) => return self.reply(ProtocolError::bad_request(format!("not a valid client message: {error}"))).await,
+            Err(error) => {
+                self.reply(ProtocolError::bad_request(error)).await;
+                return true;
+            }
         };
         match message {
+            ClientMessage::Auth { token } => return self.reauthenticate(&token).await,
             ClientMessage::Start { block_type, input, reference } => self.start(block_type, input, reference).await,
             ClientMessage::Resume { stream_id, after } => match StreamId::parse(&stream_id) {
                 Some(id) => self.read(id, after, None).await,
@@ -237,6 +356,29 @@ impl Session {
             },
             ClientMessage::Cancel { stream_id } => self.cancel(stream_id).await,
         }
+        true
+    }
+
+    /// A later `auth` (a refreshed token) must prove the same principal; with
+    /// `AUTH_MODE=none` it is ignored.
+    async fn reauthenticate(&mut self, token: &str) -> bool {
+        if self.state.auth.mode() == AuthMode::None {
+            return true;
+        }
+        let error = match self.state.auth.authenticate(Some(token), std::net::IpAddr::from([0, 0, 0, 0])) {
+            Ok(principal) if principal == self.principal => return true,
+            Ok(_) => ProtocolError::unauthorized("a socket acts for one principal; open another socket for another"),
+            Err(error) => ProtocolError::unauthorized(error.to_string()),
+        };
+        self.reply(error).await;
+        let _ = self.outbox.send(close(close_code::POLICY, "unauthorized")).await;
+        false
+    }
+
+    /// Whether this socket may read one more stream than it does.
+    fn has_room_for(&mut self, id: Option<&StreamId>) -> bool {
+        self.forget_finished();
+        id.is_some_and(|id| self.readers.contains_key(id)) || self.readers.len() < self.state.settings.limits.streams_per_socket
     }
 
     async fn start(&mut self, block_type: String, input: Map<String, Value>, reference: Option<String>) {
@@ -257,8 +399,31 @@ impl Session {
                 return self.reply(fail(ProtocolError { field, ..ProtocolError::bad_request(error.to_string()) })).await;
             }
         };
-        match self.state.manager.start(input, reference.clone()).await {
+        if !self.has_room_for(None) {
+            return self.reply(fail(ProtocolError::socket_full(self.state.settings.limits.streams_per_socket))).await;
+        }
+        let reservation = match self.state.limits.admit(&self.principal, input.prompt().max_tokens.into()).await {
+            Ok(reservation) => reservation,
+            Err(LimitError::Refused(refusal)) => {
+                let error = ProtocolError {
+                    code: refusal.code(),
+                    retryable: true,
+                    retry_after_ms: Some(refusal.retry_after_ms()),
+                    ..ProtocolError::bad_request(refusal.to_string())
+                };
+                return self.reply(fail(error)).await;
+            }
+            Err(LimitError::Unavailable(error)) => {
+                tracing::warn!(%error, "could not admit a WebSocket start");
+                return self.reply(fail(ProtocolError::unavailable())).await;
+            }
+        };
+        match self.state.manager.start(input, reference.clone(), self.principal.id(), reservation).await {
             Ok(started) => self.read(started.stream_id().clone(), None, reference).await,
+            Err(ManagerError::Store(error)) => {
+                tracing::warn!(%error, "could not start a WebSocket stream");
+                self.reply(fail(ProtocolError::unavailable())).await
+            }
             Err(error) => {
                 let retry_after_ms = matches!(error, ManagerError::AtCapacity).then_some(1000);
                 let code = if retry_after_ms.is_some() { "rate_limited" } else { "bad_request" };
@@ -271,7 +436,14 @@ impl Session {
     /// Starts forwarding `id`'s events after `after`; a second read of the same
     /// stream replaces the first (the client dedups by seq).
     async fn read(&mut self, id: StreamId, after: Option<u64>, reference: Option<String>) {
-        let reader = match self.state.manager.open(&id, after).await {
+        if !self.has_room_for(Some(&id)) {
+            let error = ProtocolError {
+                stream_id: Some(id.to_string()),
+                ..ProtocolError::socket_full(self.state.settings.limits.streams_per_socket)
+            };
+            return self.reply(error).await;
+        }
+        let reader = match self.state.manager.open(&id, after, self.principal.id()).await {
             Ok(Opened::Events(reader)) => reader,
             Ok(Opened::UpToDate) => return,
             Err(ManagerError::NotFound { next_seq, .. }) => {
@@ -288,9 +460,8 @@ impl Session {
                 return self.reply(error).await;
             }
             Err(error) => {
-                let error =
-                    ProtocolError { retryable: true, stream_id: Some(id.to_string()), ..ProtocolError::bad_request(error.to_string()) };
-                return self.reply(error).await;
+                tracing::warn!(stream_id = %id, %error, "could not open a stream for a WebSocket");
+                return self.reply(ProtocolError { stream_id: Some(id.to_string()), ..ProtocolError::unavailable() }).await;
             }
         };
         if let Some(previous) = self.readers.remove(&id) {
@@ -323,7 +494,7 @@ impl Session {
                 .reply(ProtocolError { field: Some("stream_id".into()), ..ProtocolError::bad_request("stream_id is not a stream id") })
                 .await;
         };
-        if let Err(ManagerError::NotFound { .. }) = self.state.manager.cancel(&id).await {
+        if let Err(ManagerError::NotFound { .. }) = self.state.manager.cancel(&id, self.principal.id()).await {
             let error = ProtocolError {
                 code: "stream_not_found",
                 stream_id: Some(stream_id),
@@ -344,4 +515,70 @@ fn with_ref(event: &LoggedEvent, stream_id: &StreamId, reference: &str) -> Messa
     let mut value: Value = serde_json::from_slice(&event.json(stream_id)).expect("logged events are JSON");
     value["ref"] = Value::String(reference.to_owned());
     Message::Text(value.to_string().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// JSON shaped like client messages, right and wrong: known and unknown types
+    /// and fields, values of every JSON type.
+    fn message() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,16}".prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let kind = prop::sample::select(vec!["auth", "start", "resume", "cancel", "dance", ""]);
+        let name = prop::sample::select(vec!["token", "block_type", "input", "ref", "stream_id", "after", "extra"]);
+        (kind, prop::collection::btree_map(name, value, 0..4)).prop_map(|(kind, fields)| {
+            let mut object: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("type".into(), json!(kind));
+            Value::Object(object)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_text_frame_decodes_or_is_refused_without_panicking(text in "\\PC{0,200}") {
+            let _ = decode(&text);
+        }
+
+        /// A message decodes exactly when it is one of the contract's client
+        /// messages, with only its own fields.
+        #[test]
+        fn messages_decode_exactly_when_they_have_a_client_message_shape(message in message()) {
+            let fields: Vec<&str> = message.as_object().unwrap().keys().map(String::as_str).filter(|k| *k != "type").collect();
+            let has = |allowed: &[&str], required: &[&str]| {
+                fields.iter().all(|f| allowed.contains(f)) && required.iter().all(|r| fields.contains(r))
+            };
+            let is = |key: &str, check: fn(&Value) -> bool| message.get(key).is_none_or(check);
+            let expected = match message["type"].as_str().unwrap() {
+                "auth" => has(&["token"], &["token"]) && is("token", Value::is_string),
+                "start" => has(&["block_type", "input", "ref"], &["block_type", "input"])
+                    && is("block_type", Value::is_string)
+                    && is("input", Value::is_object)
+                    && is("ref", |v| v.is_string() || v.is_null()),
+                "resume" => has(&["stream_id", "after"], &["stream_id"])
+                    && is("stream_id", Value::is_string)
+                    && is("after", |v| v.is_u64() || v.is_null()),
+                "cancel" => has(&["stream_id"], &["stream_id"]) && is("stream_id", Value::is_string),
+                _ => false,
+            };
+            prop_assert_eq!(decode(&message.to_string()).is_ok(), expected, "{}", message);
+        }
+    }
 }

@@ -46,6 +46,55 @@ impl StoreKind {
     }
 }
 
+/// Who may use the API (`AUTH_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No credentials: each client IP is one anonymous principal.
+    None,
+    /// A Bearer JWT issued by the host learning app; the principal is its `sub`.
+    Jwt,
+    /// A Bearer API key from `AUTH_API_KEYS_FILE`, for server-to-server callers.
+    ApiKey,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+        }
+    }
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// `ALLOW_ANONYMOUS`: lets `AUTH_MODE=none` listen on a non-loopback `HOST`.
+    pub allow_anonymous: bool,
+    /// HS256 key shared with the host app.
+    pub jwt_secret: Option<Secret>,
+    /// Public keys (RS256/ES256) of the host app, as a JWKS JSON file.
+    pub jwks_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Lines `principal:sha256-hex-of-key`.
+    pub api_keys_file: Option<PathBuf>,
+    /// Signs read tokens; random per process when unset (one process only).
+    pub read_token_secret: Option<Secret>,
+    pub read_token_ttl: Duration,
+}
+
+/// Per-principal and per-socket limits; `None` is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub concurrent_streams: Option<u32>,
+    pub starts_per_minute: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+    pub streams_per_socket: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -111,7 +160,23 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub static_dir: PathBuf,
     pub log_format: LogFormat,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    /// Origins (`scheme://host[:port]`) besides our own that may call the API and
+    /// start generations from a browser.
+    pub cors_allowed_origins: Vec<String>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A connection must send its request headers within this time.
+    pub http_header_timeout: Duration,
+    /// A WebSocket with no stream and no client message for this long is closed.
+    pub ws_idle_timeout: Duration,
 }
+
+/// Longest read-token lifetime: it travels in URLs, so it must not live long.
+pub const MAX_READ_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: a key at least as long as the hash).
+const MIN_SECRET_BYTES: usize = 32;
 
 /// A setting with a wrong value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -169,6 +234,103 @@ impl Source<'_> {
 
     fn secret(&self, variable: &'static str) -> Option<Secret> {
         self.raw(variable).map(Secret)
+    }
+
+    /// A secret long enough to sign with.
+    fn signing_secret(&self, variable: &'static str) -> Result<Option<Secret>, SettingsError> {
+        match self.secret(variable) {
+            Some(secret) if secret.0.len() < MIN_SECRET_BYTES => Err(SettingsError {
+                variable,
+                value: "(hidden)".into(),
+                expected: format!("a random secret of at least {MIN_SECRET_BYTES} characters"),
+            }),
+            secret => Ok(secret),
+        }
+    }
+
+    /// A positive whole number, or `unlimited`.
+    fn limit<T: FromStr + PartialEq + Default>(&self, variable: &'static str, default: Option<T>) -> Result<Option<T>, SettingsError> {
+        let Some(value) = self.raw(variable) else { return Ok(default) };
+        if value.eq_ignore_ascii_case("unlimited") {
+            return Ok(None);
+        }
+        match value.parse::<T>() {
+            Ok(n) if n != T::default() => Ok(Some(n)),
+            _ => Err(SettingsError { variable, value, expected: "a whole number of at least 1, or `unlimited`".into() }),
+        }
+    }
+
+    fn list(&self, variable: &'static str) -> Vec<String> {
+        self.raw(variable).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+    }
+
+    fn origins(&self, variable: &'static str) -> Result<Vec<String>, SettingsError> {
+        self.list(variable)
+            .into_iter()
+            .map(|origin| {
+                normalize_origin(&origin).ok_or_else(|| SettingsError {
+                    variable,
+                    value: origin,
+                    expected: "comma-separated origins such as https://learn.example.com (scheme, host and optional port; no path, no *)"
+                        .into(),
+                })
+            })
+            .collect()
+    }
+
+    fn networks(&self, variable: &'static str) -> Result<Vec<ipnet::IpNet>, SettingsError> {
+        self.list(variable)
+            .into_iter()
+            .map(|raw| {
+                raw.parse::<ipnet::IpNet>().or_else(|_| raw.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| SettingsError {
+                    variable,
+                    value: raw,
+                    expected: "comma-separated IP addresses or CIDR ranges such as 10.0.0.0/8".into(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `scheme://host[:port]` in lower case without a default port, or `None` when
+/// `raw` is not an origin (a path, a wildcard, another scheme).
+pub fn normalize_origin(raw: &str) -> Option<String> {
+    let (scheme, rest) = raw.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if !authority.chars().all(valid) {
+        return None;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (address, after) = v6.split_once(']')?;
+            let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
+            (format!("[{address}]"), port)
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.clone(), None),
+        },
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    match port {
+        None => Some(format!("{scheme}://{host}")),
+        Some(port) => {
+            let port: u16 = port.parse().ok()?;
+            if port.to_string() == default_port {
+                Some(format!("{scheme}://{host}"))
+            } else {
+                Some(format!("{scheme}://{host}:{port}"))
+            }
+        }
     }
 }
 
@@ -247,9 +409,101 @@ impl Settings {
             shutdown_timeout: src.seconds("SHUTDOWN_TIMEOUT_SECONDS", 5.0, 0.0)?,
             static_dir: PathBuf::from(src.raw("STATIC_DIR").unwrap_or_else(|| "frontend/dist".into())),
             log_format: src.choice("LOG_FORMAT", LogFormat::Text, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+            auth: AuthSettings {
+                mode: src.choice(
+                    "AUTH_MODE",
+                    AuthMode::None,
+                    &[("none", AuthMode::None), ("jwt", AuthMode::Jwt), ("api_key", AuthMode::ApiKey)],
+                )?,
+                allow_anonymous: src.flag("ALLOW_ANONYMOUS", false)?,
+                jwt_secret: src.signing_secret("AUTH_JWT_SECRET")?,
+                jwks_file: src.raw("AUTH_JWKS_FILE").map(PathBuf::from),
+                jwt_issuer: src.raw("AUTH_JWT_ISSUER"),
+                jwt_audience: src.raw("AUTH_JWT_AUDIENCE"),
+                api_keys_file: src.raw("AUTH_API_KEYS_FILE").map(PathBuf::from),
+                read_token_secret: src.signing_secret("AUTH_READ_TOKEN_SECRET")?,
+                read_token_ttl: {
+                    let ttl = src.seconds("AUTH_READ_TOKEN_TTL_SECONDS", MAX_READ_TOKEN_TTL.as_secs_f64(), 1.0)?;
+                    if ttl > MAX_READ_TOKEN_TTL {
+                        return Err(SettingsError {
+                            variable: "AUTH_READ_TOKEN_TTL_SECONDS",
+                            value: ttl.as_secs_f64().to_string(),
+                            expected: format!("at most {} seconds", MAX_READ_TOKEN_TTL.as_secs()),
+                        });
+                    }
+                    ttl
+                },
+            },
+            limits: LimitSettings {
+                concurrent_streams: src.limit("LIMIT_CONCURRENT_STREAMS", Some(4))?,
+                starts_per_minute: src.limit("LIMIT_STARTS_PER_MINUTE", Some(30))?,
+                tokens_per_day: src.limit("LIMIT_TOKENS_PER_DAY", None)?,
+                streams_per_socket: src.limit("LIMIT_STREAMS_PER_SOCKET", Some(8usize))?.unwrap_or(usize::MAX),
+            },
+            cors_allowed_origins: src.origins("CORS_ALLOWED_ORIGINS")?,
+            trusted_proxies: src.networks("TRUSTED_PROXIES")?,
+            http_header_timeout: src.seconds("HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.01)?,
+            ws_idle_timeout: src.seconds("WS_IDLE_TIMEOUT_SECONDS", 300.0, 0.01)?,
         };
         settings.check_provider_credentials()?;
+        settings.check_auth()?;
         Ok(settings)
+    }
+
+    /// The auth mode has what it needs, and no deployment is open by accident.
+    fn check_auth(&self) -> Result<(), SettingsError> {
+        let auth = &self.auth;
+        let error = |variable: &'static str, value: &str, expected: &str| SettingsError {
+            variable,
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        };
+        match auth.mode {
+            AuthMode::None if !self.host.is_loopback() && !auth.allow_anonymous => {
+                return Err(error(
+                    "AUTH_MODE",
+                    "none",
+                    &format!(
+                        "jwt or api_key: HOST={} is not a loopback address, so anyone who reaches it could spend the model budget; \
+                         set AUTH_MODE, or ALLOW_ANONYMOUS=true to serve anonymous clients on purpose",
+                        self.host
+                    ),
+                ));
+            }
+            AuthMode::Jwt => match (&auth.jwt_secret, &auth.jwks_file) {
+                (None, None) => {
+                    return Err(error(
+                        "AUTH_JWT_SECRET",
+                        "",
+                        "an HS256 secret, or AUTH_JWKS_FILE with public keys: AUTH_MODE=jwt needs one of them",
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(error("AUTH_JWKS_FILE", "(set)", "unset when AUTH_JWT_SECRET is set: choose HS256 or public keys"))
+                }
+                _ => {}
+            },
+            AuthMode::ApiKey if auth.api_keys_file.is_none() => {
+                return Err(error("AUTH_API_KEYS_FILE", "", "a file of `principal:sha256-hex` lines: AUTH_MODE=api_key needs it"));
+            }
+            _ => {}
+        }
+        // Processes behind one load balancer must all accept each other's read tokens.
+        if auth.mode != AuthMode::None && self.store == StoreKind::Redis && auth.read_token_secret.is_none() {
+            return Err(error(
+                "AUTH_READ_TOKEN_SECRET",
+                "",
+                "a random secret shared by every process: required with STREAM_STORE=redis when AUTH_MODE is not none",
+            ));
+        }
+        if auth.read_token_secret.is_some() && auth.read_token_secret == auth.jwt_secret {
+            return Err(error(
+                "AUTH_READ_TOKEN_SECRET",
+                "(hidden)",
+                "a secret different from AUTH_JWT_SECRET, so a read token can never pass as a learner's token",
+            ));
+        }
+        Ok(())
     }
 
     fn check_provider_credentials(&self) -> Result<(), SettingsError> {
@@ -317,6 +571,63 @@ mod tests {
         assert_eq!(settings(&[("AI_PROVIDER", "openai")]).unwrap_err().variable, "OPENAI_API_KEY");
         // A local OpenAI-compatible server needs no key.
         assert!(settings(&[("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")]).is_ok());
+    }
+
+    #[test]
+    fn auth_settings_are_checked_naming_the_variable() {
+        let secret = "s".repeat(32);
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("AUTH_MODE", "jwt")], "AUTH_JWT_SECRET"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", "short")], "AUTH_JWT_SECRET"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWKS_FILE", "keys.json")], "AUTH_JWKS_FILE"),
+            (&[("AUTH_MODE", "api_key")], "AUTH_API_KEYS_FILE"),
+            (&[("AUTH_MODE", "ldap")], "AUTH_MODE"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("STREAM_STORE", "redis")], "AUTH_READ_TOKEN_SECRET"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_READ_TOKEN_SECRET", &secret)], "AUTH_READ_TOKEN_SECRET"),
+            (&[("AUTH_READ_TOKEN_TTL_SECONDS", "301")], "AUTH_READ_TOKEN_TTL_SECONDS"),
+            (&[("LIMIT_CONCURRENT_STREAMS", "0")], "LIMIT_CONCURRENT_STREAMS"),
+            (&[("LIMIT_STARTS_PER_MINUTE", "many")], "LIMIT_STARTS_PER_MINUTE"),
+            (&[("LIMIT_TOKENS_PER_DAY", "-5")], "LIMIT_TOKENS_PER_DAY"),
+            (&[("CORS_ALLOWED_ORIGINS", "*")], "CORS_ALLOWED_ORIGINS"),
+            (&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")], "CORS_ALLOWED_ORIGINS"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
+            (&[("HTTP_HEADER_TIMEOUT_SECONDS", "0")], "HTTP_HEADER_TIMEOUT_SECONDS"),
+        ];
+        for (vars, variable) in cases {
+            let err = settings(vars).unwrap_err();
+            assert_eq!(err.variable, *variable, "{vars:?}");
+            assert!(!err.to_string().contains(&secret), "secrets stay out of errors");
+        }
+    }
+
+    #[test]
+    fn anonymous_mode_on_a_public_address_needs_allow_anonymous_and_names_both() {
+        let err = settings(&[("HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(err.variable, "AUTH_MODE");
+        assert!(err.to_string().contains("ALLOW_ANONYMOUS"), "{err}");
+        assert!(settings(&[("HOST", "0.0.0.0"), ("ALLOW_ANONYMOUS", "true")]).is_ok());
+        assert!(settings(&[("HOST", "::1")]).is_ok());
+    }
+
+    #[test]
+    fn limits_default_to_the_issue_and_accept_unlimited() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(
+            s.limits,
+            LimitSettings { concurrent_streams: Some(4), starts_per_minute: Some(30), tokens_per_day: None, streams_per_socket: 8 }
+        );
+        let s = settings(&[("LIMIT_CONCURRENT_STREAMS", "unlimited"), ("LIMIT_TOKENS_PER_DAY", "50000")]).unwrap();
+        assert_eq!((s.limits.concurrent_streams, s.limits.tokens_per_day), (None, Some(50_000)));
+    }
+
+    #[test]
+    fn origins_are_normalised() {
+        assert_eq!(normalize_origin("HTTPS://Learn.Example.com:443/").as_deref(), Some("https://learn.example.com"));
+        assert_eq!(normalize_origin("http://127.0.0.1:5173").as_deref(), Some("http://127.0.0.1:5173"));
+        assert_eq!(normalize_origin("http://[::1]:8000").as_deref(), Some("http://[::1]:8000"));
+        for bad in ["*", "learn.example.com", "ftp://x", "https://x/y", "https://", "https://x:99999"] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
     }
 
     #[test]

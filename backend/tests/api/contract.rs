@@ -26,19 +26,27 @@ async fn the_openapi_document_lists_every_http_endpoint() {
     let app = spawn_app(&[]).await;
     let doc: Value = app.get("/api/openapi.json").await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/api/stream/ai-block/{block_type}",
-        "/api/streams",
-        "/api/streams/{stream_id}/events",
-        "/api/streams/{stream_id}",
-        "/api/stream/ws",
-        "/api/ai-block/{block_type}",
-        "/api/ai/config",
-        "/healthz",
-        "/metrics",
-    ] {
+    let mut paths = vec![
+        "/api/streams".to_owned(),
+        "/api/streams/{stream_id}/events".into(),
+        "/api/streams/{stream_id}".into(),
+        "/api/stream/ws".into(),
+        "/api/ai/config".into(),
+        "/api/usage".into(),
+        "/healthz".into(),
+        "/metrics".into(),
+    ];
+    // One start operation per block, each with that block's input.
+    for (block, _) in sample_inputs() {
+        paths.push(format!("/api/stream/ai-block/{block}"));
+        paths.push(format!("/api/ai-block/{block}"));
+    }
+    for path in &paths {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
+    let quiz = &doc["paths"]["/api/ai-block/quiz"]["post"];
+    assert_eq!(quiz["requestBody"]["content"]["application/json"]["schema"]["required"], json!(["topic"]));
+    assert!(quiz["responses"]["429"]["content"]["application/problem+json"].is_object());
 }
 
 #[tokio::test]

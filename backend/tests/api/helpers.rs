@@ -71,7 +71,8 @@ impl std::ops::Deref for TestApp {
     }
 }
 
-/// Fast demo model, streaming on, no frontend; `vars` override any setting.
+/// Fast demo model, streaming on, no frontend, no per-principal limits (the
+/// tests of limits set their own); `vars` override any setting.
 pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
     let mut all = vec![
         ("AI_STREAMING_ENABLED", "true"),
@@ -79,6 +80,9 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         ("DEMO_FIRST_TOKEN_MS", "0"),
         ("STATIC_DIR", "no-frontend-in-tests"),
         ("PROVIDER_MAX_RETRIES", "0"),
+        ("LIMIT_CONCURRENT_STREAMS", "unlimited"),
+        ("LIMIT_STARTS_PER_MINUTE", "unlimited"),
+        ("LIMIT_STREAMS_PER_SOCKET", "unlimited"),
     ];
     all.extend_from_slice(vars);
     let map = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -252,6 +256,93 @@ impl ApiClient {
         let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/stream/ws", self.addr)).await.unwrap();
         WsClient { socket, skip_keep_alives: true }
     }
+
+    /// A WebSocket whose upgrade request carries `headers`; the handshake's error
+    /// (an HTTP refusal) when the server does not upgrade.
+    pub async fn ws_with(&self, headers: &[(&str, &str)]) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/api/stream/ws", self.addr).into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                reqwest::header::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsClient { socket, skip_keep_alives: true })
+    }
+
+    /// `POST /api/streams` as the holder of `token`; returns the response.
+    pub async fn start_as(&self, token: &str, block_type: &str, input: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/streams"))
+            .bearer_auth(token)
+            .json(&json!({"block_type": block_type, "input": input}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /api/streams` as the holder of `token`; returns the 201 body.
+    pub async fn create_stream_as(&self, token: &str, block_type: &str, input: Value) -> Value {
+        let response = self.start_as(token, block_type, input).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+}
+
+/// Panics unless `response` is a problem body with `status` and `code`; returns it.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "{:?}", response.headers());
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["status"].as_u64(), body["code"].as_str()), (Some(status as u64), Some(code)), "{body}");
+    body
+}
+
+/// The HS256 secret the JWT tests share with the server.
+pub const JWT_SECRET: &str = "host-app-secret-for-tests-0123456789abcdef";
+/// The read-token key the tests give the server.
+pub const READ_TOKEN_SECRET: &str = "read-token-secret-for-tests-0123456789abcd";
+
+/// Settings of a server that trusts learner JWTs signed with [`JWT_SECRET`].
+pub fn jwt_mode() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AUTH_MODE", "jwt"),
+        ("AUTH_JWT_SECRET", JWT_SECRET),
+        ("AUTH_JWT_AUDIENCE", "live-ai"),
+        ("AUTH_JWT_ISSUER", "https://learn.example"),
+        ("AUTH_READ_TOKEN_SECRET", READ_TOKEN_SECRET),
+    ]
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A learner JWT as a host app mints it: HS256, `sub`, `exp` in ten minutes.
+pub fn learner_token(sub: &str) -> String {
+    sign_hs256(&json!({"sub": sub, "exp": now_secs() + 600, "iss": "https://learn.example", "aud": "live-ai"}), JWT_SECRET)
+}
+
+pub fn sign_hs256(claims: &Value, secret: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+/// A Redis deployment's settings: processes with the same fresh prefix share
+/// streams and limits.
+pub fn redis_deployment(prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STREAM_STORE", "redis".into()),
+        ("REDIS_URL", std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())),
+        ("REDIS_KEY_PREFIX", prefix.to_owned()),
+    ]
+}
+
+/// A key prefix no other test uses.
+pub fn fresh_prefix() -> String {
+    format!("live-ai-test-{}", uuid::Uuid::new_v4().simple())
 }
 
 pub struct WsClient {
@@ -355,6 +446,7 @@ fn urlencode(s: &str) -> String {
 pub struct LiveAiProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    pub port: u16,
     pub api: ApiClient,
 }
 
@@ -368,6 +460,18 @@ impl std::ops::Deref for LiveAiProcess {
 impl LiveAiProcess {
     /// Starts the binary with the test defaults plus `vars`, and waits until it answers.
     pub async fn spawn(vars: &[(&str, &str)]) -> Self {
+        // LIVE_AI_TEST_LOGS=1 shows the processes' logs when a test needs explaining.
+        let logs =
+            || if std::env::var_os("LIVE_AI_TEST_LOGS").is_some() { std::process::Stdio::inherit() } else { std::process::Stdio::null() };
+        Self::start(vars, logs(), logs()).await
+    }
+
+    /// As [`spawn`](Self::spawn), writing the process's output (its logs) to `log`.
+    pub async fn spawn_logging(vars: &[(&str, &str)], log: std::fs::File) -> Self {
+        Self::start(vars, log.try_clone().unwrap().into(), log.into()).await
+    }
+
+    async fn start(vars: &[(&str, &str)], stdout: std::process::Stdio, stderr: std::process::Stdio) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"));
         command
@@ -378,14 +482,12 @@ impl LiveAiProcess {
             .env("AI_STREAMING_ENABLED", "true")
             .env("DEMO_FIRST_TOKEN_MS", "0")
             .env("STATIC_DIR", "no-frontend-in-tests")
+            .env("LIMIT_CONCURRENT_STREAMS", "unlimited")
+            .env("LIMIT_STARTS_PER_MINUTE", "unlimited")
+            .env("LIMIT_STREAMS_PER_SOCKET", "unlimited")
             .envs(vars.iter().copied())
-            .stdout(std::process::Stdio::null())
-            // LIVE_AI_TEST_LOGS=1 shows the processes' logs when a test needs explaining.
-            .stderr(if std::env::var_os("LIVE_AI_TEST_LOGS").is_some() {
-                std::process::Stdio::inherit()
-            } else {
-                std::process::Stdio::null()
-            })
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(true);
         let child = command.spawn().expect("the live-ai binary starts");
         let base = format!("http://127.0.0.1:{port}");
@@ -393,7 +495,7 @@ impl LiveAiProcess {
         for _ in 0..100 {
             if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
                 let api = ApiClient::new(format!("127.0.0.1:{port}").parse().unwrap());
-                return Self { child, base, api };
+                return Self { child, base, port, api };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

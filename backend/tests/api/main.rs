@@ -6,9 +6,13 @@ mod helpers;
 mod private_redis;
 mod proxy;
 
+mod auth;
 mod contract;
 mod errors;
+mod hardening;
 mod lifecycle;
+mod limits;
+mod ownership;
 mod providers;
 mod scale_out;
 mod sse;

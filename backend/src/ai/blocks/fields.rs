@@ -40,11 +40,19 @@ impl InputError {
 pub struct Fields<'a> {
     map: &'a Map<String, Value>,
     read: RefCell<HashSet<&'static str>>,
+    /// Query parameters: every value is a string, numbers included.
+    from_query: bool,
 }
 
 impl<'a> Fields<'a> {
+    /// Fields of a JSON body: numbers must be JSON numbers.
     pub fn new(map: &'a Map<String, Value>) -> Self {
-        Self { map, read: RefCell::default() }
+        Self { map, read: RefCell::default(), from_query: false }
+    }
+
+    /// Fields of a query string, where `count=3` arrives as the string `"3"`.
+    pub fn from_query(map: &'a Map<String, Value>) -> Self {
+        Self { map, read: RefCell::default(), from_query: true }
     }
 
     fn get(&self, name: &'static str) -> Option<&'a Value> {
@@ -73,13 +81,24 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// An integer in `min..=max`, given as a JSON number or a numeric string.
+    /// An integer in `min..=max`: a JSON number without a fraction (`3` or `3.0`,
+    /// as JSON Schema counts integers), or in a query string, decimal digits.
     pub fn integer(&self, name: &'static str, min: i64, max: i64) -> Result<Option<i64>, InputError> {
         let out_of_range = || InputError::new(name, InputProblem::Invalid(format!("must be an integer from {min} to {max}")));
         let value = match self.get(name) {
             None => return Ok(None),
-            Some(Value::Number(n)) => n.as_i64().ok_or_else(out_of_range)?,
-            Some(Value::String(s)) => s.trim().parse::<i64>().map_err(|_| out_of_range())?,
+            Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => i,
+                (None, Some(f)) if f.fract() == 0.0 && f >= min as f64 && f <= max as f64 => f as i64,
+                _ => return Err(out_of_range()),
+            },
+            Some(Value::String(s)) if self.from_query => {
+                let digits = s.strip_prefix('-').unwrap_or(s);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(out_of_range());
+                }
+                s.parse::<i64>().map_err(|_| out_of_range())?
+            }
             Some(_) => return Err(out_of_range()),
         };
         if (min..=max).contains(&value) {
@@ -130,10 +149,14 @@ mod tests {
 
     #[test]
     fn integers_accept_numbers_and_numeric_strings_within_range() {
-        let m = map(json!({"n": 3, "s": " 7", "big": 11, "junk": "x"}));
-        let f = Fields::new(&m);
+        let m = map(json!({"n": 3, "s": "7", "big": 11, "junk": "x", "float": 4.0, "half": 4.5, "padded": " 7"}));
+        let f = Fields::from_query(&m);
         assert_eq!(f.integer("n", 1, 10).unwrap(), Some(3));
         assert_eq!(f.integer("s", 1, 10).unwrap(), Some(7));
+        assert_eq!(f.integer("float", 1, 10).unwrap(), Some(4));
+        assert!(f.integer("half", 1, 10).is_err());
+        assert!(f.integer("padded", 1, 10).is_err());
+        assert!(Fields::new(&m).integer("s", 1, 10).is_err(), "a JSON body needs a JSON number");
         assert!(f.integer("big", 1, 10).is_err());
         assert!(f.integer("junk", 1, 10).is_err());
         assert_eq!(f.integer("none", 1, 10).unwrap(), None);

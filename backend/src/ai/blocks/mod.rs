@@ -7,6 +7,7 @@ pub mod explain_eli10;
 pub mod fields;
 mod json_items;
 pub mod quiz;
+pub mod schema;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -82,9 +83,17 @@ pub trait OutputParser: Send {
 }
 
 impl BlockInput {
-    /// Validates `fields` (a JSON body, or query parameters as strings) for `block`.
+    /// Validates `fields` of a JSON body for `block`.
     pub fn parse(block: BlockType, fields: &Map<String, Value>) -> Result<Self, InputError> {
-        let fields = fields::Fields::new(fields);
+        Self::parse_fields(block, fields::Fields::new(fields))
+    }
+
+    /// Validates query parameters (each value a string) for `block`.
+    pub fn parse_query(block: BlockType, fields: &Map<String, Value>) -> Result<Self, InputError> {
+        Self::parse_fields(block, fields::Fields::from_query(fields))
+    }
+
+    fn parse_fields(block: BlockType, fields: fields::Fields) -> Result<Self, InputError> {
         let input = match block {
             BlockType::AskQuestion => Self::AskQuestion(ask_question::AskQuestionInput::parse(&fields)?),
             BlockType::ExplainEli10 => Self::ExplainEli10(explain_eli10::ExplainEli10Input::parse(&fields)?),
@@ -179,7 +188,7 @@ mod tests {
     fn fingerprints_tell_requests_apart_and_ignore_defaults_spelled_out() {
         let parse = |v: serde_json::Value| BlockInput::parse(BlockType::Quiz, v.as_object().unwrap()).unwrap();
         let a = parse(serde_json::json!({"topic": "x"}));
-        let same = parse(serde_json::json!({"topic": "x", "count": "3", "difficulty": "medium"}));
+        let same = parse(serde_json::json!({"topic": "x", "count": 3, "difficulty": "medium"}));
         let other = parse(serde_json::json!({"topic": "y"}));
         assert_eq!(a.fingerprint(), same.fingerprint());
         assert_ne!(a.fingerprint(), other.fingerprint());

@@ -12,6 +12,11 @@
 //! looked at between appends, so the terminal event always lands at the next seq.
 //! The one exception is a store that stops answering: then the generation stops,
 //! and readers learn it from their follower.
+//!
+//! A stream belongs to the principal that started it: to anyone else it does not
+//! exist (`NotFound`, exactly as for an unknown id, so ids cannot be probed), and
+//! idempotency keys are scoped per principal. A generation carries the limits
+//! [`Reservation`] it was admitted with and settles it when it ends.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -31,6 +36,7 @@ use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, 
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
+use crate::limits::Reservation;
 use crate::metrics::Metrics;
 
 /// How long a cancel waits for the terminal event before answering `cancelling`.
@@ -68,7 +74,7 @@ impl From<StoreError> for ManagerError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(stream_id) => Self::NotFound { stream_id, next_seq: 0 },
-            StoreError::Expired { stream_id, len } => Self::NotFound { stream_id, next_seq: len },
+            StoreError::Expired { stream_id, len, .. } => Self::NotFound { stream_id, next_seq: len },
             other => Self::Store(other),
         }
     }
@@ -178,13 +184,22 @@ impl StreamManager {
         });
     }
 
-    /// Starts a generation, or with a known idempotency key returns the one it
-    /// started (in any process sharing the store).
-    pub async fn start(&self, input: BlockInput, key: Option<String>) -> Result<Started, ManagerError> {
+    /// Starts a generation for `owner` (a principal id) under its admitted
+    /// `reservation`, or with a known idempotency key of the same owner returns the
+    /// one it started (in any process sharing the store; the reservation is then
+    /// given back).
+    pub async fn start(
+        &self,
+        input: BlockInput,
+        key: Option<String>,
+        owner: &str,
+        reservation: Reservation,
+    ) -> Result<Started, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
         let id = StreamId::generate();
+        let key = key.map(|key| scoped_key(owner, &key));
         if let Some(key) = &key {
             let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
             if let Some(held) = self.inner.store.claim_key(key, claim.clone(), self.inner.config.retention).await? {
@@ -194,7 +209,7 @@ impl StreamManager {
                 return Ok(Started::Existing(held.stream_id));
             }
         }
-        let started = self.launch(id.clone(), input).await;
+        let started = self.launch(id.clone(), input, owner, reservation).await;
         if let (Err(_), Some(key)) = (&started, &key) {
             // Nothing started under this key: a retry may start afresh.
             let _ = self.inner.store.release_key(key, &id).await;
@@ -202,35 +217,39 @@ impl StreamManager {
         started
     }
 
-    async fn launch(&self, id: StreamId, input: BlockInput) -> Result<Started, ManagerError> {
+    async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let appender = self.inner.store.create(&id).await?;
+        let appender = self.inner.store.create(&id, owner).await?;
         let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit);
+        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
 
-    /// Opens a reader on a stream: the events after `after` (all when `None`), then
-    /// the live tail, ending after the terminal event. An `after` the stream has no
-    /// event at is refused, except the terminal event's own (`UpToDate`).
-    pub async fn open(&self, id: &StreamId, after: Option<u64>) -> Result<Opened, ManagerError> {
+    /// Opens a reader on `owner`'s stream: the events after `after` (all when
+    /// `None`), then the live tail, ending after the terminal event. An `after` the
+    /// stream has no event at is refused, except the terminal event's own
+    /// (`UpToDate`).
+    pub async fn open(&self, id: &StreamId, after: Option<u64>, owner: &str) -> Result<Opened, ManagerError> {
         let status = match self.inner.store.status(id).await {
-            Ok(status) => status,
-            Err(StoreError::Expired { len, .. }) if after.is_some_and(|after| after >= len) => {
-                return Err(ManagerError::AfterBeyondLog { after: after.unwrap_or_default(), len });
+            Ok(status) if *status.owner == *owner => status,
+            Err(StoreError::Expired { len, owner: expired_owner, .. }) if *expired_owner == *owner => {
+                if let Some(after) = after.filter(|after| *after >= len) {
+                    return Err(ManagerError::AfterBeyondLog { after, len });
+                }
+                return Err(ManagerError::NotFound { stream_id: id.clone(), next_seq: len });
             }
-            Err(StoreError::NotFound(stream_id)) => {
-                // A stream that never existed (or is long gone): the seq after the
-                // client's is one no event of it can take.
+            // Someone else's stream is answered exactly as one that never existed.
+            Ok(_) | Err(StoreError::NotFound(_) | StoreError::Expired { .. }) => {
+                // The seq after the client's is one no event of it can take.
                 let next_seq = match after {
                     None => 0,
                     Some(after) => after.checked_add(1).ok_or(ManagerError::AfterBeyondLog { after, len: 0 })?,
                 };
-                return Err(ManagerError::NotFound { stream_id, next_seq });
+                return Err(ManagerError::NotFound { stream_id: id.clone(), next_seq });
             }
             Err(other) => return Err(other.into()),
         };
@@ -261,9 +280,13 @@ impl StreamManager {
         ))
     }
 
-    /// Cancels a generation, wherever it runs; waits briefly for its terminal event.
-    pub async fn cancel(&self, id: &StreamId) -> Result<CancelOutcome, ManagerError> {
+    /// Cancels `owner`'s generation, wherever it runs; waits briefly for its
+    /// terminal event.
+    pub async fn cancel(&self, id: &StreamId, owner: &str) -> Result<CancelOutcome, ManagerError> {
         let status = self.inner.store.status(id).await?;
+        if *status.owner != *owner {
+            return Err(ManagerError::NotFound { stream_id: id.clone(), next_seq: 0 });
+        }
         if status.finished {
             return Ok(CancelOutcome::AlreadyFinished);
         }
@@ -317,6 +340,18 @@ impl StreamManager {
 
     pub fn live_count(&self) -> usize {
         self.inner.live.lock().unwrap().len()
+    }
+}
+
+/// An idempotency key as the store keeps it: scoped to its principal (the length
+/// prefix keeps `owner` and `key` apart whatever they contain), hashed when long.
+fn scoped_key(owner: &str, key: &str) -> String {
+    use sha2::Digest;
+    let scoped = format!("{}:{owner}:{key}", owner.len());
+    if scoped.len() <= 200 {
+        scoped
+    } else {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(scoped.as_bytes())))
     }
 }
 
@@ -430,12 +465,13 @@ async fn run_generation(
     generation: Arc<Generation>,
     mut writer: LogWriter,
     _permit: OwnedSemaphorePermit,
+    reservation: Reservation,
 ) {
     let block = input.block_type();
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut events = inner.engine.stream(input);
+    let mut events = reservation.meter(inner.engine.stream(input));
     let abandoned = abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace);
     tokio::pin!(abandoned);
     let mut first_chunk = true;
@@ -485,7 +521,10 @@ async fn run_generation(
         }
         Ending::Failed(message) => {
             tracing::error!(stream_id = %id, %message, "generation failed");
-            (Some(EventBody::error(ErrorCode::GenerationLost, message, true)), "generation_lost".into())
+            (
+                Some(EventBody::error(ErrorCode::GenerationLost, "the generation failed on the server; start again", true)),
+                "generation_lost".into(),
+            )
         }
         Ending::Preempted => {
             tracing::warn!(stream_id = %id, "another process ended this stream (its lease had lapsed); stopping");
@@ -503,6 +542,7 @@ async fn run_generation(
         }
     }
     inner.store.release(&id);
+    reservation.settle().await;
     inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();

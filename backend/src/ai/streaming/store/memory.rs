@@ -76,6 +76,7 @@ impl LogData {
 }
 
 struct Log {
+    owner: Arc<str>,
     data: Mutex<LogData>,
     /// When the newest event was appended.
     appended_at: Mutex<std::time::Instant>,
@@ -86,7 +87,7 @@ struct Log {
 impl Log {
     fn status(&self) -> LogStatus {
         let data = self.data.lock().unwrap();
-        LogStatus { len: data.entries.len() as u64, finished: data.finished() }
+        LogStatus { len: data.entries.len() as u64, finished: data.finished(), owner: self.owner.clone() }
     }
 }
 
@@ -104,7 +105,8 @@ struct Index {
     /// Finished logs in finishing order, with their size.
     finished: VecDeque<(Instant, StreamId, usize)>,
     finished_bytes: usize,
-    tombstones: HashMap<StreamId, u64>,
+    /// Length and owner of evicted logs.
+    tombstones: HashMap<StreamId, (u64, Arc<str>)>,
     tombstone_order: VecDeque<StreamId>,
     keys: HashMap<String, (KeyClaim, Instant)>,
 }
@@ -204,7 +206,7 @@ impl MemoryStore {
         match index.logs.get(id) {
             Some(log) => Ok(log.clone()),
             None => Err(match index.tombstones.get(id) {
-                Some(&len) => StoreError::Expired { stream_id: id.clone(), len },
+                Some((len, owner)) => StoreError::Expired { stream_id: id.clone(), len: *len, owner: owner.clone() },
                 None => StoreError::NotFound(id.clone()),
             }),
         }
@@ -232,13 +234,13 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
         let (_, id, _) = index.finished.pop_front().expect("front exists");
         index.finished_bytes -= bytes;
         if let Some(log) = index.logs.remove(&id) {
-            let len = *log.len.borrow();
+            let tombstone = (*log.len.borrow(), log.owner.clone());
             if index.tombstone_order.len() >= MAX_TOMBSTONES {
                 if let Some(oldest) = index.tombstone_order.pop_front() {
                     index.tombstones.remove(&oldest);
                 }
             }
-            index.tombstones.insert(id.clone(), len);
+            index.tombstones.insert(id.clone(), tombstone);
             index.tombstone_order.push_back(id);
         }
     }
@@ -246,8 +248,13 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError> {
-        let log = Arc::new(Log { data: Mutex::default(), appended_at: Mutex::new(std::time::Instant::now()), len: watch::channel(0).0 });
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
+        let log = Arc::new(Log {
+            owner: owner.into(),
+            data: Mutex::default(),
+            appended_at: Mutex::new(std::time::Instant::now()),
+            len: watch::channel(0).0,
+        });
         self.shared.index.lock().unwrap().logs.insert(id.clone(), log.clone());
         Ok(Box::new(MemoryAppender { id: id.clone(), log, shared: self.shared.clone() }))
     }
@@ -375,19 +382,19 @@ mod tests {
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        let log = store.create(&s).await.unwrap();
+        let log = store.create(&s, "owner").await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         assert!(matches!(log.append(2, &chunk()).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
         log.append(1, &end()).await.unwrap();
         assert!(matches!(log.append(2, &chunk()).await, Err(StoreError::Finished(_))));
-        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true });
+        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 2, finished: true, owner: "owner".into() });
     }
 
     #[tokio::test]
     async fn a_follower_starts_after_the_given_seq_and_ends_after_the_terminal_event() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        let log = store.create(&s).await.unwrap();
+        let log = store.create(&s, "owner").await.unwrap();
         for seq in 0..5 {
             log.append(seq, &chunk()).await.unwrap();
         }
@@ -400,7 +407,7 @@ mod tests {
     async fn a_follower_waits_for_the_tail_to_grow() {
         let store = Arc::new(store(Duration::from_secs(60), 1 << 20));
         let s = id(1);
-        let log = store.create(&s).await.unwrap();
+        let log = store.create(&s, "owner").await.unwrap();
         let mut follower = store.follow(&s, None);
         let next = tokio::spawn(async move { follower.next().await });
         tokio::task::yield_now().await;
@@ -434,7 +441,7 @@ mod tests {
     /// The bytes a finished log of one chunk holds.
     async fn one_log() -> usize {
         let store = store(Duration::from_secs(60), usize::MAX);
-        let log = store.create(&id(0)).await.unwrap();
+        let log = store.create(&id(0), "owner").await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         log.append(1, &end()).await.unwrap();
         store.finished_bytes()
@@ -443,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_costs_its_text_and_a_few_bytes() {
         let store = store(Duration::from_secs(60), usize::MAX);
-        let log = store.create(&id(1)).await.unwrap();
+        let log = store.create(&id(1), "owner").await.unwrap();
         let events = 1000;
         let token = "word ";
         for seq in 0..events {
@@ -460,7 +467,7 @@ mod tests {
         let store = store(Duration::from_secs(60), one_log * 3);
         for n in 0..10 {
             let s = id(n);
-            let log = store.create(&s).await.unwrap();
+            let log = store.create(&s, "owner").await.unwrap();
             log.append(0, &chunk()).await.unwrap();
             log.append(1, &end()).await.unwrap();
             assert!(store.finished_bytes() <= one_log * 3);
@@ -475,12 +482,12 @@ mod tests {
         let one_log = one_log().await;
         let store = store(Duration::from_secs(60), one_log);
         let s = id(1);
-        let log = store.create(&s).await.unwrap();
+        let log = store.create(&s, "owner").await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         let follower = store.follow(&s, None);
         log.append(1, &end()).await.unwrap();
         for n in 2..4 {
-            let other = store.create(&id(n)).await.unwrap();
+            let other = store.create(&id(n), "owner").await.unwrap();
             other.append(0, &chunk()).await.unwrap();
             other.append(1, &end()).await.unwrap();
         }
@@ -492,7 +499,7 @@ mod tests {
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
         let store = store(Duration::from_secs(300), usize::MAX);
         let (done, live) = (id(1), id(2));
-        let (done_log, live_log) = (store.create(&done).await.unwrap(), store.create(&live).await.unwrap());
+        let (done_log, live_log) = (store.create(&done, "owner").await.unwrap(), store.create(&live, "owner").await.unwrap());
         for log in [&done_log, &live_log] {
             log.append(0, &chunk()).await.unwrap();
         }

@@ -11,6 +11,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,9 +23,9 @@ use super::events::{EventRecord, LoggedEvent, StreamId};
 pub enum StoreError {
     #[error("no log for stream {0}")]
     NotFound(StreamId),
-    /// The log existed, held `len` events, and has expired since.
+    /// The log existed, held `len` events, belonged to `owner`, and has expired since.
     #[error("the log of stream {stream_id} expired")]
-    Expired { stream_id: StreamId, len: u64 },
+    Expired { stream_id: StreamId, len: u64, owner: Arc<str> },
     #[error("stream {stream_id}: expected seq {expected}, got {got}")]
     OutOfOrder { stream_id: StreamId, expected: u64, got: u64 },
     #[error("stream {0} is already finished")]
@@ -35,12 +36,14 @@ pub enum StoreError {
 }
 
 /// Where a log stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogStatus {
     /// Number of events; the next seq.
     pub len: u64,
     /// A terminal event has been appended.
     pub finished: bool,
+    /// The principal that started the stream.
+    pub owner: Arc<str>,
 }
 
 /// Why a follower stopped before its log's terminal event. `next_seq` is the seq
@@ -91,10 +94,11 @@ pub trait Appender: Send + Sync {
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Creates an empty log whose generator is this process, and its writer: the
-    /// store holds the log's lease (renewing it where several processes share the
-    /// store) until the terminal event or [`EventStore::release`].
-    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError>;
+    /// Creates an empty log of `owner`'s stream whose generator is this process,
+    /// and its writer: the store holds the log's lease (renewing it where several
+    /// processes share the store) until the terminal event or
+    /// [`EventStore::release`].
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError>;
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError>;
 

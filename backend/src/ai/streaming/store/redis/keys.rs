@@ -3,8 +3,9 @@
 //! may touch them together:
 //! - `<prefix>:{<id>}:log`: a Redis Stream, one entry per event, entry id
 //!   `<seq>-1`, fields `t` (type) and `j` (the event's JSON members);
-//! - `<prefix>:{<id>}:meta`: a hash, `state` (`live` or `finished`) and, once
-//!   finished, `len`; it outlives the log so an expired stream's length is known;
+//! - `<prefix>:{<id>}:meta`: a hash, `state` (`live` or `finished`), `owner` (the
+//!   principal that started the stream) and, once finished, `len`; it outlives
+//!   the log so an expired stream's length and owner are known;
 //! - `<prefix>:{<id>}:lease`: the generating process's id while it generates (or
 //!   `cancel` once a cancel was asked for and not yet seen);
 //! - `<prefix>:{<id>}:readers`: present while some process serves a reader, and

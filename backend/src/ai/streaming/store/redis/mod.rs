@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -42,6 +42,7 @@ use self::scripts::{Finish, FinishTarget, First, Scripts};
 use self::tail::Tails;
 use super::{Appender, EventStore, Follower, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
+use crate::redis_connection::{self, COMMAND_TIMEOUT};
 
 /// How long a lease lives without renewal; its process renews it every second,
 /// so only a process that stopped (or stalled this long) loses it.
@@ -51,14 +52,12 @@ const LIVE_TTL: Duration = Duration::from_secs(3600);
 /// How long a finished stream's length outlives its log, so a late reader's
 /// `stream_not_found` takes a seq no event of the log had.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
-/// Bound on every Redis command (a blocking `XREAD` gets this on top of its block).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest pause between reconnection attempts, so the store is back soon after Redis.
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-
 fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
+
+/// A log's meta hash as `status` reads it: `state`, `len`, `owner`.
+type MetaFields = (Option<String>, Option<u64>, Option<String>);
 
 /// What the store's parts share: the connection, key names, and this process's
 /// identity and leases.
@@ -100,11 +99,12 @@ impl Shared {
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
         let mut conn = self.conn.clone();
-        let ((state, len), top): ((Option<String>, Option<u64>), redis::Value) = redis::pipe()
+        let ((state, len, owner), top): (MetaFields, redis::Value) = redis::pipe()
             .cmd("HMGET")
             .arg(self.keys.meta(id))
             .arg("state")
             .arg("len")
+            .arg("owner")
             .cmd("XREVRANGE")
             .arg(self.keys.log(id))
             .arg("+")
@@ -115,11 +115,12 @@ impl Shared {
             .await
             .map_err(unavailable)?;
         let Some(state) = state else { return Err(StoreError::NotFound(id.clone())) };
+        let owner: Arc<str> = owner.unwrap_or_default().into();
         let top = events_of(top).ok_or_else(|| StoreError::Unavailable(format!("malformed log entry of {id}")))?;
         match top.first() {
-            Some(last) => Ok(LogStatus { len: last.seq + 1, finished: last.is_terminal() }),
-            None if state == "finished" => Err(StoreError::Expired { stream_id: id.clone(), len: len.unwrap_or(0) }),
-            None => Ok(LogStatus { len: 0, finished: false }),
+            Some(last) => Ok(LogStatus { len: last.seq + 1, finished: last.is_terminal(), owner }),
+            None if state == "finished" => Err(StoreError::Expired { stream_id: id.clone(), len: len.unwrap_or(0), owner }),
+            None => Ok(LogStatus { len: 0, finished: false, owner }),
         }
     }
 
@@ -143,13 +144,6 @@ pub struct RedisStore {
     cancels: broadcast::Sender<StreamId>,
 }
 
-fn connection_config(response_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_max_delay(RECONNECT_MAX_DELAY)
-}
-
 impl RedisStore {
     /// Connects; its background tasks (following, leases and presence, cancel
     /// requests) run until `shutdown`. `grace` is the resume grace period.
@@ -161,10 +155,8 @@ impl RedisStore {
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = ConnectionManager::new_with_config(client.clone(), connection_config(COMMAND_TIMEOUT)).await.map_err(unavailable)?;
-        let tail_conn = ConnectionManager::new_with_config(client.clone(), connection_config(tail::BLOCK + COMMAND_TIMEOUT))
-            .await
-            .map_err(unavailable)?;
+        let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
+        let tail_conn = redis_connection::connect(client.clone(), tail::BLOCK + COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let shared = Arc::new(Shared {
             conn,
             keys: Keys::new(prefix),
@@ -267,12 +259,12 @@ impl RedisAppender {
 
 #[async_trait]
 impl EventStore for RedisStore {
-    async fn create(&self, id: &StreamId) -> Result<Box<dyn Appender>, StoreError> {
+    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let meta = self.shared.keys.meta(id);
         redis::pipe()
             .atomic()
-            .hset(&meta, "state", "live")
+            .hset_multiple(&meta, &[("state", "live"), ("owner", owner)])
             .ignore()
             .pexpire(&meta, LIVE_TTL.as_millis() as i64)
             .ignore()

@@ -58,7 +58,7 @@ async fn drain(follower: Follower) -> (Vec<LoggedEvent>, Option<FollowError>) {
 async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_end() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    let log = store.create(&id).await.unwrap();
+    let log = store.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &chunk(1)).await.unwrap();
@@ -71,7 +71,7 @@ async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_e
     log.append(2, &end()).await.unwrap();
     assert!(matches!(log.append(3, &chunk(3)).await, Err(StoreError::Finished(_)) | Err(StoreError::OutOfOrder { .. })));
     assert!(matches!(log.append(3, &end()).await, Err(StoreError::Finished(_))));
-    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 3, finished: true });
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 3, finished: true, owner: "owner".into() });
     let lease: Option<String> = raw(&store).await.get(store.shared.keys.lease(&id)).await.unwrap();
     assert_eq!(lease, None, "a finished stream has no lease");
     assert!(!store.shared.holds_lease(&id));
@@ -81,7 +81,7 @@ async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_e
 async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
-    let log = writer.create(&id).await.unwrap();
+    let log = writer.create(&id, "owner").await.unwrap();
     for seq in 0..3 {
         log.append(seq, &chunk(seq)).await.unwrap();
     }
@@ -106,11 +106,11 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
     assert!(matches!(store.status(&id).await, Err(StoreError::NotFound(_))));
-    let log = store.create(&id).await.unwrap();
-    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 0, finished: false });
+    let log = store.create(&id, "owner").await.unwrap();
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 0, finished: false, owner: "owner".into() });
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &end()).await.unwrap();
-    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
+    assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 2, finished: true, owner: "owner".into() });
     // Retention over: the log goes, its length stays.
     raw(&store).await.del::<_, ()>(store.shared.keys.log(&id)).await.unwrap();
     assert!(matches!(store.status(&id).await, Err(StoreError::Expired { len: 2, .. })));
@@ -120,7 +120,7 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
 async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id).await.unwrap();
+    let log = generator.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     // The generating process dies: it stops renewing, and its lease lapses.
     generator.release(&id);
@@ -137,7 +137,7 @@ async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers(
 async fn a_process_never_declares_its_own_running_generation_lost() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    let log = store.create(&id).await.unwrap();
+    let log = store.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     // A stall longer than the lease: it lapses although the generation runs here.
     raw(&store).await.del::<_, ()>(store.shared.keys.lease(&id)).await.unwrap();
@@ -156,7 +156,7 @@ async fn a_process_never_declares_its_own_running_generation_lost() {
 async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    let _log = generator.create(&id).await.unwrap();
+    let _log = generator.create(&id, "owner").await.unwrap();
     let mut requests = generator.cancel_requests();
     other.request_cancel(&id).await.unwrap();
     let first = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
@@ -171,12 +171,12 @@ async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
 async fn cancelling_a_stream_nobody_generates_ends_it_cancelled_at_once() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id).await.unwrap();
+    let log = generator.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     generator.release(&id);
     raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
     other.request_cancel(&id).await.unwrap();
-    assert_eq!(other.status(&id).await.unwrap(), LogStatus { len: 2, finished: true });
+    assert_eq!(other.status(&id).await.unwrap(), LogStatus { len: 2, finished: true, owner: "owner".into() });
     assert!(matches!(other.request_cancel(&StreamId::generate()).await, Err(StoreError::NotFound(_))));
 }
 
@@ -186,7 +186,7 @@ async fn a_reader_in_another_process_counts_until_the_grace_after_it_left() {
     let grace = Duration::from_millis(1500);
     let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
     let id = StreamId::generate();
-    let _log = generator.create(&id).await.unwrap();
+    let _log = generator.create(&id, "owner").await.unwrap();
     assert_eq!(generator.readers_elsewhere(&id).await.unwrap(), None);
     let follower = reader.follow(&id, None);
     let mut follower = follower;
@@ -224,7 +224,7 @@ async fn an_idempotency_key_is_claimed_once_across_processes() {
 async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id).await.unwrap();
+    let log = generator.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     let mut follower = reader.follow(&id, None);
     let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();

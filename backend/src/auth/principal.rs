@@ -1,0 +1,152 @@
+//! The principal: whoever a request acts for. Handlers take it as an argument; the
+//! extractor reads the credential, so no handler ever parses headers for it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+
+use super::AuthError;
+use crate::api::error::ApiError;
+use crate::api::AppState;
+
+/// Longest principal name accepted from a credential (a JWT `sub`).
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A principal id, namespaced by how it was proven: `jwt:<sub>`, `key:<name>` or
+/// `ip:<address>`. Streams, idempotency keys and limits belong to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(Arc<str>);
+
+impl Principal {
+    /// The anonymous principal of a client address (`AUTH_MODE=none`).
+    pub fn anonymous(ip: IpAddr) -> Self {
+        Self(format!("ip:{ip}").into())
+    }
+
+    /// A learner, by the `sub` of the host app's JWT.
+    pub fn learner(sub: &str) -> Self {
+        Self(format!("jwt:{sub}").into())
+    }
+
+    /// A server-to-server caller, by its name in the API key file.
+    pub fn api_client(name: &str) -> Self {
+        Self(format!("key:{name}").into())
+    }
+
+    /// A principal as carried by a token this server signed.
+    pub(crate) fn from_id(id: &str) -> Option<Self> {
+        let known = ["jwt:", "key:", "ip:"].iter().any(|kind| id.starts_with(kind));
+        (known && id.len() <= MAX_NAME_LEN + 4).then(|| Self(id.into()))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The peer's address, as the server recorded it for the connection.
+pub fn peer_ip(parts: &Parts) -> IpAddr {
+    // Routers served without connection info (unit tests) are one anonymous peer.
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let auth = &state.auth;
+        let client_ip = auth.client_ip(peer_ip(parts), &parts.headers);
+        let bearer = match super::bearer(&parts.headers) {
+            // Anonymous mode ignores credentials, whatever their shape.
+            Err(_) if auth.mode() == crate::config::settings::AuthMode::None => None,
+            other => other.map_err(ApiError::Unauthorized)?,
+        };
+        auth.authenticate(bearer, client_ip).map_err(ApiError::Unauthorized)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        Self::Unauthorized(error)
+    }
+}
+
+/// Who reads a stream: the principal of the request's credential, or the holder
+/// of a `?read_token=` (which may read only the one stream it names). A header
+/// credential wins over a token.
+pub struct Reader {
+    principal: Principal,
+    only: Option<crate::ai::streaming::events::StreamId>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReadTokenParam {
+    read_token: Option<String>,
+}
+
+impl Reader {
+    /// The principal reading `stream_id`; a read token for another stream is refused.
+    pub fn principal_for(&self, stream_id: &crate::ai::streaming::events::StreamId) -> Result<&Principal, ApiError> {
+        match &self.only {
+            Some(granted) if granted != stream_id => {
+                Err(ApiError::Unauthorized(AuthError::Invalid("this read token is for another stream")))
+            }
+            _ => Ok(&self.principal),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let anonymous = state.auth.mode() == crate::config::settings::AuthMode::None;
+        let has_header = parts.headers.contains_key(axum::http::header::AUTHORIZATION);
+        let token = axum::extract::Query::<ReadTokenParam>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.read_token);
+        match token {
+            Some(token) if !has_header || anonymous => match state.auth.read_tokens().verify(&token) {
+                Ok((principal, stream_id)) => Ok(Self { principal, only: Some(stream_id) }),
+                // Anonymous mode checks no credential: a token it cannot verify (one
+                // from another process) leaves the client its address's principal.
+                Err(_) if anonymous => Ok(Self { principal: Principal::from_request_parts(parts, state).await?, only: None }),
+                Err(error) => Err(ApiError::Unauthorized(error)),
+            },
+            _ => Ok(Self { principal: Principal::from_request_parts(parts, state).await?, only: None }),
+        }
+    }
+}
+
+/// Who a WebSocket acts for, as far as its upgrade request tells.
+pub enum SocketAuth {
+    Known(Principal),
+    /// No header credential: the socket's first message must authenticate.
+    Pending {
+        client_ip: IpAddr,
+    },
+}
+
+/// The [`SocketAuth`] of an upgrade: anonymous mode knows the principal at once;
+/// an `Authorization` header is verified now (401 before upgrading when bad);
+/// without one, the socket authenticates in its first message.
+pub struct SocketPrincipal(pub SocketAuth);
+
+impl FromRequestParts<AppState> for SocketPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let client_ip = state.auth.client_ip(peer_ip(parts), &parts.headers);
+        let anonymous = state.auth.mode() == crate::config::settings::AuthMode::None;
+        if anonymous || parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            return Ok(Self(SocketAuth::Known(Principal::from_request_parts(parts, state).await?)));
+        }
+        Ok(Self(SocketAuth::Pending { client_ip }))
+    }
+}

@@ -1,0 +1,225 @@
+//! Who is asking: learner JWTs (HS256, and RS256/ES256 from a JWKS file), API
+//! keys, the WebSocket's first-message auth, and what needs no credential.
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+async fn spawn_jwt_app(extra: &[(&str, &str)]) -> TestApp {
+    let mut vars = jwt_mode();
+    vars.extend_from_slice(extra);
+    spawn_app(&vars).await
+}
+
+#[tokio::test]
+async fn api_requests_without_a_credential_get_401_with_a_bearer_challenge() {
+    let app = spawn_jwt_app(&[]).await;
+    let start = json!({"block_type": "quiz", "input": {"topic": "x"}});
+    for response in [
+        app.post_json("/api/streams", &start).await,
+        app.get("/api/stream/ai-block/quiz?topic=x").await,
+        app.get("/api/streams/abc/events").await,
+        app.delete("/api/streams/abc").await,
+        app.post_json("/api/ai-block/quiz", &json!({"topic": "x"})).await,
+        app.get("/api/usage").await,
+    ] {
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_problem(response, 401, "unauthorized").await;
+    }
+    for open in ["/healthz", "/metrics", "/api/openapi.json", "/api/ai/config", "/"] {
+        assert_eq!(app.get(open).await.status(), 200, "{open} needs no credential");
+    }
+    let config: Value = app.get("/api/ai/config").await.json().await.unwrap();
+    assert_eq!(config["auth_mode"], "jwt");
+}
+
+#[tokio::test]
+async fn expired_misaddressed_and_forged_tokens_are_refused_as_invalid() {
+    let app = spawn_jwt_app(&[]).await;
+    let claims = |patch: Value| {
+        let mut claims = json!({"sub": "ada", "exp": now_secs() + 600, "iss": "https://learn.example", "aud": "live-ai"});
+        claims.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+        claims
+    };
+    for (token, why) in [
+        (sign_hs256(&claims(json!({"exp": now_secs() - 600})), JWT_SECRET), "expired"),
+        (sign_hs256(&claims(json!({"aud": "another-app"})), JWT_SECRET), "audience"),
+        (sign_hs256(&claims(json!({"iss": "https://elsewhere.example"})), JWT_SECRET), "issuer"),
+        (sign_hs256(&claims(json!({"nbf": now_secs() + 600})), JWT_SECRET), "not valid yet"),
+        (sign_hs256(&claims(json!({})), "a-forged-secret-that-is-long-enough-0123"), "signature"),
+        ("garbage".to_owned(), "JWT"),
+    ] {
+        let response = app.start_as(&token, "explain-eli10", json!({"topic": "x"})).await;
+        assert_eq!(response.headers()["www-authenticate"], "Bearer error=\"invalid_token\"", "{why}");
+        let body = assert_problem(response, 401, "unauthorized").await;
+        assert!(body["detail"].as_str().unwrap().contains(why), "{why}: {body}");
+    }
+    let ok = app.start_as(&learner_token("ada"), "explain-eli10", json!({"topic": "x"})).await;
+    assert_eq!(ok.status(), 201);
+}
+
+#[tokio::test]
+async fn learner_tokens_signed_with_the_jwks_keys_are_accepted_and_alg_confusion_is_not() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let jwks = format!("{dir}/tests/fixtures/auth/jwks.json");
+    let app = spawn_app(&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", &jwks)]).await;
+    let claims = json!({"sub": "grace", "exp": now_secs() + 600});
+    let sign = |alg: Algorithm, kid: &str, key: EncodingKey| {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, &key).unwrap()
+    };
+    let rsa = std::fs::read(format!("{dir}/tests/fixtures/auth/rsa_private.pem")).unwrap();
+    let ec = std::fs::read(format!("{dir}/tests/fixtures/auth/ec_private.pem")).unwrap();
+    for token in [
+        sign(Algorithm::RS256, "rsa-test", EncodingKey::from_rsa_pem(&rsa).unwrap()),
+        sign(Algorithm::ES256, "ec-test", EncodingKey::from_ec_pem(&ec).unwrap()),
+    ] {
+        let usage: Value = app.http.get(app.url("/api/usage")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(usage["principal"], "jwt:grace");
+    }
+    // The public JWKS as an HMAC secret: the classic algorithm confusion.
+    let confused = sign(Algorithm::HS256, "rsa-test", EncodingKey::from_secret(&std::fs::read(&jwks).unwrap()));
+    let response = app.http.get(app.url("/api/usage")).bearer_auth(confused).send().await.unwrap();
+    assert_problem(response, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn api_keys_from_the_keys_file_name_their_principal_and_unknown_keys_are_refused() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let lines = format!(
+        "# server callers\n{}\n{}\n",
+        live_ai::auth::api_keys::line_for("grader", "key-of-the-grader"),
+        live_ai::auth::api_keys::line_for("reports", "key-of-reports")
+    );
+    std::fs::write(file.path(), lines).unwrap();
+    let app = spawn_app(&[("AUTH_MODE", "api_key"), ("AUTH_API_KEYS_FILE", file.path().to_str().unwrap())]).await;
+    let usage: Value = app.http.get(app.url("/api/usage")).bearer_auth("key-of-the-grader").send().await.unwrap().json().await.unwrap();
+    assert_eq!(usage["principal"], "key:grader");
+    let response = app.http.get(app.url("/api/usage")).bearer_auth("key-of-someone-else").send().await.unwrap();
+    assert_problem(response, 401, "unauthorized").await;
+    let config: Value = app.get("/api/ai/config").await.json().await.unwrap();
+    assert_eq!(config["auth_mode"], "api_key");
+}
+
+/// The next message, expecting the server to end the socket after it.
+async fn closed_with_policy_violation(ws: &mut WsClient) -> Value {
+    let error = ws.next().await;
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("protocol_error"), Some("unauthorized")), "{error}");
+    match tokio::time::timeout(PATIENCE, ws.socket.next()).await.expect("the socket closes in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close frame with 1008, got {other:?}"),
+    }
+    error
+}
+
+#[tokio::test]
+async fn a_websocket_authenticates_by_first_message_or_header_and_is_closed_1008_otherwise() {
+    let app = spawn_jwt_app(&[]).await;
+    let start = json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "tides"}, "ref": "r1"});
+
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": learner_token("ada")})).await;
+    ws.send(start.clone()).await;
+    assert_eq!(ws.next().await["type"], "start", "no answer to auth, then the stream");
+
+    let mut ws = app.ws_with(&[("authorization", &format!("Bearer {}", learner_token("ada")))]).await.unwrap();
+    ws.send(start.clone()).await;
+    assert_eq!(ws.next().await["type"], "start", "the upgrade's header authenticates too");
+
+    let mut ws = app.ws().await;
+    ws.send(start.clone()).await;
+    closed_with_policy_violation(&mut ws).await;
+
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": sign_hs256(&json!({"sub": "ada", "exp": now_secs() - 600}), JWT_SECRET)})).await;
+    closed_with_policy_violation(&mut ws).await;
+
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": learner_token("ada")})).await;
+    ws.send(json!({"type": "auth", "token": learner_token("eve")})).await;
+    closed_with_policy_violation(&mut ws).await;
+
+    let refused = app.ws_with(&[("authorization", "Bearer not-a-token")]).await;
+    assert!(matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401));
+}
+
+#[tokio::test]
+async fn a_websocket_that_never_authenticates_is_closed() {
+    let app = spawn_jwt_app(&[]).await;
+    let mut ws = app.ws().await;
+    let error = closed_with_policy_violation(&mut ws).await;
+    assert!(error["message"].as_str().unwrap().contains("authenticate within"));
+}
+
+#[tokio::test]
+async fn anonymous_mode_accepts_and_ignores_an_auth_message_and_bearer_headers() {
+    let app = spawn_app(&[]).await;
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": "anything"})).await;
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "moss"}})).await;
+    let events = {
+        let start = ws.next().await;
+        let id = start["stream_id"].as_str().unwrap().to_owned();
+        ws.until_terminal(&id, &mut Vec::new()).await
+    };
+    assert_eq!(events.last().unwrap().kind(), "complete");
+    let created = app.create_stream_as("whatever", "explain-eli10", json!({"topic": "moss"})).await;
+    assert!(created["read_token"].as_str().is_some_and(|t| !t.is_empty()), "read tokens also with AUTH_MODE=none");
+    let config: Value = app.get("/api/ai/config").await.json().await.unwrap();
+    assert_eq!(config["auth_mode"], "none");
+}
+
+#[tokio::test]
+async fn anonymous_mode_refuses_to_start_on_a_public_address_naming_both_variables() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
+        .env_clear()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", "0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTH_MODE") && stderr.contains("ALLOW_ANONYMOUS"), "{stderr}");
+}
+
+#[tokio::test]
+async fn tokens_never_appear_in_the_logs() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut vars = jwt_mode();
+    vars.push(("RUST_LOG", "debug"));
+    let process = LiveAiProcess::spawn_logging(&vars, log.reopen().unwrap()).await;
+    let app_token = learner_token("ada");
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/api/streams", process.base))
+        .bearer_auth(&app_token)
+        .json(&json!({"block_type": "explain-eli10", "input": {"topic": "owls"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, read_token) = (created["stream_id"].as_str().unwrap(), created["read_token"].as_str().unwrap());
+    let body = http.get(format!("{}/api/streams/{id}/events?read_token={read_token}", process.base)).send().await.unwrap();
+    assert_eq!(body.status(), 200);
+    assert!(body.text().await.unwrap().contains("event: complete"));
+    let refused = http.get(format!("{}/api/usage", process.base)).bearer_auth("forged.token.value").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    process.kill().await;
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.contains(id), "the logs carry the stream id, so they were captured");
+    for secret in [app_token.as_str(), read_token, "forged.token.value", JWT_SECRET, READ_TOKEN_SECRET] {
+        assert!(!logs.contains(secret), "a token leaked into the logs");
+    }
+    // Nor any piece of a token (each JWT's signature part is unique).
+    for token in [app_token.as_str(), read_token] {
+        assert!(!logs.contains(token.rsplit('.').next().unwrap()));
+    }
+}
