@@ -11,10 +11,13 @@ FRONTEND := frontend
 .PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
+## (16 streams at once per visitor instead of 4: a reload leaves the page's four blocks
+## generating for the resume grace, and the demo should not answer the next four with 429)
 demo: frontend-deps
 	cd $(FRONTEND) && $(NPM) run build
 	cd $(BACKEND) && $(CARGO) build --release
 	AI_STREAMING_ENABLED=true STATIC_DIR=$(FRONTEND)/dist HOST=$${HOST:-127.0.0.1} PORT=$${PORT:-8000} \
+		LIMIT_CONCURRENT_STREAMS=$${LIMIT_CONCURRENT_STREAMS:-16} \
 		$(BACKEND)/target/release/live-ai
 
 ## test: every test — Rust (unit + integration + property tests), OpenAPI fuzz, TypeScript (Vitest), browser (Chromium)

@@ -4,11 +4,10 @@
 //! `CORS_ALLOWED_ORIGINS`: without it, browsers on other sites cannot read our
 //! answers (same-origin only).
 //!
-//! Two deliberate allowances, for the demo page's own code, never other sites':
+//! One deliberate allowance, for the demo page's own code, never other sites':
 //! `style-src 'unsafe-inline'`, because Mermaid writes its diagram styles into the
-//! SVG it renders; and `script-src 'unsafe-eval'`, because the client compiles the
-//! contract's JSON Schemas with Ajv at run time (`new Function`). Drop the latter
-//! once the client ships precompiled validators.
+//! SVG it renders. Scripts are the page's own files only: the client's contract
+//! validators are compiled ahead of time, so nothing is evaluated at run time.
 
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; \
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
 img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
 form-action 'self'; frame-ancestors 'self'";
 
