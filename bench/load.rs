@@ -6,8 +6,8 @@
 //!   `live-ai` and the floor (bench/perf.sh, `make bench-perf`);
 //! - `load stores --live-ai BIN …`: issue 7's memory vs Redis store benchmark
 //!   (bench/stores.sh, `make bench-stores`);
-//! - `load burst|unpaced|replay URL …`: one measurement against a running server
-//!   (bench/profile.sh runs them under a profiler).
+//! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
+//!   server (bench/profile.sh runs them under profilers).
 //!
 //! Every measurement stays on loopback, is bounded in count and time, and kills the
 //! servers it started when it ends.
@@ -83,9 +83,10 @@ async fn main() {
         Some("stores") => stores::main(rest).await,
         Some("burst") => burst::main(rest).await,
         Some("unpaced") => unpaced::main(rest).await,
+        Some("streams") => unpaced::fixed_main(rest).await,
         Some("replay") => replay::main(rest).await,
         _ => {
-            eprintln!("usage: load lag|perf|stores|burst|unpaced|replay … (see bench/load.rs)");
+            eprintln!("usage: load lag|perf|stores|burst|unpaced|streams|replay … (see bench/load.rs)");
             std::process::exit(2);
         }
     }

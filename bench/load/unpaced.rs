@@ -170,6 +170,54 @@ pub async fn websocket(base: &str, config: &UnpacedConfig) -> UnpacedResult {
     result
 }
 
+/// Exactly `total` streams over `connections` keep-alive connections, for a
+/// profiler that counts instructions: a fixed amount of work, not a fixed time.
+/// Returns (events, failed streams).
+pub async fn fixed(base: &str, total: usize, connections: usize) -> (u64, u64) {
+    let address = address(base);
+    let counters = Arc::new(Counters::default());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (counters, next) = (counters.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut connection = None;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    if connection.is_none() {
+                        connection = Connection::connect(address).await.ok();
+                    }
+                    let ok = match connection.as_mut() {
+                        Some(connection) => one_sse_stream(connection, &question_path(n), &counters).await.is_some(),
+                        None => false,
+                    };
+                    if !ok {
+                        connection = None;
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    (counters.events.load(Ordering::Relaxed), counters.errors.load(Ordering::Relaxed))
+}
+
+/// `load streams URL TOTAL [CONNECTIONS]`: a fixed number of streams; prints the events.
+pub async fn fixed_main(args: &[String]) {
+    let base = args.first().expect("usage: load streams URL TOTAL [CONNECTIONS]").clone();
+    super::sse::require_loopback(&base);
+    let total = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(300);
+    let connections = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let (events, errors) = fixed(&base, total, connections).await;
+    println!("streams={total} events={events} errors={errors}");
+}
+
 /// `load unpaced URL [sse|ws] [CONNECTIONS] [SECONDS]` against a running, unpaced server.
 pub async fn main(args: &[String]) {
     let base = args.first().expect("usage: load unpaced URL [sse|ws] [CONNECTIONS] [SECONDS]").clone();
