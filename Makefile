@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load
+.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-profile
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 ## (16 streams at once per visitor instead of 4: a reload leaves the page's four blocks
@@ -82,3 +82,15 @@ e2e-test:
 ## bench-load: N concurrent streams against a release build (see bench/RESULTS.md)
 bench-load:
 	bash bench/load.sh
+
+## bench-perf: live-ai beside the bare axum floor, side by side (issue 10; see bench/RESULTS.md)
+bench-perf:
+	bash bench/perf.sh
+
+## bench-stores: memory store vs Redis store, readers on another process (issue 7; see bench/RESULTS.md)
+bench-stores: redis
+	bash bench/stores.sh
+
+## bench-profile: perf profiles and callgrind instruction counts of live-ai and the floor (see bench/RESULTS.md)
+bench-profile:
+	bash bench/profile.sh

@@ -1,140 +1,93 @@
-//! Load generator: N concurrent SSE streams against a running `live-ai` with the
-//! demo model; reports events/s and per-chunk delivery lag percentiles.
+//! The load generator of the benchmarks in bench/ (results in bench/RESULTS.md):
 //!
-//! Lag: the demo model emits token n at `first_token_ms + n / tokens_per_second`
-//! after the `start` event, so a chunk's offset is its arrival time minus that
-//! schedule (measured from the `start` event's arrival). A stream's lag for each
-//! chunk is its offset minus the stream's smallest offset: the delay the whole path
-//! — engine, log, fan-out, SSE, HTTP, client — adds to a chunk beyond the best the
-//! same stream saw, without any clock shared between server and client.
+//! - `load lag URL [STREAMS] [TPS] [FIRST_TOKEN_MS]`: N paced streams against one
+//!   running `live-ai`, delivery lag percentiles (bench/load.sh, `make bench-load`);
+//! - `load perf --live-ai BIN --floor BIN …`: issue 10's side-by-side benchmark of
+//!   `live-ai` and the floor (bench/perf.sh, `make bench-perf`);
+//! - `load stores --live-ai BIN …`: issue 7's memory vs Redis store benchmark
+//!   (bench/stores.sh, `make bench-stores`);
+//! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
+//!   server (bench/profile.sh runs them under profilers).
 //!
-//! Usage: cargo run --release --example load -- URL STREAMS TOKENS_PER_SECOND FIRST_TOKEN_MS
-//! (run by bench/load.sh, which also starts the server).
+//! Every measurement stays on loopback, is bounded in count and time, and kills the
+//! servers it started when it ends.
 
-use std::time::{Duration, Instant};
+#[path = "load/burst.rs"]
+mod burst;
+#[path = "load/http.rs"]
+mod http;
+#[path = "load/lag.rs"]
+mod lag;
+#[path = "load/perf.rs"]
+mod perf;
+#[path = "load/replay.rs"]
+mod replay;
+#[path = "load/servers.rs"]
+mod servers;
+#[path = "load/sse.rs"]
+mod sse;
+#[path = "load/stats.rs"]
+mod stats;
+#[path = "load/stores.rs"]
+mod stores;
+#[path = "load/unpaced.rs"]
+mod unpaced;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
 
-struct StreamStats {
-    chunks: u64,
-    events: u64,
-    lags_us: Vec<u64>,
-    completed: bool,
-}
+/// `--name value` flags.
+pub struct Flags(HashMap<String, String>);
 
-async fn one_stream(client: reqwest::Client, base: String, n: usize, tps: f64, first_token: Duration) -> Result<StreamStats, String> {
-    // The one-shot endpoint starts and streams in one request, so `start` arrives as
-    // it is emitted rather than replayed.
-    let question =
-        format!("Benchmark question number {n}: how do streams scale?").replace(' ', "%20").replace('?', "%3F").replace(':', "%3A");
-    let response =
-        client.get(format!("{base}/api/stream/ai-block/ask-question?question={question}")).send().await.map_err(|e| e.to_string())?;
-    if response.status() != 200 {
-        return Err(format!("status {}", response.status()));
-    }
-    let mut events = response.bytes_stream().eventsource();
-    let mut stats = StreamStats { chunks: 0, events: 0, lags_us: Vec::new(), completed: false };
-    let mut offsets_us: Vec<i64> = Vec::new();
-    let mut start_at = None;
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|e| e.to_string())?;
-        let now = Instant::now();
-        stats.events += 1;
-        match event.event.as_str() {
-            "start" => start_at = Some(now),
-            "chunk" => {
-                let due = start_at.ok_or("chunk before start")? + first_token + Duration::from_secs_f64(stats.chunks as f64 / tps);
-                let offset = if now >= due { (now - due).as_micros() as i64 } else { -((due - now).as_micros() as i64) };
-                offsets_us.push(offset);
-                stats.chunks += 1;
-            }
-            "complete" => {
-                stats.completed = true;
-                break;
-            }
-            "error" | "cancelled" => return Err(format!("stream ended with {}: {}", event.event, event.data)),
-            _ => {}
+impl Flags {
+    pub fn parse(args: &[String]) -> Self {
+        let mut flags = HashMap::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let name = arg.strip_prefix("--").unwrap_or_else(|| panic!("expected a --flag, got {arg:?}"));
+            let value = args.next().unwrap_or_else(|| panic!("--{name} needs a value"));
+            flags.insert(name.to_owned(), value.clone());
         }
+        Self(flags)
     }
-    let best = offsets_us.iter().copied().min().unwrap_or(0);
-    stats.lags_us = offsets_us.iter().map(|o| (o - best) as u64).collect();
-    Ok(stats)
-}
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+    pub fn get<T: FromStr>(&self, name: &str, default: T) -> T {
+        self.0.get(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("--{name}: cannot use {v:?}")))
     }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        let path = PathBuf::from(self.0.get(name).unwrap_or_else(|| panic!("--{name} is required")));
+        assert!(path.is_file(), "--{name}: no file at {}", path.display());
+        path
+    }
 }
 
-/// Cumulative bucket counts of the server's `chunk_delivery_seconds` histogram.
-async fn delivery_buckets(client: &reqwest::Client, base: &str) -> Vec<(f64, f64)> {
-    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter_map(|line| line.strip_prefix("live_ai_chunk_delivery_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The upper bound of the bucket holding quantile `q` of the difference `after - before`.
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let counts: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
-    let total = counts.last().map_or(0.0, |c| c.1);
-    counts.iter().find(|(_, c)| *c >= total * q).map_or(f64::NAN, |(le, _)| le * 1000.0)
+/// Each stream holds a socket on both ends: warn when the open-file limit (which
+/// the server processes inherit) cannot hold them.
+pub fn warn_if_few_files(streams: usize) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok());
+    if let Some(soft) = soft.filter(|soft| *soft < streams + 256) {
+        eprintln!("warning: the open-file limit is {soft}, too low for {streams} streams: raise it with `ulimit -n`");
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let base = args.get(1).cloned().unwrap_or_else(|| "http://127.0.0.1:8000".into());
-    assert!(base.starts_with("http://127.0.0.1") || base.starts_with("http://[::1]"), "load goes to loopback only");
-    let streams: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let tps: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50.0);
-    let first_token = Duration::from_millis(args.get(4).and_then(|s| s.parse().ok()).unwrap_or(200));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(streams).build().unwrap();
-    let buckets_before = delivery_buckets(&client, &base).await;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..streams).map(|n| tokio::spawn(one_stream(client.clone(), base.clone(), n, tps, first_token))).collect();
-    let mut lags = Vec::new();
-    let (mut events, mut chunks, mut completed, mut failed) = (0u64, 0u64, 0usize, 0usize);
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(300), task).await {
-            Ok(Ok(Ok(stats))) => {
-                events += stats.events;
-                chunks += stats.chunks;
-                completed += stats.completed as usize;
-                lags.extend(stats.lags_us);
-            }
-            Ok(Ok(Err(error))) => {
-                failed += 1;
-                if failed <= 3 {
-                    eprintln!("stream failed: {error}");
-                }
-            }
-            _ => failed += 1,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("lag") => lag::main(rest).await,
+        Some("perf") => perf::main(rest).await,
+        Some("stores") => stores::main(rest).await,
+        Some("burst") => burst::main(rest).await,
+        Some("unpaced") => unpaced::main(rest).await,
+        Some("streams") => unpaced::fixed_main(rest).await,
+        Some("replay") => replay::main(rest).await,
+        _ => {
+            eprintln!("usage: load lag|perf|stores|burst|unpaced|streams|replay … (see bench/load.rs)");
+            std::process::exit(2);
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let buckets_after = delivery_buckets(&client, &base).await;
-    lags.sort_unstable();
-    println!("streams={streams} completed={completed} failed={failed} tokens_per_second_per_stream={tps}");
-    println!("wall={elapsed:.2}s events={events} chunks={chunks} events_per_second={:.0}", events as f64 / elapsed);
-    println!(
-        "chunk_lag_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
-        percentile(&lags, 0.5),
-        percentile(&lags, 0.9),
-        percentile(&lags, 0.99),
-        percentile(&lags, 1.0)
-    );
-    println!(
-        "server_chunk_delivery_ms (bucket upper bounds) p50<={} p90<={} p99<={}",
-        bucket_quantile(&buckets_before, &buckets_after, 0.5),
-        bucket_quantile(&buckets_before, &buckets_after, 0.9),
-        bucket_quantile(&buckets_before, &buckets_after, 0.99)
-    );
 }

@@ -22,7 +22,7 @@ echo "store: ${STREAM_STORE:-memory}"
 for run in $(seq "$runs"); do
   echo "--- run $run"
   /usr/bin/time -f "client: %e s wall, %U s user, %S s sys, %M KB max RSS" \
-    backend/target/release/examples/load "http://127.0.0.1:$port" "$streams" "$tps" 200
+    backend/target/release/examples/load lag "http://127.0.0.1:$port" "$streams" "$tps" 200
   grep -E '^(VmRSS|VmHWM)' "/proc/$server/status" | tr -s ' \t' ' ' | sed 's/^/server: /'
   ps -o cputime= -p "$server" | sed 's/^/server cpu total: /'
 done

@@ -144,20 +144,69 @@ async fn shutdown_ends_every_open_stream_with_a_retryable_error_and_stops() {
 async fn a_websocket_client_that_stops_reading_is_dropped_without_slowing_others() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let app = spawn_app(&[("CLIENT_SEND_TIMEOUT_SECONDS", "0.3")]).await;
-    // A tiny receive buffer, and never a read: the server's writes back up quickly.
+    // Paced, so the readers below are mid-stream throughout; the send timeout is long
+    // enough that the stuck client stays attached while the others are watched.
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "100"), ("CLIENT_SEND_TIMEOUT_SECONDS", "5")]).await;
+    const SSE: &str = "transport=\"sse\"";
+    const WEBSOCKET: &str = "transport=\"websocket\"";
+    const SEND_TIMEOUT: &str = "reason=\"send_timeout\"";
+    let app = &app;
+    let sent = |transport: &'static str| async move { app.metric("live_ai_events_sent_total", &[transport]).await };
+
+    // The others start first: two SSE readers of one long stream (~1,500 events: the
+    // demo model repeats the many-worded topic in every question).
+    let topic = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n";
+    let id = app.create_stream("quiz", json!({"topic": topic, "count": 10})).await;
+    let (mut a, mut b) = (app.events_of(&id).await, app.events_of(&id).await);
+    let (mut seen_a, mut seen_b) = (a.take(3).await, b.take(3).await);
+
+    // Then a WebSocket client with a tiny receive buffer that never reads: it
+    // follows the same stream and starts many more, so the server's writes to it
+    // back up and its outbox fills.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(app.addr).await.unwrap();
     let (mut stuck, _) = tokio_tungstenite::client_async(format!("ws://{}/api/stream/ws", app.addr), stream).await.unwrap();
-    for n in 0..200 {
+    stuck.send(Message::text(json!({"type": "resume", "stream_id": id}).to_string())).await.unwrap();
+    for n in 0..100 {
         let start = json!({"type": "start", "block_type": "quiz", "input": {"topic": format!("topic {n}"), "count": 10}});
         stuck.send(Message::text(start.to_string())).await.unwrap();
     }
-    app.wait_for_metric("live_ai_readers_dropped_total", &["reason=\"send_timeout\""], |v| v >= 1.0).await;
-    let id = app.create_stream("explain-eli10", json!({"topic": "patience"})).await;
-    let events = app.events_of(&id).await.until_terminal().await;
-    assert_eq!(events.last().unwrap().kind(), "complete", "other readers are unaffected");
+
+    // The stall: the WebSocket send counter (its only client is the stuck one)
+    // stands still across a stretch in which the server hands the SSE readers events.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let stalled_at = loop {
+        let (ws_before, sse_before) = (sent(WEBSOCKET).await, sent(SSE).await);
+        seen_a.extend(a.take(5).await);
+        seen_b.extend(b.take(5).await);
+        let ws_after = sent(WEBSOCKET).await;
+        if ws_after > 0.0 && ws_after == ws_before && sent(SSE).await >= sse_before + 10.0 {
+            break ws_after;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the client that does not read never stalled the server's writes to it");
+    };
+
+    // During the stall the others keep receiving: the server hands them 40 more
+    // events while it hands the stuck client none, and the stuck client is still
+    // attached afterwards, so all of that happened while it was stalled.
+    let sse_at_stall = sent(SSE).await;
+    while sent(SSE).await < sse_at_stall + 40.0 {
+        seen_a.extend(a.take(5).await);
+        seen_b.extend(b.take(5).await);
+    }
+    assert_eq!(sent(WEBSOCKET).await, stalled_at, "the stuck client received nothing while the others did");
+    assert_eq!(app.metric("live_ai_readers_dropped_total", &[SEND_TIMEOUT]).await, 0.0, "the stuck client was still attached meanwhile");
+
+    // Then the server gives up on it, and the others go on, without a gap.
+    app.wait_for_metric("live_ai_readers_dropped_total", &[SEND_TIMEOUT], |v| v >= 1.0).await;
+    seen_a.extend(a.take(20).await);
+    seen_b.extend(b.take(20).await);
+    for events in [&seen_a, &seen_b] {
+        let seqs: Vec<u64> = events.iter().map(Received::seq).collect();
+        assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "other readers get every event in order");
+        assert!(events.iter().all(|e| !e.is_terminal()), "their stream was still running throughout");
+    }
 }
 
 #[tokio::test]

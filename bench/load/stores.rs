@@ -1,0 +1,337 @@
+//! Issue 7's benchmark in one command: the memory store against the Redis store at
+//! the same paced load, with the readers of the Redis runs on another `live-ai`
+//! process than the generator — `POST /api/streams` on process A, `GET
+//! /api/streams/{id}/events` on process B, both on one Redis under a fresh
+//! `REDIS_KEY_PREFIX`. The memory store cannot share streams between processes, so
+//! its runs start and read on one process: that is all it can do.
+//!
+//! Redis commands per appended event come from `INFO commandstats`, reset with
+//! `CONFIG RESETSTAT` once both processes are up, read after the run: every command
+//! Redis executed (commands run inside a Lua script count too, and the harness's own
+//! `CONFIG`/`INFO` do not), over the events appended, which is the events the readers
+//! received when every stream completed with one reader each. The stats are
+//! server-wide, so another client of the same Redis would count too: the number of
+//! other connected clients is reported. A last, smaller run samples `MONITOR`,
+//! keeping the lines that name this run's key prefix, to split the commands into
+//! round trips the processes sent and commands run inside scripts.
+//!
+//! The stream resume grace stays at its default (30 s): process A does not see B's
+//! readers, so a generation lasting longer than that would be cancelled as
+//! abandoned (issue 7); the endings column shows it if it happens.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::lag::{self, LagConfig, LagResult, Route};
+use super::perf::live_ai_env;
+use super::servers::{load_average, Server};
+use super::stats::median;
+use super::Flags;
+
+struct StoresConfig {
+    runs: usize,
+    lag: LagConfig,
+    redis_url: String,
+    live_ai: PathBuf,
+    monitor_streams: usize,
+}
+
+#[derive(Default)]
+struct RedisRun {
+    lag: LagResult,
+    /// Calls per command name during the run.
+    commands: BTreeMap<String, u64>,
+    other_clients: i64,
+    redis_cpu_seconds: f64,
+    live_ai_cpu_seconds: f64,
+}
+
+/// What `MONITOR` showed of one run: commands by name, per source.
+struct Monitored {
+    /// Sent by the `live-ai` processes: one round trip each (or part of a pipeline).
+    sent: BTreeMap<String, u64>,
+    /// Run by Redis inside Lua scripts.
+    scripted: BTreeMap<String, u64>,
+    /// Events appended during the run.
+    events: u64,
+}
+
+#[derive(Default)]
+struct Run {
+    load: String,
+    memory: LagResult,
+    memory_cpu_seconds: f64,
+    redis: RedisRun,
+}
+
+impl RedisRun {
+    fn commands_per_event(&self) -> f64 {
+        self.commands.values().sum::<u64>() as f64 / self.lag.events.max(1) as f64
+    }
+}
+
+fn prefix(run: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("live-ai-bench-{}-{run}-{nanos}", std::process::id())
+}
+
+fn server_env(config: &StoresConfig, store: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let max = (config.lag.streams * 2).to_string();
+    let mut all = vec![("STREAM_STORE", store.to_owned()), ("MAX_CONCURRENT_STREAMS", max)];
+    all.extend(extra.iter().cloned());
+    live_ai_env(config.lag.tokens_per_second, config.lag.first_token, &all)
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("REDIS_URL {url}: {e}"));
+    client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
+}
+
+async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO").arg(section).query_async(conn).await.expect("INFO answers")
+}
+
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+/// `cmdstat_<name>:calls=<n>,…` lines, without the harness's own commands.
+fn command_calls(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| !(name == "info" || name.starts_with("config|")))
+        .collect()
+}
+
+fn redis_cpu(info: &str) -> f64 {
+    info_field(info, "used_cpu_user").unwrap_or(0.0) + info_field(info, "used_cpu_sys").unwrap_or(0.0)
+}
+
+/// Deletes this run's keys (they would expire anyway, but the Redis is shared).
+async fn clean_up(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = match conn.scan_match::<_, String>(format!("{prefix}:*")).await {
+        Ok(iter) => {
+            use futures::StreamExt;
+            iter.filter_map(|k| async move { k.ok() }).collect().await
+        }
+        Err(_) => return,
+    };
+    for batch in keys.chunks(500) {
+        let _: Result<(), _> = redis::cmd("UNLINK").arg(batch).query_async(conn).await;
+    }
+}
+
+async fn memory_run(config: &StoresConfig) -> (LagResult, f64) {
+    let server = Server::start("live-ai (memory)", &config.live_ai, &server_env(config, "memory", &[])).await;
+    let cpu = server.cpu_seconds();
+    let route = Route::Split { create: server.base.clone(), read: server.base.clone() };
+    let result = lag::run(&route, &config.lag).await;
+    let cpu = server.cpu_seconds() - cpu;
+    server.stop(Duration::from_secs(10)).await;
+    (result, cpu)
+}
+
+async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
+    let prefix = prefix(label);
+    let mut conn = redis_connection(&config.redis_url).await;
+    let env = server_env(config, "redis", &[("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.clone())]);
+    let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
+    let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("CONFIG RESETSTAT answers");
+    let clients = info(&mut conn, "clients").await;
+    let cpu_before = redis_cpu(&info(&mut conn, "cpu").await);
+    let cpu = generator.cpu_seconds() + reader.cpu_seconds();
+    let route = Route::Split { create: generator.base.clone(), read: reader.base.clone() };
+    let lag = lag::run(&route, &config.lag).await;
+    let live_ai_cpu_seconds = generator.cpu_seconds() + reader.cpu_seconds() - cpu;
+    let commands = command_calls(&info(&mut conn, "commandstats").await);
+    let redis_cpu_seconds = redis_cpu(&info(&mut conn, "cpu").await) - cpu_before;
+    generator.stop(Duration::from_secs(10)).await;
+    reader.stop(Duration::from_secs(10)).await;
+    clean_up(&mut conn, &prefix).await;
+    // Ours: the two processes' command connections and subscriptions, and this one.
+    let other_clients = info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5;
+    RedisRun { lag, commands, other_clients, redis_cpu_seconds, live_ai_cpu_seconds }
+}
+
+/// Commands naming the run's key prefix seen by `MONITOR` during a small split run.
+async fn monitor_run(config: &StoresConfig) -> Option<Monitored> {
+    let address = config.redis_url.trim_start_matches("redis://").split('/').next().unwrap_or("127.0.0.1:6379").to_owned();
+    let prefix = prefix("monitor");
+    let env = server_env(config, "redis", &[("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.clone())]);
+    let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
+    let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
+    let mut monitor = tokio::net::TcpStream::connect(&address).await.ok()?;
+    monitor.write_all(b"MONITOR\r\n").await.ok()?;
+    let mut lines = BufReader::new(monitor).lines();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let counting = tokio::spawn({
+        let prefix = prefix.clone();
+        async move {
+            let (mut sent, mut scripted) = (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
+            loop {
+                let line = tokio::select! {
+                    _ = &mut stopped => break,
+                    line = lines.next_line() => match line {
+                        Ok(Some(line)) => line,
+                        _ => break,
+                    },
+                };
+                // `+<time> [<db> <client address or lua>] "<COMMAND>" "<arg>" …`
+                let Some((source, command)) = line.split_once("] ") else { continue };
+                if !line.contains(&prefix) {
+                    continue;
+                }
+                let name = command.split('"').nth(1).unwrap_or("?").to_lowercase();
+                let bucket = if source.ends_with(" lua") { &mut scripted } else { &mut sent };
+                *bucket.entry(name).or_default() += 1;
+            }
+            (sent, scripted)
+        }
+    });
+    let route = Route::Split { create: generator.base.clone(), read: reader.base.clone() };
+    let small = LagConfig { streams: config.monitor_streams, ..config.lag.clone() };
+    let result = lag::run(&route, &small).await;
+    generator.stop(Duration::from_secs(10)).await;
+    reader.stop(Duration::from_secs(10)).await;
+    // Give the monitor a moment for the last lines, then stop it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    let (sent, scripted) = counting.await.ok()?;
+    let mut conn = redis_connection(&config.redis_url).await;
+    clean_up(&mut conn, &prefix).await;
+    Some(Monitored { sent, scripted, events: result.events })
+}
+
+fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
+    let n = runs.len();
+    println!();
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "- run {}: load before {}; memory endings {:?}; redis endings {:?}; other Redis clients during the run: {}",
+            i + 1,
+            r.load,
+            r.memory.endings,
+            r.redis.lag.endings,
+            r.redis.other_clients
+        );
+        for error in r.memory.first_errors.iter().chain(&r.redis.lag.first_errors) {
+            println!("  - error: {error}");
+        }
+    }
+    println!();
+    let headers: Vec<String> = (1..=n).map(|i| format!("run {i}")).collect();
+    println!("| measure | store | {} | median |", headers.join(" | "));
+    println!("|---|---|{}---|", "---|".repeat(n));
+    let row = |label: &str, store: &str, digits: usize, f: &dyn Fn(&Run) -> f64| {
+        let values: Vec<f64> = runs.iter().map(f).collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.digits$}")).collect();
+        println!("| {label} | {store} | {} | **{:.digits$}** |", cells.join(" | "), median(&values));
+    };
+    let both = |label: &str, digits: usize, f: &dyn Fn(&LagResult) -> f64| {
+        row(label, "memory (1 process)", digits, &|r| f(&r.memory));
+        row(label, "redis (A → B)", digits, &|r| f(&r.redis.lag));
+    };
+    both("completed streams", 0, &|l| l.completed as f64);
+    both("events/s", 0, &|l| l.events_per_second());
+    both("client lag p50 (ms)", 2, &|l| l.lag_ms_p50);
+    both("client lag p90 (ms)", 2, &|l| l.lag_ms_p90);
+    both("client lag p99 (ms)", 2, &|l| l.lag_ms_p99);
+    row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory_cpu_seconds);
+    row("live-ai CPU seconds (all processes)", "redis (A → B)", 2, &|r| r.redis.live_ai_cpu_seconds);
+    row("Redis CPU seconds", "redis (A → B)", 2, &|r| r.redis.redis_cpu_seconds);
+    row("Redis commands per appended event (INFO commandstats)", "redis (A → B)", 2, &|r| r.redis.commands_per_event());
+    row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag_ms_p99);
+    println!();
+    let mut names: Vec<&String> = runs.iter().flat_map(|r| r.redis.commands.keys()).collect();
+    names.sort();
+    names.dedup();
+    println!("Redis commands per appended event, by command (INFO commandstats; includes commands run inside Lua scripts):");
+    println!();
+    println!("| command | {} | median |", headers.join(" | "));
+    println!("|---|{}---|", "---|".repeat(n));
+    for name in names {
+        let values: Vec<f64> =
+            runs.iter().map(|r| *r.redis.commands.get(name).unwrap_or(&0) as f64 / r.redis.lag.events.max(1) as f64).collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+        println!("| {name} | {} | {:.3} |", cells.join(" | "), median(&values));
+    }
+    if let Some(Monitored { sent, scripted, events }) = monitored {
+        println!();
+        println!(
+            "MONITOR sample: {} streams × {} tok/s, {events} events appended; commands naming the run's key prefix, per appended event:",
+            config.monitor_streams, config.lag.tokens_per_second
+        );
+        println!();
+        println!("| command | sent by live-ai (round trips) | run inside Lua scripts |");
+        println!("|---|---|---|");
+        let mut names: Vec<&String> = sent.keys().chain(scripted.keys()).collect();
+        names.sort();
+        names.dedup();
+        let per = |map: &BTreeMap<String, u64>, name: &String| *map.get(name).unwrap_or(&0) as f64 / events.max(1) as f64;
+        for name in names {
+            println!("| {name} | {:.3} | {:.3} |", per(&sent, name), per(&scripted, name));
+        }
+        let total = |map: &BTreeMap<String, u64>| map.values().sum::<u64>() as f64 / events.max(1) as f64;
+        println!("| **total** | **{:.2}** | **{:.2}** |", total(&sent), total(&scripted));
+    }
+}
+
+/// `load stores --live-ai BIN [--runs 3] [--streams 1000] [--tps 50]
+/// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]`
+pub async fn main(args: &[String]) {
+    let flags = Flags::parse(args);
+    let config = StoresConfig {
+        runs: flags.get("runs", 3),
+        lag: LagConfig {
+            streams: flags.get("streams", 1000),
+            tokens_per_second: flags.get("tps", 50.0),
+            first_token: Duration::from_millis(flags.get("first-token-ms", 200)),
+            patience: Duration::from_secs(flags.get("patience-seconds", 120)),
+        },
+        redis_url: flags.get("redis-url", "redis://127.0.0.1:6379".to_owned()),
+        live_ai: flags.path("live-ai"),
+        monitor_streams: flags.get("monitor-streams", 100),
+    };
+    let host = config.redis_url.trim_start_matches("redis://");
+    assert!(
+        host.starts_with("127.0.0.1:") || host.starts_with("localhost:"),
+        "the bench uses a loopback Redis only, not {}",
+        config.redis_url
+    );
+    super::warn_if_few_files(config.lag.streams * 2);
+    println!(
+        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}",
+        config.runs,
+        config.lag.streams,
+        config.lag.tokens_per_second,
+        config.lag.first_token.as_millis(),
+        config.redis_url
+    );
+    let mut runs = Vec::new();
+    for index in 0..config.runs {
+        eprintln!("run {} of {} (load {})", index + 1, config.runs, load_average());
+        let mut run = Run { load: load_average(), ..Run::default() };
+        let memory_first = index % 2 == 0;
+        if memory_first {
+            (run.memory, run.memory_cpu_seconds) = memory_run(&config).await;
+        }
+        run.redis = redis_run(&config, &format!("run{index}")).await;
+        if !memory_first {
+            (run.memory, run.memory_cpu_seconds) = memory_run(&config).await;
+        }
+        eprintln!("  memory: {:?}", run.memory);
+        eprintln!("  redis: {:?} commands {:?}", run.redis.lag, run.redis.commands);
+        runs.push(run);
+    }
+    let monitored = if config.monitor_streams > 0 { monitor_run(&config).await } else { None };
+    report(&config, &runs, monitored);
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue 7's benchmark: the memory store against the Redis store at the same paced
+# load, the Redis runs with streams started on one live-ai process and read on
+# another, both on the Redis at REDIS_URL (default 127.0.0.1:6379) under a fresh key
+# prefix that is deleted afterwards. Prints Markdown tables (see bench/RESULTS.md).
+# Usage: bench/stores.sh [RUNS] [STREAMS] [TPS]; more knobs: bench/load.rs `stores`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+streams=${2:-1000}
+tps=${3:-50}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+(cd backend && cargo build --release --quiet --bin live-ai --example load)
+echo "machine: $(nproc) cores; uptime: $(uptime)"
+exec backend/target/release/examples/load stores --live-ai backend/target/release/live-ai \
+  --redis-url "${REDIS_URL:-redis://127.0.0.1:6379}" --runs "$runs" --streams "$streams" --tps "$tps" "${@:4}"
