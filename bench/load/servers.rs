@@ -25,7 +25,13 @@ impl Server {
     pub async fn start(name: &'static str, binary: &Path, env: &[(String, String)]) -> Self {
         let port = free_port();
         let mut command = Command::new(binary);
-        command.env("HOST", "127.0.0.1").env("PORT", port.to_string()).envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+        command.env("HOST", "127.0.0.1").env("PORT", port.to_string());
+        // One load generator is one client address: per-learner limits would measure
+        // themselves, not the server.
+        for limit in ["LIMIT_CONCURRENT_STREAMS", "LIMIT_STARTS_PER_MINUTE", "LIMIT_STREAMS_PER_SOCKET"] {
+            command.env(limit, "unlimited");
+        }
+        command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
         if std::env::var_os("BENCH_SERVER_LOGS").is_none() {
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
