@@ -4,14 +4,15 @@
 //! - Append: one `XADD` at the event's entry id per event; the first and the
 //!   terminal one are scripts (`scripts.rs`): the first checks the stream exists
 //!   and sets the log's expiry, the terminal one finishes the log. An append retried after a lost reply finds its own entry and succeeds.
-//! - Follow: one `XREAD` loop per process feeds local mirrors (`tail.rs`).
+//! - Follow: a few `XREAD` loops per process feed local mirrors (`tail.rs`).
 //! - Leases: the generating process renews `lease` with its id (`SET … PX`,
 //!   re-taken if it lapsed under a stall); a cancel from anywhere marks it
 //!   `cancel` and publishes on `<prefix>:cancel`, so the generator learns of it on
 //!   the next renewal even if the message is lost.
 //! - Presence: every process serving a reader of a stream refreshes `readers`
-//!   (expiring after the resume grace), so the generator abandons a stream only
-//!   when no process anywhere had a reader for the whole grace (`upkeep.rs`).
+//!   (expiring after the resume grace plus two refresh intervals), so the
+//!   generator abandons a stream only when no process anywhere had a reader for
+//!   the whole grace (`upkeep.rs`).
 //! - Every command has a timeout; Redis going away ends open streams with a
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
@@ -77,11 +78,18 @@ impl Shared {
         self.leases.lock().unwrap().contains(id)
     }
 
+    /// How long a presence mark lasts: the grace, plus room for the refresh
+    /// interval and a late refresh, so a reader that stays is never missed (a
+    /// generation may outlive its last reader by up to that room, never less).
+    fn presence_ttl_ms(&self) -> u64 {
+        (self.grace + upkeep::INTERVAL * 2).as_millis() as u64
+    }
+
     /// Marks a reader of `id` present now, in the background.
     fn stamp_presence(&self, id: &StreamId) {
-        let (mut conn, key, grace) = (self.conn.clone(), self.keys.readers(id), self.grace);
+        let (mut conn, key, ttl) = (self.conn.clone(), self.keys.readers(id), self.presence_ttl_ms());
         tokio::spawn(async move {
-            let _ = conn.pset_ex::<_, _, ()>(key, 1, grace.as_millis().max(1) as u64).await;
+            let _ = conn.pset_ex::<_, _, ()>(key, 1, ttl).await;
         });
     }
 
@@ -156,7 +164,10 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
-        let tail_conn = redis_connection::connect(client.clone(), tail::BLOCK + COMMAND_TIMEOUT).await.map_err(unavailable)?;
+        let mut tail_conns = Vec::new();
+        for _ in 0..tail::SHARDS {
+            tail_conns.push(redis_connection::connect(client.clone(), tail::BLOCK + COMMAND_TIMEOUT).await.map_err(unavailable)?);
+        }
         let shared = Arc::new(Shared {
             conn,
             keys: Keys::new(prefix),
@@ -168,7 +179,7 @@ impl RedisStore {
         });
         let cancels = broadcast::channel(1024).0;
         cancels::listen(client, shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
-        let tails = Tails::start(shared.clone(), tail_conn, shutdown.clone());
+        let tails = Tails::start(shared.clone(), tail_conns, shutdown.clone());
         upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
         Ok(Self { shared, tails, cancels })
     }

@@ -1,9 +1,11 @@
-//! Following logs in Redis: one `XREAD` loop per process reads every log that
-//! has readers here, whatever their number, into a local mirror per log; readers
-//! follow the mirror the way they follow a memory log (a `watch` wakes them). A
-//! reader that starts before the mirror's first event reads that history with
-//! `XRANGE` once. So an appended event costs this process one share of an
-//! `XREAD` (which carries the event itself) however many readers it serves.
+//! Following logs in Redis: a few `XREAD` loops per process (`SHARDS`, each log
+//! in one of them by its id) read every log that has readers here, whatever their
+//! number, into a local mirror per log; readers follow the mirror the way they
+//! follow a memory log (a `watch` wakes them). A reader that starts before the
+//! mirror's first event reads that history with `XRANGE` once. So an appended
+//! event costs this process one share of an `XREAD` (which carries the event
+//! itself) however many readers it serves. Several loops keep each `XREAD` short
+//! and let one's reply be parsed while another waits on Redis.
 //!
 //! The loop also notices trouble, so readers never hang:
 //! - Redis unreachable for `OUTAGE_LIMIT`: every mirror fails (`Unreachable`);
@@ -30,6 +32,8 @@ use super::Shared;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
 
+/// `XREAD` loops per process, each on a connection of its own.
+pub const SHARDS: usize = 4;
 /// How long one `XREAD` blocks; a log that gains its first reader joins the loop
 /// within this.
 pub const BLOCK: Duration = Duration::from_millis(100);
@@ -43,6 +47,8 @@ const RETRY: Duration = Duration::from_millis(200);
 /// A local copy of one log from `base` on, shared by this process's readers.
 struct Mirror {
     id: StreamId,
+    /// The loop that reads it.
+    shard: usize,
     log_key: String,
     base: u64,
     state: Mutex<MirrorState>,
@@ -64,6 +70,7 @@ struct MirrorState {
 impl Mirror {
     fn new(id: StreamId, log_key: String, base: u64) -> Self {
         Self {
+            shard: shard_of(&id),
             id,
             log_key,
             base,
@@ -138,14 +145,26 @@ impl Mirror {
 pub struct Tails {
     shared: Arc<Shared>,
     mirrors: Mutex<HashMap<StreamId, Arc<Mirror>>>,
-    wake: Notify,
+    /// Per loop: a log gained its first reader here.
+    wakes: Vec<Notify>,
+}
+
+/// The loop that reads `id`.
+fn shard_of(id: &StreamId) -> usize {
+    // FNV-1a: stable, and spreads random ids evenly.
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
+    (hash % SHARDS as u64) as usize
 }
 
 impl Tails {
-    /// Starts the loop on `conn`, a connection of its own (`XREAD` blocks it).
-    pub fn start(shared: Arc<Shared>, conn: ConnectionManager, shutdown: CancellationToken) -> Arc<Self> {
-        let tails = Arc::new(Self { shared, mirrors: Mutex::default(), wake: Notify::new() });
-        tokio::spawn(tails.clone().run(conn, shutdown));
+    /// Starts a loop on each of `conns`, connections of their own (`XREAD` blocks them).
+    pub fn start(shared: Arc<Shared>, conns: Vec<ConnectionManager>, shutdown: CancellationToken) -> Arc<Self> {
+        assert_eq!(conns.len(), SHARDS, "one connection per loop");
+        let wakes = (0..SHARDS).map(|_| Notify::new()).collect();
+        let tails = Arc::new(Self { shared, mirrors: Mutex::default(), wakes });
+        for (shard, conn) in conns.into_iter().enumerate() {
+            tokio::spawn(tails.clone().run(shard, conn, shutdown.clone()));
+        }
         tails
     }
 
@@ -217,7 +236,7 @@ impl Tails {
         };
         if first_follower {
             self.shared.stamp_presence(id);
-            self.wake.notify_one();
+            self.wakes[shard_of(id)].notify_one();
         }
         MirrorGuard { tails: self.clone(), mirror }
     }
@@ -235,16 +254,22 @@ impl Tails {
         events_of(reply).ok_or_else(|| malformed("XRANGE"))
     }
 
-    async fn run(self: Arc<Self>, mut conn: ConnectionManager, shutdown: CancellationToken) {
+    async fn run(self: Arc<Self>, shard: usize, mut conn: ConnectionManager, shutdown: CancellationToken) {
         let weak = Arc::downgrade(&self);
         drop(self);
         let mut outage_since: Option<Instant> = None;
         loop {
             let Some(tails) = weak.upgrade() else { return };
-            let wanted: Vec<(Arc<Mirror>, String)> =
-                tails.mirrors.lock().unwrap().values().filter_map(|mirror| Some((mirror.clone(), mirror.cursor()?))).collect();
+            let wanted: Vec<(Arc<Mirror>, String)> = tails
+                .mirrors
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|mirror| mirror.shard == shard)
+                .filter_map(|mirror| Some((mirror.clone(), mirror.cursor()?)))
+                .collect();
             if wanted.is_empty() {
-                let wake = async { tails.wake.notified().await };
+                let wake = async { tails.wakes[shard].notified().await };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = wake => {}

@@ -14,7 +14,7 @@ use super::tail::Tails;
 use super::{Shared, LEASE_TTL};
 use crate::ai::streaming::events::StreamId;
 
-const INTERVAL: Duration = Duration::from_secs(1);
+pub const INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, cancels: broadcast::Sender<StreamId>, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -37,7 +37,7 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, cancels: broadcast::Sender
                 pipe.cmd("SET").arg(shared.keys.lease(id)).arg(&shared.owner).arg("PX").arg(LEASE_TTL.as_millis() as u64).arg("GET");
             }
             for id in &followed {
-                pipe.cmd("SET").arg(shared.keys.readers(id)).arg(1).arg("PX").arg(shared.grace.as_millis().max(1) as u64).ignore();
+                pipe.cmd("SET").arg(shared.keys.readers(id)).arg(1).arg("PX").arg(shared.presence_ttl_ms()).ignore();
             }
             let mut conn = shared.conn.clone();
             match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
