@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 /// floor's own (`(memory.rs:`), with a directory for a library's (`src/sync/mpsc/`).
 const OWNERS: &[(&str, &str)] = &[
     ("LoggedEvent::new", "event log: each event's JSON (Arc<str>)"),
-    ("(events.rs:", "event log: each event's JSON (Arc<str>)"),
     ("EventStore>::read_after", "event log: batches copied out for readers"),
     ("(memory.rs:", "event log: the Vec of events (capacity doubles) and the index"),
     ("demo_content", "demo model: its text and tokens"),
