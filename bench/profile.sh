@@ -17,7 +17,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 what=${1:-all}
-out=${PROFILE_DIR:-backend/target/profile}
+out=$(realpath -m "${PROFILE_DIR:-backend/target/profile}")
 streams=${PROFILE_STREAMS:-5000}
 fixed=${PROFILE_FIXED_STREAMS:-300}
 mkdir -p "$out"
@@ -30,7 +30,7 @@ if [[ $what != perf ]] && ! command -v valgrind >/dev/null; then
 fi
 (cd backend && CARGO_PROFILE_RELEASE_DEBUG=true CARGO_TARGET_DIR=target/profiling \
   cargo build --release --quiet --bin live-ai --example load --example floor)
-bin=backend/target/profiling/release
+bin=$PWD/backend/target/profiling/release
 load=$bin/examples/load
 
 server=""
@@ -52,9 +52,10 @@ start_server() {
   while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((20000 + RANDOM % 20000)); done
   local binary=$bin/live-ai
   [[ $name == floor ]] && binary=$bin/examples/floor
-  env HOST=127.0.0.1 PORT="$port" AI_STREAMING_ENABLED=true STATIC_DIR=no-frontend-in-the-bench RUST_LOG=warn \
-    DEMO_TOKENS_PER_SECOND="$tps" DEMO_FIRST_TOKEN_MS=0 MAX_CONCURRENT_STREAMS=$((streams + 1000)) \
-    "$@" "$binary" >/dev/null 2>&1 &
+  # Only these settings, and no `.env`: run from the report directory.
+  (cd "$out" && exec env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" AI_STREAMING_ENABLED=true STATIC_DIR=no-frontend-in-the-bench \
+    RUST_LOG=warn DEMO_TOKENS_PER_SECOND="$tps" DEMO_FIRST_TOKEN_MS=0 MAX_CONCURRENT_STREAMS=$((streams + 1000)) \
+    "$@" "$binary" >/dev/null 2>&1) &
   server=$!
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
   echo "$name did not start"; exit 1
