@@ -7,7 +7,8 @@
 //! - `load stores --live-ai BIN …`: issue 7's memory vs Redis store benchmark
 //!   (bench/stores.sh, `make bench-stores`);
 //! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
-//!   server (bench/profile.sh runs them under profilers).
+//!   server (bench/profile.sh runs them under profilers);
+//! - `load massif FILE STREAMS`: a massif heap profile's peak, by owner.
 //!
 //! Every measurement stays on loopback, is bounded in count and time, and kills the
 //! servers it started when it ends.
@@ -18,6 +19,8 @@ mod burst;
 mod http;
 #[path = "load/lag.rs"]
 mod lag;
+#[path = "load/massif.rs"]
+mod massif;
 #[path = "load/perf.rs"]
 mod perf;
 #[path = "load/replay.rs"]
@@ -85,8 +88,9 @@ async fn main() {
         Some("unpaced") => unpaced::main(rest).await,
         Some("streams") => unpaced::fixed_main(rest).await,
         Some("replay") => replay::main(rest).await,
+        Some("massif") => massif::main(rest),
         _ => {
-            eprintln!("usage: load lag|perf|stores|burst|unpaced|streams|replay … (see bench/load.rs)");
+            eprintln!("usage: load lag|perf|stores|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
             std::process::exit(2);
         }
     }

@@ -78,6 +78,10 @@ impl Connection {
         }
         request += "\r\n";
         self.stream.write_all(request.as_bytes()).await?;
+        self.read_head().await
+    }
+
+    async fn read_head(&mut self) -> io::Result<Response> {
         let head_end = loop {
             if let Some(at) = self.pending().windows(4).position(|w| w == b"\r\n\r\n") {
                 break at;
@@ -95,6 +99,24 @@ impl Connection {
             Framing::Length(header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0))
         };
         Ok(Response { status, framing })
+    }
+
+    /// Sends `POST path` with a JSON body; returns the status and the whole body.
+    pub async fn post_json(&mut self, path: &str, json: &str) -> io::Result<(u16, Vec<u8>)> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+            self.host,
+            json.len()
+        );
+        self.stream.write_all(request.as_bytes()).await?;
+        let response = self.read_head().await?;
+        let mut body = Vec::new();
+        self.read_body(&response, |bytes, _| {
+            body.extend_from_slice(bytes);
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok((response.status, body))
     }
 
     /// Reads the body of `response`, handing each decoded piece to `on_bytes` with

@@ -180,8 +180,13 @@ async fn one_run(config: &PerfConfig, index: usize) -> Run {
 fn row(label: &str, server: &str, values: &[f64], reference: Option<&[f64]>, digits: usize) {
     let cells: Vec<String> = values.iter().map(|v| format!("{v:.digits$}")).collect();
     let ratio = reference.map_or(String::new(), |reference| {
-        let ratios: Vec<f64> = values.iter().zip(reference).map(|(v, f)| v / f).collect();
-        format!("{:.2}", median(&ratios))
+        let ratios: Vec<f64> = values.iter().zip(reference).map(|(v, f)| v / f).filter(|r| r.is_finite()).collect();
+        let ratio = median(&ratios);
+        if ratio.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{ratio:.2}")
+        }
     });
     println!("| {label} | {server} | {} | **{:.digits$}** | {ratio} |", cells.join(" | "), median(values));
 }
@@ -209,10 +214,22 @@ fn report(config: &PerfConfig, runs: &[Run]) {
     all(&format!("unpaced SSE events/s, {c} connections"), 0, &|r, w| r.sse[w].events_per_second);
     all(&format!("unpaced SSE streams/s, {c} connections"), 0, &|r, w| r.sse[w].streams_per_second);
     let floor_sse = per(&|r| r.sse[FLOOR].events_per_second);
-    row(&format!("unpaced WebSocket events/s, {c} sockets"), "live-ai", &per(&|r| r.websocket.events_per_second), Some(&floor_sse), 0);
+    row(
+        &format!("unpaced WebSocket events/s, {c} sockets (ratio to the floor's SSE)"),
+        "live-ai",
+        &per(&|r| r.websocket.events_per_second),
+        Some(&floor_sse),
+        0,
+    );
     all(&format!("server CPU µs per event, unpaced SSE, {c} connections"), 2, &|r, w| r.sse[w].cpu_us_per_event);
     let floor_cpu = per(&|r| r.sse[FLOOR].cpu_us_per_event);
-    row("server CPU µs per event, unpaced WebSocket", "live-ai", &per(&|r| r.websocket.cpu_us_per_event), Some(&floor_cpu), 2);
+    row(
+        "server CPU µs per event, unpaced WebSocket (ratio to the floor's SSE)",
+        "live-ai",
+        &per(&|r| r.websocket.cpu_us_per_event),
+        Some(&floor_cpu),
+        2,
+    );
     all(&format!("unpaced SSE stream errors, {c} connections"), 0, &|r, w| r.sse[w].errors as f64);
     row("unpaced WebSocket stream errors", "live-ai", &per(&|r| r.websocket.errors as f64), None, 0);
     let s = config.saturating_connections;

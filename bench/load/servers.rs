@@ -20,18 +20,27 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    /// Starts `binary` with `env` on a free loopback port and waits until it answers
-    /// `/healthz`. Its output is discarded unless `BENCH_SERVER_LOGS` is set.
+    /// Starts `binary` with only `env` (and `PATH`) on a free loopback port, in the
+    /// temporary directory so no `.env` file is read, and waits until it answers
+    /// `/healthz`: a developer's settings never leak into a measurement. Its output
+    /// is discarded unless `BENCH_SERVER_LOGS` is set.
     pub async fn start(name: &'static str, binary: &Path, env: &[(String, String)]) -> Self {
         let port = free_port();
-        let mut command = Command::new(binary);
-        command.env("HOST", "127.0.0.1").env("PORT", port.to_string());
-        // One load generator is one client address: per-learner limits would measure
-        // themselves, not the server.
-        for limit in ["LIMIT_CONCURRENT_STREAMS", "LIMIT_STARTS_PER_MINUTE", "LIMIT_STREAMS_PER_SOCKET"] {
-            command.env(limit, "unlimited");
-        }
-        command.envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+        let binary = binary.canonicalize().unwrap_or_else(|e| panic!("no server at {}: {e}", binary.display()));
+        let mut command = Command::new(&binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(std::env::temp_dir())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            // One load generator is one client address: per-learner limits would
+            // measure themselves, not the server.
+            .env("LIMIT_CONCURRENT_STREAMS", "unlimited")
+            .env("LIMIT_STARTS_PER_MINUTE", "unlimited")
+            .env("LIMIT_STREAMS_PER_SOCKET", "unlimited")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true);
         if std::env::var_os("BENCH_SERVER_LOGS").is_none() {
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
