@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
     };
     live_ai::telemetry::init(settings.log_format);
     let addr = SocketAddr::new(settings.host, settings.port);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match listen(addr) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("live-ai: cannot listen on {addr}: {error} (set HOST/PORT)");
@@ -48,6 +48,18 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Connections the kernel may queue before `accept`: a class pressing "Make quiz"
+/// at once is a burst of thousands, and the default (128) drops their SYNs, each
+/// costing its client a one-second retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {

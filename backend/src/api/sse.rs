@@ -14,9 +14,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{stream, StreamExt};
+use futures::{stream, FutureExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
@@ -77,9 +77,14 @@ fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc:
     let (sent, delivery) = (state.metrics.events_sent_sse.clone(), state.metrics.chunk_delivery.clone());
     tokio::spawn(async move {
         loop {
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                next = tokio::time::timeout(keep_alive, reader.next()) => next,
+            // A batch that is ready needs no keep-alive timer, and a channel with room
+            // no send timer: timers are armed only when the pump would wait.
+            let next = match reader.next().now_or_never() {
+                Some(next) => Ok(next),
+                None => tokio::select! {
+                    _ = tx.closed() => return,
+                    next = tokio::time::timeout(keep_alive, reader.next()) => next,
+                },
             };
             let bytes = match next {
                 Ok(Some(batch)) => {
@@ -91,6 +96,11 @@ fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc:
                 }
                 Ok(None) => return,
                 Err(_) => Bytes::from_static(sse_wire::KEEP_ALIVE),
+            };
+            let bytes = match tx.try_send(bytes) {
+                Ok(()) => continue,
+                Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(bytes)) => bytes,
             };
             match tx.send_timeout(bytes, send_timeout).await {
                 Ok(()) => {}

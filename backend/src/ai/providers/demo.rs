@@ -41,13 +41,14 @@ impl Provider for DemoProvider {
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
         let settings = self.settings.clone();
         Box::pin(stream! {
-            let tokens = demo_content::tokenize(&demo_content::write(&request.input));
+            let text = demo_content::write(&request.input);
             let max_tokens = request.prompt.max_tokens as usize;
             let period = (settings.tokens_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / settings.tokens_per_second));
             let start = Instant::now() + settings.first_token;
             sleep_until(start).await;
             let mut sent = 0u64;
-            for (n, token) in tokens.iter().take(max_tokens).enumerate() {
+            let mut tokens = demo_content::tokens(&text).enumerate();
+            for (n, token) in tokens.by_ref().take(max_tokens) {
                 if settings.fail_after_tokens == Some(sent) {
                     yield Err(ProviderError::Upstream {
                         provider: "demo".into(),
@@ -64,12 +65,12 @@ impl Provider for DemoProvider {
                 if let Some(period) = period {
                     sleep_until(start + period * n as u32).await;
                 }
-                yield Ok(ProviderEvent::Delta(token.clone()));
+                yield Ok(ProviderEvent::Delta(token.to_owned()));
                 sent += 1;
             }
             let prompt_tokens = estimate_tokens(&request.prompt.system) + estimate_tokens(&request.prompt.user);
             yield Ok(ProviderEvent::Usage(Usage { prompt_tokens, completion_tokens: sent, total_tokens: prompt_tokens + sent }));
-            let reason = if tokens.len() > max_tokens { FinishReason::Length } else { FinishReason::Stop };
+            let reason = if tokens.next().is_some() { FinishReason::Length } else { FinishReason::Stop };
             yield Ok(ProviderEvent::Finished(reason));
         })
     }

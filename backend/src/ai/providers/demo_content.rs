@@ -218,24 +218,42 @@ fn diagram(description: &str, kind: DiagramKind) -> String {
     }
 }
 
-/// Splits text into model-like tokens: each word keeps its leading whitespace, and
-/// long words are cut so tokens stay a few characters long.
-pub fn tokenize(text: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    for c in text.chars() {
-        let starts_word = !c.is_whitespace() && !in_word;
-        if (starts_word && current.chars().any(|c| !c.is_whitespace())) || current.chars().count() >= 8 {
-            tokens.push(std::mem::take(&mut current));
+/// Splits text into model-like tokens: each word with the whitespace after it,
+/// long words cut so tokens stay a few characters long. Lazily, as slices of
+/// the text: a live stream holds its text once, not a string per token.
+pub fn tokens(text: &str) -> Tokens<'_> {
+    Tokens { text, pos: 0, in_word: false }
+}
+
+pub struct Tokens<'a> {
+    text: &'a str,
+    pos: usize,
+    /// Whether the character before `pos` is part of a word.
+    in_word: bool,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = &self.text[self.pos..];
+        if rest.is_empty() {
+            return None;
         }
-        in_word = !c.is_whitespace();
-        current.push(c);
+        let (mut chars, mut has_text) = (0, false);
+        for (offset, c) in rest.char_indices() {
+            let starts_word = !c.is_whitespace() && !self.in_word;
+            if (starts_word && has_text) || chars >= 8 {
+                self.pos += offset;
+                return Some(&rest[..offset]);
+            }
+            self.in_word = !c.is_whitespace();
+            has_text |= self.in_word;
+            chars += 1;
+        }
+        self.pos = self.text.len();
+        Some(rest)
     }
-    if !current.is_empty() {
-        tokens.push(current);
-    }
-    tokens
 }
 
 #[cfg(test)]
@@ -249,8 +267,8 @@ mod tests {
 
     fn parse_all(input: &BlockInput, text: &str) -> serde_json::Value {
         let mut parser = input.output_parser();
-        for token in tokenize(text) {
-            parser.push(&token).unwrap();
+        for token in tokens(text) {
+            parser.push(token).unwrap();
         }
         parser.finish(text).unwrap()
     }
@@ -258,8 +276,12 @@ mod tests {
     #[test]
     fn tokens_concatenate_to_the_text() {
         let text = "Hello,  world!\n\n  {\"a\": [1, 2]} supercalifragilistic";
-        assert_eq!(tokenize(text).concat(), text);
-        assert!(tokenize(text).iter().all(|t| t.chars().count() <= 9));
+        assert_eq!(tokens(text).collect::<String>(), text);
+        assert!(tokens(text).all(|t| t.chars().count() <= 8));
+        assert_eq!(
+            tokens(text).collect::<Vec<_>>(),
+            ["Hello,  ", "world!\n\n", "  {\"a\": ", "[1, ", "2]} ", "supercal", "ifragili", "stic"]
+        );
     }
 
     #[test]
