@@ -26,7 +26,7 @@ use crate::ai::streaming::stream_manager::{EventReader, Opened};
 
 /// Writes buffered per SSE response between the log and the socket (each holds
 /// every event that was ready at once).
-const PUMP_BUFFER: usize = 16;
+const PUMP_BUFFER: usize = 8;
 
 /// Parses `Last-Event-ID: <stream_id>:<seq>`; `seq` is decimal digits only (no
 /// sign), as the server writes it.

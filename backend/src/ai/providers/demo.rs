@@ -43,6 +43,9 @@ impl Provider for DemoProvider {
         Box::pin(stream! {
             let text = demo_content::write(&request.input);
             let max_tokens = request.prompt.max_tokens as usize;
+            let prompt_tokens = estimate_tokens(&request.prompt.system) + estimate_tokens(&request.prompt.user);
+            // What a live stream holds is its text; the request is done with.
+            drop(request);
             let period = (settings.tokens_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / settings.tokens_per_second));
             let start = Instant::now() + settings.first_token;
             sleep_until(start).await;
@@ -68,7 +71,6 @@ impl Provider for DemoProvider {
                 yield Ok(ProviderEvent::Delta(token.to_owned()));
                 sent += 1;
             }
-            let prompt_tokens = estimate_tokens(&request.prompt.system) + estimate_tokens(&request.prompt.user);
             yield Ok(ProviderEvent::Usage(Usage { prompt_tokens, completion_tokens: sent, total_tokens: prompt_tokens + sent }));
             let reason = if tokens.next().is_some() { FinishReason::Length } else { FinishReason::Stop };
             yield Ok(ProviderEvent::Finished(reason));

@@ -2,7 +2,7 @@
 //!
 //! Each log keeps its events compactly: the JSON members of every event back to
 //! back in one buffer, plus a small entry (type, end offset) per event, so a
-//! chunk costs its token text and under 30 bytes. A `watch` of the log's length
+//! chunk costs its token text and under 20 bytes. A `watch` of the log's length
 //! wakes followers, so fan-out costs one wake-up per reader and a slow reader never
 //! makes the writer buffer anything: it re-reads the log at its own pace, a batch
 //! at a time (one copy per batch, not per event). A follower and the writer hold
@@ -30,8 +30,8 @@ use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId
 #[derive(Clone, Copy)]
 struct Entry {
     /// Where its JSON members end in `LogData::fields`; they start where the
-    /// previous entry's end.
-    end: usize,
+    /// previous entry's end. (`u32`: 8 bytes an entry; a log is kilobytes.)
+    end: u32,
     event_type: EventType,
 }
 
@@ -47,7 +47,7 @@ impl LogData {
     }
 
     fn start_of(&self, index: usize) -> usize {
-        index.checked_sub(1).map_or(0, |previous| self.entries[previous].end)
+        index.checked_sub(1).map_or(0, |previous| self.entries[previous].end as usize)
     }
 
     /// Events `from..to`, sharing one copy of their bytes.
@@ -56,14 +56,14 @@ impl LogData {
             return Vec::new();
         }
         let base = self.start_of(from);
-        let bytes = Bytes::copy_from_slice(&self.fields[base..self.entries[to - 1].end]);
+        let bytes = Bytes::copy_from_slice(&self.fields[base..self.entries[to - 1].end as usize]);
         (from..to)
             .map(|index| {
                 let entry = self.entries[index];
                 LoggedEvent {
                     seq: index as u64,
                     event_type: entry.event_type,
-                    fields: bytes.slice(self.start_of(index) - base..entry.end - base),
+                    fields: bytes.slice(self.start_of(index) - base..entry.end as usize - base),
                 }
             })
             .collect()
@@ -158,8 +158,10 @@ impl Appender for MemoryAppender {
             if seq != expected {
                 return Err(StoreError::OutOfOrder { stream_id: self.id.clone(), expected, got: seq });
             }
+            let Ok(end) = u32::try_from(data.fields.len() + record.fields.len()) else {
+                return Err(StoreError::Unavailable(format!("the log of {} outgrew 4 GiB", self.id)));
+            };
             data.fields.extend_from_slice(&record.fields);
-            let end = data.fields.len();
             data.entries.push(Entry { end, event_type: record.event_type });
             if terminal {
                 data.fields.shrink_to_fit();
