@@ -91,7 +91,9 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
         metrics.clone(),
         shutdown.clone(),
     );
-    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, shutdown })
+    let sse_readers =
+        api::sse_body::Readers::start(settings.client_send_timeout, settings.sse_keepalive, metrics.clone(), shutdown.clone());
+    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, sse_readers, shutdown })
 }
 
 /// Serves `state` on an already-bound listener until `signal` resolves; then every

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod origin;
 pub mod security;
 pub mod sse;
+pub mod sse_body;
 pub mod sse_wire;
 pub mod streaming;
 pub mod usage;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// The SSE responses being streamed, and the reaper of stuck ones.
+    pub sse_readers: Arc<sse_body::Readers>,
     pub shutdown: CancellationToken,
 }
 

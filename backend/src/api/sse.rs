@@ -1,32 +1,18 @@
 //! The SSE transport: frames log events as `id: <stream_id>:<seq>`, `event: <type>`,
 //! `data: <json>`, with a `retry:` hint first and keep-alive comments while idle.
 //!
-//! Each response is fed by a small pump task through a bounded channel: a client
-//! that stops reading blocks only its own pump, which gives up after the send
-//! timeout and detaches, so it never slows other readers nor grows memory. The
-//! pump also detaches as soon as the client goes away, even while the stream is
-//! idle, so the resume grace period starts on time. The bytes themselves come
+//! The response body polls the stream's reader directly (`sse_body`, which also
+//! drops the readers of clients that stopped reading); the bytes themselves come
 //! from `sse_wire`.
-
-use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::{stream, FutureExt, StreamExt};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::{sse_wire, AppState};
-use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
-use crate::ai::streaming::stream_manager::{EventReader, Opened};
-
-/// Writes buffered per SSE response between the log and the socket (each holds
-/// every event that was ready at once).
-const PUMP_BUFFER: usize = 8;
+use crate::ai::streaming::events::{ErrorCode, EventBody, LoggedEvent, StreamId};
+use crate::ai::streaming::stream_manager::Opened;
 
 /// Parses `Last-Event-ID: <stream_id>:<seq>`; `seq` is decimal digits only (no
 /// sign), as the server writes it.
@@ -53,73 +39,22 @@ pub fn last_event_id(headers: &HeaderMap) -> Result<Option<(StreamId, u64)>, Api
 pub fn respond(state: &AppState, stream_id: StreamId, opened: Opened) -> Response {
     match opened {
         Opened::UpToDate => StatusCode::NO_CONTENT.into_response(),
-        Opened::Events(reader) => events_response(state, pump(state, stream_id, reader)),
+        Opened::Events(reader) => {
+            let preamble = sse_wire::preamble(state.settings.sse_retry);
+            events_response(Body::from_stream(state.sse_readers.body(stream_id, preamble, reader)))
+        }
     }
 }
 
 /// An SSE response holding one `stream_not_found` error event at `seq`.
 pub fn not_found(state: &AppState, stream_id: StreamId, seq: u64) -> Response {
     let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {stream_id}; it may have expired: start again"), true);
-    let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(sse_wire::frames(&stream_id, &[LoggedEvent::new(seq, &body)]));
-    events_response(state, rx)
+    let bytes = [sse_wire::preamble(state.settings.sse_retry), sse_wire::frames(&stream_id, &[LoggedEvent::new(seq, &body)])].concat();
+    events_response(Body::from(bytes))
 }
 
-/// Frames the reader's batches in a task of its own: a client that stops reading
-/// blocks only this task, which gives up after the send timeout and detaches.
-/// While the stream is idle it sends keep-alive comments, and it notices a client
-/// that went away, so the resume grace period starts on time.
-fn pump(state: &AppState, stream_id: StreamId, mut reader: EventReader) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(PUMP_BUFFER);
-    let send_timeout = state.settings.client_send_timeout;
-    let keep_alive = state.settings.sse_keepalive;
-    let dropped = state.metrics.readers_dropped.with_label_values(&["send_timeout"]);
-    let (sent, delivery) = (state.metrics.events_sent_sse.clone(), state.metrics.chunk_delivery.clone());
-    tokio::spawn(async move {
-        loop {
-            // A batch that is ready needs no keep-alive timer, and a channel with room
-            // no send timer: timers are armed only when the pump would wait.
-            let next = match reader.next().now_or_never() {
-                Some(next) => Ok(next),
-                None => tokio::select! {
-                    _ = tx.closed() => return,
-                    next = tokio::time::timeout(keep_alive, reader.next()) => next,
-                },
-            };
-            let bytes = match next {
-                Ok(Some(batch)) => {
-                    sent.inc_by(batch.events.len() as u64);
-                    if let (Some(since), Some(EventType::Chunk)) = (batch.tail_since, batch.events.last().map(|e| e.event_type)) {
-                        delivery.observe(since.elapsed().as_secs_f64());
-                    }
-                    sse_wire::frames(&stream_id, &batch.events)
-                }
-                Ok(None) => return,
-                Err(_) => Bytes::from_static(sse_wire::KEEP_ALIVE),
-            };
-            let bytes = match tx.try_send(bytes) {
-                Ok(()) => continue,
-                Err(TrySendError::Closed(_)) => return,
-                Err(TrySendError::Full(bytes)) => bytes,
-            };
-            match tx.send_timeout(bytes, send_timeout).await {
-                Ok(()) => {}
-                Err(SendTimeoutError::Timeout(_)) => {
-                    dropped.inc();
-                    tracing::info!(%stream_id, "dropping an SSE reader that stopped reading");
-                    return;
-                }
-                Err(SendTimeoutError::Closed(_)) => return,
-            }
-        }
-    });
-    rx
-}
-
-fn events_response(state: &AppState, frames: mpsc::Receiver<Bytes>) -> Response {
-    let preamble = sse_wire::preamble(state.settings.sse_retry);
-    let body = stream::once(async move { preamble }).chain(ReceiverStream::new(frames)).map(Ok::<_, Infallible>);
-    let mut response = Body::from_stream(body).into_response();
+fn events_response(body: Body) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
