@@ -40,6 +40,9 @@ describe("ErrorNotice", () => {
 
 describe("a block over its learner's limit", () => {
   it("shows when today's budget comes back (the next 00:00 UTC) instead of a generic failure", async () => {
+    // Mid-afternoon, whenever the test runs: a wait of minutes would be a countdown instead.
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(new Date("2026-11-27T15:00:00Z"));
     const api = new FakeApi();
     const now = Date.now();
     const midnight = Math.ceil((now + 1) / 86_400_000) * 86_400_000;
