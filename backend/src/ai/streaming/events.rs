@@ -34,6 +34,13 @@ impl StreamId {
     }
 }
 
+/// Lets a map keyed by stream ids be searched with an id's text (Redis's announcements).
+impl std::borrow::Borrow<str> for StreamId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for StreamId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

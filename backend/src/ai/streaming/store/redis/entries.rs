@@ -1,4 +1,4 @@
-//! Log entries as Redis returns them (`XRANGE`, `XREVRANGE`, `XREAD`), read
+//! Log entries as Redis returns them (`XRANGE`, `XREVRANGE`), read
 //! straight from the reply: the event's JSON members are taken as they come,
 //! without a map per entry.
 
@@ -15,27 +15,6 @@ pub fn events_of(reply: Value) -> Option<Vec<LoggedEvent>> {
         Value::Array(entries) => entries.into_iter().map(event_of).collect(),
         _ => None,
     }
-}
-
-/// The entries of an `XREAD` reply, by stream key: RESP2 `[[key, entries], …]`
-/// or a RESP3 map.
-pub fn streams_of(reply: Value) -> Option<Vec<(Vec<u8>, Vec<LoggedEvent>)>> {
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Nil => return Some(Vec::new()),
-        Value::Map(pairs) => pairs,
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|stream| match stream {
-                Value::Array(pair) if pair.len() == 2 => {
-                    let mut pair = pair.into_iter();
-                    Some((pair.next()?, pair.next()?))
-                }
-                _ => None,
-            })
-            .collect::<Option<_>>()?,
-        _ => return None,
-    };
-    pairs.into_iter().map(|(key, entries)| Some((bytes_of(key)?.to_vec(), events_of(entries)?))).collect()
 }
 
 fn event_of(entry: Value) -> Option<LoggedEvent> {
@@ -81,19 +60,6 @@ mod tests {
         let events = events_of(reply).unwrap();
         assert_eq!(events.iter().map(|e| (e.seq, e.event_type)).collect::<Vec<_>>(), [(3, EventType::Chunk), (4, EventType::Cancelled)]);
         assert_eq!(&events[0].fields[..], br#""token":"a""#);
-    }
-
-    #[test]
-    fn xread_replies_are_grouped_by_stream_in_both_protocols() {
-        let resp2 = Value::Array(vec![Value::Array(vec![bulk("k1"), Value::Array(vec![entry("0-1", "chunk", "\"token\":\"x\"")])])]);
-        let resp3 = Value::Map(vec![(bulk("k1"), Value::Array(vec![entry("0-1", "chunk", "\"token\":\"x\"")]))]);
-        for reply in [resp2, resp3] {
-            let streams = streams_of(reply).unwrap();
-            assert_eq!(streams.len(), 1);
-            assert_eq!(streams[0].0, b"k1");
-            assert_eq!(streams[0].1[0].seq, 0);
-        }
-        assert_eq!(streams_of(Value::Nil).unwrap().len(), 0);
     }
 
     #[test]

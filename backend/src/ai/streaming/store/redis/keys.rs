@@ -49,6 +49,11 @@ impl Keys {
         format!("{}:idempotency:{key}", self.prefix)
     }
 
+    /// Where confirmed events are announced (`announce.rs`).
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
     }

@@ -4,7 +4,11 @@
 //! - Append: one `XADD` at the event's entry id per event; the first and the
 //!   terminal one are scripts (`scripts.rs`): the first checks the stream exists
 //!   and sets the log's expiry, the terminal one finishes the log. An append retried after a lost reply finds its own entry and succeeds.
-//! - Follow: a few `XREAD` loops per process feed local mirrors (`tail.rs`).
+//!   Ordinary appends of all the process's logs go out together as one
+//!   pipeline (`appends.rs`).
+//! - Follow: every confirmed event is announced on a pub/sub channel
+//!   (`announce.rs`); one subscription per process feeds local mirrors, which
+//!   read the log itself only to catch up (`tail.rs`).
 //! - Leases: the generating process renews `lease` with its id (`SET … PX`,
 //!   re-taken if it lapsed under a stall); a cancel from anywhere marks it
 //!   `cancel` and publishes on `<prefix>:cancel`, so the generator learns of it on
@@ -17,6 +21,8 @@
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
 
+mod announce;
+mod appends;
 mod cancels;
 mod entries;
 mod keys;
@@ -37,6 +43,8 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
+use self::announce::Announcer;
+use self::appends::{Appends, Xadd};
 use self::entries::events_of;
 use self::keys::{entry_id, Keys};
 use self::scripts::{Finish, FinishTarget, First, Scripts};
@@ -66,6 +74,8 @@ struct Shared {
     conn: ConnectionManager,
     keys: Keys,
     scripts: Scripts,
+    appends: Appends,
+    announcer: Announcer,
     /// This process's id, the value of the leases it holds.
     owner: String,
     retention: Duration,
@@ -102,7 +112,11 @@ impl Shared {
             retention_ms: self.retention.as_millis() as u64,
             tombstone_ms: (self.retention + TOMBSTONE_TTL).as_millis() as u64,
         };
-        self.scripts.finish(&mut self.conn.clone(), target, seq, record).await
+        let finished = self.scripts.finish(&mut self.conn.clone(), target, seq, record).await?;
+        if let Finish::Appended { len } = finished {
+            self.announcer.announce(id, len - 1, record);
+        }
+        Ok(finished)
     }
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
@@ -164,13 +178,12 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
-        let mut tail_conns = Vec::new();
-        for _ in 0..tail::SHARDS {
-            tail_conns.push(redis_connection::connect(client.clone(), tail::BLOCK + COMMAND_TIMEOUT).await.map_err(unavailable)?);
-        }
+        let keys = Keys::new(prefix);
         let shared = Arc::new(Shared {
+            appends: Appends::start(conn.clone()),
+            announcer: Announcer::start(conn.clone(), keys.events_channel()),
             conn,
-            keys: Keys::new(prefix),
+            keys,
             scripts: Scripts::default(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
             retention,
@@ -178,8 +191,9 @@ impl RedisStore {
             leases: Mutex::default(),
         });
         let cancels = broadcast::channel(1024).0;
-        cancels::listen(client, shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
-        let tails = Tails::start(shared.clone(), tail_conns, shutdown.clone());
+        cancels::listen(client.clone(), shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
+        let channel = shared.keys.events_channel();
+        let tails = Tails::start(shared.clone(), client, channel, shutdown.clone()).await.map_err(unavailable)?;
         upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
         Ok(Self { shared, tails, cancels })
     }
@@ -189,7 +203,7 @@ impl RedisStore {
 struct RedisAppender {
     shared: Arc<Shared>,
     id: StreamId,
-    log: String,
+    log: Arc<str>,
     meta: String,
 }
 
@@ -210,7 +224,11 @@ impl RedisAppender {
     async fn settle_conflict(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
         let id = &self.id;
         match self.shared.read_at(id, seq).await? {
-            Some(found) if found.event_type == record.event_type && found.fields == record.fields => Ok(()),
+            Some(found) if found.event_type == record.event_type && found.fields == record.fields => {
+                // Ours, landed with its reply lost: announced now (a repeat is harmless).
+                self.shared.announcer.announce(id, seq, record);
+                Ok(())
+            }
             Some(found) if found.is_terminal() => Err(StoreError::Finished(id.clone())),
             _ => {
                 let status = self.shared.status(id).await?;
@@ -223,32 +241,27 @@ impl RedisAppender {
     }
 
     async fn append_event(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
-        let (id, mut conn) = (&self.id, self.shared.conn.clone());
+        let id = &self.id;
         if seq == 0 {
             let live_ttl = LIVE_TTL.as_millis() as u64;
+            let mut conn = self.shared.conn.clone();
             return match self.shared.scripts.first(&mut conn, &self.log, &self.meta, live_ttl, record).await.map_err(unavailable)? {
-                First::Appended => Ok(()),
+                First::Appended => {
+                    self.shared.announcer.announce(id, seq, record);
+                    Ok(())
+                }
                 First::Taken => self.settle_conflict(seq, record).await,
                 First::Unknown => Err(StoreError::NotFound(id.clone())),
             };
         }
-        // NOMKSTREAM: a log that vanished (Redis restarted, the key expired) is
-        // not re-created half empty.
-        let added: redis::RedisResult<Option<String>> = redis::cmd("XADD")
-            .arg(&self.log)
-            .arg("NOMKSTREAM")
-            .arg(entry_id(seq))
-            .arg("t")
-            .arg(record.event_type.as_str())
-            .arg("j")
-            .arg(&record.fields[..])
-            .query_async(&mut conn)
-            .await;
-        match added {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(StoreError::NotFound(id.clone())),
-            Err(error) if error.to_string().contains("equal or smaller") => self.settle_conflict(seq, record).await,
-            Err(error) => Err(unavailable(error)),
+        match self.shared.appends.xadd(&self.log, seq, record).await {
+            Xadd::Appended => {
+                self.shared.announcer.announce(id, seq, record);
+                Ok(())
+            }
+            Xadd::NoLog => Err(StoreError::NotFound(id.clone())),
+            Xadd::Conflict => self.settle_conflict(seq, record).await,
+            Xadd::Failed(error) => Err(StoreError::Unavailable(error)),
         }
     }
 
@@ -286,7 +299,7 @@ impl EventStore for RedisStore {
             .map_err(unavailable)?;
         self.shared.leases.lock().unwrap().insert(id.clone());
         let shared = self.shared.clone();
-        Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id), meta: meta.clone(), shared }))
+        Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
     }
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {

@@ -1,54 +1,60 @@
-//! Following logs in Redis: a few `XREAD` loops per process (`SHARDS`, each log
-//! in one of them by its id) read every log that has readers here, whatever their
-//! number, into a local mirror per log; readers follow the mirror the way they
-//! follow a memory log (a `watch` wakes them). A reader that starts before the
-//! mirror's first event reads that history with `XRANGE` once. So an appended
-//! event costs this process one share of an `XREAD` (which carries the event
-//! itself) however many readers it serves. Several loops keep each `XREAD` short
-//! and let one's reply be parsed while another waits on Redis.
+//! Following logs in Redis: one subscription per process to the announcements of
+//! appended events (`announce.rs`) feeds a local mirror of every log that has
+//! readers here; readers follow the mirror the way they follow a memory log (a
+//! `watch` wakes them). So an appended event costs this process one share of a
+//! message, whatever the number of its readers, and no command at all.
 //!
-//! The loop also notices trouble, so readers never hang:
-//! - Redis unreachable for `OUTAGE_LIMIT`: every mirror fails (`Unreachable`);
-//! - a log silent for `SILENCE` that no process holds a lease on, and that is
-//!   not generated here: the mirror ends it `generation_lost` (the `orphan`
-//!   script); a log Redis no longer has fails (`LogLost`).
+//! The log in Redis stays the truth; a mirror reads it with `XRANGE` (a
+//! catch-up) only when it may have missed something:
+//! - when it starts (the events from before its first announcement);
+//! - on a gap (an announcement ahead of the next seq is held until the catch-up
+//!   has filled in what came before it);
+//! - after the subscription came back from an outage;
+//! - when its log has been silent for `SILENCE`, and then its generator's lease is
+//!   checked too: a log no process holds a lease on, and not generated here, is
+//!   ended `generation_lost` (the `orphan` script); a log Redis no longer has
+//!   fails (`LogLost`).
+//!
+//! Redis unreachable for `OUTAGE_LIMIT` fails every mirror (`Unreachable`), so
+//! readers never hang.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_stream::stream;
+use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::entries::{events_of, streams_of};
+use super::announce;
+use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
 use super::Shared;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
 
-/// `XREAD` loops per process, each on a connection of its own.
-pub const SHARDS: usize = 4;
-/// How long one `XREAD` blocks; a log that gains its first reader joins the loop
-/// within this.
-pub const BLOCK: Duration = Duration::from_millis(100);
 /// How long Redis may stay unreachable before readers are told.
 pub const OUTAGE_LIMIT: Duration = Duration::from_secs(3);
-/// How long a log may stay silent before its generator's lease is checked.
+/// How long a log may stay silent before it is read and its generator's lease checked.
 pub const SILENCE: Duration = Duration::from_secs(2);
-/// Pause after a failed `XREAD`.
+/// How often mirrors are looked over for silence and outages.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Pause after a failed catch-up or subscription attempt.
 const RETRY: Duration = Duration::from_millis(200);
+/// Longest pause between resubscription attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Announcements held ahead of a gap per mirror; later ones are dropped and
+/// read from the log by the catch-up.
+const AHEAD_LIMIT: usize = 4096;
 
 /// A local copy of one log from `base` on, shared by this process's readers.
 struct Mirror {
     id: StreamId,
-    /// The loop that reads it.
-    shard: usize,
     log_key: String,
     base: u64,
     state: Mutex<MirrorState>,
@@ -59,26 +65,38 @@ struct Mirror {
 
 struct MirrorState {
     events: Vec<LoggedEvent>,
+    /// Announced events past a gap, by seq.
+    ahead: BTreeMap<u64, LoggedEvent>,
     /// When the newest event arrived.
     arrived_at: std::time::Instant,
     finished: bool,
     failed: Option<FollowFailure>,
+    /// A catch-up is running; it looks at `ahead` before it stops.
+    catching_up: bool,
     last_news: Instant,
     checking: bool,
+}
+
+impl MirrorState {
+    fn open(&self) -> bool {
+        !self.finished && self.failed.is_none()
+    }
 }
 
 impl Mirror {
     fn new(id: StreamId, log_key: String, base: u64) -> Self {
         Self {
-            shard: shard_of(&id),
             id,
             log_key,
             base,
             state: Mutex::new(MirrorState {
                 events: Vec::new(),
+                ahead: BTreeMap::new(),
                 arrived_at: std::time::Instant::now(),
                 finished: false,
                 failed: None,
+                // The first catch-up starts with the mirror.
+                catching_up: true,
                 last_news: Instant::now(),
                 checking: false,
             }),
@@ -103,69 +121,98 @@ impl Mirror {
         (EventBatch { events, tail_since }, failed)
     }
 
-    /// Takes the events that continue the mirror; others (already held) are skipped.
-    fn push(&self, events: Vec<LoggedEvent>) {
-        let mut state = self.state.lock().unwrap();
-        state.last_news = Instant::now();
-        state.arrived_at = std::time::Instant::now();
-        for event in events {
-            if event.seq == self.next(&state) && !state.finished {
-                state.finished = event.is_terminal();
-                state.events.push(event);
-            }
+    /// Takes `event` if it continues the mirror, then whatever it held ahead
+    /// that now does. Returns whether the mirror grew.
+    fn extend(&self, state: &mut MirrorState, event: LoggedEvent) -> bool {
+        if event.seq != self.next(state) || !state.open() {
+            return false;
         }
-        drop(state);
-        self.version.send_modify(|v| *v += 1);
+        state.finished = event.is_terminal();
+        state.events.push(event);
+        while state.open() {
+            let Some(held) = state.ahead.remove(&self.next(state)) else { break };
+            state.finished = held.is_terminal();
+            state.events.push(held);
+        }
+        if !state.open() {
+            state.ahead.clear();
+        }
+        true
+    }
+
+    fn touched(&self, state: &mut MirrorState, grew: bool) {
+        state.last_news = Instant::now();
+        if grew {
+            state.arrived_at = std::time::Instant::now();
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// An announced event. Returns whether a catch-up must start (a gap, and
+    /// none running).
+    fn offer(&self, event: LoggedEvent) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if !state.open() || event.seq < self.next(&state) {
+            return false;
+        }
+        if event.seq > self.next(&state) {
+            if state.ahead.len() < AHEAD_LIMIT {
+                state.ahead.insert(event.seq, event);
+            }
+            let start = !state.catching_up;
+            state.catching_up = true;
+            return start;
+        }
+        let grew = self.extend(&mut state, event);
+        self.touched(&mut state, grew);
+        false
+    }
+
+    /// Events read from the log, from the next seq on.
+    fn absorb(&self, events: Vec<LoggedEvent>) {
+        let mut state = self.state.lock().unwrap();
+        let mut grew = false;
+        for event in events {
+            grew |= self.extend(&mut state, event);
+        }
+        self.touched(&mut state, grew);
     }
 
     fn fail(&self, failure: FollowFailure) {
         let mut state = self.state.lock().unwrap();
-        if state.finished || state.failed.is_some() {
+        if !state.open() {
             return;
         }
         state.failed = Some(failure);
+        state.ahead.clear();
         drop(state);
         self.version.send_modify(|v| *v += 1);
     }
-
-    /// The entry id the loop reads after, while the mirror still follows its log.
-    fn cursor(&self) -> Option<String> {
-        let state = self.state.lock().unwrap();
-        if state.finished || state.failed.is_some() {
-            return None;
-        }
-        Some(match self.next(&state) {
-            0 => "0-0".to_owned(),
-            next => entry_id(next - 1),
-        })
-    }
 }
 
-/// This process's mirrors and the loop that feeds them.
+/// This process's mirrors and the subscription that feeds them.
 pub struct Tails {
     shared: Arc<Shared>,
     mirrors: Mutex<HashMap<StreamId, Arc<Mirror>>>,
-    /// Per loop: a log gained its first reader here.
-    wakes: Vec<Notify>,
-}
-
-/// The loop that reads `id`.
-fn shard_of(id: &StreamId) -> usize {
-    // FNV-1a: stable, and spreads random ids evenly.
-    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
-    (hash % SHARDS as u64) as usize
+    /// Since when the subscription has been down, if it is.
+    outage_since: Mutex<Option<Instant>>,
 }
 
 impl Tails {
-    /// Starts a loop on each of `conns`, connections of their own (`XREAD` blocks them).
-    pub fn start(shared: Arc<Shared>, conns: Vec<ConnectionManager>, shutdown: CancellationToken) -> Arc<Self> {
-        assert_eq!(conns.len(), SHARDS, "one connection per loop");
-        let wakes = (0..SHARDS).map(|_| Notify::new()).collect();
-        let tails = Arc::new(Self { shared, mirrors: Mutex::default(), wakes });
-        for (shard, conn) in conns.into_iter().enumerate() {
-            tokio::spawn(tails.clone().run(shard, conn, shutdown.clone()));
-        }
-        tails
+    /// Subscribes to the announcements on `channel`, then keeps the subscription
+    /// and the mirrors' watch going until `shutdown`.
+    pub async fn start(
+        shared: Arc<Shared>,
+        client: redis::Client,
+        channel: String,
+        shutdown: CancellationToken,
+    ) -> redis::RedisResult<Arc<Self>> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        let tails = Arc::new(Self { shared, mirrors: Mutex::default(), outage_since: Mutex::default() });
+        tokio::spawn(listen(Arc::downgrade(&tails), pubsub, client, channel, shutdown.clone()));
+        tokio::spawn(watch_over(Arc::downgrade(&tails), shutdown));
+        Ok(tails)
     }
 
     /// The logs with readers in this process, for the presence refresh.
@@ -185,7 +232,7 @@ impl Tails {
             loop {
                 if next < mirror.base {
                     // History from before this process mirrored the log.
-                    match tails.read_range(&mirror.log_key, next, mirror.base - 1).await {
+                    match tails.read_range(&mirror.log_key, next, Some(mirror.base - 1)).await {
                         Ok(events) if events.first().is_some_and(|e| e.seq == next) => {
                             next = events.last().expect("not empty").seq + 1;
                             let batch = EventBatch { events, tail_since: None };
@@ -229,24 +276,34 @@ impl Tails {
     }
 
     fn attach(self: &Arc<Self>, id: &StreamId, first: u64) -> MirrorGuard {
-        let (mirror, first_follower) = {
+        let (mirror, created) = {
             let mut mirrors = self.mirrors.lock().unwrap();
-            let mirror = mirrors.entry(id.clone()).or_insert_with(|| Arc::new(Mirror::new(id.clone(), self.shared.keys.log(id), first)));
-            (mirror.clone(), mirror.followers.fetch_add(1, Ordering::Relaxed) == 0)
+            let mut created = false;
+            let mirror = mirrors
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(Mirror::new(id.clone(), self.shared.keys.log(id), first))
+                })
+                .clone();
+            mirror.followers.fetch_add(1, Ordering::Relaxed);
+            (mirror, created)
         };
-        if first_follower {
+        if created {
             self.shared.stamp_presence(id);
-            self.wakes[shard_of(id)].notify_one();
+            // Whatever the log holds from `first` on, announced before the mirror existed.
+            tokio::spawn(self.clone().catch_up(mirror.clone()));
         }
         MirrorGuard { tails: self.clone(), mirror }
     }
 
-    async fn read_range(&self, log_key: &str, from: u64, to: u64) -> redis::RedisResult<Vec<LoggedEvent>> {
+    /// At most a batch of the log's events from `from` to `to` (or its end).
+    async fn read_range(&self, log_key: &str, from: u64, to: Option<u64>) -> redis::RedisResult<Vec<LoggedEvent>> {
         let mut conn = self.shared.conn.clone();
         let reply: redis::Value = redis::cmd("XRANGE")
             .arg(log_key)
             .arg(entry_id(from))
-            .arg(entry_id(to))
+            .arg(to.map_or_else(|| "+".to_owned(), entry_id))
             .arg("COUNT")
             .arg(READ_BATCH)
             .query_async(&mut conn)
@@ -254,90 +311,104 @@ impl Tails {
         events_of(reply).ok_or_else(|| malformed("XRANGE"))
     }
 
-    async fn run(self: Arc<Self>, shard: usize, mut conn: ConnectionManager, shutdown: CancellationToken) {
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        let mut outage_since: Option<Instant> = None;
-        loop {
-            let Some(tails) = weak.upgrade() else { return };
-            let wanted: Vec<(Arc<Mirror>, String)> = tails
-                .mirrors
-                .lock()
-                .unwrap()
-                .values()
-                .filter(|mirror| mirror.shard == shard)
-                .filter_map(|mirror| Some((mirror.clone(), mirror.cursor()?)))
-                .collect();
-            if wanted.is_empty() {
-                let wake = async { tails.wakes[shard].notified().await };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = wake => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            let mut xread = redis::cmd("XREAD");
-            xread.arg("COUNT").arg(READ_BATCH).arg("BLOCK").arg(BLOCK.as_millis() as u64).arg("STREAMS");
-            for (mirror, _) in &wanted {
-                xread.arg(&mirror.log_key);
-            }
-            for (_, cursor) in &wanted {
-                xread.arg(cursor);
-            }
-            let reply = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                reply = xread.query_async::<redis::Value>(&mut conn) => reply,
-            };
-            match reply.map(streams_of) {
-                Ok(Some(streams)) => {
-                    outage_since = None;
-                    let by_key: HashMap<&[u8], &Arc<Mirror>> = wanted.iter().map(|(m, _)| (m.log_key.as_bytes(), m)).collect();
-                    for (key, events) in streams {
-                        if let Some(mirror) = by_key.get(&key[..]) {
-                            mirror.push(events);
-                        }
+    /// Announcements of one message, to the mirrors of their logs.
+    fn deliver(self: &Arc<Self>, message: Bytes) {
+        let mut gaps = Vec::new();
+        {
+            let mirrors = self.mirrors.lock().unwrap();
+            for record in announce::decode(message) {
+                let Some((id, event)) = record else {
+                    tracing::error!("malformed announcement of appended events");
+                    break;
+                };
+                let mirror = std::str::from_utf8(&id).ok().and_then(|id| mirrors.get(id));
+                if let Some(mirror) = mirror {
+                    if mirror.offer(event) {
+                        gaps.push(mirror.clone());
                     }
                 }
-                Ok(None) => tracing::error!("malformed XREAD reply"),
-                Err(error) => {
-                    let since = *outage_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= OUTAGE_LIMIT {
-                        if since.elapsed() < OUTAGE_LIMIT + RETRY * 2 {
-                            tracing::error!(%error, "Redis unreachable: ending the streams read here");
-                        }
-                        for (mirror, _) in &wanted {
-                            mirror.fail(FollowFailure::Unreachable);
-                        }
-                    }
-                    tokio::time::sleep(RETRY).await;
-                }
             }
-            tails.check_silent(&wanted);
+        }
+        for mirror in gaps {
+            tokio::spawn(self.clone().catch_up(mirror));
         }
     }
 
-    /// Checks the generators of logs that have been silent too long.
-    fn check_silent(self: &Arc<Self>, wanted: &[(Arc<Mirror>, String)]) {
-        for (mirror, _) in wanted {
-            {
-                let mut state = mirror.state.lock().unwrap();
-                if state.checking || state.last_news.elapsed() < SILENCE {
+    /// Reads `mirror`'s log from its next seq until it has everything announced
+    /// so far. Runs with `catching_up` set; clears it when done.
+    async fn catch_up(self: Arc<Self>, mirror: Arc<Mirror>) {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let (from, gap_before) = {
+                let state = mirror.state.lock().unwrap();
+                if !state.open() {
+                    drop(state);
+                    mirror.state.lock().unwrap().catching_up = false;
+                    return;
+                }
+                (mirror.next(&state), state.ahead.keys().next().copied())
+            };
+            let read = self.read_range(&mirror.log_key, from, None).await;
+            let events = match read {
+                Ok(events) => events,
+                Err(error) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= OUTAGE_LIMIT {
+                        tracing::warn!(stream_id = %mirror.id, %error, "cannot read a stream's log from Redis");
+                        mirror.fail(FollowFailure::Unreachable);
+                    } else {
+                        tokio::time::sleep(RETRY).await;
+                    }
                     continue;
                 }
-                state.checking = true;
+            };
+            failing_since = None;
+            let full = events.len() >= READ_BATCH;
+            let starts_at_from = events.first().map(|e| e.seq == from);
+            if starts_at_from == Some(false) {
+                // The log no longer has the seq the mirror needs next.
+                mirror.fail(FollowFailure::LogLost);
+                continue;
             }
-            let (tails, mirror) = (self.clone(), mirror.clone());
-            tokio::spawn(async move {
-                tails.check_generator(&mirror).await;
-                let mut state = mirror.state.lock().unwrap();
-                state.checking = false;
-                state.last_news = Instant::now();
-            });
+            mirror.absorb(events);
+            if full {
+                continue;
+            }
+            let mut state = mirror.state.lock().unwrap();
+            let gap_now = state.ahead.keys().next().copied();
+            match gap_now {
+                // A gap seen before this read, and the read found nothing at
+                // `from`: the events before it are not in the log any more.
+                Some(_) if gap_before.is_some() && starts_at_from.is_none() && state.open() => {
+                    drop(state);
+                    mirror.fail(FollowFailure::LogLost);
+                }
+                Some(_) if state.open() => {}
+                _ => {
+                    state.catching_up = false;
+                    return;
+                }
+            }
         }
     }
 
-    async fn check_generator(&self, mirror: &Mirror) {
+    /// Reads a silent log, and if it stays silent, checks its generator.
+    async fn check_silent(self: Arc<Self>, mirror: Arc<Mirror>) {
+        let before = mirror.state.lock().unwrap().events.len();
+        let catching_up = std::mem::replace(&mut mirror.state.lock().unwrap().catching_up, true);
+        if !catching_up {
+            self.clone().catch_up(mirror.clone()).await;
+        }
+        let grew = mirror.state.lock().unwrap().events.len() > before;
+        if !grew {
+            self.check_generator(&mirror).await;
+        }
+        let mut state = mirror.state.lock().unwrap();
+        state.checking = false;
+        state.last_news = Instant::now();
+    }
+
+    async fn check_generator(self: &Arc<Self>, mirror: &Arc<Mirror>) {
         // A process never declares its own running generation lost.
         if self.shared.holds_lease(&mirror.id) {
             return;
@@ -347,6 +418,7 @@ impl Tails {
         match self.shared.finish(&mirror.id, None, &lost).await {
             Ok(Finish::Appended { len }) => {
                 tracing::warn!(stream_id = %mirror.id, seq = len - 1, "generation lost: its process stopped renewing its lease");
+                mirror.absorb(vec![lost.at(len - 1)]);
             }
             Ok(Finish::Unknown) => {
                 tracing::warn!(stream_id = %mirror.id, "Redis no longer has this stream's log");
@@ -354,6 +426,95 @@ impl Tails {
             }
             Ok(_) => {}
             Err(error) => tracing::debug!(stream_id = %mirror.id, %error, "could not check a silent stream's generator"),
+        }
+    }
+
+    /// After the subscription came back: every mirror reads what it may have missed.
+    fn catch_up_all(self: &Arc<Self>) {
+        let mirrors: Vec<Arc<Mirror>> = self.mirrors.lock().unwrap().values().cloned().collect();
+        for mirror in mirrors {
+            let start = !std::mem::replace(&mut mirror.state.lock().unwrap().catching_up, true);
+            if start {
+                tokio::spawn(self.clone().catch_up(mirror));
+            }
+        }
+    }
+}
+
+/// Feeds announcements to the mirrors; resubscribes after losing the connection.
+async fn listen(tails: Weak<Tails>, mut pubsub: redis::aio::PubSub, client: redis::Client, channel: String, shutdown: CancellationToken) {
+    loop {
+        {
+            let mut messages = pubsub.on_message();
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = messages.next() => message,
+                };
+                let Some(message) = message else { break };
+                let Some(tails) = tails.upgrade() else { return };
+                tails.deliver(Bytes::copy_from_slice(message.get_payload_bytes()));
+            }
+        }
+        tracing::warn!("lost the Redis subscription to appended events; resubscribing");
+        let Some(since) = tails.upgrade().map(|t| *t.outage_since.lock().unwrap().insert(Instant::now())) else { return };
+        let mut backoff = RETRY;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let fresh = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut fresh = client.get_async_pubsub().await?;
+                fresh.subscribe(&channel).await?;
+                redis::RedisResult::Ok(fresh)
+            });
+            if let Ok(Ok(fresh)) = fresh.await {
+                pubsub = fresh;
+                break;
+            }
+        }
+        let Some(tails) = tails.upgrade() else { return };
+        tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
+        *tails.outage_since.lock().unwrap() = None;
+        tails.catch_up_all();
+    }
+}
+
+/// Ends the mirrors of an outage that lasts, and checks silent logs.
+async fn watch_over(tails: Weak<Tails>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(tails) = tails.upgrade() else { return };
+        let mirrors: Vec<Arc<Mirror>> = tails.mirrors.lock().unwrap().values().cloned().collect();
+        let outage = *tails.outage_since.lock().unwrap();
+        if outage.is_some_and(|since| since.elapsed() >= OUTAGE_LIMIT) {
+            if !told && !mirrors.is_empty() {
+                tracing::error!("Redis unreachable: ending the streams read here");
+            }
+            told = true;
+            for mirror in &mirrors {
+                mirror.fail(FollowFailure::Unreachable);
+            }
+            continue;
+        }
+        told = false;
+        for mirror in mirrors {
+            {
+                let mut state = mirror.state.lock().unwrap();
+                if !state.open() || state.checking || state.last_news.elapsed() < SILENCE {
+                    continue;
+                }
+                state.checking = true;
+            }
+            tokio::spawn(tails.clone().check_silent(mirror));
         }
     }
 }
@@ -380,4 +541,58 @@ impl Drop for MirrorGuard {
 
 fn malformed(command: &str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Parse, "malformed reply", command.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::streaming::events::CancelReason;
+
+    fn chunk(seq: u64) -> LoggedEvent {
+        LoggedEvent::new(seq, &EventBody::Chunk { token: format!("t{seq}") })
+    }
+
+    fn held(mirror: &Mirror) -> (Vec<u64>, Vec<u64>, bool) {
+        let state = mirror.state.lock().unwrap();
+        (state.events.iter().map(|e| e.seq).collect(), state.ahead.keys().copied().collect(), state.catching_up)
+    }
+
+    fn mirror_from(base: u64) -> Mirror {
+        let mirror = Mirror::new(StreamId::parse("m1").unwrap(), "log".into(), base);
+        // As after the first catch-up.
+        mirror.state.lock().unwrap().catching_up = false;
+        mirror
+    }
+
+    #[test]
+    fn an_announcement_past_a_gap_is_held_and_asks_for_one_catch_up() {
+        let mirror = mirror_from(5);
+        assert!(!mirror.offer(chunk(5)));
+        assert!(mirror.offer(chunk(7)), "the first gap starts a catch-up");
+        assert!(!mirror.offer(chunk(8)), "one catch-up at a time");
+        assert!(!mirror.offer(chunk(5)), "a repeat is dropped");
+        assert_eq!(held(&mirror), (vec![5], vec![7, 8], true));
+        // The catch-up reads 6 (and 7 again) from the log: the held ones follow.
+        mirror.absorb(vec![chunk(6), chunk(7)]);
+        assert_eq!(held(&mirror).0, [5, 6, 7, 8]);
+        assert!(held(&mirror).1.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_taken_past_the_terminal_event_or_a_failure() {
+        let mirror = mirror_from(0);
+        mirror.offer(chunk(0));
+        mirror.offer(chunk(3));
+        mirror.absorb(vec![chunk(1), LoggedEvent::new(2, &EventBody::Cancelled { reason: CancelReason::Requested })]);
+        assert_eq!(held(&mirror).0, [0, 1, 2]);
+        assert!(held(&mirror).1.is_empty(), "what was held past the end is dropped");
+        mirror.offer(chunk(3));
+        assert_eq!(held(&mirror).0, [0, 1, 2]);
+
+        let failed = mirror_from(0);
+        failed.fail(FollowFailure::Unreachable);
+        failed.offer(chunk(0));
+        assert!(held(&failed).0.is_empty());
+        assert_eq!(failed.read(0).1, Some(FollowFailure::Unreachable));
+    }
 }

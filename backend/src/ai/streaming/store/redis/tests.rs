@@ -102,6 +102,45 @@ async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
 }
 
 #[tokio::test]
+async fn events_whose_announcements_were_lost_still_reach_readers_elsewhere() {
+    let (writer, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = writer.create(&id, "owner").await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut follower = reader.follow(&id, None);
+    let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0]);
+    // Seq 1 lands without an announcement (as if pub/sub dropped it): the
+    // announcement of 2 shows the gap, and the reader reads 1 from the log.
+    let _: String = redis::cmd("XADD")
+        .arg(writer.shared.keys.log(&id))
+        .arg(entry_id(1))
+        .arg("t")
+        .arg("chunk")
+        .arg("j")
+        .arg(&chunk(1).fields[..])
+        .query_async(&mut raw(&writer).await)
+        .await
+        .unwrap();
+    log.append(2, &chunk(2)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&2) {
+        let batch = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
+        seen.extend(batch.events.iter().map(|e| e.seq));
+    }
+    assert_eq!(seen, [1, 2]);
+    // The terminal event too, with nothing after it: the reader finds it when the
+    // log has been silent a while.
+    let (log_key, meta, lease) = (writer.shared.keys.log(&id), writer.shared.keys.meta(&id), writer.shared.keys.lease(&id));
+    let target = FinishTarget { log: &log_key, meta: &meta, lease: &lease, retention_ms: 60_000, tombstone_ms: 60_000 };
+    let finished = writer.shared.scripts.finish(&mut raw(&writer).await, target, Some(3), &end()).await.unwrap();
+    assert_eq!(finished, Finish::Appended { len: 4 });
+    let (events, failure) = drain(follower).await;
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+}
+
+#[tokio::test]
 async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
