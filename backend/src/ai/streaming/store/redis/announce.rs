@@ -56,7 +56,12 @@ impl Announcer {
     pub fn announce(&self, id: &StreamId, seq: u64, record: &EventRecord) {
         let mut out = BytesMut::new();
         encode(&mut out, id, seq, record);
-        let _ = self.records.send(out.freeze());
+        self.announce_encoded(out.freeze());
+    }
+
+    /// Announces records already `encode`d, in their order.
+    pub fn announce_encoded(&self, records: Bytes) {
+        let _ = self.records.send(records);
     }
 }
 

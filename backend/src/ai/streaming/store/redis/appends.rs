@@ -2,15 +2,17 @@
 //! all the logs this process generates, joined: one task sends whatever appends
 //! are waiting as one pipeline of `XADD`s, so a burst of tokens across many
 //! streams is one write and one read, for Redis and for us, and still one
-//! command per event. Each append learns its own outcome.
+//! command per event. Each append learns its own outcome, and the ones that
+//! landed are announced from here, together (`announce.rs`).
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::entry_id;
-use crate::ai::streaming::events::EventRecord;
+use super::announce::{self, Announcer};
+use crate::ai::streaming::events::{EventRecord, StreamId};
 
 /// Appends sent in one pipeline at most.
 const PIPELINE_LIMIT: usize = 512;
@@ -27,6 +29,7 @@ pub enum Xadd {
 }
 
 struct Pending {
+    id: StreamId,
     log: Arc<str>,
     seq: u64,
     record: EventRecord,
@@ -40,16 +43,16 @@ pub struct Appends {
 impl Appends {
     /// Starts the sending task; it ends when the store is dropped, not on a
     /// shutdown signal, so a draining generation can still append.
-    pub fn start(conn: ConnectionManager) -> Self {
+    pub fn start(conn: ConnectionManager, announcer: Announcer) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(conn, waiting));
+        tokio::spawn(send_loop(conn, announcer, waiting));
         Self { queue }
     }
 
-    /// Appends `record` at `seq` of the log at key `log`.
-    pub async fn xadd(&self, log: &Arc<str>, seq: u64, record: &EventRecord) -> Xadd {
+    /// Appends `record` at `seq` of `id`'s log (at key `log`), and announces it if it landed.
+    pub async fn xadd(&self, id: &StreamId, log: &Arc<str>, seq: u64, record: &EventRecord) -> Xadd {
         let (done, outcome) = oneshot::channel();
-        let pending = Pending { log: log.clone(), seq, record: record.clone(), done };
+        let pending = Pending { id: id.clone(), log: log.clone(), seq, record: record.clone(), done };
         if self.queue.send(pending).is_err() {
             return Xadd::Failed("the Redis store is shutting down".into());
         }
@@ -57,48 +60,56 @@ impl Appends {
     }
 }
 
-async fn send_loop(mut conn: ConnectionManager, mut waiting: mpsc::UnboundedReceiver<Pending>) {
+async fn send_loop(mut conn: ConnectionManager, announcer: Announcer, mut waiting: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, PIPELINE_LIMIT).await > 0 {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
         pipe.ignore_errors();
         for append in &batch {
-            pipe.cmd("XADD")
-                .arg(&*append.log)
-                .arg("NOMKSTREAM")
-                .arg(entry_id(append.seq))
-                .arg("t")
-                .arg(append.record.event_type.as_str())
-                .arg("j")
-                .arg(&append.record.fields[..]);
+            pipe.add_command(xadd(append));
         }
-        match pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn).await {
-            Ok(replies) if replies.len() == batch.len() => {
-                for (append, reply) in batch.drain(..).zip(replies) {
-                    let _ = append.done.send(outcome(reply));
-                }
+        let outcomes: Vec<Xadd> = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+            Ok(replies) if replies.len() == batch.len() => replies.into_iter().map(outcome).collect(),
+            Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} appends", replies.len(), batch.len())); batch.len()],
+            Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
+        };
+        let mut landed = BytesMut::new();
+        for (append, outcome) in batch.drain(..).zip(outcomes) {
+            if outcome == Xadd::Appended {
+                announce::encode(&mut landed, &append.id, append.seq, &append.record);
             }
-            Ok(replies) => {
-                let error = format!("{} replies to {} appends", replies.len(), batch.len());
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Xadd::Failed(error.clone()));
-                }
-            }
-            Err(error) => {
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Xadd::Failed(error.to_string()));
-                }
-            }
+            let _ = append.done.send(outcome);
+        }
+        if !landed.is_empty() {
+            announcer.announce_encoded(landed.freeze());
         }
     }
 }
 
-fn outcome(reply: redis::RedisResult<Option<String>>) -> Xadd {
+/// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`, built in one allocation.
+fn xadd(append: &Pending) -> redis::Cmd {
+    let mut id = itoa::Buffer::new();
+    let id = id.format(append.seq);
+    let size = 40 + append.log.len() + id.len() + append.record.fields.len();
+    let mut cmd = redis::Cmd::with_capacity(8, size);
+    cmd.arg("XADD")
+        .arg(&*append.log)
+        .arg("NOMKSTREAM")
+        .arg(&[id.as_bytes(), b"-1"].concat()[..])
+        .arg("t")
+        .arg(append.record.event_type.as_str())
+        .arg("j")
+        .arg(&append.record.fields[..]);
+    cmd
+}
+
+fn outcome(reply: redis::Value) -> Xadd {
     match reply {
-        Ok(Some(_)) => Xadd::Appended,
-        Ok(None) => Xadd::NoLog,
+        redis::Value::BulkString(_) | redis::Value::SimpleString(_) => Xadd::Appended,
+        redis::Value::Nil => Xadd::NoLog,
         // "The ID specified in XADD is equal or smaller than the target stream top item"
-        Err(error) if error.to_string().contains("equal or smaller") => Xadd::Conflict,
-        Err(error) => Xadd::Failed(error.to_string()),
+        redis::Value::ServerError(error) if error.details().is_some_and(|d| d.contains("equal or smaller")) => Xadd::Conflict,
+        redis::Value::ServerError(error) => Xadd::Failed(format!("{error:?}")),
+        other => Xadd::Failed(format!("unexpected reply to XADD: {other:?}")),
     }
 }

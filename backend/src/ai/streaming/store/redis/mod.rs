@@ -179,9 +179,10 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
+        let announcer = Announcer::start(conn.clone(), keys.events_channel());
         let shared = Arc::new(Shared {
-            appends: Appends::start(conn.clone()),
-            announcer: Announcer::start(conn.clone(), keys.events_channel()),
+            appends: Appends::start(conn.clone(), announcer.clone()),
+            announcer,
             conn,
             keys,
             scripts: Scripts::default(),
@@ -254,11 +255,8 @@ impl RedisAppender {
                 First::Unknown => Err(StoreError::NotFound(id.clone())),
             };
         }
-        match self.shared.appends.xadd(&self.log, seq, record).await {
-            Xadd::Appended => {
-                self.shared.announcer.announce(id, seq, record);
-                Ok(())
-            }
+        match self.shared.appends.xadd(id, &self.log, seq, record).await {
+            Xadd::Appended => Ok(()),
             Xadd::NoLog => Err(StoreError::NotFound(id.clone())),
             Xadd::Conflict => self.settle_conflict(seq, record).await,
             Xadd::Failed(error) => Err(StoreError::Unavailable(error)),
