@@ -73,15 +73,19 @@ async fn send_loop(mut conn: ConnectionManager, announcer: Announcer, mut waitin
             Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} appends", replies.len(), batch.len())); batch.len()],
             Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
         };
+        // Announced before anyone hears back, so a stream's next event (its
+        // terminal one, announced by another path) is never announced first.
         let mut landed = BytesMut::new();
-        for (append, outcome) in batch.drain(..).zip(outcomes) {
-            if outcome == Xadd::Appended {
+        for (append, outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Xadd::Appended {
                 announce::encode(&mut landed, &append.id, append.seq, &append.record);
             }
-            let _ = append.done.send(outcome);
         }
         if !landed.is_empty() {
             announcer.announce_encoded(landed.freeze());
+        }
+        for (append, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = append.done.send(outcome);
         }
     }
 }

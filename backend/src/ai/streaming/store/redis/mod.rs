@@ -179,9 +179,12 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
-        let announcer = Announcer::start(conn.clone(), keys.events_channel());
+        // The hot path gets a connection of its own, so a once-a-second pipeline of
+        // lease and presence renewals never holds an append up behind it.
+        let hot = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
+        let announcer = Announcer::start(hot.clone(), keys.events_channel());
         let shared = Arc::new(Shared {
-            appends: Appends::start(conn.clone(), announcer.clone()),
+            appends: Appends::start(hot, announcer.clone()),
             announcer,
             conn,
             keys,
