@@ -264,7 +264,7 @@ async fn send_loop(
         let sent = tokio::select! {
             biased;
             _ = closing.cancelled() => break,
-            sent = tokio::time::timeout(send_timeout, sink.send(message)) => sent,
+            sent = tokio::time::timeout(send_timeout, write_ready(&mut sink, message, &mut outgoing)) => sent,
         };
         match sent {
             Ok(Ok(())) => {}
@@ -277,6 +277,21 @@ async fn send_loop(
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Writes `first` and the messages already queued behind it, then flushes once:
+/// a burst of events is one write to the socket, not one per event.
+async fn write_ready(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Message,
+    outgoing: &mut mpsc::Receiver<Message>,
+) -> Result<(), axum::Error> {
+    sink.feed(first).await?;
+    for _ in 1..OUTBOX {
+        let Ok(next) = outgoing.try_recv() else { break };
+        sink.feed(next).await?;
+    }
+    sink.flush().await
 }
 
 /// Waits for the first message, which must be a valid `auth`.
