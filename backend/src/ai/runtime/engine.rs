@@ -6,7 +6,8 @@
 //! mode (`Engine::respond`) consumes the very same stream, so both modes produce the
 //! same text for the same input. Provider failures before the first token are
 //! retried with backoff; after a token was sent they never are (the client would see
-//! text twice). A provider silent for longer than the idle timeout is a `timeout`.
+//! text twice). A provider silent for the idle timeout is a `timeout`, noticed
+//! within twice that (one watchdog per attempt, not a timer per token).
 //! Dropping the stream drops the provider stream, which closes the upstream request.
 
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use async_stream::stream;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::ai::blocks::{BlockInput, Part};
 use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest};
@@ -95,16 +96,34 @@ impl Engine {
             let mut usage = None;
             let finish_reason;
             let mut attempt = 0;
+            // One watchdog per attempt, not a timer per token: when it fires after
+            // items came, it is moved on from then, so a provider is declared idle
+            // between one and two idle timeouts after its last item.
+            let watchdog = tokio::time::sleep_until(deadline.min(Instant::now() + config.idle_timeout));
+            tokio::pin!(watchdog);
             'attempts: loop {
                 let mut upstream = provider.stream(request.clone());
+                watchdog.as_mut().reset(deadline.min(Instant::now() + config.idle_timeout));
+                let (mut items, mut items_at_arming) = (0u64, 0u64);
                 loop {
-                    let wait = config.idle_timeout.min(deadline.saturating_duration_since(Instant::now()));
-                    let item = match timeout(wait, upstream.next()).await {
-                        Ok(item) => item,
-                        Err(_) if Instant::now() >= deadline => {
-                            Some(Err(ProviderError::TooLong { provider: provider.name().to_owned(), limit: config.max_duration }))
+                    let item = tokio::select! {
+                        biased;
+                        item = upstream.next() => {
+                            items += 1;
+                            item
                         }
-                        Err(_) => Some(Err(ProviderError::Timeout { provider: provider.name().to_owned(), idle: config.idle_timeout })),
+                        () = &mut watchdog => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                Some(Err(ProviderError::TooLong { provider: provider.name().to_owned(), limit: config.max_duration }))
+                            } else if items != items_at_arming {
+                                items_at_arming = items;
+                                watchdog.as_mut().reset(deadline.min(now + config.idle_timeout));
+                                continue;
+                            } else {
+                                Some(Err(ProviderError::Timeout { provider: provider.name().to_owned(), idle: config.idle_timeout }))
+                            }
+                        }
                     };
                     match item {
                         Some(Ok(ProviderEvent::Delta(token))) => {

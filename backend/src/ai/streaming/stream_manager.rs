@@ -405,7 +405,8 @@ struct LogWriter {
 impl LogWriter {
     async fn append(&mut self, body: &EventBody) -> Result<(), AppendFailed> {
         let record = EventRecord::new(body);
-        let deadline = Instant::now() + APPEND_PATIENCE;
+        // Set at the first failure: the clock is not read per event.
+        let mut deadline = None;
         let mut pause = Duration::from_millis(50);
         loop {
             match self.appender.append(self.next_seq, &record).await {
@@ -413,7 +414,9 @@ impl LogWriter {
                     self.next_seq += 1;
                     return Ok(());
                 }
-                Err(StoreError::Unavailable(_)) if Instant::now() + pause < deadline => {
+                Err(StoreError::Unavailable(_))
+                    if Instant::now() + pause < *deadline.get_or_insert_with(|| Instant::now() + APPEND_PATIENCE) =>
+                {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }

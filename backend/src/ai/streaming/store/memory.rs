@@ -2,8 +2,9 @@
 //!
 //! Each log keeps its events compactly: the JSON members of every event back to
 //! back in one buffer, plus a small entry (type, end offset) per event, so a
-//! chunk costs its token text and under 20 bytes. A `watch` of the log's length
-//! wakes followers, so fan-out costs one wake-up per reader and a slow reader never
+//! chunk costs its token text and under 20 bytes. A `Notify` wakes the followers
+//! waiting on the tail (one lock per append, however many there are), so fan-out
+//! costs one wake-up per waiting reader and a slow reader never
 //! makes the writer buffer anything: it re-reads the log at its own pace, a batch
 //! at a time (one copy per batch, not per event). A follower and the writer hold
 //! their log, so neither touches the global index per event, and eviction never
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -39,6 +40,8 @@ struct Entry {
 struct LogData {
     fields: Vec<u8>,
     entries: Vec<Entry>,
+    /// When the newest event was appended.
+    appended_at: Option<std::time::Instant>,
 }
 
 impl LogData {
@@ -78,10 +81,8 @@ impl LogData {
 struct Log {
     owner: Arc<str>,
     data: Mutex<LogData>,
-    /// When the newest event was appended.
-    appended_at: Mutex<std::time::Instant>,
-    /// Number of events, for followers waiting on the live tail.
-    len: watch::Sender<u64>,
+    /// Told after every append, for followers waiting on the live tail.
+    appended: Notify,
 }
 
 impl Log {
@@ -149,7 +150,7 @@ struct MemoryAppender {
 impl Appender for MemoryAppender {
     async fn append(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
         let terminal = record.is_terminal();
-        let (len, bytes) = {
+        let bytes = {
             let mut data = self.log.data.lock().unwrap();
             if data.finished() {
                 return Err(StoreError::Finished(self.id.clone()));
@@ -163,14 +164,14 @@ impl Appender for MemoryAppender {
             };
             data.fields.extend_from_slice(&record.fields);
             data.entries.push(Entry { end, event_type: record.event_type });
+            data.appended_at = Some(std::time::Instant::now());
             if terminal {
                 data.fields.shrink_to_fit();
                 data.entries.shrink_to_fit();
             }
-            (data.entries.len() as u64, data.size())
+            data.size()
         };
-        *self.log.appended_at.lock().unwrap() = std::time::Instant::now();
-        self.log.len.send_replace(len);
+        self.log.appended.notify_waiters();
         if terminal {
             self.shared.finished(&self.id, bytes);
         }
@@ -224,6 +225,17 @@ impl MemoryStore {
     }
 }
 
+/// Up to a batch of `log`'s events from `next` on; when they reach its tail, also
+/// when the newest was appended.
+fn read(log: &Log, next: u64) -> (Vec<LoggedEvent>, Option<std::time::Instant>) {
+    let data = log.data.lock().unwrap();
+    let len = data.entries.len();
+    let from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+    let to = from.saturating_add(READ_BATCH).min(len);
+    let tail_since = if to == len { data.appended_at } else { None };
+    (data.events(from, to), tail_since)
+}
+
 /// Drops finished logs past the retention period, then the oldest while over the
 /// byte bound; each leaves a tombstone with its length.
 fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
@@ -236,7 +248,7 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
         let (_, id, _) = index.finished.pop_front().expect("front exists");
         index.finished_bytes -= bytes;
         if let Some(log) = index.logs.remove(&id) {
-            let tombstone = (*log.len.borrow(), log.owner.clone());
+            let tombstone = (log.data.lock().unwrap().entries.len() as u64, log.owner.clone());
             if index.tombstone_order.len() >= MAX_TOMBSTONES {
                 if let Some(oldest) = index.tombstone_order.pop_front() {
                     index.tombstones.remove(&oldest);
@@ -251,12 +263,7 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
-        let log = Arc::new(Log {
-            owner: owner.into(),
-            data: Mutex::default(),
-            appended_at: Mutex::new(std::time::Instant::now()),
-            len: watch::channel(0).0,
-        });
+        let log = Arc::new(Log { owner: owner.into(), data: Mutex::default(), appended: Notify::new() });
         self.shared.index.lock().unwrap().logs.insert(id.clone(), log.clone());
         Ok(Box::new(MemoryAppender { id: id.clone(), log, shared: self.shared.clone() }))
     }
@@ -273,24 +280,22 @@ impl EventStore for MemoryStore {
                 yield Err(FollowError { next_seq: first, cause: FollowFailure::LogLost });
                 return;
             };
-            let mut len = log.len.subscribe();
             let mut next = first;
             loop {
-                let (batch, at_tail) = {
-                    let data = log.data.lock().unwrap();
-                    let len = data.entries.len();
-                    let from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
-                    let to = from.saturating_add(READ_BATCH).min(len);
-                    (data.events(from, to), to == len)
-                };
+                let (batch, tail_since) = read(&log, next);
                 let Some(last) = batch.last() else {
-                    // The log lives as long as we hold it, and with it the sender.
-                    let _ = len.wait_for(|len| *len > next).await;
+                    // Registered before looking again, so an append in between
+                    // is not missed; the log lives as long as we hold it.
+                    let appended = log.appended.notified();
+                    tokio::pin!(appended);
+                    appended.as_mut().enable();
+                    if (log.data.lock().unwrap().entries.len() as u64) <= next {
+                        appended.await;
+                    }
                     continue;
                 };
                 next = last.seq + 1;
                 let terminal = last.is_terminal();
-                let tail_since = at_tail.then(|| *log.appended_at.lock().unwrap());
                 yield Ok(EventBatch { events: batch, tail_since });
                 if terminal {
                     return;
