@@ -1,7 +1,7 @@
 //! Following logs in Redis: one subscription per process to the announcements of
 //! appended events (`announce.rs`) feeds a local mirror of every log that has
 //! readers here; readers follow the mirror the way they follow a memory log (a
-//! `watch` wakes them). So an appended event costs this process one share of a
+//! `Notify` wakes them). So an appended event costs this process one share of a
 //! message, whatever the number of its readers, and no command at all.
 //!
 //! The log in Redis stays the truth; a mirror reads it with `XRANGE` (a
@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_stream::stream;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,8 +58,8 @@ struct Mirror {
     log_key: String,
     base: u64,
     state: Mutex<MirrorState>,
-    /// Bumped on every change, for readers waiting on the tail.
-    version: watch::Sender<u64>,
+    /// Told on every change, for readers waiting on the tail.
+    changed: Notify,
     followers: AtomicUsize,
 }
 
@@ -100,7 +100,7 @@ impl Mirror {
                 last_news: Instant::now(),
                 checking: false,
             }),
-            version: watch::channel(0).0,
+            changed: Notify::new(),
             followers: AtomicUsize::new(0),
         }
     }
@@ -119,6 +119,13 @@ impl Mirror {
         let failed = if events.is_empty() { state.failed } else { None };
         let tail_since = (end == state.events.len()).then_some(state.arrived_at);
         (EventBatch { events, tail_since }, failed)
+    }
+
+    /// Whether a reader at `next` has something to read now: an event, or the
+    /// failure that ended the mirror.
+    fn changed_since(&self, next: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        self.next(&state) > next || state.failed.is_some()
     }
 
     /// Takes `event` if it continues the mirror, then whatever it held ahead
@@ -144,7 +151,7 @@ impl Mirror {
         state.last_news = Instant::now();
         if grew {
             state.arrived_at = std::time::Instant::now();
-            self.version.send_modify(|v| *v += 1);
+            self.changed.notify_waiters();
         }
     }
 
@@ -186,7 +193,7 @@ impl Mirror {
         state.failed = Some(failure);
         state.ahead.clear();
         drop(state);
-        self.version.send_modify(|v| *v += 1);
+        self.changed.notify_waiters();
     }
 }
 
@@ -227,7 +234,6 @@ impl Tails {
         stream! {
             let guard = tails.attach(&id, first);
             let mirror = guard.mirror.clone();
-            let mut version = mirror.version.subscribe();
             let mut next = first;
             loop {
                 if next < mirror.base {
@@ -253,7 +259,6 @@ impl Tails {
                     }
                     continue;
                 }
-                version.borrow_and_update();
                 let (batch, failed) = mirror.read(next);
                 if let Some(last) = batch.events.last() {
                     next = last.seq + 1;
@@ -268,8 +273,14 @@ impl Tails {
                     yield Err(FollowError { next_seq: next, cause });
                     return;
                 }
-                // The mirror lives as long as the guard, and its sender with it.
-                let _ = version.changed().await;
+                // Registered before looking again, so a change in between is not
+                // missed; the mirror lives as long as the guard.
+                let changed = mirror.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if !mirror.changed_since(next) {
+                    changed.await;
+                }
             }
         }
         .boxed()
