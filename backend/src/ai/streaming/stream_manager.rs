@@ -477,11 +477,14 @@ async fn run_generation(
     let mut events = reservation.meter(inner.engine.stream(input));
     let abandoned = abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace);
     tokio::pin!(abandoned);
+    // Made once, not per event: each one registers with the token and leaves it again.
+    let cancelled = generation.cancel.cancelled();
+    tokio::pin!(cancelled);
     let mut first_chunk = true;
     let ending = loop {
         let next = tokio::select! {
             biased;
-            _ = generation.cancel.cancelled() => {
+            _ = &mut cancelled => {
                 break if inner.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Cancelled(CancelReason::Requested) };
             }
             _ = &mut abandoned => break Ending::Cancelled(CancelReason::Abandoned),
