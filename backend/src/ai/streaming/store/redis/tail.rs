@@ -9,14 +9,16 @@
 //! - when it starts (the events from before its first announcement);
 //! - on a gap (an announcement ahead of the next seq is held until the catch-up
 //!   has filled in what came before it);
-//! - after the subscription came back from an outage;
+//! - while the subscription is down (every `WATCH_INTERVAL`), and once more when
+//!   it is back;
 //! - when its log has been silent for `SILENCE`, and then its generator's lease is
 //!   checked too: a log no process holds a lease on, and not generated here, is
 //!   ended `generation_lost` (the `orphan` script); a log Redis no longer has
 //!   fails (`LogLost`).
 //!
-//! Redis unreachable for `OUTAGE_LIMIT` fails every mirror (`Unreachable`), so
-//! readers never hang.
+//! A mirror whose reads have failed for `OUTAGE_LIMIT` (Redis unreachable) fails
+//! (`Unreachable`), so readers never hang; one created once Redis answers again
+//! works even before the subscription is back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,7 +45,7 @@ pub const OUTAGE_LIMIT: Duration = Duration::from_secs(3);
 /// How long a log may stay silent before it is read and its generator's lease checked.
 pub const SILENCE: Duration = Duration::from_secs(2);
 /// How often mirrors are looked over for silence and outages.
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Pause after a failed catch-up or subscription attempt.
 const RETRY: Duration = Duration::from_millis(200);
 /// Longest pause between resubscription attempts.
@@ -220,6 +222,12 @@ impl Tails {
         tokio::spawn(listen(Arc::downgrade(&tails), pubsub, client, channel, shutdown.clone()));
         tokio::spawn(watch_over(Arc::downgrade(&tails), shutdown));
         Ok(tails)
+    }
+
+    /// As if the subscription had been down since `since` (tests).
+    #[cfg(test)]
+    pub fn lost_subscription_at(&self, since: Instant) {
+        *self.outage_since.lock().unwrap() = Some(since);
     }
 
     /// The logs with readers in this process, for the presence refresh.
@@ -493,11 +501,12 @@ async fn listen(tails: Weak<Tails>, mut pubsub: redis::aio::PubSub, client: redi
     }
 }
 
-/// Ends the mirrors of an outage that lasts, and checks silent logs.
+/// While the subscription is down, has every mirror read its log instead (a
+/// catch-up fails its mirror once Redis has not answered for `OUTAGE_LIMIT`);
+/// otherwise checks the logs that have been silent.
 async fn watch_over(tails: Weak<Tails>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut told = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -505,26 +514,26 @@ async fn watch_over(tails: Weak<Tails>, shutdown: CancellationToken) {
         }
         let Some(tails) = tails.upgrade() else { return };
         let mirrors: Vec<Arc<Mirror>> = tails.mirrors.lock().unwrap().values().cloned().collect();
-        let outage = *tails.outage_since.lock().unwrap();
-        if outage.is_some_and(|since| since.elapsed() >= OUTAGE_LIMIT) {
-            if !told && !mirrors.is_empty() {
-                tracing::error!("Redis unreachable: ending the streams read here");
-            }
-            told = true;
-            for mirror in &mirrors {
-                mirror.fail(FollowFailure::Unreachable);
-            }
-            continue;
-        }
-        told = false;
+        let subscribed = tails.outage_since.lock().unwrap().is_none();
         for mirror in mirrors {
-            {
-                let mut state = mirror.state.lock().unwrap();
-                if !state.open() || state.checking || state.last_news.elapsed() < SILENCE {
-                    continue;
-                }
-                state.checking = true;
+            let mut state = mirror.state.lock().unwrap();
+            if !state.open() {
+                continue;
             }
+            if !subscribed {
+                // No announcements: poll the log. Redis may well answer commands
+                // (the subscription reconnects on its own schedule).
+                if !std::mem::replace(&mut state.catching_up, true) {
+                    drop(state);
+                    tokio::spawn(tails.clone().catch_up(mirror));
+                }
+                continue;
+            }
+            if state.checking || state.last_news.elapsed() < SILENCE {
+                continue;
+            }
+            state.checking = true;
+            drop(state);
             tokio::spawn(tails.clone().check_silent(mirror));
         }
     }

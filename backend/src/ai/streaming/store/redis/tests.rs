@@ -141,6 +141,29 @@ async fn events_whose_announcements_were_lost_still_reach_readers_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_reader_that_attaches_while_the_subscription_is_down_follows_the_log_while_redis_answers() {
+    let (writer, reader) = pair().await;
+    // Down for longer than the outage limit, while Redis answers commands (as
+    // after a Redis restart, before the subscription's next attempt).
+    reader.tails.lost_subscription_at(tokio::time::Instant::now() - tail::OUTAGE_LIMIT * 2);
+    let id = StreamId::generate();
+    let log = writer.create(&id, "owner").await.unwrap();
+    let mut follower = reader.follow(&id, None);
+    log.append(0, &chunk(0)).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events[0].seq, 0);
+    // The mirror is watched over a few times while the subscription is down.
+    tokio::time::sleep(tail::WATCH_INTERVAL * 3).await;
+    for seq in 1..3 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    log.append(3, &end()).await.unwrap();
+    let (events, failure) = drain(follower).await;
+    assert_eq!(failure, None, "Redis answers: the reader must not be told it is unreachable");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
