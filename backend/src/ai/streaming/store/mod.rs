@@ -5,8 +5,8 @@
 //!
 //! Following a tail is the store's job, as expiring keys is mini-redis's `Db`'s:
 //! the manager asks for a stream of events and decides lifecycles; how readers
-//! are woken (a `watch` in memory, one pub/sub subscription per process with
-//! Redis) stays behind this trait.
+//! are woken (a `Notify` per log in memory, one pub/sub subscription per process
+//! with Redis) stays behind this trait.
 
 pub mod memory;
 pub mod redis;
