@@ -3,16 +3,12 @@
 //! subscription is down is not lost for good: the request also marks the lease,
 //! which the generator reads on its next renewal (`upkeep.rs`).
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::subscription;
 use crate::ai::streaming::events::StreamId;
-
-/// Longest pause between resubscription attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Subscribes to `channel` and forwards each stream id to `cancels` until `shutdown`.
 pub async fn listen(
@@ -21,8 +17,7 @@ pub async fn listen(
     cancels: broadcast::Sender<StreamId>,
     shutdown: CancellationToken,
 ) -> redis::RedisResult<()> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(&channel).await?;
+    let mut pubsub = subscription::subscribe(&client, &channel).await?;
     tokio::spawn(async move {
         loop {
             {
@@ -39,23 +34,8 @@ pub async fn listen(
                 }
             }
             tracing::warn!("lost the Redis cancel subscription; resubscribing");
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                let fresh = tokio::time::timeout(Duration::from_secs(2), async {
-                    let mut fresh = client.get_async_pubsub().await?;
-                    fresh.subscribe(&channel).await?;
-                    redis::RedisResult::Ok(fresh)
-                });
-                if let Ok(Ok(fresh)) = fresh.await {
-                    pubsub = fresh;
-                    break;
-                }
-            }
+            let Some(fresh) = subscription::resubscribe(&client, &channel, &shutdown).await else { return };
+            pubsub = fresh;
         }
     });
     Ok(())

@@ -27,6 +27,7 @@ mod cancels;
 mod entries;
 mod keys;
 mod scripts;
+mod subscription;
 mod tail;
 mod upkeep;
 

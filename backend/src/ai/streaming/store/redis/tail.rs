@@ -36,6 +36,7 @@ use super::announce;
 use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
+use super::subscription;
 use super::Shared;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
@@ -46,10 +47,8 @@ pub const OUTAGE_LIMIT: Duration = Duration::from_secs(3);
 pub const SILENCE: Duration = Duration::from_secs(2);
 /// How often mirrors are looked over for silence and outages.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// Pause after a failed catch-up or subscription attempt.
+/// Pause after a failed catch-up.
 const RETRY: Duration = Duration::from_millis(200);
-/// Longest pause between resubscription attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Announcements held ahead of a gap per mirror; later ones are dropped and
 /// read from the log by the catch-up.
 const AHEAD_LIMIT: usize = 4096;
@@ -216,8 +215,7 @@ impl Tails {
         channel: String,
         shutdown: CancellationToken,
     ) -> redis::RedisResult<Arc<Self>> {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&channel).await?;
+        let pubsub = subscription::subscribe(&client, &channel).await?;
         let tails = Arc::new(Self { shared, mirrors: Mutex::default(), outage_since: Mutex::default() });
         tokio::spawn(listen(Arc::downgrade(&tails), pubsub, client, channel, shutdown.clone()));
         tokio::spawn(watch_over(Arc::downgrade(&tails), shutdown));
@@ -477,23 +475,8 @@ async fn listen(tails: Weak<Tails>, mut pubsub: redis::aio::PubSub, client: redi
         }
         tracing::warn!("lost the Redis subscription to appended events; resubscribing");
         let Some(since) = tails.upgrade().map(|t| *t.outage_since.lock().unwrap().insert(Instant::now())) else { return };
-        let mut backoff = RETRY;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            let fresh = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut fresh = client.get_async_pubsub().await?;
-                fresh.subscribe(&channel).await?;
-                redis::RedisResult::Ok(fresh)
-            });
-            if let Ok(Ok(fresh)) = fresh.await {
-                pubsub = fresh;
-                break;
-            }
-        }
+        let Some(fresh) = subscription::resubscribe(&client, &channel, &shutdown).await else { return };
+        pubsub = fresh;
         let Some(tails) = tails.upgrade() else { return };
         tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
         *tails.outage_since.lock().unwrap() = None;
