@@ -1,8 +1,9 @@
 //! Appended events, announced to every process: after Redis confirmed an append,
 //! the event itself goes out on the `<prefix>:events` channel, so a process
 //! serving readers learns of it from one message and never asks Redis for it.
-//! One task publishes whatever is ready in one `PUBLISH`, so the channel costs a
-//! command per batch, not per event.
+//! The append pipeline (`appends.rs`) publishes whatever is ready in one
+//! `PUBLISH`, sent with its next `XADD`s, so the channel costs a command per
+//! batch, not per event, and no round trip of its own.
 //!
 //! Only confirmed events are announced, each once, in the order of their appends,
 //! so a reader never sees an event the log does not hold. Pub/sub may still drop
@@ -13,55 +14,32 @@
 //! type, fields_len: u32 BE, fields`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
 
 /// Records joined into one message at most; more wait for the next `PUBLISH`.
-const MESSAGE_LIMIT: usize = 256 * 1024;
+pub const MESSAGE_LIMIT: usize = 256 * 1024;
 
-/// Hands confirmed events to the publishing task.
+/// Hands events confirmed outside the append pipeline (a log's first and
+/// terminal events) to it, to be published in their order.
 #[derive(Clone)]
 pub struct Announcer {
     records: mpsc::UnboundedSender<Bytes>,
 }
 
 impl Announcer {
-    /// Starts the task publishing on `channel`. It outlives a shutdown signal, so
-    /// the terminal events of a drain still go out, and ends with the store.
-    pub fn start(mut conn: ConnectionManager, channel: String) -> Self {
-        let (records, mut ready) = mpsc::unbounded_channel::<Bytes>();
-        tokio::spawn(async move {
-            let mut message = BytesMut::new();
-            loop {
-                let Some(first) = ready.recv().await else { return };
-                message.extend_from_slice(&first);
-                while message.len() < MESSAGE_LIMIT {
-                    let Ok(next) = ready.try_recv() else { break };
-                    message.extend_from_slice(&next);
-                }
-                // Lost announcements only make readers read the log: no retry.
-                let published: redis::RedisResult<()> = redis::cmd("PUBLISH").arg(&channel).arg(&message[..]).query_async(&mut conn).await;
-                if let Err(error) = published {
-                    tracing::debug!(%error, "could not announce appended events");
-                }
-                message.clear();
-            }
-        });
-        Self { records }
+    /// The handle and the queue the append pipeline publishes from.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Bytes>) {
+        let (records, ready) = mpsc::unbounded_channel();
+        (Self { records }, ready)
     }
 
     /// Announces `record`, confirmed at `seq` of `id`'s log.
     pub fn announce(&self, id: &StreamId, seq: u64, record: &EventRecord) {
         let mut out = BytesMut::new();
         encode(&mut out, id, seq, record);
-        self.announce_encoded(out.freeze());
-    }
-
-    /// Announces records already `encode`d, in their order.
-    pub fn announce_encoded(&self, records: Bytes) {
-        let _ = self.records.send(records);
+        let _ = self.records.send(out.freeze());
     }
 }
 

@@ -2,16 +2,21 @@
 //! all the logs this process generates, joined: one task sends whatever appends
 //! are waiting as one pipeline of `XADD`s, so a burst of tokens across many
 //! streams is one write and one read, for Redis and for us, and still one
-//! command per event. Each append learns its own outcome, and the ones that
-//! landed are announced from here, together (`announce.rs`).
+//! command per event. Each append learns its own outcome.
+//!
+//! The same task publishes the announcements (`announce.rs`): the events that
+//! landed, and whatever the other paths confirmed meanwhile, go out as one
+//! `PUBLISH` at the head of the next pipeline, sent at once even if no append
+//! waits. One task and one connection keep them in order, and an announcement
+//! costs no task hand-off and no round trip of its own.
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::announce::{self, Announcer};
+use super::announce::{self, MESSAGE_LIMIT};
 use crate::ai::streaming::events::{EventRecord, StreamId};
 
 /// Appends sent in one pipeline at most.
@@ -41,11 +46,12 @@ pub struct Appends {
 }
 
 impl Appends {
-    /// Starts the sending task; it ends when the store is dropped, not on a
-    /// shutdown signal, so a draining generation can still append.
-    pub fn start(conn: ConnectionManager, announcer: Announcer) -> Self {
+    /// Starts the sending task, publishing on `channel` what `announced` hands
+    /// over as well as its own appends. It ends when the store is dropped, not on
+    /// a shutdown signal, so a draining generation can still append and announce.
+    pub fn start(conn: ConnectionManager, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(conn, announcer, waiting));
+        tokio::spawn(send_loop(conn, channel, waiting, announced));
         Self { queue }
     }
 
@@ -60,29 +66,62 @@ impl Appends {
     }
 }
 
-async fn send_loop(mut conn: ConnectionManager, announcer: Announcer, mut waiting: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch = Vec::new();
-    while waiting.recv_many(&mut batch, PIPELINE_LIMIT).await > 0 {
-        let mut pipe = redis::Pipeline::with_capacity(batch.len());
+async fn send_loop(
+    mut conn: ConnectionManager,
+    channel: String,
+    mut waiting: mpsc::UnboundedReceiver<Pending>,
+    mut announced: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let (mut batch, mut message) = (Vec::new(), BytesMut::new());
+    let (mut appends_open, mut announced_open) = (true, true);
+    loop {
+        if message.is_empty() {
+            // Nothing to publish: wait for work.
+            tokio::select! {
+                biased;
+                n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open => appends_open = n > 0,
+                first = announced.recv(), if announced_open => match first {
+                    Some(records) => message.extend_from_slice(&records),
+                    None => announced_open = false,
+                },
+                else => return,
+            }
+        }
+        while message.len() < MESSAGE_LIMIT {
+            let Ok(records) = announced.try_recv() else { break };
+            message.extend_from_slice(&records);
+        }
+        while batch.len() < PIPELINE_LIMIT {
+            let Ok(append) = waiting.try_recv() else { break };
+            batch.push(append);
+        }
+        if message.is_empty() && batch.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
         pipe.ignore_errors();
+        let publishing = !message.is_empty();
+        if publishing {
+            pipe.cmd("PUBLISH").arg(&channel).arg(&message[..]);
+        }
         for append in &batch {
             pipe.add_command(xadd(append));
         }
+        let expected = batch.len() + usize::from(publishing);
         let outcomes: Vec<Xadd> = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(replies) if replies.len() == batch.len() => replies.into_iter().map(outcome).collect(),
-            Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} appends", replies.len(), batch.len())); batch.len()],
+            Ok(replies) if replies.len() == expected => replies.into_iter().skip(usize::from(publishing)).map(outcome).collect(),
+            Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} commands", replies.len(), expected)); batch.len()],
             Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
         };
-        // Announced before anyone hears back, so a stream's next event (its
-        // terminal one, announced by another path) is never announced first.
-        let mut landed = BytesMut::new();
+        // Lost announcements only make readers read the log: no retry, and the
+        // PUBLISH's own reply is not looked at.
+        message.clear();
+        // Queued before anyone hears back, so a stream's next event (its terminal
+        // one, announced through the queue) is never announced first.
         for (append, outcome) in batch.iter().zip(&outcomes) {
             if *outcome == Xadd::Appended {
-                announce::encode(&mut landed, &append.id, append.seq, &append.record);
+                announce::encode(&mut message, &append.id, append.seq, &append.record);
             }
-        }
-        if !landed.is_empty() {
-            announcer.announce_encoded(landed.freeze());
         }
         for (append, outcome) in batch.drain(..).zip(outcomes) {
             let _ = append.done.send(outcome);

@@ -183,9 +183,9 @@ impl RedisStore {
         // The hot path gets a connection of its own, so a once-a-second pipeline of
         // lease and presence renewals never holds an append up behind it.
         let hot = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
-        let announcer = Announcer::start(hot.clone(), keys.events_channel());
+        let (announcer, announced) = Announcer::new();
         let shared = Arc::new(Shared {
-            appends: Appends::start(hot, announcer.clone()),
+            appends: Appends::start(hot, keys.events_channel(), announced),
             announcer,
             conn,
             keys,
