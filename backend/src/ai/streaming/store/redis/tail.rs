@@ -148,11 +148,12 @@ impl Mirror {
         true
     }
 
+    /// Notes news; the caller wakes the readers once the lock is released, so a
+    /// woken reader does not wait for it.
     fn touched(&self, state: &mut MirrorState, grew: bool) {
         state.last_news = Instant::now();
         if grew {
             state.arrived_at = std::time::Instant::now();
-            self.changed.notify_waiters();
         }
     }
 
@@ -173,6 +174,10 @@ impl Mirror {
         }
         let grew = self.extend(&mut state, event);
         self.touched(&mut state, grew);
+        drop(state);
+        if grew {
+            self.changed.notify_waiters();
+        }
         false
     }
 
@@ -184,6 +189,10 @@ impl Mirror {
             grew |= self.extend(&mut state, event);
         }
         self.touched(&mut state, grew);
+        drop(state);
+        if grew {
+            self.changed.notify_waiters();
+        }
     }
 
     fn fail(&self, failure: FollowFailure) {
