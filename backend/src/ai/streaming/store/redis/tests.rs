@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use redis::AsyncCommands;
 
@@ -299,4 +300,34 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     assert!(events.is_empty());
     assert_eq!(failure, Some(FollowError { next_seq: 1, cause: FollowFailure::LogLost }));
     assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
+}
+
+#[tokio::test]
+async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
+    let (store, _) = pair().await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(store.shared.keys.events_channel()).await.unwrap();
+    let id = StreamId::generate();
+    let log = store.create(&id, "owner").await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    log.append(1, &chunk(1)).await.unwrap();
+    assert!(log.append(1, &chunk(9)).await.is_err(), "another event at a taken seq is refused");
+    log.append(2, &chunk(2)).await.unwrap();
+    log.append(3, &end()).await.unwrap();
+
+    let mut announced = Vec::new();
+    let mut messages = pubsub.on_message();
+    while announced.last().is_none_or(|e: &LoggedEvent| !e.is_terminal()) {
+        let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("announcements come").unwrap();
+        let records = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes()));
+        for record in records {
+            let (stream, event) = record.expect("a well-formed announcement");
+            if &stream[..] == id.as_str().as_bytes() {
+                announced.push(event);
+            }
+        }
+    }
+    let expected = vec![chunk(0).at(0), chunk(1).at(1), chunk(2).at(2), end().at(3)];
+    assert_eq!(announced, expected);
 }
