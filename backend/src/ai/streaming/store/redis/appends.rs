@@ -109,12 +109,19 @@ async fn send_loop(
         }
         let expected = batch.len() + usize::from(publishing);
         let outcomes: Vec<Xadd> = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(replies) if replies.len() == expected => replies.into_iter().skip(usize::from(publishing)).map(outcome).collect(),
+            Ok(replies) if replies.len() == expected => {
+                let mut replies = replies.into_iter();
+                if publishing {
+                    if let Some(redis::Value::ServerError(error)) = replies.next() {
+                        tracing::debug!(?error, "could not announce appended events");
+                    }
+                }
+                replies.map(outcome).collect()
+            }
             Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} commands", replies.len(), expected)); batch.len()],
             Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
         };
-        // Lost announcements only make readers read the log: no retry, and the
-        // PUBLISH's own reply is not looked at.
+        // Lost announcements only make readers read the log: no retry.
         message.clear();
         // Queued before anyone hears back, so a stream's next event (its terminal
         // one, announced through the queue) is never announced first.

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_stream::stream;
@@ -148,12 +148,14 @@ impl Mirror {
         true
     }
 
-    /// Notes news; the caller wakes the readers once the lock is released, so a
-    /// woken reader does not wait for it.
-    fn touched(&self, state: &mut MirrorState, grew: bool) {
+    /// Notes news, releases the lock, then wakes the readers if the mirror grew:
+    /// each woken reader takes the lock at once.
+    fn touched(&self, mut state: MutexGuard<'_, MirrorState>, grew: bool) {
         state.last_news = Instant::now();
         if grew {
             state.arrived_at = std::time::Instant::now();
+            drop(state);
+            self.changed.notify_waiters();
         }
     }
 
@@ -173,11 +175,7 @@ impl Mirror {
             return start;
         }
         let grew = self.extend(&mut state, event);
-        self.touched(&mut state, grew);
-        drop(state);
-        if grew {
-            self.changed.notify_waiters();
-        }
+        self.touched(state, grew);
         false
     }
 
@@ -188,11 +186,7 @@ impl Mirror {
         for event in events {
             grew |= self.extend(&mut state, event);
         }
-        self.touched(&mut state, grew);
-        drop(state);
-        if grew {
-            self.changed.notify_waiters();
-        }
+        self.touched(state, grew);
     }
 
     fn fail(&self, failure: FollowFailure) {

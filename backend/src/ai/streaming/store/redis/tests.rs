@@ -306,8 +306,7 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
 async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     let (store, _) = pair().await;
     let client = redis::Client::open(redis_url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(store.shared.keys.events_channel()).await.unwrap();
+    let mut pubsub = subscription::subscribe(&client, &store.shared.keys.events_channel()).await.unwrap();
     let id = StreamId::generate();
     let log = store.create(&id, "owner").await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
