@@ -57,6 +57,27 @@ pub struct LagResult {
     pub lag_ms_p90: f64,
     pub lag_ms_p99: f64,
     pub lag_ms_max: f64,
+    /// Lag by when the chunks arrived: shows whether it comes in waves or grows
+    /// through the run (a backlog: more work than the machine does in time).
+    pub timeline: Timeline,
+}
+
+/// Width of a `Timeline` bucket.
+const TIMELINE_BUCKET_MS: u32 = 250;
+
+/// Client lag p50/p99 (ms) of the chunks that arrived in each `TIMELINE_BUCKET_MS`
+/// from the start of the streams, as `(bucket start ms, p50, p99)`.
+#[derive(Clone, Default)]
+pub struct Timeline(Vec<(u32, f64, f64)>);
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"p50/p99 ms by {TIMELINE_BUCKET_MS} ms:")?;
+        for (from, p50, p99) in &self.0 {
+            write!(f, " {from}:{p50:.0}/{p99:.0}")?;
+        }
+        write!(f, "\"")
+    }
 }
 
 impl LagResult {
@@ -69,6 +90,8 @@ struct StreamLags {
     events: u64,
     chunks: u64,
     lags_us: Vec<u64>,
+    /// When each chunk arrived, from the start of the streams.
+    arrivals_ms: Vec<u32>,
     ending: String,
 }
 
@@ -115,6 +138,8 @@ async fn one_stream(
     }
     let mut scanner = Scanner::default();
     let (mut events, mut chunks, mut offsets_us, mut ending) = (0u64, 0u64, Vec::new(), None::<String>);
+    let started = *ready.1.get().expect("set before any stream starts");
+    let mut arrivals_ms = Vec::new();
     let read = connection.read_body(&response, |bytes, now| {
         scanner.push(bytes, |frame| {
             if frame.event.is_empty() {
@@ -125,6 +150,7 @@ async fn one_stream(
                 let due = anchor + first_token + Duration::from_secs_f64(chunks as f64 / tps);
                 let offset = if now >= due { (now - due).as_micros() as i64 } else { -((due - now).as_micros() as i64) };
                 offsets_us.push(offset);
+                arrivals_ms.push((now - started).as_millis() as u32);
                 chunks += 1;
             } else if is_terminal(frame.event) {
                 ending = Some(String::from_utf8_lossy(frame.event).into_owned());
@@ -135,7 +161,7 @@ async fn one_stream(
     read.await.map_err(|e| format!("read: {e}"))?;
     let best = offsets_us.iter().copied().min().unwrap_or(0);
     let lags_us = offsets_us.iter().map(|o| (o - best) as u64).collect();
-    Ok(StreamLags { events, chunks, lags_us, ending: ending.unwrap_or_else(|| "closed without a terminal event".into()) })
+    Ok(StreamLags { events, chunks, lags_us, arrivals_ms, ending: ending.unwrap_or_else(|| "closed without a terminal event".into()) })
 }
 
 pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
@@ -146,6 +172,7 @@ pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
     let deadline = tokio::time::Instant::now() + config.patience;
     let mut result = LagResult::default();
     let mut lags = Vec::new();
+    let mut timeline: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     for task in tasks {
         let outcome = match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(outcome)) => outcome,
@@ -157,6 +184,9 @@ pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
                 result.events += stream.events;
                 result.chunks += stream.chunks;
                 lags.extend(stream.lags_us.iter().map(|us| *us as f64 / 1000.0));
+                for (at, us) in stream.arrivals_ms.iter().zip(&stream.lags_us) {
+                    timeline.entry(at / TIMELINE_BUCKET_MS).or_default().push(*us as f64 / 1000.0);
+                }
                 if stream.ending == "complete" {
                     result.completed += 1;
                 } else {
@@ -175,6 +205,15 @@ pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
     }
     // From the moment the streams started (all connections open) to the last one's end.
     result.wall_seconds = ready.1.get().map_or(f64::NAN, |started| started.elapsed().as_secs_f64());
+    result.timeline = Timeline(
+        timeline
+            .into_iter()
+            .map(|(bucket, mut lags)| {
+                let lags = sorted(&mut lags);
+                (bucket * TIMELINE_BUCKET_MS, quantile(lags, 0.5), quantile(lags, 0.99))
+            })
+            .collect(),
+    );
     let lags = sorted(&mut lags);
     (result.lag_ms_p50, result.lag_ms_p90, result.lag_ms_p99, result.lag_ms_max) =
         (quantile(lags, 0.5), quantile(lags, 0.9), quantile(lags, 0.99), quantile(lags, 1.0));

@@ -4,15 +4,21 @@
 //! streams is one write and one read, for Redis and for us, and still one
 //! command per event. Each append learns its own outcome.
 //!
+//! Up to `IN_FLIGHT_LIMIT` pipelines go out before the first is answered, so an
+//! append that arrives while one is on its way is sent at once, not a round trip
+//! later. One connection keeps them in order, and their replies are settled in
+//! that order.
+//!
 //! The same task publishes the announcements (`announce.rs`): the events that
 //! landed, and whatever the other paths confirmed meanwhile, go out as one
-//! `PUBLISH` at the head of the next pipeline, sent at once even if no append
-//! waits. One task and one connection keep them in order, and an announcement
-//! costs no task hand-off and no round trip of its own.
+//! `PUBLISH` at the head of the next pipeline, sent as soon as a pipeline may go
+//! even if no append waits. An announcement costs no task hand-off and no round
+//! trip of its own.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +27,10 @@ use crate::ai::streaming::events::{EventRecord, StreamId};
 
 /// Appends sent in one pipeline at most.
 const PIPELINE_LIMIT: usize = 512;
+/// Pipelines sent and not yet answered at most. More than one, so an append
+/// waits for no earlier pipeline's round trip, and the landed events go out in
+/// smaller, more frequent announcements; few, so a burst still joins up.
+const IN_FLIGHT_LIMIT: usize = 3;
 
 /// What an `XADD` at an explicit entry id did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,72 +77,89 @@ impl Appends {
 }
 
 async fn send_loop(
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     channel: String,
     mut waiting: mpsc::UnboundedReceiver<Pending>,
     mut announced: mpsc::UnboundedReceiver<Bytes>,
 ) {
     let (mut batch, mut message) = (Vec::new(), BytesMut::new());
     let (mut appends_open, mut announced_open) = (true, true);
+    let mut in_flight = FuturesOrdered::new();
     loop {
-        if message.is_empty() {
-            // Nothing to publish: wait for work.
-            tokio::select! {
-                biased;
-                n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open => appends_open = n > 0,
-                first = announced.recv(), if announced_open => match first {
-                    Some(records) => message.extend_from_slice(&records),
-                    None => announced_open = false,
-                },
-                else => return,
-            }
+        let room = in_flight.len() < IN_FLIGHT_LIMIT;
+        tokio::select! {
+            biased;
+            Some((sent, outcomes)) = in_flight.next() => settle(sent, outcomes, &mut message),
+            n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open && room => appends_open = n > 0,
+            first = announced.recv(), if announced_open && room => match first {
+                Some(records) => message.extend_from_slice(&records),
+                None => announced_open = false,
+            },
+            else => return,
+        }
+        if in_flight.len() >= IN_FLIGHT_LIMIT {
+            continue;
+        }
+        // Appends first, then announcements: an event confirmed elsewhere before
+        // an append was queued (a log's first event) is then surely published
+        // with this write, ahead of the append's own announcement.
+        while batch.len() < PIPELINE_LIMIT {
+            let Ok(append) = waiting.try_recv() else { break };
+            batch.push(append);
         }
         while message.len() < MESSAGE_LIMIT {
             let Ok(records) = announced.try_recv() else { break };
             message.extend_from_slice(&records);
         }
-        while batch.len() < PIPELINE_LIMIT {
-            let Ok(append) = waiting.try_recv() else { break };
-            batch.push(append);
-        }
         if message.is_empty() && batch.is_empty() {
             continue;
         }
-        let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
-        pipe.ignore_errors();
-        let publishing = !message.is_empty();
-        if publishing {
-            pipe.cmd("PUBLISH").arg(&channel).arg(&message[..]);
-        }
-        for append in &batch {
-            pipe.add_command(xadd(append));
-        }
-        let expected = batch.len() + usize::from(publishing);
-        let outcomes: Vec<Xadd> = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(replies) if replies.len() == expected => {
-                let mut replies = replies.into_iter();
-                if publishing {
-                    if let Some(redis::Value::ServerError(error)) = replies.next() {
-                        tracing::debug!(?error, "could not announce appended events");
-                    }
+        let publishing = (!message.is_empty()).then(|| message.split().freeze());
+        in_flight.push_back(send(conn.clone(), channel.clone(), publishing, std::mem::take(&mut batch)));
+    }
+}
+
+/// One pipeline: `PUBLISH` of `message` (if any), then the `XADD`s of `batch`.
+/// Returns the batch with each append's outcome.
+async fn send(mut conn: ConnectionManager, channel: String, message: Option<Bytes>, batch: Vec<Pending>) -> (Vec<Pending>, Vec<Xadd>) {
+    let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
+    pipe.ignore_errors();
+    if let Some(message) = &message {
+        pipe.cmd("PUBLISH").arg(&channel).arg(&message[..]);
+    }
+    for append in &batch {
+        pipe.add_command(xadd(append));
+    }
+    let publishing = message.is_some();
+    let expected = batch.len() + usize::from(publishing);
+    let outcomes = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+        Ok(replies) if replies.len() == expected => {
+            let mut replies = replies.into_iter();
+            if publishing {
+                if let Some(redis::Value::ServerError(error)) = replies.next() {
+                    // Lost announcements only make readers read the log: no retry.
+                    tracing::debug!(?error, "could not announce appended events");
                 }
-                replies.map(outcome).collect()
             }
-            Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} commands", replies.len(), expected)); batch.len()],
-            Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
-        };
-        // Lost announcements only make readers read the log: no retry.
-        message.clear();
-        // Queued before anyone hears back, so a stream's next event (its terminal
-        // one, announced through the queue) is never announced first.
-        for (append, outcome) in batch.iter().zip(&outcomes) {
-            if *outcome == Xadd::Appended {
-                announce::encode(&mut message, &append.id, append.seq, &append.record);
-            }
+            replies.map(outcome).collect()
         }
-        for (append, outcome) in batch.drain(..).zip(outcomes) {
-            let _ = append.done.send(outcome);
+        Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} commands", replies.len(), expected)); batch.len()],
+        Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
+    };
+    (batch, outcomes)
+}
+
+/// Announces what landed, then lets each append's generator hear back: queued
+/// before anyone hears back, so a stream's next event (its terminal one,
+/// announced through the queue) is never announced first.
+fn settle(sent: Vec<Pending>, outcomes: Vec<Xadd>, message: &mut BytesMut) {
+    for (append, outcome) in sent.iter().zip(&outcomes) {
+        if *outcome == Xadd::Appended {
+            announce::encode(message, &append.id, append.seq, &append.record);
         }
+    }
+    for (append, outcome) in sent.into_iter().zip(outcomes) {
+        let _ = append.done.send(outcome);
     }
 }
 

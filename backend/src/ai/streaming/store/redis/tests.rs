@@ -2,6 +2,7 @@
 //! test has a key prefix of its own, and two stores on one prefix are two
 //! processes of one deployment.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -329,4 +330,44 @@ async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     }
     let expected = vec![chunk(0).at(0), chunk(1).at(1), chunk(2).at(2), end().at(3)];
     assert_eq!(announced, expected);
+}
+
+#[tokio::test]
+async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
+    const STREAMS: usize = 40;
+    const CHUNKS: u64 = 25;
+    let (store, _) = pair().await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut pubsub = subscription::subscribe(&client, &store.shared.keys.events_channel()).await.unwrap();
+    let store = Arc::new(store);
+    let ids: Vec<StreamId> = (0..STREAMS).map(|_| StreamId::generate()).collect();
+    // Every stream appends as fast as its appends are confirmed, so several
+    // pipelines are in flight at once.
+    for id in &ids {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            let log = store.create(&id, "owner").await.unwrap();
+            for seq in 0..CHUNKS {
+                log.append(seq, &chunk(seq)).await.unwrap();
+            }
+            log.append(CHUNKS, &end()).await.unwrap();
+        });
+    }
+
+    let mut announced: HashMap<Vec<u8>, Vec<LoggedEvent>> = HashMap::new();
+    let mut ended = 0;
+    let mut messages = pubsub.on_message();
+    while ended < STREAMS {
+        let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("announcements come").unwrap();
+        for record in announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
+            let (stream, event) = record.expect("a well-formed announcement");
+            ended += usize::from(event.is_terminal());
+            announced.entry(stream.to_vec()).or_default().push(event);
+        }
+    }
+    let mut expected: Vec<LoggedEvent> = (0..CHUNKS).map(|seq| chunk(seq).at(seq)).collect();
+    expected.push(end().at(CHUNKS));
+    for id in &ids {
+        assert_eq!(announced.get(id.as_str().as_bytes()), Some(&expected), "stream {id}");
+    }
 }
