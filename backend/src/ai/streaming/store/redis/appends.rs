@@ -82,6 +82,7 @@ async fn send_loop(
     mut waiting: mpsc::UnboundedReceiver<Pending>,
     mut announced: mpsc::UnboundedReceiver<Bytes>,
 ) {
+    let channel: Arc<str> = channel.into();
     let (mut batch, mut message) = (Vec::new(), BytesMut::new());
     let (mut appends_open, mut announced_open) = (true, true);
     let mut in_flight = FuturesOrdered::new();
@@ -121,11 +122,11 @@ async fn send_loop(
 
 /// One pipeline: `PUBLISH` of `message` (if any), then the `XADD`s of `batch`.
 /// Returns the batch with each append's outcome.
-async fn send(mut conn: ConnectionManager, channel: String, message: Option<Bytes>, batch: Vec<Pending>) -> (Vec<Pending>, Vec<Xadd>) {
+async fn send(mut conn: ConnectionManager, channel: Arc<str>, message: Option<Bytes>, batch: Vec<Pending>) -> (Vec<Pending>, Vec<Xadd>) {
     let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
     pipe.ignore_errors();
     if let Some(message) = &message {
-        pipe.cmd("PUBLISH").arg(&channel).arg(&message[..]);
+        pipe.cmd("PUBLISH").arg(&*channel).arg(&message[..]);
     }
     for append in &batch {
         pipe.add_command(xadd(append));
@@ -149,8 +150,8 @@ async fn send(mut conn: ConnectionManager, channel: String, message: Option<Byte
     (batch, outcomes)
 }
 
-/// Announces what landed, then lets each append's generator hear back: queued
-/// before anyone hears back, so a stream's next event (its terminal one,
+/// Queues the announcements of what landed, then tells each append's generator
+/// its outcome: in that order, so a stream's next event (its terminal one,
 /// announced through the queue) is never announced first.
 fn settle(sent: Vec<Pending>, outcomes: Vec<Xadd>, message: &mut BytesMut) {
     for (append, outcome) in sent.iter().zip(&outcomes) {

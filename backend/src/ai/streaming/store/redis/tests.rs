@@ -343,27 +343,31 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     let ids: Vec<StreamId> = (0..STREAMS).map(|_| StreamId::generate()).collect();
     // Every stream appends as fast as its appends are confirmed, so several
     // pipelines are in flight at once.
+    let mut appenders = Vec::new();
     for id in &ids {
         let (store, id) = (store.clone(), id.clone());
-        tokio::spawn(async move {
+        appenders.push(tokio::spawn(async move {
             let log = store.create(&id, "owner").await.unwrap();
             for seq in 0..CHUNKS {
                 log.append(seq, &chunk(seq)).await.unwrap();
             }
             log.append(CHUNKS, &end()).await.unwrap();
-        });
+        }));
     }
 
     let mut announced: HashMap<Vec<u8>, Vec<LoggedEvent>> = HashMap::new();
     let mut ended = 0;
     let mut messages = pubsub.on_message();
     while ended < STREAMS {
-        let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("announcements come").unwrap();
+        let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("every stream's end is announced").unwrap();
         for record in announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
             let (stream, event) = record.expect("a well-formed announcement");
             ended += usize::from(event.is_terminal());
             announced.entry(stream.to_vec()).or_default().push(event);
         }
+    }
+    for appender in appenders {
+        appender.await.expect("every append succeeded");
     }
     let mut expected: Vec<LoggedEvent> = (0..CHUNKS).map(|seq| chunk(seq).at(seq)).collect();
     expected.push(end().at(CHUNKS));
