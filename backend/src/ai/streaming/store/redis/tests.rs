@@ -303,6 +303,13 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
 }
 
+/// The announcements one message on the events channel carries.
+fn records_of(message: &redis::Msg) -> Vec<(Bytes, LoggedEvent)> {
+    announce::decode(Bytes::copy_from_slice(message.get_payload_bytes()))
+        .map(|record| record.expect("a well-formed announcement"))
+        .collect()
+}
+
 #[tokio::test]
 async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     let (store, _) = pair().await;
@@ -320,9 +327,7 @@ async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     let mut messages = pubsub.on_message();
     while announced.last().is_none_or(|e: &LoggedEvent| !e.is_terminal()) {
         let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("announcements come").unwrap();
-        let records = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes()));
-        for record in records {
-            let (stream, event) = record.expect("a well-formed announcement");
+        for (stream, event) in records_of(&message) {
             if &stream[..] == id.as_str().as_bytes() {
                 announced.push(event);
             }
@@ -360,8 +365,7 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     let mut messages = pubsub.on_message();
     while ended < STREAMS {
         let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("every stream's end is announced").unwrap();
-        for record in announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
-            let (stream, event) = record.expect("a well-formed announcement");
+        for (stream, event) in records_of(&message) {
             ended += usize::from(event.is_terminal());
             announced.entry(stream.to_vec()).or_default().push(event);
         }
