@@ -15,9 +15,9 @@
 //! keeping the lines that name this run's key prefix, to split the commands into
 //! round trips the processes sent and commands run inside scripts.
 //!
-//! The stream resume grace stays at its default (30 s): process A does not see B's
-//! readers, so a generation lasting longer than that would be cancelled as
-//! abandoned (issue 7); the endings column shows it if it happens.
+//! The stream resume grace stays at its default (30 s); B's readers keep A's
+//! generations alive through the presence keys, and the endings column would show
+//! a generation cancelled as abandoned.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,6 +38,9 @@ struct StoresConfig {
     redis_url: String,
     live_ai: PathBuf,
     monitor_streams: usize,
+    /// Tokio workers of each Redis-mode process (`TOKIO_WORKER_THREADS`); 0 keeps
+    /// tokio's default, one per core.
+    redis_workers: usize,
 }
 
 #[derive(Default)]
@@ -84,6 +87,15 @@ fn server_env(config: &StoresConfig, store: &str, extra: &[(&str, String)]) -> V
     let mut all = vec![("STREAM_STORE", store.to_owned()), ("MAX_CONCURRENT_STREAMS", max)];
     all.extend(extra.iter().cloned());
     live_ai_env(config.lag.tokens_per_second, config.lag.first_token, &all)
+}
+
+/// The environment of the two Redis-mode processes under `prefix`.
+fn redis_env(config: &StoresConfig, prefix: &str) -> Vec<(String, String)> {
+    let mut extra = vec![("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.to_owned())];
+    if config.redis_workers > 0 {
+        extra.push(("TOKIO_WORKER_THREADS", config.redis_workers.to_string()));
+    }
+    server_env(config, "redis", &extra)
 }
 
 async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
@@ -142,7 +154,7 @@ async fn memory_run(config: &StoresConfig) -> (LagResult, f64) {
 async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let prefix = prefix(label);
     let mut conn = redis_connection(&config.redis_url).await;
-    let env = server_env(config, "redis", &[("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.clone())]);
+    let env = redis_env(config, &prefix);
     let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
     let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("CONFIG RESETSTAT answers");
@@ -166,7 +178,7 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
 async fn monitor_run(config: &StoresConfig) -> Option<Monitored> {
     let address = config.redis_url.trim_start_matches("redis://").split('/').next().unwrap_or("127.0.0.1:6379").to_owned();
     let prefix = prefix("monitor");
-    let env = server_env(config, "redis", &[("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.clone())]);
+    let env = redis_env(config, &prefix);
     let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
     let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
     let mut monitor = tokio::net::TcpStream::connect(&address).await.ok()?;
@@ -286,7 +298,8 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
 }
 
 /// `load stores --live-ai BIN [--runs 3] [--streams 1000] [--tps 50]
-/// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]`
+/// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]
+/// [--redis-workers 0]`
 pub async fn main(args: &[String]) {
     let flags = Flags::parse(args);
     let config = StoresConfig {
@@ -300,6 +313,7 @@ pub async fn main(args: &[String]) {
         redis_url: flags.get("redis-url", "redis://127.0.0.1:6379".to_owned()),
         live_ai: flags.path("live-ai"),
         monitor_streams: flags.get("monitor-streams", 100),
+        redis_workers: flags.get("redis-workers", 0),
     };
     let host = config.redis_url.trim_start_matches("redis://");
     assert!(
@@ -309,12 +323,13 @@ pub async fn main(args: &[String]) {
     );
     super::warn_if_few_files(config.lag.streams * 2);
     println!(
-        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}",
+        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}; workers per Redis-mode process: {}",
         config.runs,
         config.lag.streams,
         config.lag.tokens_per_second,
         config.lag.first_token.as_millis(),
-        config.redis_url
+        config.redis_url,
+        if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() }
     );
     let mut runs = Vec::new();
     for index in 0..config.runs {

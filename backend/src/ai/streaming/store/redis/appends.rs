@@ -7,23 +7,37 @@
 //! Up to `IN_FLIGHT_LIMIT` pipelines go out before the first is answered, so an
 //! append that arrives while one is on its way is sent at once, not a round trip
 //! later. One connection keeps them in order, and their replies are settled in
-//! that order.
+//! that order. The task owns that connection and speaks RESP on it itself
+//! (`wire.rs`): it writes each pipeline and reads the replies as they come, with
+//! no client library's task in between.
 //!
 //! The same task publishes the announcements (`announce.rs`): the events that
 //! landed, and whatever the other paths confirmed meanwhile, go out as one
 //! `PUBLISH` at the head of the next pipeline, sent as soon as a pipeline may go
 //! even if no append waits. An announcement costs no task hand-off and no round
 //! trip of its own.
+//!
+//! Each pipeline must be answered within the command timeout. A connection that
+//! fails or stays silent fails every append it carries (the generators retry,
+//! and find their own entries if they had landed) and is replaced on the next
+//! pipeline; while Redis cannot be reached, an attempt is made at most every
+//! `RECONNECT_DELAY`.
 
+use std::collections::VecDeque;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::{FuturesOrdered, StreamExt};
-use redis::aio::ConnectionManager;
+use redis::ConnectionInfo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::announce::{self, MESSAGE_LIMIT};
+use super::wire::{self, Link, Reply};
 use crate::ai::streaming::events::{EventRecord, StreamId};
+use crate::redis_connection::COMMAND_TIMEOUT;
 
 /// Appends sent in one pipeline at most.
 const PIPELINE_LIMIT: usize = 512;
@@ -31,6 +45,11 @@ const PIPELINE_LIMIT: usize = 512;
 /// waits for no earlier pipeline's round trip, and the landed events go out in
 /// smaller, more frequent announcements; few, so a burst still joins up.
 const IN_FLIGHT_LIMIT: usize = 3;
+/// Least time between two attempts to connect while Redis cannot be reached:
+/// appends meanwhile fail at once, and new streams work again soon after Redis.
+const RECONNECT_DELAY: Duration = Duration::from_millis(250);
+/// Room read into at once: many replies, one read.
+const READ_SIZE: usize = 32 * 1024;
 
 /// What an `XADD` at an explicit entry id did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +75,15 @@ pub struct Appends {
 }
 
 impl Appends {
-    /// Starts the sending task, publishing on `channel` what `announced` hands
-    /// over as well as its own appends. It ends when the store is dropped, not on
-    /// a shutdown signal, so a draining generation can still append and announce.
-    pub fn start(conn: ConnectionManager, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> Self {
+    /// Connects to the Redis of `info` and starts the sending task, publishing on
+    /// `channel` what `announced` hands over as well as its own appends. The task
+    /// ends when the store is dropped, not on a shutdown signal, so a draining
+    /// generation can still append and announce.
+    pub async fn start(info: ConnectionInfo, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
+        let link = Link::connect(&info).await?;
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(conn, channel, waiting, announced));
-        Self { queue }
+        tokio::spawn(send_loop(Connection::new(info, link, channel), waiting, announced));
+        Ok(Self { queue })
     }
 
     /// Appends `record` at `seq` of `id`'s log (at key `log`), and announces it if it landed.
@@ -76,21 +97,33 @@ impl Appends {
     }
 }
 
-async fn send_loop(
-    conn: ConnectionManager,
-    channel: String,
-    mut waiting: mpsc::UnboundedReceiver<Pending>,
-    mut announced: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let channel: Arc<str> = channel.into();
+async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
     let (mut batch, mut message) = (Vec::new(), BytesMut::new());
     let (mut appends_open, mut announced_open) = (true, true);
-    let mut in_flight = FuturesOrdered::new();
+    let answer_by = tokio::time::sleep(COMMAND_TIMEOUT);
+    tokio::pin!(answer_by);
     loop {
-        let room = in_flight.len() < IN_FLIGHT_LIMIT;
+        let room = conn.in_flight.len() < IN_FLIGHT_LIMIT;
+        let answering = match conn.in_flight.front() {
+            Some(oldest) => {
+                // Moved only when the oldest pipeline changes, not per reply.
+                if answer_by.deadline() != oldest.at + COMMAND_TIMEOUT {
+                    answer_by.as_mut().reset(oldest.at + COMMAND_TIMEOUT);
+                }
+                true
+            }
+            None => false,
+        };
         tokio::select! {
             biased;
-            Some((sent, outcomes)) = in_flight.next() => settle(sent, outcomes, &mut message),
+            read = conn.read(), if answering => match read.and_then(|()| conn.answered(&mut message)) {
+                Ok(()) => {}
+                Err(error) => conn.fail(&error, &mut message),
+            },
+            () = &mut answer_by, if answering => {
+                let error = io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer an append pipeline in time");
+                conn.fail(&error, &mut message);
+            }
             n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open && room => appends_open = n > 0,
             first = announced.recv(), if announced_open && room => match first {
                 Some(records) => message.extend_from_slice(&records),
@@ -98,7 +131,7 @@ async fn send_loop(
             },
             else => return,
         }
-        if in_flight.len() >= IN_FLIGHT_LIMIT {
+        if conn.in_flight.len() >= IN_FLIGHT_LIMIT {
             continue;
         }
         // Appends first, then announcements: an event confirmed elsewhere before
@@ -116,78 +149,277 @@ async fn send_loop(
             continue;
         }
         let publishing = (!message.is_empty()).then(|| message.split().freeze());
-        in_flight.push_back(send(conn.clone(), channel.clone(), publishing, std::mem::take(&mut batch)));
+        conn.send(publishing, std::mem::take(&mut batch), &mut message).await;
     }
 }
 
-/// One pipeline: `PUBLISH` of `message` (if any), then the `XADD`s of `batch`.
-/// Returns the batch with each append's outcome.
-async fn send(mut conn: ConnectionManager, channel: Arc<str>, message: Option<Bytes>, batch: Vec<Pending>) -> (Vec<Pending>, Vec<Xadd>) {
-    let mut pipe = redis::Pipeline::with_capacity(batch.len() + 1);
-    pipe.ignore_errors();
-    if let Some(message) = &message {
-        pipe.cmd("PUBLISH").arg(&*channel).arg(&message[..]);
+/// A pipeline on its way: its appends, and their outcomes as replies arrive.
+struct Sent {
+    batch: Vec<Pending>,
+    /// Whether the reply to the `PUBLISH` at its head is still to come.
+    publishing: bool,
+    outcomes: Vec<Xadd>,
+    at: Instant,
+}
+
+impl Sent {
+    fn is_answered(&self) -> bool {
+        !self.publishing && self.outcomes.len() == self.batch.len()
     }
-    for append in &batch {
-        pipe.add_command(xadd(append));
-    }
-    let publishing = message.is_some();
-    let expected = batch.len() + usize::from(publishing);
-    let outcomes = match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-        Ok(replies) if replies.len() == expected => {
-            let mut replies = replies.into_iter();
-            if publishing {
-                if let Some(redis::Value::ServerError(error)) = replies.next() {
-                    // Lost announcements only make readers read the log: no retry.
-                    tracing::debug!(?error, "could not announce appended events");
-                }
+
+    fn take(&mut self, reply: Reply) {
+        if std::mem::take(&mut self.publishing) {
+            if let Reply::Error(error) = reply {
+                // Lost announcements only make readers read the log: no retry.
+                tracing::debug!(%error, "could not announce appended events");
             }
-            replies.map(outcome).collect()
+            return;
         }
-        Ok(replies) => vec![Xadd::Failed(format!("{} replies to {} commands", replies.len(), expected)); batch.len()],
-        Err(error) => vec![Xadd::Failed(error.to_string()); batch.len()],
-    };
-    (batch, outcomes)
+        self.outcomes.push(outcome(reply));
+    }
+
+    /// Fails whatever has no outcome yet.
+    fn fail(mut self, error: &io::Error, message: &mut BytesMut) {
+        let why = Xadd::Failed(format!("Redis: {error}"));
+        self.outcomes.resize(self.batch.len(), why);
+        settle(self, message);
+    }
+}
+
+/// The append connection, its buffers and its pipelines on their way.
+struct Connection {
+    info: ConnectionInfo,
+    channel: Arc<str>,
+    link: Option<Link>,
+    read: BytesMut,
+    write: BytesMut,
+    in_flight: VecDeque<Sent>,
+    /// While Redis cannot be reached: why, and when to try again.
+    unreachable: Option<(String, Instant)>,
+}
+
+impl Connection {
+    fn new(info: ConnectionInfo, link: Link, channel: String) -> Self {
+        Self {
+            info,
+            channel: channel.into(),
+            link: Some(link),
+            read: BytesMut::with_capacity(READ_SIZE),
+            write: BytesMut::new(),
+            in_flight: VecDeque::new(),
+            unreachable: None,
+        }
+    }
+
+    /// Writes one pipeline: `PUBLISH` of `message` (if any), then the `XADD`s of
+    /// `batch`. If it cannot go out, its appends (and any on their way) fail.
+    async fn send(&mut self, message: Option<Bytes>, batch: Vec<Pending>, announcements: &mut BytesMut) {
+        self.write.clear();
+        if let Some(message) = &message {
+            wire::command(&mut self.write, &[b"PUBLISH", self.channel.as_bytes(), message]);
+        }
+        for append in &batch {
+            xadd(&mut self.write, append);
+        }
+        let sent = Sent { outcomes: Vec::with_capacity(batch.len()), batch, publishing: message.is_some(), at: Instant::now() };
+        if let Err(error) = self.connect().await {
+            return sent.fail(&error, announcements);
+        }
+        let link = self.link.as_mut().expect("connected above");
+        match tokio::time::timeout(COMMAND_TIMEOUT, link.writer.write_all(&self.write)).await {
+            Ok(Ok(())) => self.in_flight.push_back(sent),
+            Ok(Err(error)) => {
+                self.fail(&error, announcements);
+                sent.fail(&error, announcements);
+            }
+            Err(_) => {
+                let error = io::Error::new(io::ErrorKind::TimedOut, "Redis did not take an append pipeline in time");
+                self.fail(&error, announcements);
+                sent.fail(&error, announcements);
+            }
+        }
+    }
+
+    /// Keeps the open link, or opens one unless an attempt failed just now.
+    async fn connect(&mut self) -> io::Result<()> {
+        if self.link.is_some() {
+            return Ok(());
+        }
+        if let Some((why, retry_at)) = &self.unreachable {
+            if Instant::now() < *retry_at {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, why.clone()));
+            }
+        }
+        match Link::connect(&self.info).await {
+            Ok(link) => {
+                self.link = Some(link);
+                self.unreachable = None;
+                Ok(())
+            }
+            Err(error) => {
+                self.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads what Redis sent; pending while there is no link.
+    async fn read(&mut self) -> io::Result<()> {
+        let Some(link) = &mut self.link else { return std::future::pending().await };
+        self.read.reserve(READ_SIZE);
+        match link.reader.read_buf(&mut self.read).await? {
+            0 => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "Redis closed the connection")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Settles, oldest first, every pipeline whose replies have all arrived.
+    fn answered(&mut self, announcements: &mut BytesMut) -> io::Result<()> {
+        while let Some(oldest) = self.in_flight.front_mut() {
+            if oldest.is_answered() {
+                settle(self.in_flight.pop_front().expect("looked at above"), announcements);
+                continue;
+            }
+            match wire::take_reply(&mut self.read).map_err(|_| wire::not_resp())? {
+                Some(reply) => oldest.take(reply),
+                None => break,
+            }
+        }
+        if !self.read.is_empty() && self.in_flight.is_empty() {
+            return Err(wire::not_resp());
+        }
+        Ok(())
+    }
+
+    /// Drops the link and fails every pipeline on its way.
+    fn fail(&mut self, error: &io::Error, announcements: &mut BytesMut) {
+        tracing::warn!(%error, pipelines = self.in_flight.len(), "lost the Redis append connection");
+        self.link = None;
+        self.read.clear();
+        for sent in std::mem::take(&mut self.in_flight) {
+            sent.fail(error, announcements);
+        }
+    }
 }
 
 /// Queues the announcements of what landed, then tells each append's generator
 /// its outcome: in that order, so a stream's next event (its terminal one,
 /// announced through the queue) is never announced first.
-fn settle(sent: Vec<Pending>, outcomes: Vec<Xadd>, message: &mut BytesMut) {
-    for (append, outcome) in sent.iter().zip(&outcomes) {
+fn settle(sent: Sent, message: &mut BytesMut) {
+    for (append, outcome) in sent.batch.iter().zip(&sent.outcomes) {
         if *outcome == Xadd::Appended {
             announce::encode(message, &append.id, append.seq, &append.record);
         }
     }
-    for (append, outcome) in sent.into_iter().zip(outcomes) {
+    for (append, outcome) in sent.batch.into_iter().zip(sent.outcomes) {
         let _ = append.done.send(outcome);
     }
 }
 
-/// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`, built in one allocation.
-fn xadd(append: &Pending) -> redis::Cmd {
-    let mut id = itoa::Buffer::new();
-    let id = id.format(append.seq);
-    let size = 40 + append.log.len() + id.len() + append.record.fields.len();
-    let mut cmd = redis::Cmd::with_capacity(8, size);
-    cmd.arg("XADD")
-        .arg(&*append.log)
-        .arg("NOMKSTREAM")
-        .arg(&[id.as_bytes(), b"-1"].concat()[..])
-        .arg("t")
-        .arg(append.record.event_type.as_str())
-        .arg("j")
-        .arg(&append.record.fields[..]);
-    cmd
+/// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`.
+fn xadd(out: &mut BytesMut, append: &Pending) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(append.seq).as_bytes();
+    // At most 20 digits, then `-1`.
+    let mut entry = [0u8; 22];
+    entry[..digits.len()].copy_from_slice(digits);
+    entry[digits.len()..digits.len() + 2].copy_from_slice(b"-1");
+    let entry = &entry[..digits.len() + 2];
+    let event_type = append.record.event_type.as_str().as_bytes();
+    wire::command(out, &[b"XADD", append.log.as_bytes(), b"NOMKSTREAM", entry, b"t", event_type, b"j", &append.record.fields]);
 }
 
-fn outcome(reply: redis::Value) -> Xadd {
+fn outcome(reply: Reply) -> Xadd {
     match reply {
-        redis::Value::BulkString(_) | redis::Value::SimpleString(_) => Xadd::Appended,
-        redis::Value::Nil => Xadd::NoLog,
+        Reply::Value => Xadd::Appended,
+        Reply::Nil => Xadd::NoLog,
         // "The ID specified in XADD is equal or smaller than the target stream top item"
-        redis::Value::ServerError(error) if error.details().is_some_and(|d| d.contains("equal or smaller")) => Xadd::Conflict,
-        redis::Value::ServerError(error) => Xadd::Failed(format!("{error:?}")),
-        other => Xadd::Failed(format!("unexpected reply to XADD: {other:?}")),
+        Reply::Error(error) if error.contains("equal or smaller") => Xadd::Conflict,
+        Reply::Error(error) => Xadd::Failed(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::super::test_server::TestServer;
+    use super::*;
+    use crate::ai::streaming::events::EventBody;
+
+    const CHANNEL: &str = "appended";
+
+    fn chunk(n: u64) -> EventRecord {
+        EventRecord::new(&EventBody::Chunk { token: format!("t{n} ") })
+    }
+
+    /// The pipeline on `redis`, and a client to look with.
+    async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Bytes>) {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+        let (announcer, announced) = mpsc::unbounded_channel();
+        let appends = Appends::start(client.get_connection_info().clone(), CHANNEL.into(), announced).await.unwrap();
+        (appends, client, announcer)
+    }
+
+    /// A log holding its first event, as the `first` script leaves it.
+    async fn new_log(client: &redis::Client, log: &str) {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String =
+            redis::cmd("XADD").arg(log).arg("0-1").arg("t").arg("chunk").arg("j").arg("{}").query_async(&mut conn).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn appends_land_are_announced_fail_while_redis_is_down_and_land_again_once_it_is_back() {
+        let mut redis = TestServer::start(&[]).await;
+        let (appends, client, _announcer) = appends_on(&redis).await;
+        let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
+        new_log(&client, &log).await;
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(CHANNEL).await.unwrap();
+
+        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Appended);
+        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Conflict);
+        assert_eq!(appends.xadd(&StreamId::parse("s2").unwrap(), &"nolog".into(), 1, &chunk(1)).await, Xadd::NoLog);
+        let message = pubsub.on_message().next().await.unwrap();
+        let announced: Vec<_> = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())).collect::<Option<_>>().unwrap();
+        assert_eq!(announced, vec![(Bytes::from_static(b"s1"), chunk(1).at(1))]);
+
+        redis.stop().await;
+        match appends.xadd(&id, &log, 2, &chunk(2)).await {
+            Xadd::Failed(why) => assert!(why.starts_with("Redis: "), "{why}"),
+            other => panic!("appended to a stopped Redis: {other:?}"),
+        }
+        redis.restart().await;
+        new_log(&client, &log).await;
+        // Reconnected by the next pipeline once the reconnect delay has passed.
+        let mut tries = 0;
+        loop {
+            match appends.xadd(&id, &log, 1, &chunk(1)).await {
+                Xadd::Appended => break,
+                Xadd::Failed(_) if tries < 100 => tries += 1,
+                other => panic!("after {tries} tries: {other:?}"),
+            }
+            tokio::time::sleep(RECONNECT_DELAY / 5).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_redis_does_not_answer_fails_after_the_command_timeout_and_the_next_goes_through() {
+        let redis = TestServer::start(&[]).await;
+        let (appends, client, _announcer) = appends_on(&redis).await;
+        let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
+        new_log(&client, &log).await;
+        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Appended);
+
+        redis.pause(true);
+        match appends.xadd(&id, &log, 2, &chunk(2)).await {
+            Xadd::Failed(why) => assert!(why.contains("did not answer"), "{why}"),
+            other => panic!("a paused Redis answered: {other:?}"),
+        }
+        redis.pause(false);
+        // The unanswered append may have landed once Redis woke: a retry finds it.
+        let retried = appends.xadd(&id, &log, 2, &chunk(2)).await;
+        assert!(matches!(retried, Xadd::Appended | Xadd::Conflict), "{retried:?}");
+        assert_eq!(appends.xadd(&id, &log, 3, &chunk(3)).await, Xadd::Appended);
     }
 }

@@ -29,7 +29,10 @@ mod keys;
 mod scripts;
 mod subscription;
 mod tail;
+#[cfg(test)]
+mod test_server;
 mod upkeep;
+mod wire;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -182,10 +185,12 @@ impl RedisStore {
         let keys = Keys::new(prefix);
         // The hot path gets a connection of its own, so a once-a-second pipeline of
         // lease and presence renewals never holds an append up behind it.
-        let hot = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let (announcer, announced) = Announcer::new();
+        let appends = Appends::start(client.get_connection_info().clone(), keys.events_channel(), announced)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let shared = Arc::new(Shared {
-            appends: Appends::start(hot, keys.events_channel(), announced),
+            appends,
             announcer,
             conn,
             keys,
