@@ -283,4 +283,17 @@ mod tests {
         let mut link = Link::connect(anonymous.get_connection_info()).await.unwrap();
         assert!(matches!(ask(&mut link, &[b"GET", b"k"]).await, Reply::Error(e) if e.starts_with("NOAUTH")));
     }
+
+    #[tokio::test]
+    async fn a_link_reaches_redis_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let _redis = TestServer::start(&["--unixsocket", socket.to_str().unwrap()]).await;
+        let client = redis::Client::open(format!("unix://{}", socket.display())).unwrap();
+        let mut link = Link::connect(client.get_connection_info()).await.unwrap();
+        assert_eq!(ask(&mut link, &[b"SET", b"k", b"over the socket"]).await, Reply::Value);
+        let mut check = client.get_multiplexed_async_connection().await.unwrap();
+        let value: String = redis::cmd("GET").arg("k").query_async(&mut check).await.unwrap();
+        assert_eq!(value, "over the socket");
+    }
 }
