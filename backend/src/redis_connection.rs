@@ -1,6 +1,8 @@
 //! How every Redis connection of `live-ai` behaves: each command has a timeout,
 //! so a Redis that stops answering is an error within seconds, never a hang; and
 //! reconnection attempts stay frequent, so the process is back soon after Redis.
+//! The event store's append connection speaks RESP itself (`store/redis/wire.rs`)
+//! and keeps the same command timeout.
 
 use std::time::Duration;
 
