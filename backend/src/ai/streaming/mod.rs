@@ -2,5 +2,6 @@
 //! manager that runs generations into logs and hands readers the log.
 
 pub mod events;
+mod polled_when_woken;
 pub mod store;
 pub mod stream_manager;

@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, LoggedEvent, StreamId};
+use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
@@ -475,11 +476,11 @@ async fn run_generation(
     inner.metrics.active_streams.inc();
     let started = Instant::now();
     let mut events = reservation.meter(inner.engine.stream(input));
-    let abandoned = abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace);
-    tokio::pin!(abandoned);
-    // Made once, not per event: each one registers with the token and leaves it again.
-    let cancelled = generation.cancel.cancelled();
-    tokio::pin!(cancelled);
+    // Made once, not per event (each would register with its token and leave it
+    // again), and polled only once they woke the task, not at every event.
+    let mut abandoned =
+        PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace));
+    let mut cancelled = PolledWhenWoken::new(generation.cancel.clone().cancelled_owned());
     let mut first_chunk = true;
     let ending = loop {
         let next = tokio::select! {
