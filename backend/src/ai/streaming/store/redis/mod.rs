@@ -3,9 +3,10 @@
 //!
 //! - Append: one `XADD` at the event's entry id per event; the first and the
 //!   terminal one are scripts (`scripts.rs`): the first checks the stream exists
-//!   and sets the log's expiry, the terminal one finishes the log. An append retried after a lost reply finds its own entry and succeeds.
-//!   Ordinary appends of all the process's logs go out together as one
-//!   pipeline (`appends.rs`).
+//!   and sets the log's expiry, the terminal one finishes the log. An append
+//!   retried after a lost reply finds its own entry and succeeds. Ordinary
+//!   appends of all the process's logs go out together as one pipeline
+//!   (`appends.rs`), on a connection that speaks RESP itself (`wire.rs`).
 //! - Follow: every confirmed event is announced on a pub/sub channel
 //!   (`announce.rs`); one subscription per process feeds local mirrors, which
 //!   read the log itself only to catch up (`tail.rs`).
