@@ -42,8 +42,13 @@ browser:
 	fi
 
 # The scale-out tests need a Redis at REDIS_URL (default 127.0.0.1:6379): start
-# one if none answers, installing Debian's redis-server when missing.
+# one if none answers, installing Debian's redis-server when missing. The TLS test
+# makes its certificates with openssl.
 redis:
+	@if ! command -v openssl >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssl >/dev/null; \
+	fi
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		if ! command -v redis-server >/dev/null; then \

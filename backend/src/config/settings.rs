@@ -389,12 +389,11 @@ impl Settings {
             store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
             redis_url: {
                 let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-                // No TLS client is built in (`rediss://`): reach a TLS-only Redis through a tunnel.
-                if !(url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")) {
+                if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
                     return Err(SettingsError {
                         variable: "REDIS_URL",
                         value: url,
-                        expected: "a redis:// or unix:// URL (TLS, rediss://, is not built in)".into(),
+                        expected: "a redis://, rediss:// or unix:// URL".into(),
                     });
                 }
                 url
@@ -559,7 +558,7 @@ mod tests {
             ("HOST", "localhost:80"),
             ("STREAM_STORE", "postgres"),
             ("REDIS_URL", "127.0.0.1:6379"),
-            ("REDIS_URL", "rediss://127.0.0.1:6379"),
+            ("REDIS_URL", "http://127.0.0.1:6379"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var);

@@ -8,15 +8,51 @@ use tokio::process::{Child, Command};
 
 pub struct PrivateRedis {
     pub port: u16,
+    /// For a TLS-only server: its certificates; it answers on `port` with TLS only.
+    tls: Option<TestCertificates>,
     server: Option<Child>,
 }
 
 impl PrivateRedis {
     pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Self { port, server: None };
+        let mut redis = Self { port, tls: None, server: None };
         redis.restart().await;
         redis
+    }
+
+    /// A server that speaks only TLS, with a certificate for `localhost` and
+    /// `127.0.0.1` from a CA of the test's own (`ca_file`).
+    pub async fn start_tls() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tls = TestCertificates::generate();
+        let server = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-cert-file",
+                &tls.path("redis.pem"),
+                "--tls-key-file",
+                &tls.path("redis.key"),
+                "--tls-ca-cert-file",
+                &tls.path("ca.pem"),
+            ])
+            .args(["--tls-auth-clients", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self { port, tls: Some(tls), server: Some(server) };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the private TLS redis-server did not come up on port {port}");
+    }
+
+    /// The CA a TLS-only server's certificate comes from.
+    pub fn ca_file(&self) -> String {
+        self.tls.as_ref().expect("a TLS server").path("ca.pem")
     }
 
     pub fn url(&self) -> String {
@@ -30,7 +66,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts a fresh, empty server on the same port and waits until it answers.
+    /// Starts a fresh, empty server (plain TCP) on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop().await;
         let server = Command::new("redis-server")
@@ -50,5 +86,66 @@ impl PrivateRedis {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the private redis-server did not come up on port {}", self.port);
+    }
+}
+
+/// A CA and a server certificate signed by it, made with `openssl` in a
+/// temporary directory that lives as long as this.
+struct TestCertificates {
+    dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    fn generate() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl is installed (make test installs it)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=live-ai test CA",
+        ]);
+        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=localhost"]);
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
     }
 }

@@ -290,3 +290,30 @@ async fn a_redis_outage_ends_open_streams_with_a_store_error_and_the_processes_r
         assert_eq!(events.last().unwrap().kind(), "complete");
     }
 }
+
+#[tokio::test]
+async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_one_they_do_not() {
+    let redis = PrivateRedis::start_tls().await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    let deployment = Deployment::new(&url, 100).with("SSL_CERT_FILE", &redis.ca_file());
+    let [generator, reader]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("ask-question", json!({"question": "What is rain?"})).await;
+    let events = reader.events_of(&id).await.until_terminal().await;
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().kind(), "complete");
+
+    // With the system's roots only, which lack the test's CA, a process does not start on that Redis.
+    let untrusting = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("STATIC_DIR", "no-frontend-in-tests")
+        .env("STREAM_STORE", "redis")
+        .env("REDIS_URL", &url)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, untrusting).await.expect("it gives up").unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("REDIS_URL") && stderr.contains("certificate"), "{stderr}");
+}

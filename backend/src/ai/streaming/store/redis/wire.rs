@@ -7,13 +7,16 @@
 //! and one write, and a reply is judged in place in the read buffer.
 //!
 //! RESP2 only: the connection never sends `HELLO`, so Redis answers in RESP2
-//! whatever the URL asks for. TLS (`rediss://`) is not built into `live-ai`.
+//! whatever the URL asks for. TCP, TLS (`rediss://`) or a Unix socket.
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, BufMut, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
 
 use crate::redis_connection::COMMAND_TIMEOUT;
 
@@ -148,7 +151,21 @@ impl Link {
                 let (reader, writer) = tokio::net::UnixStream::connect(path).await?.into_split();
                 Self { reader: Box::new(reader), writer: Box::new(writer) }
             }
-            other => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("cannot reach Redis at {other}: no TLS support"))),
+            ConnectionAddr::TcpTls { host, port, insecure, .. } => {
+                if *insecure {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "rediss:// without certificate checks (#insecure) is not supported",
+                    ));
+                }
+                let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                socket.set_nodelay(true)?;
+                let name = ServerName::try_from(host.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let tls = TlsConnector::from(tls_config()?).connect(name, socket).await?;
+                let (reader, writer) = tokio::io::split(tls);
+                Self { reader: Box::new(reader), writer: Box::new(writer) }
+            }
+            other => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("cannot reach Redis at {other}"))),
         };
         let settings = info.redis_settings();
         let mut hello = BytesMut::new();
@@ -186,6 +203,22 @@ impl Link {
             }
         }
     }
+}
+
+/// What `rediss://` connections trust: the system's roots, or those of the file
+/// `SSL_CERT_FILE` names (as redis-rs's own connections do).
+fn tls_config() -> io::Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if let Some(error) = found.errors.first() {
+            return Err(format!("cannot load the certificates to trust Redis with: {error}"));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(found.certs);
+        Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    });
+    config.clone().map_err(io::Error::other)
 }
 
 pub fn not_resp() -> io::Error {
