@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use redis::ConnectionInfo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -226,7 +226,7 @@ impl Connection {
             return sent.fail(&error, announcements);
         }
         let link = self.link.as_mut().expect("connected above");
-        match tokio::time::timeout(COMMAND_TIMEOUT, link.writer.write_all(&self.write)).await {
+        match tokio::time::timeout(COMMAND_TIMEOUT, link.send(&self.write)).await {
             Ok(Ok(())) => self.in_flight.push_back(sent),
             Ok(Err(error)) => {
                 self.fail(&error, announcements);

@@ -182,7 +182,7 @@ impl Link {
             expected += 1;
         }
         if expected > 0 {
-            link.writer.write_all(&hello).await?;
+            link.send(&hello).await?;
             let mut replies = BytesMut::new();
             for _ in 0..expected {
                 if let Reply::Error(error) = link.read_reply(&mut replies).await? {
@@ -191,6 +191,12 @@ impl Link {
             }
         }
         Ok(link)
+    }
+
+    /// Writes `bytes` out whole: flushed too, since TLS may hold what it took.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes).await?;
+        self.writer.flush().await
     }
 
     async fn read_reply(&mut self, buf: &mut BytesMut) -> io::Result<Reply> {
@@ -293,7 +299,7 @@ mod tests {
     async fn ask(link: &mut Link, args: &[&[u8]]) -> Reply {
         let mut out = BytesMut::new();
         command(&mut out, args);
-        link.writer.write_all(&out).await.unwrap();
+        link.send(&out).await.unwrap();
         link.read_reply(&mut BytesMut::new()).await.unwrap()
     }
 
