@@ -4,9 +4,10 @@
 # another, both on the Redis at REDIS_URL (default 127.0.0.1:6379) under a fresh key
 # prefix that is deleted afterwards. Prints Markdown tables (see bench/RESULTS.md).
 # Usage: bench/stores.sh [RUNS] [STREAMS] [TPS]; more knobs: bench/load.rs `stores`.
+# Seven runs by default: on a shared 2-core box the ratio moves 2-3x between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-3}
+runs=${1:-7}
 streams=${2:-1000}
 tps=${3:-50}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
