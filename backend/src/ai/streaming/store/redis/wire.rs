@@ -1,13 +1,14 @@
-//! The append connection's own wire: a plain socket to Redis that `appends.rs`
-//! writes whole pipelines of RESP commands to and reads their replies from
-//! itself. Every event passes here once, so the per-command costs of a general
-//! client matter: through redis-rs each `XADD` was a command object, a hand-off
-//! to its connection task and back, and a parsed, allocated reply value, 28 % of
-//! a generating process's CPU (bench/RESULTS.md). Here a pipeline is one buffer
-//! and one write, and a reply is judged in place in the read buffer.
+//! The append connection's own wire: a socket to Redis (TCP, TLS or Unix) that
+//! `appends.rs` writes whole pipelines of RESP commands to and reads their
+//! replies from itself. Every event passes here once, so the per-command costs
+//! of a general client matter: through redis-rs each `XADD` was a command
+//! object, a hand-off to its connection task and back, and a parsed, allocated
+//! reply value, 28 % of a generating process's CPU (bench/RESULTS.md). Here a
+//! pipeline is one buffer and one write, and a reply is judged in place in the
+//! read buffer.
 //!
 //! RESP2 only: the connection never sends `HELLO`, so Redis answers in RESP2
-//! whatever the URL asks for. TCP, TLS (`rediss://`) or a Unix socket.
+//! whatever the URL asks for.
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -77,7 +78,7 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, M
         b'$' => match length(line)? {
             None => Ok(Some((Reply::Nil, next - at))),
             Some(n) => {
-                let end = next + n + 2;
+                let end = next.checked_add(n).and_then(|end| end.checked_add(2)).ok_or(Malformed)?;
                 if buf.len() < end {
                     return Ok(None);
                 }
@@ -288,7 +289,9 @@ mod tests {
 
     #[test]
     fn what_is_not_resp_is_refused() {
-        for garbage in [&b"?what\r\n"[..], b"$x\r\n", b"$2\r\nabcd\r\n", b"*-2\r\n", b"*99999999999999999999999\r\n"] {
+        for garbage in
+            [&b"?what\r\n"[..], b"$x\r\n", b"$2\r\nabcd\r\n", b"*-2\r\n", b"*99999999999999999999999\r\n", b"$18446744073709551615\r\n"]
+        {
             assert_eq!(take_reply(&mut BytesMut::from(garbage)), Err(Malformed), "{:?}", String::from_utf8_lossy(garbage));
         }
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1) + ":1\r\n";
