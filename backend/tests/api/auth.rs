@@ -174,17 +174,10 @@ async fn anonymous_mode_accepts_and_ignores_an_auth_message_and_bearer_headers()
     assert_eq!(config["auth_mode"], "none");
 }
 
-#[tokio::test]
-async fn anonymous_mode_refuses_to_start_on_a_public_address_naming_both_variables() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
-        .env_clear()
-        .env("HOST", "0.0.0.0")
-        .env("PORT", "0")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+#[test]
+fn anonymous_mode_refuses_to_start_on_a_public_address_naming_both_variables() {
+    let (code, stderr) = start_up_failure(&[("HOST", "0.0.0.0")]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_MODE") && stderr.contains("ALLOW_ANONYMOUS"), "{stderr}");
 }
 

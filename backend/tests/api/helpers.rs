@@ -316,6 +316,20 @@ pub fn jwt_mode() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// Runs the real binary with only `vars` set, in an empty directory (no `.env`),
+/// for a start that must fail: its exit code and what it printed on stderr.
+pub fn start_up_failure(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .env("PORT", "0")
+        .current_dir(dir.path())
+        .output()
+        .expect("live-ai runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }

@@ -15,39 +15,20 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Self { port, tls: None, server: None };
-        redis.restart().await;
-        redis
+        Self::start_with(None).await
     }
 
     /// A server that speaks only TLS, with a certificate for `localhost` and
     /// `127.0.0.1` from a CA of the test's own (`ca_file`).
     pub async fn start_tls() -> Self {
+        Self::start_with(Some(TestCertificates::generate())).await
+    }
+
+    async fn start_with(tls: Option<TestCertificates>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let tls = TestCertificates::generate();
-        let server = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args([
-                "--tls-cert-file",
-                &tls.path("redis.pem"),
-                "--tls-key-file",
-                &tls.path("redis.key"),
-                "--tls-ca-cert-file",
-                &tls.path("ca.pem"),
-            ])
-            .args(["--tls-auth-clients", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self { port, tls: Some(tls), server: Some(server) };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the private TLS redis-server did not come up on port {port}");
+        let mut redis = Self { port, tls, server: None };
+        redis.restart().await;
+        redis
     }
 
     /// The CA a TLS-only server's certificate comes from.
@@ -66,26 +47,46 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts a fresh, empty server (plain TCP) on the same port and waits until it answers.
+    /// Starts a fresh, empty server on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let server = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"]).args([
+                "--tls-cert-file",
+                &tls.path("redis.pem"),
+                "--tls-key-file",
+                &tls.path("redis.key"),
+                "--tls-ca-cert-file",
+                &tls.path("ca.pem"),
+            ]),
+        };
+        let server = command
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (make test installs it)");
         self.server = Some(server);
-        let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..100 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
-                    return;
-                }
+            if self.answers().await {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the private redis-server did not come up on port {}", self.port);
+    }
+
+    /// Whether the server answers: a `PING`, or for TLS (which this process does
+    /// not trust) a connection taken.
+    async fn answers(&self) -> bool {
+        if self.tls.is_some() {
+            return tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok();
+        }
+        let Ok(mut conn) = redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_contiguous, kinds, spawn_app, text_of, Received, TestApp, PATIENCE};
+use crate::helpers::{assert_contiguous, kinds, spawn_app, start_up_failure, text_of, Received, TestApp, PATIENCE};
 use fake_upstream::{fixture, FakeUpstream, Reply};
 
 const OPENAI_KEY: &str = "sk-live-openai-0123456789abcdef";
@@ -313,19 +313,6 @@ async fn a_refused_key_echoed_by_the_server_stays_out_of_the_logs() {
     let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(!logs.is_empty(), "the capture sees the app's logs");
     assert!(!logs.contains(OPENAI_KEY), "the key is in the logs:\n{logs}");
-}
-
-/// Runs the real binary with only `vars` set, in an empty directory (no `.env`).
-fn start_up_failure(vars: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .env("PORT", "0")
-        .current_dir(dir.path())
-        .output()
-        .expect("live-ai runs");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[test]

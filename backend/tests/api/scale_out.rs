@@ -303,17 +303,7 @@ async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_
     assert_eq!(events.last().unwrap().kind(), "complete");
 
     // With the system's roots only, which lack the test's CA, a process does not start on that Redis.
-    let untrusting = tokio::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("STATIC_DIR", "no-frontend-in-tests")
-        .env("STREAM_STORE", "redis")
-        .env("REDIS_URL", &url)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, untrusting).await.expect("it gives up").unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = start_up_failure(&[("STREAM_STORE", "redis"), ("REDIS_URL", &url)]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("REDIS_URL") && stderr.contains("certificate"), "{stderr}");
 }

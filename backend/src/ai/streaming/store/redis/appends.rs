@@ -348,6 +348,12 @@ mod tests {
     use crate::ai::streaming::events::EventBody;
 
     const CHANNEL: &str = "appended";
+    /// A bound on what must end, so a broken timeout fails the test instead of hanging it.
+    const PATIENCE: Duration = Duration::from_secs(15);
+
+    async fn xadd_within(appends: &Appends, id: &StreamId, log: &Arc<str>, seq: u64) -> Xadd {
+        tokio::time::timeout(PATIENCE, appends.xadd(id, log, seq, &chunk(seq))).await.expect("every append learns its outcome")
+    }
 
     fn chunk(n: u64) -> EventRecord {
         EventRecord::new(&EventBody::Chunk { token: format!("t{n} ") })
@@ -377,15 +383,15 @@ mod tests {
         let mut pubsub = client.get_async_pubsub().await.unwrap();
         pubsub.subscribe(CHANNEL).await.unwrap();
 
-        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Appended);
-        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Conflict);
+        assert_eq!(xadd_within(&appends, &id, &log, 1).await, Xadd::Appended);
+        assert_eq!(xadd_within(&appends, &id, &log, 1).await, Xadd::Conflict);
         assert_eq!(appends.xadd(&StreamId::parse("s2").unwrap(), &"nolog".into(), 1, &chunk(1)).await, Xadd::NoLog);
         let message = pubsub.on_message().next().await.unwrap();
         let announced: Vec<_> = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())).collect::<Option<_>>().unwrap();
         assert_eq!(announced, vec![(Bytes::from_static(b"s1"), chunk(1).at(1))]);
 
         redis.stop().await;
-        match appends.xadd(&id, &log, 2, &chunk(2)).await {
+        match xadd_within(&appends, &id, &log, 2).await {
             Xadd::Failed(why) => assert!(why.starts_with("Redis: "), "{why}"),
             other => panic!("appended to a stopped Redis: {other:?}"),
         }
@@ -394,7 +400,7 @@ mod tests {
         // Reconnected by the next pipeline once the reconnect delay has passed.
         let mut tries = 0;
         loop {
-            match appends.xadd(&id, &log, 1, &chunk(1)).await {
+            match xadd_within(&appends, &id, &log, 1).await {
                 Xadd::Appended => break,
                 Xadd::Failed(_) if tries < 100 => tries += 1,
                 other => panic!("after {tries} tries: {other:?}"),
@@ -409,17 +415,17 @@ mod tests {
         let (appends, client, _announcer) = appends_on(&redis).await;
         let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
         new_log(&client, &log).await;
-        assert_eq!(appends.xadd(&id, &log, 1, &chunk(1)).await, Xadd::Appended);
+        assert_eq!(xadd_within(&appends, &id, &log, 1).await, Xadd::Appended);
 
         redis.pause(true);
-        match appends.xadd(&id, &log, 2, &chunk(2)).await {
+        match xadd_within(&appends, &id, &log, 2).await {
             Xadd::Failed(why) => assert!(why.contains("did not answer"), "{why}"),
             other => panic!("a paused Redis answered: {other:?}"),
         }
         redis.pause(false);
         // The unanswered append may have landed once Redis woke: a retry finds it.
-        let retried = appends.xadd(&id, &log, 2, &chunk(2)).await;
+        let retried = xadd_within(&appends, &id, &log, 2).await;
         assert!(matches!(retried, Xadd::Appended | Xadd::Conflict), "{retried:?}");
-        assert_eq!(appends.xadd(&id, &log, 3, &chunk(3)).await, Xadd::Appended);
+        assert_eq!(xadd_within(&appends, &id, &log, 3).await, Xadd::Appended);
     }
 }
