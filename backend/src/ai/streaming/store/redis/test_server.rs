@@ -1,6 +1,6 @@
 //! A `redis-server` of a test's own on a free loopback port, for tests that stop,
-//! pause or restart Redis or give it a password (the machine's shared one must
-//! stay as it is). It keeps nothing on disk.
+//! pause or restart Redis, give it a password or have it speak only TLS (the
+//! machine's shared one must stay as it is). It keeps nothing on disk.
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,6 +18,32 @@ impl TestServer {
     pub async fn start(args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = Self { port, args: args.iter().map(|a| a.to_string()).collect(), server: None };
+        server.restart().await;
+        server
+    }
+
+    /// Starts one that speaks only TLS on its port, with a certificate for
+    /// 127.0.0.1 that nothing trusts (self-signed, made with `openssl` in `dir`).
+    pub async fn start_tls_untrusted(dir: &std::path::Path) -> Self {
+        let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed (make test installs it)");
+        assert!(status.success(), "openssl made no certificate");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The later `--port 0` turns plain TCP off; `--tls-port` takes the port.
+        let args = ["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(["--tls-cert-file".into(), cert.display().to_string(), "--tls-key-file".into(), key.display().to_string()])
+            .collect();
+        let mut server = Self { port, args, server: None };
         server.restart().await;
         server
     }

@@ -327,6 +327,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tls_link_refuses_a_redis_whose_certificate_it_does_not_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = TestServer::start_tls_untrusted(dir.path()).await;
+        let client = redis::Client::open(format!("rediss://127.0.0.1:{}", redis.port)).unwrap();
+        let refused = Link::connect(client.get_connection_info()).await.err().expect("an untrusted certificate is refused");
+        assert!(refused.to_string().contains("invalid peer certificate: UnknownIssuer"), "{refused}");
+    }
+
+    #[tokio::test]
     async fn a_link_reaches_redis_over_a_unix_socket() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("redis.sock");
