@@ -3,8 +3,12 @@
 //! AsyncAPI contract in `specs/`.
 
 mod helpers;
-mod private_redis;
+// The library's private `redis-server` for tests, shared by path; some of it
+// serves only the library's unit tests.
 mod proxy;
+#[allow(dead_code)]
+#[path = "../../src/ai/streaming/store/redis/test_server.rs"]
+mod test_server;
 
 mod auth;
 mod contract;

@@ -10,8 +10,8 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::private_redis::PrivateRedis;
 use crate::proxy::RoundRobinProxy;
+use crate::test_server::{TestCertificates, TestServer};
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -255,7 +255,7 @@ async fn a_start_retried_on_another_process_attaches_to_the_same_generation() {
 
 #[tokio::test]
 async fn a_redis_outage_ends_open_streams_with_a_store_error_and_the_processes_recover() {
-    let mut redis = PrivateRedis::start().await;
+    let mut redis = TestServer::start(&[]).await;
     let deployment = Deployment::new(&redis.url(), 10);
     let [generator, reader]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
     let id = generator.create_stream("ask-question", json!({"question": "What is rain?"})).await;
@@ -293,7 +293,7 @@ async fn a_redis_outage_ends_open_streams_with_a_store_error_and_the_processes_r
 
 #[tokio::test]
 async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_one_they_do_not() {
-    let redis = PrivateRedis::start_tls().await;
+    let redis = TestServer::start_tls(TestCertificates::from_own_ca()).await;
     let url = format!("rediss://localhost:{}", redis.port);
     let deployment = Deployment::new(&url, 100).with("SSL_CERT_FILE", &redis.ca_file());
     let [generator, reader]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();

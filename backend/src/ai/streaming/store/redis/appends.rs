@@ -361,7 +361,7 @@ mod tests {
 
     /// The pipeline on `redis`, and a client to look with.
     async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Bytes>) {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
         let (announcer, announced) = mpsc::unbounded_channel();
         let appends = Appends::start(client.get_connection_info().clone(), CHANNEL.into(), announced).await.unwrap();
         (appends, client, announcer)

@@ -31,6 +31,7 @@ mod scripts;
 mod subscription;
 mod tail;
 #[cfg(test)]
+#[allow(dead_code)] // shared with the integration tests, which use other parts
 mod test_server;
 mod upkeep;
 mod wire;

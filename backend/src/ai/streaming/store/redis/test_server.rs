@@ -1,6 +1,11 @@
 //! A `redis-server` of a test's own on a free loopback port, for tests that stop,
 //! pause or restart Redis, give it a password or have it speak only TLS (the
-//! machine's shared one must stay as it is). It keeps nothing on disk.
+//! machine's shared one must stay as it is). Like the deployment the README warns
+//! about, it keeps nothing on disk.
+//!
+//! One file for two crates: the library's unit tests use it as a module, the
+//! integration tests include it by path (`tests/api/main.rs`), so each may leave
+//! part of it unused.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,45 +15,44 @@ use tokio::process::Child;
 pub struct TestServer {
     pub port: u16,
     args: Vec<String>,
+    /// A TLS-only server's certificates, kept for as long as it may restart.
+    certificates: Option<TestCertificates>,
     server: Option<Child>,
 }
 
 impl TestServer {
     /// Starts one with `args` added to its command line.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with(args.iter().map(|a| a.to_string()).collect(), None).await
+    }
+
+    /// Starts one that speaks only TLS on its port, with the server certificate
+    /// of `certificates`.
+    pub async fn start_tls(certificates: TestCertificates) -> Self {
+        let args = ["--tls-cert-file", &certificates.path("redis.pem"), "--tls-key-file", &certificates.path("redis.key")]
+            .map(str::to_owned)
+            .to_vec();
+        Self::start_with(args, Some(certificates)).await
+    }
+
+    async fn start_with(args: Vec<String>, certificates: Option<TestCertificates>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Self { port, args: args.iter().map(|a| a.to_string()).collect(), server: None };
+        let mut server = Self { port, args, certificates, server: None };
         server.restart().await;
         server
     }
 
-    /// Starts one that speaks only TLS on its port, with a certificate for
-    /// 127.0.0.1 that nothing trusts (self-signed, made with `openssl` in `dir`).
-    pub async fn start_tls_untrusted(dir: &std::path::Path) -> Self {
-        let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is installed (make test installs it)");
-        assert!(status.success(), "openssl made no certificate");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // The later `--port 0` turns plain TCP off; `--tls-port` takes the port.
-        let args = ["--port", "0", "--tls-port", &port.to_string(), "--tls-auth-clients", "no"]
-            .iter()
-            .map(|a| a.to_string())
-            .chain(["--tls-cert-file".into(), cert.display().to_string(), "--tls-key-file".into(), key.display().to_string()])
-            .collect();
-        let mut server = Self { port, args, server: None };
-        server.restart().await;
-        server
+    /// Its URL without TLS.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server, as a crash would.
+    /// The CA a TLS-only server's certificate comes from.
+    pub fn ca_file(&self) -> String {
+        self.certificates.as_ref().expect("a TLS server").path("ca.pem")
+    }
+
+    /// Kills the server, as a crash or an operator would.
     pub async fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
             server.kill().await.unwrap();
@@ -66,8 +70,14 @@ impl TestServer {
     pub async fn restart(&mut self) {
         self.stop().await;
         let port = self.port.to_string();
+        // A TLS-only server takes the port for TLS and turns plain TCP off.
+        let listen = match self.certificates {
+            None => ["--port", &port].to_vec(),
+            Some(_) => ["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"].to_vec(),
+        };
         let server = tokio::process::Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(listen)
             .args(&self.args)
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -81,5 +91,87 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the test's redis-server did not come up on port {}", self.port);
+    }
+}
+
+/// The names a test server's certificate is for.
+const SERVER_NAMES: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1";
+
+/// A server certificate and its key for `localhost` and 127.0.0.1 (`redis.pem`,
+/// `redis.key`), made with `openssl` in a temporary directory that lives as
+/// long as this.
+pub struct TestCertificates {
+    dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    /// Signed by a CA of the test's own (`ca.pem`).
+    pub fn from_own_ca() -> Self {
+        let certificates = Self { dir: tempfile::tempdir().unwrap() };
+        certificates.self_signed("ca", "/CN=live-ai test CA", &[]);
+        certificates.openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(certificates.dir.path().join("san.ext"), format!("{SERVER_NAMES}\n")).unwrap();
+        certificates.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        certificates
+    }
+
+    /// Self-signed: nothing trusts it. An end-entity certificate, not a CA's, so
+    /// it fails for its issuer alone.
+    pub fn untrusted() -> Self {
+        let certificates = Self { dir: tempfile::tempdir().unwrap() };
+        let extensions = ["-addext", SERVER_NAMES, "-addext", "basicConstraints=critical,CA:FALSE"];
+        certificates.self_signed("redis", "/CN=live-ai untrusted test server", &extensions);
+        certificates
+    }
+
+    /// `<name>.pem` and `<name>.key`: a self-signed certificate for a day.
+    fn self_signed(&self, name: &str, subject: &str, extensions: &[&str]) {
+        let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+        let mut args =
+            vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert, "-days", "1", "-subj", subject];
+        args.extend_from_slice(extensions);
+        self.openssl(&args);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed (make test installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
     }
 }

@@ -234,7 +234,7 @@ pub fn not_resp() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_server::TestServer;
+    use super::super::test_server::{TestCertificates, TestServer};
     use super::*;
 
     #[test]
@@ -321,15 +321,14 @@ mod tests {
         let wrong = redis::Client::open(format!("redis://:nope@127.0.0.1:{}", redis.port)).unwrap();
         let refused = Link::connect(wrong.get_connection_info()).await.err().expect("a wrong password is refused");
         assert!(refused.to_string().contains("Redis refused the connection"), "{refused}");
-        let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+        let anonymous = redis::Client::open(redis.url()).unwrap();
         let mut link = Link::connect(anonymous.get_connection_info()).await.unwrap();
         assert!(matches!(ask(&mut link, &[b"GET", b"k"]).await, Reply::Error(e) if e.starts_with("NOAUTH")));
     }
 
     #[tokio::test]
     async fn a_tls_link_refuses_a_redis_whose_certificate_it_does_not_trust() {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = TestServer::start_tls_untrusted(dir.path()).await;
+        let redis = TestServer::start_tls(TestCertificates::untrusted()).await;
         let client = redis::Client::open(format!("rediss://127.0.0.1:{}", redis.port)).unwrap();
         let refused = Link::connect(client.get_connection_info()).await.err().expect("an untrusted certificate is refused");
         assert!(refused.to_string().contains("invalid peer certificate: UnknownIssuer"), "{refused}");
