@@ -115,6 +115,33 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
     }
 }
 
+/// The machine's CPU time from `/proc/stat`: `(busy, all)` in clock ticks, summed
+/// over every core; busy is all but idle and I/O wait.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let all: u64 = ticks.iter().sum();
+    let idle = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0);
+    (all - idle, all)
+}
+
+/// How busy the whole machine was, every process counted, from one reading to
+/// another: 100 % is every core busy the whole time, where work queues for a core.
+pub struct MachineBusy((u64, u64));
+
+impl MachineBusy {
+    pub fn start() -> Self {
+        Self(machine_ticks())
+    }
+
+    /// Percent of all cores' time spent busy since `start`.
+    pub fn percent(&self) -> f64 {
+        let ((busy_then, all_then), (busy, all)) = (self.0, machine_ticks());
+        100.0 * busy.saturating_sub(busy_then) as f64 / all.saturating_sub(all_then).max(1) as f64
+    }
+}
+
 /// The machine's 1-minute load average, as `uptime` shows it.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()

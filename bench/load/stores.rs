@@ -15,6 +15,11 @@
 //! keeping the lines that name this run's key prefix, to split the commands into
 //! round trips the processes sent and commands run inside scripts.
 //!
+//! Around each mode's streams the harness reads how busy the whole machine was
+//! (`/proc/stat`, every process counted) and what the load generator itself spent:
+//! the lag ratio means little once a mode needs nearly all the cores, because the
+//! extra processes of Redis mode then wait for a core at every hop.
+//!
 //! The stream resume grace stays at its default (30 s); B's readers keep A's
 //! generations alive through the presence keys, and the endings column would show
 //! a generation cancelled as abandoned.
@@ -28,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::lag::{self, LagConfig, LagResult, Route};
 use super::perf::live_ai_env;
-use super::servers::{load_average, Server};
+use super::servers::{cpu_seconds_of, load_average, MachineBusy, Server};
 use super::stats::median;
 use super::Flags;
 
@@ -43,9 +48,26 @@ struct StoresConfig {
     redis_workers: usize,
 }
 
+/// The machine around one mode's streams: how near its two cores were to full,
+/// and what the load generator itself spent of them (the same in both modes).
+#[derive(Default, Clone, Copy)]
+struct Machine {
+    busy_percent: f64,
+    client_cpu_seconds: f64,
+}
+
+/// Runs the streams of `route`, reading the machine around them.
+async fn streams(route: &Route, config: &LagConfig) -> (LagResult, Machine) {
+    let (busy, client) = (MachineBusy::start(), cpu_seconds_of(std::process::id()));
+    let result = lag::run(route, config).await;
+    let machine = Machine { busy_percent: busy.percent(), client_cpu_seconds: cpu_seconds_of(std::process::id()) - client };
+    (result, machine)
+}
+
 #[derive(Default)]
 struct RedisRun {
     lag: LagResult,
+    machine: Machine,
     /// Calls per command name during the run.
     commands: BTreeMap<String, u64>,
     other_clients: i64,
@@ -66,8 +88,7 @@ struct Monitored {
 #[derive(Default)]
 struct Run {
     load: String,
-    memory: LagResult,
-    memory_cpu_seconds: f64,
+    memory: MemoryRun,
     redis: RedisRun,
 }
 
@@ -141,14 +162,21 @@ async fn clean_up(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
     }
 }
 
-async fn memory_run(config: &StoresConfig) -> (LagResult, f64) {
+#[derive(Default)]
+struct MemoryRun {
+    lag: LagResult,
+    machine: Machine,
+    live_ai_cpu_seconds: f64,
+}
+
+async fn memory_run(config: &StoresConfig) -> MemoryRun {
     let server = Server::start("live-ai (memory)", &config.live_ai, &server_env(config, "memory", &[])).await;
     let cpu = server.cpu_seconds();
     let route = Route::Split { create: server.base.clone(), read: server.base.clone() };
-    let result = lag::run(&route, &config.lag).await;
-    let cpu = server.cpu_seconds() - cpu;
+    let (lag, machine) = streams(&route, &config.lag).await;
+    let live_ai_cpu_seconds = server.cpu_seconds() - cpu;
     server.stop(Duration::from_secs(10)).await;
-    (result, cpu)
+    MemoryRun { lag, machine, live_ai_cpu_seconds }
 }
 
 async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
@@ -162,7 +190,7 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let cpu_before = redis_cpu(&info(&mut conn, "cpu").await);
     let cpu = generator.cpu_seconds() + reader.cpu_seconds();
     let route = Route::Split { create: generator.base.clone(), read: reader.base.clone() };
-    let lag = lag::run(&route, &config.lag).await;
+    let (lag, machine) = streams(&route, &config.lag).await;
     let live_ai_cpu_seconds = generator.cpu_seconds() + reader.cpu_seconds() - cpu;
     let commands = command_calls(&info(&mut conn, "commandstats").await);
     let redis_cpu_seconds = redis_cpu(&info(&mut conn, "cpu").await) - cpu_before;
@@ -171,7 +199,7 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     clean_up(&mut conn, &prefix).await;
     // Ours: the two processes' command connections and subscriptions, and this one.
     let other_clients = info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5;
-    RedisRun { lag, commands, other_clients, redis_cpu_seconds, live_ai_cpu_seconds }
+    RedisRun { lag, machine, commands, other_clients, redis_cpu_seconds, live_ai_cpu_seconds }
 }
 
 /// Commands naming the run's key prefix seen by `MONITOR` during a small split run.
@@ -231,11 +259,11 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
             "- run {}: load before {}; memory endings {:?}; redis endings {:?}; other Redis clients during the run: {}",
             i + 1,
             r.load,
-            r.memory.endings,
+            r.memory.lag.endings,
             r.redis.lag.endings,
             r.redis.other_clients
         );
-        for error in r.memory.first_errors.iter().chain(&r.redis.lag.first_errors) {
+        for error in r.memory.lag.first_errors.iter().chain(&r.redis.lag.first_errors) {
             println!("  - error: {error}");
         }
     }
@@ -249,7 +277,7 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
         println!("| {label} | {store} | {} | **{:.digits$}** |", cells.join(" | "), median(&values));
     };
     let both = |label: &str, digits: usize, f: &dyn Fn(&LagResult) -> f64| {
-        row(label, "memory (1 process)", digits, &|r| f(&r.memory));
+        row(label, "memory (1 process)", digits, &|r| f(&r.memory.lag));
         row(label, "redis (A → B)", digits, &|r| f(&r.redis.lag));
     };
     both("completed streams", 0, &|l| l.completed as f64);
@@ -257,11 +285,15 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     both("client lag p50 (ms)", 2, &|l| l.lag_ms_p50);
     both("client lag p90 (ms)", 2, &|l| l.lag_ms_p90);
     both("client lag p99 (ms)", 2, &|l| l.lag_ms_p99);
-    row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory_cpu_seconds);
+    row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory.live_ai_cpu_seconds);
     row("live-ai CPU seconds (all processes)", "redis (A → B)", 2, &|r| r.redis.live_ai_cpu_seconds);
     row("Redis CPU seconds", "redis (A → B)", 2, &|r| r.redis.redis_cpu_seconds);
+    row("load generator CPU seconds", "memory (1 process)", 2, &|r| r.memory.machine.client_cpu_seconds);
+    row("load generator CPU seconds", "redis (A → B)", 2, &|r| r.redis.machine.client_cpu_seconds);
+    row("machine busy while streaming (% of all cores)", "memory (1 process)", 0, &|r| r.memory.machine.busy_percent);
+    row("machine busy while streaming (% of all cores)", "redis (A → B)", 0, &|r| r.redis.machine.busy_percent);
     row("Redis commands per appended event (INFO commandstats)", "redis (A → B)", 2, &|r| r.redis.commands_per_event());
-    row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag_ms_p99);
+    row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag.lag_ms_p99);
     println!();
     let mut names: Vec<&String> = runs.iter().flat_map(|r| r.redis.commands.keys()).collect();
     names.sort();
@@ -337,13 +369,13 @@ pub async fn main(args: &[String]) {
         let mut run = Run { load: load_average(), ..Run::default() };
         let memory_first = index % 2 == 0;
         if memory_first {
-            (run.memory, run.memory_cpu_seconds) = memory_run(&config).await;
+            run.memory = memory_run(&config).await;
         }
         run.redis = redis_run(&config, &format!("run{index}")).await;
         if !memory_first {
-            (run.memory, run.memory_cpu_seconds) = memory_run(&config).await;
+            run.memory = memory_run(&config).await;
         }
-        eprintln!("  memory: {:?}", run.memory);
+        eprintln!("  memory: {:?}", run.memory.lag);
         eprintln!("  redis: {:?} commands {:?}", run.redis.lag, run.redis.commands);
         runs.push(run);
     }
