@@ -116,11 +116,12 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
 }
 
 /// The machine's CPU time from `/proc/stat`: `(busy, all)` in clock ticks, summed
-/// over every core; busy is all but idle and I/O wait.
+/// over every core; busy is all but idle and I/O wait. Only the first eight
+/// fields (user to steal): the guest fields after them are already in user.
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
     let all: u64 = ticks.iter().sum();
     let idle = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0);
     (all - idle, all)
