@@ -4,13 +4,14 @@
 # runs of each binary are pooled. One set of each is not enough here: the same
 # binary's median ratio moved 3.3-4.1 between sets (bench/RESULTS.md, fifth session).
 # Prints every set, then per binary the median over all its runs of the lag p99
-# ratio (Redis / memory), the Redis-mode lag p99 and the live-ai CPU in Redis mode.
+# ratio (Redis / memory), the Redis-mode lag p99, the live-ai CPU in Redis mode and
+# how busy the machine was in Redis mode (near 100 %, the ratio is saturation).
 # Usage: bench/compare-stores.sh BINARY_A BINARY_B [SETS=5] [RUNS_PER_SET=3] [STREAMS=1000] [TPS=50]
 # (build the other binary from a worktree of the commit to compare with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -lt 2 ]]; then
-  sed -n '2,9p' "$0"; exit 2
+  sed -n '2,10p' "$0"; exit 2
 fi
 binaries=("$(realpath "$1")" "$(realpath "$2")")
 sets=${3:-5}
@@ -35,10 +36,12 @@ for set in $(seq 1 "$sets"); do
     ratio=$(row "$out" "lag p99 redis / memory")
     p99=$(row "$out" "client lag p99 (ms) | redis (A → B)")
     cpu=$(row "$out" "live-ai CPU seconds (all processes) | redis (A → B)")
-    echo "set $set, $(basename "${binaries[$n]}") ($n): ratio $ratio| Redis p99 ms $p99| live-ai CPU s $cpu"
+    busy=$(row "$out" "machine busy while streaming (% of all cores) | redis (A → B)")
+    echo "set $set, $(basename "${binaries[$n]}") ($n): ratio $ratio| Redis p99 ms $p99| live-ai CPU s $cpu| machine busy % $busy"
     for value in $ratio; do echo "$n ratio $value"; done >>"$pooled"
     for value in $p99; do echo "$n p99 $value"; done >>"$pooled"
     for value in $cpu; do echo "$n cpu $value"; done >>"$pooled"
+    for value in $busy; do echo "$n busy $value"; done >>"$pooled"
   done
 done
 
@@ -47,9 +50,9 @@ median() {
     awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 echo
-echo "| binary | runs | lag p99 Redis / memory | Redis-mode lag p99 (ms) | live-ai CPU s, Redis mode |"
-echo "|---|---|---|---|---|"
+echo "| binary | runs | lag p99 Redis / memory | Redis-mode lag p99 (ms) | live-ai CPU s, Redis mode | machine busy, Redis mode (%) |"
+echo "|---|---|---|---|---|---|"
 for n in 0 1; do
   count=$(awk -v n="$n" '$1 == n && $2 == "ratio"' "$pooled" | wc -l)
-  echo "| $(basename "${binaries[$n]}") ($n) | $count | $(median "$n" ratio) | $(median "$n" p99) | $(median "$n" cpu) |"
+  echo "| $(basename "${binaries[$n]}") ($n) | $count | $(median "$n" ratio) | $(median "$n" p99) | $(median "$n" cpu) | $(median "$n" busy) |"
 done
