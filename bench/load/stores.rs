@@ -50,7 +50,7 @@ struct StoresConfig {
 
 /// The machine around one mode's streams: how near its two cores were to full,
 /// and what the load generator itself spent of them (the same in both modes).
-#[derive(Default, Clone, Copy)]
+#[derive(Default)]
 struct Machine {
     busy_percent: f64,
     client_cpu_seconds: f64,

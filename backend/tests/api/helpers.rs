@@ -317,17 +317,33 @@ pub fn jwt_mode() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Runs the real binary with only `vars` set, in an empty directory (no `.env`),
-/// for a start that must fail: its exit code and what it printed on stderr.
+/// for a start that must fail: its exit code and what it printed on stderr. A
+/// process still running after `PATIENCE` is killed and fails the test, so a
+/// start that hangs (on a Redis it cannot use, say) cannot hang the suite.
 pub fn start_up_failure(vars: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_live-ai"))
         .env_clear()
         .envs(vars.iter().copied())
         .env("PORT", "0")
         .current_dir(dir.path())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("live-ai runs");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let pid = child.id().to_string();
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match output.recv_timeout(PATIENCE) {
+        Ok(output) => {
+            let output = output.expect("live-ai's exit is read");
+            (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+        Err(_) => {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("live-ai with {vars:?} neither started nor gave up within {PATIENCE:?}");
+        }
+    }
 }
 
 pub fn now_secs() -> u64 {

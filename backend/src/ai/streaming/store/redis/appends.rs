@@ -385,7 +385,7 @@ mod tests {
 
         assert_eq!(xadd_within(&appends, &id, &log, 1).await, Xadd::Appended);
         assert_eq!(xadd_within(&appends, &id, &log, 1).await, Xadd::Conflict);
-        assert_eq!(appends.xadd(&StreamId::parse("s2").unwrap(), &"nolog".into(), 1, &chunk(1)).await, Xadd::NoLog);
+        assert_eq!(xadd_within(&appends, &StreamId::parse("s2").unwrap(), &"nolog".into(), 1).await, Xadd::NoLog);
         let message = pubsub.on_message().next().await.unwrap();
         let announced: Vec<_> = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())).collect::<Option<_>>().unwrap();
         assert_eq!(announced, vec![(Bytes::from_static(b"s1"), chunk(1).at(1))]);
