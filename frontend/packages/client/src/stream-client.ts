@@ -178,6 +178,7 @@ export class StreamClient {
         if (run) return run.detach();
         if (stopped) return;
         stopped = "detach";
+        distinct.onStatus?.("detached");
         resolveDone({ status: "detached" });
       },
     };

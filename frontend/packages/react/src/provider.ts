@@ -1,3 +1,4 @@
+"use client";
 // The client the hooks use: one per provider (so a host sets the API origin and the learner's
 // token once), or the page-wide default when there is no provider.
 import { createContext, createElement, useContext, useEffect, useLayoutEffect, useRef, useState, type ReactNode } from "react";
