@@ -191,9 +191,8 @@ describe("useAIBlockStreaming", () => {
     const e = streamEvents("w1");
     socket.serverSend({ ...e.start("quiz"), ref: start.ref } as StreamEvent, e.chunk("a"));
     view.unmount();
-    await act(async () => undefined);
-    expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w1" });
-    expect(socket.readyState).toBe(3);
+    await vi.waitFor(() => expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w1" }));
+    await vi.waitFor(() => expect(socket.readyState).toBe(3));
   });
 
   it("unmounted before the server named the stream, cancels it once named, then closes", async () => {
@@ -209,8 +208,8 @@ describe("useAIBlockStreaming", () => {
     await act(async () => undefined);
     const start = socket.sent[0] as { ref: string };
     socket.serverSend({ ...streamEvents("w2").start("quiz"), ref: start.ref } as StreamEvent);
-    expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w2" });
-    expect(socket.readyState).toBe(3);
+    await vi.waitFor(() => expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w2" }));
+    await vi.waitFor(() => expect(socket.readyState).toBe(3));
   });
 });
 

@@ -23,7 +23,7 @@ export function StreamClientProvider(props: StreamClientProviderProps) {
   const [own] = useState(() => {
     if (props.client) return null;
     const { children: _children, client: _client, getToken, ...options } = props;
-    return new StreamClient({ ...options, ...(getToken ? { getToken: () => latestGetToken.current?.() ?? Promise.resolve(null) } : {}) });
+    return new StreamClient({ ...options, ...(getToken ? { getToken: (asked) => latestGetToken.current?.(asked) ?? Promise.resolve(null) } : {}) });
   });
   useEffect(() => () => own?.dispose(), [own]);
   return createElement(StreamClientContext.Provider, { value: props.client ?? own }, props.children);
