@@ -4,7 +4,8 @@
 // plumbing: a polite announcement of status changes, the output marked aria-busy while it is
 // written (its finished pieces are announced by the block's Announcer, never each token), ids
 // unique per block (two blocks of one type on a page), and keyboard focus kept in the block.
-import { useId, useLayoutEffect, useRef, type FocusEvent, type ReactNode } from "react";
+import { useId, useRef, type FocusEvent, type ReactNode } from "react";
+import { useIsomorphicLayoutEffect } from "./layout-effect.js";
 import { isLoadingStatus, type StreamState } from "@live-ai/client";
 import { Announcer } from "./a11y/Announcer.js";
 import type { ErrorMessages } from "./error-text.js";
@@ -112,7 +113,7 @@ function useKeyboardFocusFlow(active: boolean) {
   const cancelFocused = useRef(false);
   // Focus is (or, after its element was disabled under it, was last) inside the block.
   const focusInside = useRef(false);
-  useLayoutEffect(() => {
+  useIsomorphicLayoutEffect(() => {
     const focused = document.activeElement as HTMLElement | null;
     if (active) {
       const lost = !focused || focused === document.body;

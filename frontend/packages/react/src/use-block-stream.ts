@@ -7,7 +7,8 @@
 // Release waits for the end of the current task: React StrictMode unmounts and mounts every
 // component once more, synchronously, in development; a release that ran at once would cancel
 // the stream a mount effect just started (and the effect, run again, would start a second).
-import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore } from "react";
+import { useEffect, useRef, useState, useSyncExternalStore } from "react";
+import { useIsomorphicLayoutEffect } from "./layout-effect.js";
 import { BlockStream, type BlockStreamOptions, type BlockType, type StreamState } from "@live-ai/client";
 import { useStreamClient } from "./provider.js";
 
@@ -17,7 +18,7 @@ export function useBlockStream<B extends BlockType>(
 ): { stream: BlockStream<B>; state: StreamState } {
   const client = useStreamClient();
   const latestOptions = useRef(options);
-  useLayoutEffect(() => {
+  useIsomorphicLayoutEffect(() => {
     latestOptions.current = options;
   });
   const [stream] = useState(() => new BlockStream<B>(client, () => latestOptions.current, blockType));
