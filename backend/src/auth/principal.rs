@@ -1,7 +1,7 @@
 //! The principal: whoever a request acts for. Handlers take it as an argument; the
 //! extractor reads the credential, so no handler ever parses headers for it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -15,14 +15,23 @@ use crate::api::AppState;
 pub const MAX_NAME_LEN: usize = 256;
 
 /// A principal id, namespaced by how it was proven: `jwt:<sub>`, `key:<name>` or
-/// `ip:<address>`. Streams, idempotency keys and limits belong to it.
+/// `ip:<address>` (`ip:<network>/64` for IPv6). Streams, idempotency keys and limits belong to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal(Arc<str>);
 
 impl Principal {
-    /// The anonymous principal of a client address (`AUTH_MODE=none`).
+    /// The anonymous principal of a client address (`AUTH_MODE=none`): an IPv4
+    /// address, or an IPv6 address's /64 network. One IPv6 client commonly holds a
+    /// whole /64 (privacy addresses rotate within it), so the address alone would
+    /// let it multiply every limit by picking new ones.
     pub fn anonymous(ip: IpAddr) -> Self {
-        Self(format!("ip:{ip}").into())
+        match ip {
+            IpAddr::V4(v4) => Self(format!("ip:{v4}").into()),
+            IpAddr::V6(v6) => {
+                let network = Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64));
+                Self(format!("ip:{network}/64").into())
+            }
+        }
     }
 
     /// A learner, by the `sub` of the host app's JWT.
@@ -148,5 +157,24 @@ impl FromRequestParts<AppState> for SocketPrincipal {
             return Ok(Self(SocketAuth::Known(Principal::from_request_parts(parts, state).await?)));
         }
         Ok(Self(SocketAuth::Pending { client_ip }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anonymous(ip: &str) -> String {
+        Principal::anonymous(ip.parse().unwrap()).id().to_owned()
+    }
+
+    #[test]
+    fn ipv6_clients_are_their_64_network_and_ipv4_clients_their_address() {
+        assert_eq!(anonymous("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "ip:2001:db8:1:2::/64");
+        assert_eq!(anonymous("2001:db8:1:2::1"), anonymous("2001:db8:1:2:ffff:ffff:ffff:ffff"), "one /64, one principal");
+        assert_ne!(anonymous("2001:db8:1:2::1"), anonymous("2001:db8:1:3::1"), "another /64, another principal");
+        assert_eq!(anonymous("::1"), "ip:::/64");
+        assert_eq!(anonymous("192.0.2.7"), "ip:192.0.2.7");
+        assert_ne!(anonymous("192.0.2.7"), anonymous("192.0.2.8"));
     }
 }

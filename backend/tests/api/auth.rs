@@ -66,7 +66,8 @@ async fn learner_tokens_signed_with_the_jwks_keys_are_accepted_and_alg_confusion
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let dir = env!("CARGO_MANIFEST_DIR");
     let jwks = format!("{dir}/tests/fixtures/auth/jwks.json");
-    let app = spawn_app(&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", &jwks)]).await;
+    // `*` waives the audience on purpose: these tokens carry no `aud`.
+    let app = spawn_app(&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", &jwks), ("AUTH_JWT_AUDIENCE", "*")]).await;
     let claims = json!({"sub": "grace", "exp": now_secs() + 600});
     let sign = |alg: Algorithm, kid: &str, key: EncodingKey| {
         let mut header = Header::new(alg);
@@ -179,6 +180,28 @@ fn anonymous_mode_refuses_to_start_on_a_public_address_naming_both_variables() {
     let (code, stderr) = start_up_failure(&[("HOST", "0.0.0.0")]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_MODE") && stderr.contains("ALLOW_ANONYMOUS"), "{stderr}");
+}
+
+#[test]
+fn jwt_mode_without_an_audience_refuses_to_start_naming_the_variable() {
+    let (code, stderr) = start_up_failure(&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", JWT_SECRET)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("AUTH_JWT_AUDIENCE"), "{stderr}");
+}
+
+#[tokio::test]
+async fn anonymous_ipv6_clients_of_one_64_network_are_one_principal() {
+    // The test's requests come through a "proxy" on loopback that names the client.
+    let app = spawn_app(&[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let principal_of = |client: &'static str| {
+        let request = app.http.get(app.url("/api/usage")).header("x-forwarded-for", client);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["principal"].as_str().unwrap().to_owned() }
+    };
+    let first = principal_of("2001:db8:7:1::1").await;
+    assert_eq!(first, "ip:2001:db8:7:1::/64");
+    assert_eq!(principal_of("2001:db8:7:1:9f3c:2a:bb01:7").await, first, "a rotated address of the same /64");
+    assert_ne!(principal_of("2001:db8:7:2::1").await, first, "another /64 is another client");
+    assert_eq!(principal_of("198.51.100.7").await, "ip:198.51.100.7", "IPv4 clients stay one address each");
 }
 
 #[tokio::test]
