@@ -102,6 +102,35 @@ async fn a_finished_generation_settles_its_reservation_to_the_tokens_it_used() {
 }
 
 #[tokio::test]
+async fn a_failed_whole_response_call_is_charged_the_tokens_it_produced() {
+    let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "100000"), ("DEMO_FAIL_AFTER_TOKENS", "7")])).await;
+    let ada = learner_token("ada");
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&ada).json(&json!({"topic": "a"})).send().await.unwrap();
+    let body = assert_problem(whole, 502, "provider_error").await;
+    assert!(body["detail"].as_str().unwrap().contains("after 7 tokens"), "{body}");
+    let usage = usage_until(&app, &ada, |u| u["tokens_reserved"] == 0).await;
+    assert_eq!(usage["tokens_used_today"], 7, "the demo model's seven tokens were produced, so they are charged");
+}
+
+#[tokio::test]
+async fn a_whole_response_call_whose_client_left_is_charged_what_was_produced_and_stops() {
+    // 20 tokens a second: the answer takes seconds; the client leaves after 0.6 s.
+    let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "100000"), ("DEMO_TOKENS_PER_SECOND", "20")])).await;
+    let ada = learner_token("ada");
+    let request = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&ada).json(&json!({"topic": "a"}));
+    let left = request.timeout(std::time::Duration::from_millis(600)).send().await;
+    assert!(left.is_err_and(|e| e.is_timeout()), "the client gave up before the answer");
+    let usage = usage_until(&app, &ada, |u| u["tokens_reserved"] == 0).await;
+    let used = usage["tokens_used_today"].as_u64().unwrap();
+    assert!(used > 0, "what was produced before the client left is charged: {usage}");
+    // The generation stopped with its client: far fewer tokens than a whole answer.
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&learner_token("eve")).json(&json!({"topic": "a"}));
+    let whole: Value = whole.send().await.unwrap().json().await.unwrap();
+    assert!(used < whole["usage"]["completion_tokens"].as_u64().unwrap(), "{used} of {whole}");
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+}
+
+#[tokio::test]
 async fn a_reservation_the_budget_cannot_cover_is_refused_before_any_provider_call() {
     // The demo model "thinks" for a minute: reservations stay open, nothing is used.
     let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "1000"), ("DEMO_FIRST_TOKEN_MS", "60000")])).await;

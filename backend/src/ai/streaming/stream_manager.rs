@@ -312,14 +312,22 @@ impl StreamManager {
         })
     }
 
-    /// Whole-response mode, within the same concurrency bound as streams.
-    pub async fn respond(&self, input: BlockInput) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
+    /// Whole-response mode, within the same concurrency bound as streams. The
+    /// `reservation` settles to what was produced, also when the call fails or its
+    /// client leaves (dropping this future drops the reservation, which settles).
+    pub async fn respond(
+        &self,
+        input: BlockInput,
+        reservation: Reservation,
+    ) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
         let _permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         let block = input.block_type();
-        let response = self.inner.engine.respond(input).await;
+        let events = reservation.meter(self.inner.engine.stream(input), self.inner.engine.token_counter());
+        let response = Engine::collect(events).await;
+        reservation.settle().await;
         let outcome = match &response {
             Ok(_) => "complete",
             Err(failed) => failed.code.as_str(),
@@ -475,7 +483,7 @@ async fn run_generation(
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut events = reservation.meter(inner.engine.stream(input));
+    let mut events = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
     let mut abandoned =
