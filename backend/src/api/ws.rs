@@ -41,7 +41,7 @@ use super::origin::SameSiteStart;
 use super::AppState;
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
-use crate::ai::streaming::stream_manager::{ManagerError, Opened};
+use crate::ai::streaming::stream_manager::{ManagerError, Opened, StartError};
 use crate::auth::principal::{SocketAuth, SocketPrincipal};
 use crate::auth::Principal;
 use crate::config::settings::AuthMode;
@@ -414,32 +414,36 @@ impl Session {
                 return self.reply(fail(ProtocolError { field, ..ProtocolError::bad_request(error.to_string()) })).await;
             }
         };
-        if !self.has_room_for(None) {
-            return self.reply(fail(ProtocolError::socket_full(self.state.settings.limits.streams_per_socket))).await;
-        }
-        let reservation = match self.state.limits.admit(&self.principal, input.prompt().max_tokens.into()).await {
-            Ok(reservation) => reservation,
-            Err(LimitError::Refused(refusal)) => {
-                let error = ProtocolError {
+        // A start with a known ref is not a new stream: its room is checked when it
+        // is read, like a resume's.
+        let room = self.has_room_for(None);
+        let (limits, principal, socket_limit) = (&self.state.limits, &self.principal, self.state.settings.limits.streams_per_socket);
+        let tokens = input.prompt().max_tokens.into();
+        let admit = || async move {
+            if !room {
+                return Err(ProtocolError::socket_full(socket_limit));
+            }
+            limits.admit(principal, tokens).await.map_err(|error| match error {
+                LimitError::Refused(refusal) => ProtocolError {
                     code: refusal.code(),
                     retryable: true,
                     retry_after_ms: Some(refusal.retry_after_ms()),
                     ..ProtocolError::bad_request(refusal.to_string())
-                };
-                return self.reply(fail(error)).await;
-            }
-            Err(LimitError::Unavailable(error)) => {
-                tracing::warn!(%error, "could not admit a WebSocket start");
-                return self.reply(fail(ProtocolError::unavailable())).await;
-            }
+                },
+                LimitError::Unavailable(error) => {
+                    tracing::warn!(%error, "could not admit a WebSocket start");
+                    ProtocolError::unavailable()
+                }
+            })
         };
-        match self.state.manager.start(input, reference.clone(), self.principal.id(), reservation).await {
+        match self.state.manager.start(input, reference.clone(), self.principal.id(), admit).await {
             Ok(started) => self.read(started.stream_id().clone(), None, reference).await,
-            Err(ManagerError::Store(error)) => {
+            Err(StartError::Refused(error)) => self.reply(fail(error)).await,
+            Err(StartError::Manager(ManagerError::Store(error))) => {
                 tracing::warn!(%error, "could not start a WebSocket stream");
                 self.reply(fail(ProtocolError::unavailable())).await
             }
-            Err(error) => {
+            Err(StartError::Manager(error)) => {
                 let retry_after_ms = matches!(error, ManagerError::AtCapacity).then_some(1000);
                 let code = if retry_after_ms.is_some() { "rate_limited" } else { "bad_request" };
                 let retryable = matches!(error, ManagerError::AtCapacity | ManagerError::ShuttingDown);

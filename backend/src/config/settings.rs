@@ -599,7 +599,10 @@ mod tests {
             (&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", "keys.json")], "AUTH_JWT_AUDIENCE"),
             (&[("AUTH_MODE", "api_key")], "AUTH_API_KEYS_FILE"),
             (&[("AUTH_MODE", "ldap")], "AUTH_MODE"),
-            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWT_AUDIENCE", "a"), ("STREAM_STORE", "redis")], "AUTH_READ_TOKEN_SECRET"),
+            (
+                &[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWT_AUDIENCE", "a"), ("STREAM_STORE", "redis")],
+                "AUTH_READ_TOKEN_SECRET",
+            ),
             (
                 &[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWT_AUDIENCE", "a"), ("AUTH_READ_TOKEN_SECRET", &secret)],
                 "AUTH_READ_TOKEN_SECRET",
