@@ -139,3 +139,49 @@ async fn a_close_mid_replay_is_answered_at_once_and_frees_the_sockets_readers() 
     app.wait_for_metric("live_ai_attached_readers", &[], |v| v == 0.0).await;
     assert_eq!(app.metric("live_ai_active_streams", &[]).await, 8.0, "the generations go on, resumable");
 }
+
+#[tokio::test]
+async fn a_close_mid_replay_of_eight_finished_quizzes_is_answered_at_once() {
+    // The demo model unpaced: eight quizzes of ten questions, finished, then replayed.
+    let app = spawn_app(&[("CLIENT_SEND_TIMEOUT_SECONDS", "120")]).await;
+    let mut ws = app.ws().await;
+    for n in 0..8 {
+        ws.send(json!({"type": "start", "block_type": "quiz", "input": {"topic": format!("topic {n}"), "count": 10}, "ref": format!("q{n}")})).await;
+    }
+    let (mut ids, mut replay_len) = (Vec::new(), 0);
+    while ids.len() < 8 {
+        let event = Received { id: String::new(), data: ws.next().await };
+        if event.is_terminal() {
+            ids.push(event.data["stream_id"].as_str().unwrap().to_owned());
+            replay_len += event.seq() + 1;
+        }
+    }
+    drop(ws);
+    let mut ws = app.ws().await;
+    for id in &ids {
+        ws.send(json!({"type": "resume", "stream_id": id})).await;
+    }
+    for _ in 0..5 {
+        ws.next().await;
+    }
+    ws.socket.send(Message::Close(None)).await.unwrap();
+    let sent = tokio::time::Instant::now();
+    // Not a speed assertion: a bound far under the old 10 s, so a Close that waits
+    // for the queued replay (or a timeout) fails.
+    let mut after_close = 0u64;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        loop {
+            match ws.socket.next().await {
+                Some(Ok(Message::Close(_))) => return "close frame",
+                Some(Ok(Message::Text(_))) => after_close += 1,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return "connection dropped without a close frame",
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer, Ok("close frame"), "the server answered the Close ({:?} after it was sent)", sent.elapsed());
+    println!("{after_close} of {replay_len} replayed events came after the Close, answered in {:?}", sent.elapsed());
+    // What was already on its way comes first; the rest of the replay never does.
+    assert!(after_close + 5 < replay_len, "the whole replay ({after_close} of {replay_len} events) was sent before the answer");
+}
