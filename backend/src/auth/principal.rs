@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
-use super::AuthError;
+use super::{AuthError, Credential};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 
@@ -135,7 +135,7 @@ impl FromRequestParts<AppState> for Reader {
 
 /// Who a WebSocket acts for, as far as its upgrade request tells.
 pub enum SocketAuth {
-    Known(Principal),
+    Known(Credential),
     /// No header credential: the socket's first message must authenticate.
     Pending {
         client_ip: IpAddr,
@@ -151,30 +151,14 @@ impl FromRequestParts<AppState> for SocketPrincipal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let client_ip = state.auth.client_ip(peer_ip(parts), &parts.headers);
-        let anonymous = state.auth.mode() == crate::config::settings::AuthMode::None;
-        if anonymous || parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
-            return Ok(Self(SocketAuth::Known(Principal::from_request_parts(parts, state).await?)));
+        let auth = &state.auth;
+        let client_ip = auth.client_ip(peer_ip(parts), &parts.headers);
+        if auth.mode() == crate::config::settings::AuthMode::None {
+            return Ok(Self(SocketAuth::Known(auth.verify(None, client_ip)?)));
         }
-        Ok(Self(SocketAuth::Pending { client_ip }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn anonymous(ip: &str) -> String {
-        Principal::anonymous(ip.parse().unwrap()).id().to_owned()
-    }
-
-    #[test]
-    fn ipv6_clients_are_their_64_network_and_ipv4_clients_their_address() {
-        assert_eq!(anonymous("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "ip:2001:db8:1:2::/64");
-        assert_eq!(anonymous("2001:db8:1:2::1"), anonymous("2001:db8:1:2:ffff:ffff:ffff:ffff"), "one /64, one principal");
-        assert_ne!(anonymous("2001:db8:1:2::1"), anonymous("2001:db8:1:3::1"), "another /64, another principal");
-        assert_eq!(anonymous("::1"), "ip:::/64");
-        assert_eq!(anonymous("192.0.2.7"), "ip:192.0.2.7");
-        assert_ne!(anonymous("192.0.2.7"), anonymous("192.0.2.8"));
+        match super::bearer(&parts.headers)? {
+            Some(token) => Ok(Self(SocketAuth::Known(auth.verify(Some(token), client_ip)?))),
+            None => Ok(Self(SocketAuth::Pending { client_ip })),
+        }
     }
 }
