@@ -124,7 +124,7 @@ async fn a_whole_response_call_whose_client_left_is_charged_what_was_produced_an
     let used = usage["tokens_used_today"].as_u64().unwrap();
     assert!(used > 0, "what was produced before the client left is charged: {usage}");
     // The generation stopped with its client: far fewer tokens than a whole answer.
-    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&learner_token("eve")).json(&json!({"topic": "a"}));
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(learner_token("eve")).json(&json!({"topic": "a"}));
     let whole: Value = whole.send().await.unwrap().json().await.unwrap();
     assert!(used < whole["usage"]["completion_tokens"].as_u64().unwrap(), "{used} of {whole}");
     assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
