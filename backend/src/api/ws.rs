@@ -185,8 +185,9 @@ async fn send_loop(
         };
         match sent {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
+            // The socket's own write timeout (`server::socket`) may fire first.
+            Ok(Err(error)) if !timed_out(&error) => return,
+            Ok(Err(_)) | Err(_) => {
                 dropped.inc();
                 tracing::info!("closing a WebSocket that stopped reading");
                 return;
@@ -194,6 +195,18 @@ async fn send_loop(
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Whether a write failed because the client stopped reading.
+fn timed_out(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Writes `first` and the messages already queued behind it, then flushes once:

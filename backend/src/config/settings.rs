@@ -170,8 +170,11 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// A connection must send its request headers within this time.
+    /// A connection must send its request headers within this time (the first
+    /// request's from when it was accepted).
     pub http_header_timeout: Duration,
+    /// Open connections at most (`MAX_CONNECTIONS`); more are answered 503.
+    pub max_connections: usize,
     /// A WebSocket with no stream and no client message for this long is closed.
     pub ws_idle_timeout: Duration,
 }
@@ -448,6 +451,7 @@ impl Settings {
             cors_allowed_origins: src.origins("CORS_ALLOWED_ORIGINS")?,
             trusted_proxies: src.networks("TRUSTED_PROXIES")?,
             http_header_timeout: src.seconds("HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.01)?,
+            max_connections: src.limit("MAX_CONNECTIONS", Some(10_000usize))?.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
             ws_idle_timeout: src.seconds("WS_IDLE_TIMEOUT_SECONDS", 300.0, 0.01)?,
         };
         settings.check_provider_credentials()?;
@@ -615,6 +619,7 @@ mod tests {
             (&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")], "CORS_ALLOWED_ORIGINS"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[("HTTP_HEADER_TIMEOUT_SECONDS", "0")], "HTTP_HEADER_TIMEOUT_SECONDS"),
+            (&[("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
         ];
         for (vars, variable) in cases {
             let err = settings(vars).unwrap_err();

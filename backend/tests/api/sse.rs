@@ -220,7 +220,10 @@ async fn an_expired_stream_ends_with_stream_not_found_after_its_logs_end(store: 
     let mut ws = app.ws().await;
     ws.send(json!({"type": "resume", "stream_id": id, "after": 3})).await;
     let event = ws.next().await;
-    assert_eq!((event["type"].as_str(), event["code"].as_str(), event["seq"].as_u64()), (Some("error"), Some("stream_not_found"), Some(last + 1)));
+    assert_eq!(
+        (event["type"].as_str(), event["code"].as_str(), event["seq"].as_u64()),
+        (Some("error"), Some("stream_not_found"), Some(last + 1))
+    );
 }
 
 #[tokio::test]
