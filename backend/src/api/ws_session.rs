@@ -269,6 +269,7 @@ impl Session {
         if !self.has_room_for(Some(&id)) {
             let error = ProtocolError {
                 stream_id: Some(id.to_string()),
+                reference,
                 ..ProtocolError::socket_full(self.state.settings.limits.streams_per_socket)
             };
             return self.reply(error).await;
