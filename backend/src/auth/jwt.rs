@@ -29,7 +29,9 @@ pub struct JwtVerifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    exp: u64,
+    /// Required by the validation; optional here so a token without it is refused
+    /// as lacking a claim, not as malformed.
+    exp: Option<u64>,
 }
 
 /// What a verified token says: who, and until when it may be used.
@@ -105,7 +107,7 @@ impl JwtVerifier {
             outcome = match decode::<Claims>(token, &key.key, &self.validation(key.algorithm)) {
                 Ok(data) => {
                     let usable_until =
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(data.claims.exp.saturating_add(LEEWAY_SECONDS));
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(data.claims.exp.unwrap_or(0).saturating_add(LEEWAY_SECONDS));
                     return check_subject(data.claims.sub).map(|sub| Verified { sub, usable_until });
                 }
                 Err(error) => Err(AuthError::Invalid(reason(&error))),
