@@ -59,7 +59,7 @@ pub fn router() -> Router<AppState> {
 
 #[utoipa::path(
     get, path = "/api/stream/ws",
-    description = "Upgrades to a WebSocket multiplexing many streams; messages as in the AsyncAPI contract. Authenticate with the upgrade's `Authorization` header or a first message `{\"type\":\"auth\",\"token\":…}`.",
+    description = "Upgrades to a WebSocket multiplexing many streams; messages as in the AsyncAPI contract. Authenticate with the upgrade's `Authorization` header or a first message `{\"type\":\"auth\",\"token\":…}`; a later `auth` refreshes the credential or switches the socket to another principal.",
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, body = super::error::Problem, content_type = "application/problem+json", description = "Not a WebSocket upgrade request"),
