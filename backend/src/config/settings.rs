@@ -563,6 +563,8 @@ mod tests {
         assert_eq!(s.port, 8000);
         assert_eq!(s.resume_grace, Duration::from_secs(30));
         assert_eq!(s.retention, Duration::from_secs(300));
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(settings(&[("MAX_CONNECTIONS", "unlimited")]).unwrap().max_connections, tokio::sync::Semaphore::MAX_PERMITS);
     }
 
     #[test]
