@@ -316,6 +316,61 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
   }
 });
 
+describe("the WebSocket against live-ai, as good as SSE", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "40", DEMO_FIRST_TOKEN_MS: "20", LIMIT_STREAMS_PER_SOCKET: "2", LIMIT_CONCURRENT_STREAMS: "8" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  const named = (handle: { streamId: string | undefined; done: Promise<StreamOutcome> }) =>
+    new Promise<string>((resolve, reject) => {
+      const poll = setInterval(() => {
+        if (handle.streamId) (clearInterval(poll), resolve(handle.streamId));
+      }, 10);
+      void handle.done.then(() => (clearInterval(poll), handle.streamId ? resolve(handle.streamId) : reject(new Error("ended unnamed"))));
+    });
+
+  it("a detached stream frees its place on the socket (LIMIT_STREAMS_PER_SOCKET), and goes on on the server", async () => {
+    const client = newClient(server.url);
+    const first = client.start("explain-eli10", INPUTS["explain-eli10"], {}, { mode: "websocket" });
+    const second = client.start("ask-question", INPUTS["ask-question"], {}, { mode: "websocket" });
+    const firstId = await named(first);
+    await named(second);
+    first.detach();
+    const third = client.start("diagram", INPUTS.diagram, {}, { mode: "websocket" });
+    expect((await third.done).status).toBe("complete");
+    expect((await second.done).status).toBe("complete");
+    // The detached generation finished on the server all the same.
+    expect((await untilLogEndsWith(server.url, firstId, "complete")).at(-1)?.type).toBe("complete");
+    client.dispose();
+  });
+
+  it("refuses a start over 32 KiB before sending it, and the socket's other stream goes on", async () => {
+    const client = newClient(server.url);
+    const other = client.start("explain-eli10", INPUTS["explain-eli10"], {}, { mode: "websocket" });
+    await named(other);
+    const big = client.start("ask-question", { question: "why?", context: "漢".repeat(16_000) }, {}, { mode: "websocket" });
+    expect(await big.done).toMatchObject({ status: "error", error: { code: "too_large", field: "context" } });
+    expect((await other.done).status).toBe("complete");
+    client.dispose();
+  });
+
+  it("delivers a stream to both of its readers on one socket", async () => {
+    const client = newClient(server.url);
+    const reference = await run(client, "explain-eli10", "websocket");
+    const texts = ["", ""];
+    const readers = [0, 1].map((index) =>
+      client.resume(reference.streamId!, -1, { onChunk: (event) => (texts[index] += event.token) }, { mode: "websocket" }),
+    );
+    for (const reader of readers) expect((await reader.done).status).toBe("complete");
+    expect(texts).toEqual([reference.text, reference.text]);
+    client.dispose();
+  });
+});
+
 describe("stream client against live-ai with a slow first token", () => {
   let server: LiveAiServer;
   beforeAll(async () => {

@@ -13,7 +13,8 @@
 // loses its streams as on any drop (their sessions reconnect, on a new socket, with a fresh
 // token); a refusal of one start or resume (a token that expired on an open socket) fails that
 // stream transiently, after asking for a fresh token. A second refusal in a row, with no event
-// in between, is final: `unauthorized`.
+// in between, is final: `unauthorized`; so is the end of a stream the socket no longer reads
+// because it now acts for another learner (a non-retryable `unauthorized` naming the stream).
 //
 // Parity with SSE: a retryable `store_unavailable` is retried like SSE's 503; a start whose
 // frame would exceed the server's 32 KiB is refused here (`too_large`), never sent (the server
@@ -305,8 +306,13 @@ export class WebSocketTransport implements StreamTransport {
     }
   }
 
-  /** A start or resume refused for its credential: the first time asks for a fresh token and retries. */
+  /**
+   * A start or resume refused for its credential. Retryable (the token expired on the socket):
+   * the first time asks for a fresh token and retries. Not retryable (the socket now acts for
+   * another learner, and this stream was the previous one's): final.
+   */
   private streamRefused(error: ProtocolError): TransportFailure {
+    if (!error.retryable) return { transient: false, error: { code: "unauthorized", message: error.message, retryable: false } };
     const key = (error.ref ?? error.stream_id)!;
     const refusals = (this.streamRefusals.get(key) ?? 0) + 1;
     this.streamRefusals.set(key, refusals);
