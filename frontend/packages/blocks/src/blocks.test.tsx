@@ -3,7 +3,7 @@ import { act, cleanup, fireEvent, render, screen, waitFor, within } from "@testi
 import userEvent from "@testing-library/user-event";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamClient } from "@live-ai/client";
-import { StreamClientProvider } from "@live-ai/react";
+import { StreamClientProvider, useAIBlockStreaming } from "@live-ai/react";
 import { FakeApi } from "../../../testing/fake-api.js";
 import { SAMPLE_QUESTION, streamEvents } from "../../../testing/events.js";
 import { AskQuestionBlock } from "./AskQuestionBlock.js";
@@ -78,6 +78,39 @@ describe("AskQuestionBlock", () => {
     (await api.eventResponse(1)).sendEvents(e2.start("ask-question"), e2.chunk("fine"), e2.complete());
     await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
     expect(screen.queryByRole("alert")).toBeNull();
+  });
+});
+
+describe("a detached block", () => {
+  it("says it is paused, lets the learner ask again, and resumes the same stream", async () => {
+    const api = new FakeApi();
+    function Host() {
+      const stream = useAIBlockStreaming("ask-question");
+      return (
+        <>
+          <button onClick={stream.detach}>leave</button>
+          <AskQuestionBlock stream={stream} initialQuestion="q" />
+        </>
+      );
+    }
+    withClient(api, <Host />);
+    await userEvent.click(screen.getByRole("button", { name: "Ask" }));
+    const e = streamEvents("s1");
+    const log = [e.start("ask-question"), e.chunk("Hello "), e.chunk("world"), e.complete()];
+    (await api.eventResponse(0)).sendEvents(log[0]!, log[1]!);
+    await waitFor(() => expect(document.querySelector(".output")!.textContent).toContain("Hello"));
+    expect(screen.getByRole("button", { name: "Ask" })).toHaveProperty("disabled", true);
+    await userEvent.click(screen.getByRole("button", { name: "leave" }));
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Paused"));
+    expect(screen.getByRole("button", { name: "Ask" })).toHaveProperty("disabled", false);
+    expect(screen.queryByRole("button", { name: "Cancel" })).toBeNull();
+    await userEvent.click(screen.getByRole("button", { name: "Resume" }));
+    const resumed = await api.eventResponse(1);
+    expect(resumed.request.url.pathname).toBe("/api/streams/s1/events");
+    resumed.sendEvents(...log.slice(1));
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
+    expect(document.querySelector(".output")!.textContent).toBe("Hello world\n");
+    expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
   });
 });
 
