@@ -16,6 +16,10 @@ pub struct Metrics {
     pub chunk_delivery: prometheus::Histogram,
     pub outcomes: IntCounterVec,
     pub readers_dropped: IntCounterVec,
+    /// Sockets open now, lingering closes included (bounded by `MAX_CONNECTIONS`).
+    pub connections_open: IntGauge,
+    /// Connections the server ended itself, by why.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -39,6 +43,12 @@ impl Metrics {
         let events_sent = counters("events_sent_total", "Events written to clients.", &["transport"]);
         let outcomes = counters("stream_outcomes_total", "Finished generations by outcome.", &["block", "provider", "outcome"]);
         let readers_dropped = counters("readers_dropped_total", "Readers the server dropped.", &["reason"]);
+        let connections_open = gauge("connections_open", "Open client connections (bounded by MAX_CONNECTIONS).");
+        let connections_closed = counters(
+            "connections_closed_total",
+            "Connections the server closed itself: send_timeout, header_timeout, or at_capacity (refused over MAX_CONNECTIONS).",
+            &["reason"],
+        );
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -67,6 +77,8 @@ impl Metrics {
             chunk_delivery,
             outcomes,
             readers_dropped,
+            connections_open,
+            connections_closed,
         }
     }
 
