@@ -257,7 +257,9 @@ async fn cancel_to_upstream_close(app: &TestApp, upstream: &FakeUpstream) -> Dur
 #[tokio::test]
 async fn cancel_closes_the_openai_request_at_once() {
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
-    let app = openai_app(&upstream, &[]).await;
+    // Async moderation: the chunks before the stall reach the reader (buffered
+    // mode would hold them for a window that never fills).
+    let app = openai_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }
@@ -266,7 +268,7 @@ async fn cancel_closes_the_openai_request_at_once() {
 async fn cancel_closes_the_anthropic_request_at_once() {
     // Through message_start, content_block_start, ping and two text deltas.
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("anthropic_messages_stream.sse")).stall_after(5)]).await;
-    let app = anthropic_app(&upstream, &[]).await;
+    let app = anthropic_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }

@@ -66,6 +66,8 @@ pub struct GenerationFailed {
     pub message: String,
     pub retryable: bool,
     pub retry_after_ms: Option<u64>,
+    /// Moderation categories of `input_flagged` / `output_flagged`.
+    pub categories: Option<Vec<String>>,
 }
 
 impl Engine {
@@ -198,31 +200,36 @@ impl Engine {
 
     /// Whole-response mode: runs the same stream to its end.
     pub async fn respond(&self, input: BlockInput) -> Result<WholeResponse, GenerationFailed> {
-        let mut events = self.stream(input);
-        let mut text = String::new();
-        let mut parts = Vec::new();
-        let (mut provider, mut model) = (String::new(), String::new());
-        while let Some(event) = events.next().await {
-            match event {
-                EventBody::Start { provider: p, model: m, .. } => (provider, model) = (p, m),
-                EventBody::Chunk { token } => text.push_str(&token),
-                EventBody::Part { data, .. } => parts.push(data),
-                EventBody::Complete { finish_reason, usage, result, .. } => {
-                    return Ok(WholeResponse { provider, model, text, parts, result, usage, finish_reason });
-                }
-                EventBody::Error { code, message, retryable, retry_after_ms, .. } => {
-                    return Err(GenerationFailed { code, message, retryable, retry_after_ms });
-                }
-                EventBody::Cancelled { .. } => break,
-            }
-        }
-        Err(GenerationFailed {
-            code: ErrorCode::GenerationLost,
-            message: "the generation ended without a result".into(),
-            retryable: true,
-            retry_after_ms: None,
-        })
+        collect(self.stream(input)).await
     }
+}
+
+/// Runs a generation's events to their end: the whole response, or the failure.
+pub async fn collect(mut events: EventStream) -> Result<WholeResponse, GenerationFailed> {
+    let mut text = String::new();
+    let mut parts = Vec::new();
+    let (mut provider, mut model) = (String::new(), String::new());
+    while let Some(event) = events.next().await {
+        match event {
+            EventBody::Start { provider: p, model: m, .. } => (provider, model) = (p, m),
+            EventBody::Chunk { token } => text.push_str(&token),
+            EventBody::Part { data, .. } => parts.push(data),
+            EventBody::Complete { finish_reason, usage, result, .. } => {
+                return Ok(WholeResponse { provider, model, text, parts, result, usage, finish_reason });
+            }
+            EventBody::Error { code, message, retryable, retry_after_ms, categories, .. } => {
+                return Err(GenerationFailed { code, message, retryable, retry_after_ms, categories });
+            }
+            EventBody::Cancelled { .. } => break,
+        }
+    }
+    Err(GenerationFailed {
+        code: ErrorCode::GenerationLost,
+        message: "the generation ended without a result".into(),
+        retryable: true,
+        retry_after_ms: None,
+        categories: None,
+    })
 }
 
 fn part_event(part: Part) -> EventBody {
@@ -236,6 +243,8 @@ fn provider_error(error: &ProviderError) -> EventBody {
         retryable: error.retryable(),
         retry_after_ms: error.retry_after().map(|d| d.as_millis() as u64),
         raw_output: None,
+        categories: None,
+        retract: false,
     }
 }
 
@@ -246,6 +255,8 @@ fn invalid_output(message: String, text: &str) -> EventBody {
         retryable: true,
         retry_after_ms: None,
         raw_output: Some(text.to_owned()),
+        categories: None,
+        retract: false,
     }
 }
 

@@ -36,7 +36,8 @@ use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, 
 use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
-use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
+use crate::ai::moderation::{Exchange, Moderation};
+use crate::ai::runtime::engine::{self, Engine, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
 
@@ -125,6 +126,7 @@ struct Generation {
 struct Inner {
     store: Arc<dyn EventStore>,
     engine: Engine,
+    moderation: Moderation,
     config: ManagerConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -139,10 +141,18 @@ pub struct StreamManager {
 }
 
 impl StreamManager {
-    pub fn new(store: Arc<dyn EventStore>, engine: Engine, config: ManagerConfig, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        engine: Engine,
+        moderation: Moderation,
+        config: ManagerConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             engine,
+            moderation,
             permits: Arc::new(Semaphore::new(config.max_concurrent_streams)),
             config,
             metrics,
@@ -157,6 +167,10 @@ impl StreamManager {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    pub fn moderation(&self) -> &Moderation {
+        &self.inner.moderation
     }
 
     /// Whether the store answers, for `/readyz`.
@@ -225,7 +239,13 @@ impl StreamManager {
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit, reservation);
+        let exchange = Exchange {
+            stream_id: Some(id.clone()),
+            principal: owner.to_owned(),
+            block: input.block_type(),
+            input: input.learner_text().into(),
+        };
+        let run = run_generation(self.inner.clone(), id.clone(), input, exchange, generation, writer, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
@@ -312,14 +332,16 @@ impl StreamManager {
         })
     }
 
-    /// Whole-response mode, within the same concurrency bound as streams.
-    pub async fn respond(&self, input: BlockInput) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
+    /// Whole-response mode for `owner`, within the same concurrency bound as
+    /// streams, moderated like a stream (the answer is returned only once checked).
+    pub async fn respond(&self, input: BlockInput, owner: &str) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
         let _permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         let block = input.block_type();
-        let response = self.inner.engine.respond(input).await;
+        let exchange = Exchange { stream_id: None, principal: owner.to_owned(), block, input: input.learner_text().into() };
+        let response = engine::collect(self.inner.moderation.guard_whole(self.inner.engine.stream(input), exchange)).await;
         let outcome = match &response {
             Ok(_) => "complete",
             Err(failed) => failed.code.as_str(),
@@ -462,10 +484,12 @@ enum Ending {
     StoreLost(StoreError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
     input: BlockInput,
+    exchange: Exchange,
     generation: Arc<Generation>,
     mut writer: LogWriter,
     _permit: OwnedSemaphorePermit,
@@ -475,7 +499,9 @@ async fn run_generation(
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut events = reservation.meter(inner.engine.stream(input));
+    // Metered before moderation: the learner is charged what the provider
+    // produced, held back or not.
+    let mut events = inner.moderation.guard(reservation.meter(inner.engine.stream(input)), exchange);
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
     let mut abandoned =
