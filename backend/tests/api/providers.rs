@@ -3,17 +3,14 @@
 //! real SSE client. Covers each failure's `error` event and clean close, that a
 //! cancel closes the upstream request, and that the API key never leaks.
 
-#[path = "../../src/ai/providers/fake_upstream.rs"]
-mod fake_upstream;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::fake_upstream::{fixture, FakeUpstream, Reply};
 use crate::helpers::{assert_contiguous, kinds, spawn_app, start_up_failure, text_of, Received, TestApp, PATIENCE};
-use fake_upstream::{fixture, FakeUpstream, Reply};
 
 const OPENAI_KEY: &str = "sk-live-openai-0123456789abcdef";
 const ANTHROPIC_KEY: &str = "sk-ant-live-0123456789abcdef";

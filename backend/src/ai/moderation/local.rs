@@ -82,7 +82,7 @@ impl Moderator for LocalFilter {
     }
 
     fn description(&self) -> String {
-        "word-level filter (rustrict), not a classifier: it catches swear words, slurs and sexual words, not harmful ideas in clean words"
+        "word-level filter, not a classifier (rustrict): it catches swear words, slurs and sexual words, not harmful ideas in clean words"
             .into()
     }
 
