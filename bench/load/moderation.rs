@@ -24,7 +24,7 @@ use axum::Router;
 
 use super::burst::question_path;
 use super::http::{address, Connection};
-use super::servers::{cpu_seconds_of, Server};
+use super::servers::{cpu_seconds_of, metric, Server};
 use super::sse::{is_terminal, Scanner};
 use super::stats::{median, quantile, sorted};
 use super::unpaced::{self, UnpacedConfig};
@@ -76,6 +76,8 @@ struct Paced {
     first_chunk_ms_p99: f64,
     events_per_second: f64,
     cpu_us_per_event: f64,
+    /// Mean time of one moderation check as the server measured it (retries included).
+    check_ms_mean: f64,
     completed: usize,
     failed: usize,
 }
@@ -136,6 +138,10 @@ async fn paced(server: &Server, streams: usize) -> Paced {
     result.first_chunk_ms_p99 = quantile(firsts, 0.99);
     result.events_per_second = events as f64 / wall;
     result.cpu_us_per_event = cpu * 1e6 / events.max(1) as f64;
+    let http = reqwest::Client::new();
+    let sum = metric(&http, &server.base, "live_ai_moderation_check_seconds_sum").await;
+    let count = metric(&http, &server.base, "live_ai_moderation_check_seconds_count").await;
+    result.check_ms_mean = if count > 0.0 { sum / count * 1000.0 } else { 0.0 };
     result
 }
 
@@ -177,17 +183,18 @@ pub async fn main(args: &[String]) {
         }
     }
     println!("\nmedians over {runs} runs:");
-    println!("| mode | first visible chunk p50 (ms) | p99 (ms) | events/s | server CPU µs/event | completed |");
-    println!("|---|---|---|---|---|---|");
+    println!("| mode | first visible chunk p50 (ms) | p99 (ms) | events/s | server CPU µs/event | mean check (ms) | completed |");
+    println!("|---|---|---|---|---|---|---|");
     for mode in MODES {
         let of = |f: fn(&Paced) -> f64| median(&results.iter().filter(|(m, _)| *m == mode).map(|(_, r)| f(r)).collect::<Vec<_>>());
         let completed = of(|r| r.completed as f64);
         println!(
-            "| {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {completed:.0}/{streams} |",
+            "| {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {completed:.0}/{streams} |",
             of(|r| r.first_chunk_ms_p50),
             of(|r| r.first_chunk_ms_p99),
             of(|r| r.events_per_second),
-            of(|r| r.cpu_us_per_event)
+            of(|r| r.cpu_us_per_event),
+            of(|r| r.check_ms_mean)
         );
     }
     println!("\n| unpaced | events/s | server CPU µs/event |");

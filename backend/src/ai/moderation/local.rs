@@ -13,7 +13,10 @@
 //! The filter reads text, not markdown: emphasis and code marks (`*`, `_`, `` ` ``,
 //! `~`) are read as spaces first, since rustrict takes a `*` for a censored
 //! letter ("*colour* appears" would read as a hidden swear word). A word
-//! censored with a `*` is still caught, as a spaced-out one ("f ck").
+//! censored with a `*` is still caught, as a spaced-out one ("f ck"). Numbers
+//! standing alone are read as spaces too: rustrict reads digits as letters
+//! ("sh1t"), which made one question in six of "what is 493 times 2?" kind
+//! look sexual; digits inside a word are still read as letters.
 //!
 //! rustrict reads across word gaps (to catch "r a p e") and keeps a list of the
 //! innocent phrases that would match ("car appear"); [`FALSE_POSITIVES`] adds
@@ -50,6 +53,30 @@ static TRIE: LazyLock<Trie> = LazyLock::new(|| {
     trie
 });
 
+/// `text` as the filter should read it: markdown marks and stand-alone numbers as spaces.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(char::is_alphabetic) {
+            out.push_str(word);
+        } else {
+            out.extend(word.chars().map(|_| ' '));
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+            continue;
+        }
+        flush(&mut word, &mut out);
+        out.push(if matches!(c, '*' | '_' | '`' | '~') { ' ' } else { c });
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// Builds the word lists now (a fifth of a second), so the first learner does not wait for it.
 pub fn warm_up() {
     let _ = judge("warm up");
@@ -57,8 +84,7 @@ pub fn warm_up() {
 
 /// The verdict on `text`.
 pub fn judge(text: &str) -> Verdict {
-    let plain = text.chars().map(|c| if matches!(c, '*' | '_' | '`' | '~') { ' ' } else { c });
-    let analysis = Censor::new(plain).with_trie(&TRIE).analyze();
+    let analysis = Censor::new(plain(text).chars()).with_trie(&TRIE).analyze();
     let mut flag = Flag::default();
     for (kind, name, threshold) in TYPES {
         if analysis.is(kind & threshold) {
@@ -212,6 +238,17 @@ mod tests {
         }
         assert!(flagged.is_empty(), "{}", flagged.join("\n"));
         assert_eq!(answers, topics.len() * 5);
+    }
+
+    #[test]
+    fn numbers_are_not_read_as_words_unless_inside_one() {
+        for n in [493, 3_000_003, 4_000_055, 5_000_817, 7_000_175, 8008] {
+            let text = format!("What is {n} times 2? Benchmark question number {n}: how do streams scale?");
+            assert_eq!(judge(&text), Verdict::Allowed, "{text}");
+        }
+        let flagged: Vec<u32> = (0..5000).filter(|n| judge(&format!("Question number {n}: what is {n} plus {n}?")) != Verdict::Allowed).collect();
+        assert!(flagged.is_empty(), "{flagged:?}");
+        assert_ne!(judge("you are a piece of sh1t"), Verdict::Allowed);
     }
 
     #[test]
