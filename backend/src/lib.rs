@@ -122,7 +122,13 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     let app = api::router(state.clone());
     let shutdown = state.shutdown.clone();
     let timeout = state.settings.shutdown_timeout;
-    let header_timeout = state.settings.http_header_timeout;
+    let serving = server::ServeConfig {
+        header_timeout: state.settings.http_header_timeout,
+        max_connections: state.settings.max_connections,
+        send_timeout: state.settings.client_send_timeout,
+        metrics: state.metrics.clone(),
+        drain: state.settings.shutdown_timeout,
+    };
     let manager = state.manager.clone();
     let drained = CancellationToken::new();
     let serve_until = drained.clone();
@@ -137,6 +143,6 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     });
     // Connections that do not close by themselves (an idle WebSocket, a client that
     // stopped reading) must not hold the process: they get the timeout, no more.
-    server::serve(listener, app, header_timeout, drained, timeout).await;
+    server::serve(listener, app, serving, drained).await;
     Ok(())
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub moderation_check_seconds: HistogramVec,
     /// Webhook attempts by outcome (`delivered`, `failed`, `abandoned`, `lost`).
     pub moderation_webhooks: IntCounterVec,
+    /// Sockets open now, lingering closes included (bounded by `MAX_CONNECTIONS`).
+    pub connections_open: IntGauge,
+    /// Connections the server ended itself, by why.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +62,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(moderation_check_seconds.clone())).expect("registered once");
+        let connections_open = gauge("connections_open", "Open client connections (bounded by MAX_CONNECTIONS).");
+        let connections_closed = counters(
+            "connections_closed_total",
+            "Connections the server closed itself: send_timeout, header_timeout, or at_capacity (refused over MAX_CONNECTIONS).",
+            &["reason"],
+        );
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -90,6 +100,8 @@ impl Metrics {
             moderation_checks,
             moderation_check_seconds,
             moderation_webhooks,
+            connections_open,
+            connections_closed,
         }
     }
 

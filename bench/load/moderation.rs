@@ -35,8 +35,22 @@ const MODES: [&str; 4] = ["off", "local", "remote-buffered", "remote-async"];
 /// OpenAI's answer for harmless text, as the tests replay it.
 const CLEAN: &str = include_str!("../../backend/tests/fixtures/moderation/openai_moderation_clean.json");
 
-/// A moderation API that answers every request with [`CLEAN`] after `delay`.
+/// A moderation API that answers every request with [`CLEAN`] after `delay`, on
+/// a runtime of its own (its own thread), so the load generator's work on a
+/// thousand streams does not delay its answers.
 async fn slow_moderator(delay: Duration) -> SocketAddr {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let _ = tx.send(serve_moderator(delay).await);
+            futures::future::pending::<()>().await;
+        });
+    });
+    rx.await.expect("the moderator starts")
+}
+
+async fn serve_moderator(delay: Duration) -> SocketAddr {
     let app = Router::new().route(
         "/v1/moderations",
         post(move || async move {

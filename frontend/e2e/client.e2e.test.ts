@@ -12,7 +12,7 @@ import {
   type StreamOutcome,
   type TransportKind,
 } from "@live-ai/client";
-import { streamNotFound } from "../testing/events";
+import { streamExpired, streamNotFound } from "../testing/events";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { readAllEvents, untilLogEndsWith } from "./server-log";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
@@ -130,6 +130,17 @@ describe("stream client against live-ai (fast demo model)", () => {
     expect(events.at(-1)?.type).toBe("complete");
   });
 
+  it("resume(id, terminalSeq) of a finished stream ends with its own terminal event, over both transports", async () => {
+    const client = newClient(server.url);
+    for (const mode of TRANSPORTS) {
+      const done = await run(client, "explain-eli10", mode);
+      const terminal = done.events.at(-1)!;
+      const outcome = await client.resume(done.streamId!, terminal.seq, {}, { mode }).done;
+      expect(outcome).toEqual({ status: "complete", event: terminal });
+    }
+    client.dispose();
+  });
+
   it("answers 204 when resuming a finished stream whose terminal event the client holds", async () => {
     const done = await run(client, "explain-eli10", "sse");
     const last = done.events.at(-1)!;
@@ -181,6 +192,73 @@ describe("stream client against live-ai (fast demo model)", () => {
       expect(outcome).toMatchObject({ status: "error", error: { retryable: false, field: "topic" } });
     }
   });
+});
+
+describe("stream client against live-ai after a stream's log expired (STREAM_RETENTION_SECONDS=1)", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    server = await startLiveAi({ STREAM_RETENTION_SECONDS: "1", DEMO_TOKENS_PER_SECOND: "0", DEMO_FIRST_TOKEN_MS: "0" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  /** A finished stream whose log the server has since expired, and how long that log was. */
+  async function expiredStream(): Promise<{ streamId: string; logLength: number }> {
+    const client = newClient(server.url);
+    const done = await run(client, "explain-eli10", "sse");
+    client.dispose();
+    expect(done.outcome.status).toBe("complete");
+    const streamId = done.streamId!;
+    const logLength = done.events.length;
+    // The server's sweep expires it within a second or two; its answer then says so.
+    await expect
+      .poll(async () => (await readAllEvents(`${server.url}/api/streams/${streamId}/events?after=0`)).events[0]?.type, { timeout: 10_000, interval: 200 })
+      .toBe("error");
+    return { streamId, logLength };
+  }
+
+  it("answers a resume of the expired log with exactly the stream_not_found event the unit fakes send, after the log's end", async () => {
+    const { streamId, logLength } = await expiredStream();
+    expect(logLength).toBeGreaterThan(10);
+    const { events } = await readAllEvents(`${server.url}/api/streams/${streamId}/events?after=3`);
+    expect(events).toEqual([streamExpired(streamId, logLength)]);
+  });
+
+  it("resume(id, 3) over SSE settles with stream_not_found after exactly one request", async () => {
+    const { streamId } = await expiredStream();
+    const requests: string[] = [];
+    const countingFetch: typeof fetch = (input, init) => {
+      requests.push(`${init?.method ?? "GET"} ${new URL(String(input)).pathname}`);
+      return fetch(input, init);
+    };
+    const client = newClient(server.url, countingFetch);
+    const statuses: string[] = [];
+    const outcome = await client.resume(streamId, 3, { onStatus: (status) => statuses.push(status) }, { mode: "sse" }).done;
+    client.dispose();
+    expect(outcome).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
+    expect(requests.filter((request) => request.endsWith("/events"))).toEqual([`GET /api/streams/${streamId}/events`]);
+    expect(statuses).not.toContain("reconnecting");
+  });
+
+  it("resume(id, 3) over the WebSocket settles with stream_not_found after exactly one resume", async () => {
+    const { streamId } = await expiredStream();
+    const sent: unknown[] = [];
+    class CountingWebSocket extends WebSocket {
+      override send(data: string) {
+        sent.push(JSON.parse(data));
+        super.send(data);
+      }
+    }
+    const client = new StreamClient({ baseUrl: server.url, WebSocket: CountingWebSocket as unknown as typeof globalThis.WebSocket, backoff: { initialMs: 50, maxMs: 500 } });
+    const statuses: string[] = [];
+    const outcome = await client.resume(streamId, 3, { onStatus: (status) => statuses.push(status) }, { mode: "websocket" }).done;
+    client.dispose();
+    expect(outcome).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
+    expect(sent.filter((message) => (message as { type: string }).type === "resume")).toHaveLength(1);
+    expect(statuses).not.toContain("reconnecting");
+  });
+
 });
 
 describe("stream client against live-ai (slow demo model, flaky network)", () => {

@@ -62,10 +62,7 @@ pub async fn whole_response(
     let block_type = parse_block_type(&block_type)?;
     let input = BlockInput::parse(block_type, &fields)?;
     let reservation = state.limits.admit(&principal, input.prompt().max_tokens.into()).await?;
-    let response = state.manager.respond(input, principal.id()).await?;
-    // A failed generation's usage is unknown here: it counts as nothing.
-    reservation.settle_to(response.as_ref().map_or(0, |whole| whole.usage.completion_tokens)).await;
-    let whole = response.map_err(ApiError::Generation)?;
+    let whole = state.manager.respond(input, principal.id(), reservation).await?.map_err(ApiError::Generation)?;
     Ok(Json(BlockResponse {
         block_type,
         provider: whole.provider,

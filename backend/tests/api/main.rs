@@ -14,6 +14,7 @@ mod proxy;
 mod test_server;
 
 mod auth;
+mod connections;
 mod contract;
 mod errors;
 mod hardening;

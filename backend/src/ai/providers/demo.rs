@@ -10,7 +10,7 @@ use async_stream::stream;
 use tokio::time::{sleep_until, Instant};
 
 use super::demo_content;
-use super::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream};
+use super::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream, TokenCounter};
 use crate::ai::streaming::events::{FinishReason, Usage};
 use crate::config::settings::DemoSettings;
 
@@ -38,6 +38,11 @@ impl Provider for DemoProvider {
 
     fn model(&self) -> &str {
         DEMO_MODEL
+    }
+
+    /// Each chunk is one of its tokens, as its usage counts them.
+    fn token_counter(&self) -> TokenCounter {
+        TokenCounter::OnePerChunk
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {

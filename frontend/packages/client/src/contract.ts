@@ -92,7 +92,13 @@ export type ClientStartMessage = {
   [B in BlockType]: { type: "start"; block_type: B; input: BlockInputs[B]; ref?: string };
 }[BlockType];
 
-export type ClientMessage = ClientStartMessage | ClientResume | ClientCancel | ClientAuth;
+/** `detach`: this socket stops reading the stream; its generation goes on for the resume grace. */
+export interface ClientDetachMessage {
+  type: "detach";
+  stream_id: string;
+}
+
+export type ClientMessage = ClientStartMessage | ClientResume | ClientCancel | ClientAuth | ClientDetachMessage;
 
 /** A WebSocket frame from the server, after the boundary check. */
 export type ServerMessage =

@@ -77,9 +77,11 @@ export async function failureFromResponse(response: Response): Promise<Transport
 /** A WebSocket `protocol_error` as a failure of the stream it names. */
 export function failureFromProtocolError(error: ProtocolError): TransportFailure {
   return {
-    // Over the WebSocket, `rate_limited` is also how a full server says "not now" (with a
-    // second's retry_after_ms); either way the stream ends and the learner decides.
-    transient: false,
+    // The store being unreachable is the server's trouble, as a 503 over HTTP: retry (resume or
+    // start again with the same ref). Over the WebSocket, `rate_limited` is also how a full
+    // server says "not now" (with a second's retry_after_ms); like a limit, it ends the stream
+    // and the learner decides.
+    transient: error.code === "store_unavailable" && error.retryable,
     error: withRetryAt({
       code: error.code,
       message: error.message,

@@ -138,6 +138,7 @@ struct Index {
     /// Length and owner of evicted logs.
     tombstones: HashMap<StreamId, (u64, Arc<str>)>,
     tombstone_order: VecDeque<StreamId>,
+    /// Each claim and when it lapses.
     keys: HashMap<String, (KeyClaim, Instant)>,
 }
 
@@ -362,21 +363,30 @@ impl EventStore for MemoryStore {
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
         let mut index = self.shared.index.lock().unwrap();
         let keys = &mut index.keys;
-        if let Some((held, at)) = keys.get(key) {
-            if at.elapsed() < ttl {
+        let now = Instant::now();
+        if let Some((held, lapses)) = keys.get(key) {
+            if *lapses > now {
                 return Ok(Some(held.clone()));
             }
         }
         if keys.len() >= MAX_KEYS {
-            keys.retain(|_, (_, at)| at.elapsed() < ttl);
+            keys.retain(|_, (_, lapses)| *lapses > now);
             if keys.len() >= MAX_KEYS {
-                if let Some(oldest) = keys.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = keys.iter().min_by_key(|(_, (_, lapses))| *lapses).map(|(k, _)| k.clone()) {
                     keys.remove(&oldest);
                 }
             }
         }
-        keys.insert(key.to_owned(), (claim, Instant::now()));
+        keys.insert(key.to_owned(), (claim, now + ttl));
         Ok(None)
+    }
+
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        let mut index = self.shared.index.lock().unwrap();
+        if let Some((_, lapses)) = index.keys.get_mut(key).filter(|(held, _)| &held.stream_id == id) {
+            *lapses = Instant::now() + ttl;
+        }
+        Ok(())
     }
 
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
@@ -508,6 +518,19 @@ mod tests {
         assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), Some(claim(1)), "only the holder releases");
         store.release_key("k", &id(1)).await.unwrap();
         assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_lapses_after_its_ttl_unless_its_holder_keeps_it() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let claim = |n| KeyClaim { stream_id: id(n), fingerprint: "f".into() };
+        assert_eq!(store.claim_key("held", claim(1), Duration::from_secs(10)).await.unwrap(), None);
+        assert_eq!(store.claim_key("left", claim(2), Duration::from_secs(10)).await.unwrap(), None);
+        store.hold_key("held", &id(1), Duration::from_secs(300)).await.unwrap();
+        store.hold_key("left", &id(9), Duration::from_secs(300)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(store.claim_key("held", claim(3), Duration::from_secs(10)).await.unwrap(), Some(claim(1)), "kept");
+        assert_eq!(store.claim_key("left", claim(4), Duration::from_secs(10)).await.unwrap(), None, "lapsed: only its holder keeps it");
     }
 
     /// The bytes a finished log of one chunk holds.

@@ -123,6 +123,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// start holds it, returns that claim instead.
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError>;
 
+    /// Keeps a claim for `ttl` from now (its stream exists), if it is still `id`'s.
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError>;
+
     /// Gives a claim back (its start failed), if it is still `id`'s.
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError>;
 

@@ -374,6 +374,20 @@ impl EventStore for RedisStore {
         }))
     }
 
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let hold = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+        );
+        hold.key(self.shared.keys.idempotency(key))
+            .arg(id.as_str())
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
         let mut conn = self.shared.conn.clone();
         let release = redis::Script::new(

@@ -332,6 +332,24 @@ async fn an_idempotency_key_is_claimed_once_across_processes() {
 }
 
 #[tokio::test]
+async fn a_pending_claim_lapses_and_a_held_one_stays_across_processes() {
+    let (a, b) = pair().await;
+    let claim = |id: &StreamId| KeyClaim { stream_id: id.clone(), fingerprint: "quiz:00ff".into() };
+    let (held, left, other) = (StreamId::generate(), StreamId::generate(), StreamId::generate());
+    let pending = Duration::from_millis(300);
+    assert_eq!(a.claim_key("held", claim(&held), pending).await.unwrap(), None);
+    assert_eq!(a.claim_key("left", claim(&left), pending).await.unwrap(), None);
+    a.hold_key("held", &held, Duration::from_secs(60)).await.unwrap();
+    b.hold_key("left", &other, Duration::from_secs(60)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.claim_key("left", claim(&other), pending).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "a claim nobody held lapses after its ttl");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.claim_key("held", claim(&other), pending).await.unwrap(), Some(claim(&held)), "the held claim outlived its first ttl");
+}
+
+#[tokio::test]
 async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
