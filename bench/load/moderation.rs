@@ -221,11 +221,13 @@ pub async fn main(args: &[String]) {
     }
     // Ratios within runs, pooled: each run's local over that run's off.
     let ratio = |f: fn(&unpaced::UnpacedResult) -> f64| {
-        let per_run: Vec<f64> = unpaced_results.chunks(2).map(|pair| {
-            let (off, local) = if pair[0].0 == "off" { (&pair[0].1, &pair[1].1) } else { (&pair[1].1, &pair[0].1) };
-            f(local) / f(off)
-        })
-        .collect();
+        let per_run: Vec<f64> = unpaced_results
+            .chunks(2)
+            .map(|pair| {
+                let (off, local) = if pair[0].0 == "off" { (&pair[0].1, &pair[1].1) } else { (&pair[1].1, &pair[0].1) };
+                f(local) / f(off)
+            })
+            .collect();
         median(&per_run)
     };
     println!(

@@ -246,7 +246,8 @@ mod tests {
             let text = format!("What is {n} times 2? Benchmark question number {n}: how do streams scale?");
             assert_eq!(judge(&text), Verdict::Allowed, "{text}");
         }
-        let flagged: Vec<u32> = (0..5000).filter(|n| judge(&format!("Question number {n}: what is {n} plus {n}?")) != Verdict::Allowed).collect();
+        let flagged: Vec<u32> =
+            (0..5000).filter(|n| judge(&format!("Question number {n}: what is {n} plus {n}?")) != Verdict::Allowed).collect();
         assert!(flagged.is_empty(), "{flagged:?}");
         assert_ne!(judge("you are a piece of sh1t"), Verdict::Allowed);
     }
