@@ -267,7 +267,10 @@ async fn flagged_input_closes_the_provider_request_it_ran_alongside_and_logs_not
     // Charged what the provider produced before it was closed, not the reservation.
     let usage: Value = app.get("/api/usage").await.json().await.unwrap();
     assert_eq!(usage["tokens_reserved"], 0, "{usage}");
-    assert!(usage["tokens_used_today"].as_u64().unwrap() <= 4, "{usage}");
+    // A handful: the words of the few events streamed before the stall, not the block's
+    // max_tokens that the start reserved.
+    let used = usage["tokens_used_today"].as_u64().unwrap();
+    assert!(used > 0 && used < 20, "{usage}");
 }
 
 #[tokio::test]
