@@ -17,6 +17,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ai::moderation::outbox::memory::MemoryOutbox;
+use crate::ai::moderation::outbox::redis::RedisOutbox;
+use crate::ai::moderation::outbox::{Outbox, OutboxError};
+use crate::ai::moderation::webhook::Webhooks;
+use crate::ai::moderation::Moderation;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
 use crate::ai::streaming::store::memory::MemoryStore;
@@ -42,6 +47,8 @@ pub enum SetupError {
     Auth(#[from] AuthSetupError),
     #[error("cannot keep limits in the Redis at REDIS_URL: {0}")]
     Limits(#[from] LimitError),
+    #[error("cannot keep the moderation webhook outbox in the Redis at REDIS_URL: {0}")]
+    Outbox(#[from] OutboxError),
 }
 
 /// Builds the application state from settings; `shutdown` ends every stream.
@@ -65,6 +72,17 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             retry_base: std::time::Duration::from_millis(250),
         },
     );
+    let webhooks = match &settings.moderation.webhook {
+        None => None,
+        Some(webhook) => {
+            let outbox: Arc<dyn Outbox> = match settings.store {
+                StoreKind::Memory => Arc::new(MemoryOutbox::default()),
+                StoreKind::Redis => Arc::new(RedisOutbox::connect(&settings.redis_url, &settings.redis_key_prefix).await?),
+            };
+            Some(Webhooks::start(webhook, outbox, metrics.clone(), shutdown.clone()))
+        }
+    };
+    let moderation = Moderation::new(&settings.moderation, settings.provider_max_retries, webhooks, metrics.clone());
     let store: Arc<dyn EventStore> = match settings.store {
         StoreKind::Memory => {
             Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
@@ -83,6 +101,7 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     let manager = StreamManager::new(
         store,
         engine,
+        moderation,
         ManagerConfig {
             resume_grace: settings.resume_grace,
             retention: settings.retention,

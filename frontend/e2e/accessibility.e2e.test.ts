@@ -74,7 +74,8 @@ describe("the demo page, streaming normally", () => {
   let server: LiveAiServer;
   beforeAll(async () => {
     // Slow enough to be seen streaming; a paragraph every second or so.
-    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "80", DEMO_FIRST_TOKEN_MS: "100" });
+    // Async moderation, so the page is checked while output arrives token by token.
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "80", DEMO_FIRST_TOKEN_MS: "100", MODERATION_OUTPUT_MODE: "async" });
   });
   afterAll(async () => {
     await server?.stop();

@@ -19,7 +19,9 @@ let browser: Browser;
 
 beforeAll(async () => {
   // Slow enough that a stream lasts a few seconds and can be watched, cancelled and cut.
-  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1" });
+  // Async moderation: output shows token by token (buffered mode shows a short answer, such as
+  // a diagram, only once all of it passed, and these tests watch output arrive).
+  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async" });
   proxy = await startCutProxy(server.port);
   browser = await launchBrowser();
 });

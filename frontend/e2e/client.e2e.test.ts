@@ -265,7 +265,9 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
   let server: LiveAiServer;
   let proxy: CutProxy;
   beforeAll(async () => {
-    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", SSE_KEEPALIVE_SECONDS: "1" });
+    // Async moderation: chunks flow one by one (buffered mode releases them a window at a time,
+    // so two cuts "while tokens are flowing" could land in one burst).
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async" });
     proxy = await startCutProxy(server.port);
   });
   afterAll(async () => {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::moderation::ModerationSettings;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamingBackend {
     Sse,
@@ -106,7 +108,7 @@ pub enum LogFormat {
 
 /// A secret value: never printed, not even by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(pub(super) String);
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -130,6 +132,10 @@ pub struct DemoSettings {
     pub fail_after_tokens: Option<u64>,
     /// Stop sending (without closing) after this many tokens.
     pub stall_after_tokens: Option<u64>,
+    /// A test knob: this text is streamed after `inject_after_tokens` tokens, as
+    /// if the model had written it (a flagged sentence for the moderation tests).
+    pub inject_text: Option<String>,
+    pub inject_after_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +155,7 @@ pub struct Settings {
     pub generation_timeout: Duration,
     pub provider_max_retries: u32,
     pub demo: DemoSettings,
+    pub moderation: ModerationSettings,
     pub store: StoreKind,
     pub redis_url: String,
     /// Prefix of every Redis key and channel: deployments sharing a Redis stay apart.
@@ -195,27 +202,27 @@ pub struct SettingsError {
     pub expected: String,
 }
 
-struct Source<'a> {
+pub(super) struct Source<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Source<'_> {
-    fn raw(&self, variable: &str) -> Option<String> {
+    pub(super) fn raw(&self, variable: &str) -> Option<String> {
         (self.lookup)(variable).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
-    fn parse<T: FromStr>(&self, variable: &'static str, default: T, expected: &str) -> Result<T, SettingsError> {
+    pub(super) fn parse<T: FromStr>(&self, variable: &'static str, default: T, expected: &str) -> Result<T, SettingsError> {
         match self.raw(variable) {
             None => Ok(default),
             Some(value) => value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() }),
         }
     }
 
-    fn optional<T: FromStr>(&self, variable: &'static str, expected: &str) -> Result<Option<T>, SettingsError> {
+    pub(super) fn optional<T: FromStr>(&self, variable: &'static str, expected: &str) -> Result<Option<T>, SettingsError> {
         self.raw(variable).map(|value| value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() })).transpose()
     }
 
-    fn flag(&self, variable: &'static str, default: bool) -> Result<bool, SettingsError> {
+    pub(super) fn flag(&self, variable: &'static str, default: bool) -> Result<bool, SettingsError> {
         match self.raw(variable).map(|v| v.to_ascii_lowercase()) {
             None => Ok(default),
             Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => Ok(true),
@@ -224,7 +231,7 @@ impl Source<'_> {
         }
     }
 
-    fn choice<T: Copy>(&self, variable: &'static str, default: T, options: &[(&str, T)]) -> Result<T, SettingsError> {
+    pub(super) fn choice<T: Copy>(&self, variable: &'static str, default: T, options: &[(&str, T)]) -> Result<T, SettingsError> {
         let Some(value) = self.raw(variable) else { return Ok(default) };
         options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&value)).map(|(_, v)| *v).ok_or_else(|| {
             let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
@@ -232,7 +239,7 @@ impl Source<'_> {
         })
     }
 
-    fn seconds(&self, variable: &'static str, default: f64, min: f64) -> Result<Duration, SettingsError> {
+    pub(super) fn seconds(&self, variable: &'static str, default: f64, min: f64) -> Result<Duration, SettingsError> {
         let secs: f64 = self.parse(variable, default, "a number of seconds")?;
         if !secs.is_finite() || secs < min {
             return Err(SettingsError { variable, value: secs.to_string(), expected: format!("a number of seconds, at least {min}") });
@@ -240,12 +247,12 @@ impl Source<'_> {
         Ok(Duration::from_secs_f64(secs))
     }
 
-    fn secret(&self, variable: &'static str) -> Option<Secret> {
+    pub(super) fn secret(&self, variable: &'static str) -> Option<Secret> {
         self.raw(variable).map(Secret)
     }
 
     /// A secret long enough to sign with.
-    fn signing_secret(&self, variable: &'static str) -> Result<Option<Secret>, SettingsError> {
+    pub(super) fn signing_secret(&self, variable: &'static str) -> Result<Option<Secret>, SettingsError> {
         match self.secret(variable) {
             Some(secret) if secret.0.len() < MIN_SECRET_BYTES => Err(SettingsError {
                 variable,
@@ -257,7 +264,11 @@ impl Source<'_> {
     }
 
     /// A positive whole number, or `unlimited`.
-    fn limit<T: FromStr + PartialEq + Default>(&self, variable: &'static str, default: Option<T>) -> Result<Option<T>, SettingsError> {
+    pub(super) fn limit<T: FromStr + PartialEq + Default>(
+        &self,
+        variable: &'static str,
+        default: Option<T>,
+    ) -> Result<Option<T>, SettingsError> {
         let Some(value) = self.raw(variable) else { return Ok(default) };
         if value.eq_ignore_ascii_case("unlimited") {
             return Ok(None);
@@ -268,7 +279,7 @@ impl Source<'_> {
         }
     }
 
-    fn list(&self, variable: &'static str) -> Vec<String> {
+    pub(super) fn list(&self, variable: &'static str) -> Vec<String> {
         self.raw(variable).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
     }
 
@@ -393,7 +404,10 @@ impl Settings {
                 first_token: Duration::from_millis(src.parse("DEMO_FIRST_TOKEN_MS", 300, "milliseconds")?),
                 fail_after_tokens: src.optional("DEMO_FAIL_AFTER_TOKENS", "a number of tokens")?,
                 stall_after_tokens: src.optional("DEMO_STALL_AFTER_TOKENS", "a number of tokens")?,
+                inject_text: src.raw("DEMO_INJECT_TEXT"),
+                inject_after_tokens: src.parse("DEMO_INJECT_AFTER_TOKENS", 0, "a number of tokens")?,
             },
+            moderation: ModerationSettings::read(&src)?,
             store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
             redis_url: {
                 let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());

@@ -170,6 +170,7 @@ async fn refuse_at_capacity(mut stream: TcpStream, limit: usize) {
         field: None,
         retryable: Some(true),
         retry_after_ms: None,
+        categories: None,
     };
     let body = serde_json::to_string(&problem).expect("plain data serialises");
     let response = format!(

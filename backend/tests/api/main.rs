@@ -3,6 +3,9 @@
 //! AsyncAPI contract in `specs/`.
 
 mod helpers;
+// The fake model and moderation APIs, shared by path with the library's tests.
+#[path = "../../src/ai/providers/fake_upstream.rs"]
+mod fake_upstream;
 // The library's private `redis-server` for tests, shared by path; some of it
 // serves only the library's unit tests.
 mod proxy;
@@ -17,6 +20,7 @@ mod errors;
 mod hardening;
 mod lifecycle;
 mod limits;
+mod moderation;
 mod ownership;
 mod providers;
 mod scale_out;

@@ -3,19 +3,16 @@
 //! real SSE client. Covers each failure's `error` event and clean close, that a
 //! cancel closes the upstream request, and that the API key never leaks.
 
-#[path = "../../src/ai/providers/fake_upstream.rs"]
-mod fake_upstream;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::fake_upstream::{fixture, FakeUpstream, Reply};
 use crate::helpers::{
     assert_contiguous, jwt_mode, kinds, learner_token, spawn_app, start_up_failure, text_of, Received, TestApp, PATIENCE,
 };
-use fake_upstream::{fixture, FakeUpstream, Reply};
 
 const OPENAI_KEY: &str = "sk-live-openai-0123456789abcdef";
 const ANTHROPIC_KEY: &str = "sk-ant-live-0123456789abcdef";
@@ -317,7 +314,9 @@ async fn cancel_to_upstream_close(app: &TestApp, upstream: &FakeUpstream) -> Dur
 #[tokio::test]
 async fn cancel_closes_the_openai_request_at_once() {
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
-    let app = openai_app(&upstream, &[]).await;
+    // Async moderation: the chunks before the stall reach the reader (buffered
+    // mode would hold them for a window that never fills).
+    let app = openai_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }
@@ -326,7 +325,7 @@ async fn cancel_closes_the_openai_request_at_once() {
 async fn cancel_closes_the_anthropic_request_at_once() {
     // Through message_start, content_block_start, ping and two text deltas.
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("anthropic_messages_stream.sse")).stall_after(5)]).await;
-    let app = anthropic_app(&upstream, &[]).await;
+    let app = anthropic_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }

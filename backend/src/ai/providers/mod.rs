@@ -4,7 +4,7 @@
 
 pub mod anthropic;
 pub mod demo;
-mod demo_content;
+pub(crate) mod demo_content;
 #[cfg(test)]
 pub(crate) mod fake_upstream;
 pub mod openai;

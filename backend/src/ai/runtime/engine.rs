@@ -70,6 +70,8 @@ pub struct GenerationFailed {
     pub message: String,
     pub retryable: bool,
     pub retry_after_ms: Option<u64>,
+    /// Moderation categories of `input_flagged` / `output_flagged`.
+    pub categories: Option<Vec<String>>,
 }
 
 impl Engine {
@@ -234,8 +236,8 @@ impl Engine {
                 EventBody::Complete { finish_reason, usage, result, .. } => {
                     return Ok(WholeResponse { provider, model, text, parts, result, usage, finish_reason });
                 }
-                EventBody::Error { code, message, retryable, retry_after_ms, .. } => {
-                    return Err(GenerationFailed { code, message, retryable, retry_after_ms });
+                EventBody::Error { code, message, retryable, retry_after_ms, categories, .. } => {
+                    return Err(GenerationFailed { code, message, retryable, retry_after_ms, categories });
                 }
                 EventBody::Cancelled { .. } => break,
             }
@@ -245,6 +247,7 @@ impl Engine {
             message: "the generation ended without a result".into(),
             retryable: true,
             retry_after_ms: None,
+            categories: None,
         })
     }
 }
@@ -260,6 +263,8 @@ fn provider_error(error: &ProviderError) -> EventBody {
         retryable: error.retryable(),
         retry_after_ms: error.retry_after().map(|d| d.as_millis() as u64),
         raw_output: None,
+        categories: None,
+        retract: false,
     }
 }
 
@@ -270,6 +275,8 @@ fn invalid_output(message: String, text: &str) -> EventBody {
         retryable: true,
         retry_after_ms: None,
         raw_output: Some(text.to_owned()),
+        categories: None,
+        retract: false,
     }
 }
 

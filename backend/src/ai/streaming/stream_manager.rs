@@ -36,6 +36,7 @@ use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, 
 use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
+use crate::ai::moderation::{Exchange, Moderation};
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
@@ -149,6 +150,7 @@ struct Generation {
 struct Inner {
     store: Arc<dyn EventStore>,
     engine: Engine,
+    moderation: Moderation,
     config: ManagerConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -163,10 +165,18 @@ pub struct StreamManager {
 }
 
 impl StreamManager {
-    pub fn new(store: Arc<dyn EventStore>, engine: Engine, config: ManagerConfig, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        engine: Engine,
+        moderation: Moderation,
+        config: ManagerConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             engine,
+            moderation,
             permits: Arc::new(Semaphore::new(config.max_concurrent_streams)),
             config,
             metrics,
@@ -181,6 +191,10 @@ impl StreamManager {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    pub fn moderation(&self) -> &Moderation {
+        &self.inner.moderation
     }
 
     /// Whether the store answers, for `/readyz`.
@@ -287,7 +301,13 @@ impl StreamManager {
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit, reservation);
+        let exchange = Exchange {
+            stream_id: Some(id.clone()),
+            principal: owner.to_owned(),
+            block: input.block_type(),
+            input: input.learner_text().into(),
+        };
+        let run = run_generation(self.inner.clone(), id.clone(), input, exchange, generation, writer, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
@@ -374,12 +394,15 @@ impl StreamManager {
         })
     }
 
-    /// Whole-response mode, within the same concurrency bound as streams. The
-    /// `reservation` settles to what was produced, also when the call fails or its
-    /// client leaves (dropping this future drops the reservation, which settles).
+    /// Whole-response mode for `owner`, within the same concurrency bound as
+    /// streams, moderated like a stream (the answer is returned only once
+    /// checked). The `reservation` settles to what was produced, also when the
+    /// call fails or its client leaves (dropping this future drops the
+    /// reservation, which settles).
     pub async fn respond(
         &self,
         input: BlockInput,
+        owner: &str,
         reservation: Reservation,
     ) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
@@ -387,8 +410,10 @@ impl StreamManager {
         }
         let _permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         let block = input.block_type();
+        let exchange = Exchange { stream_id: None, principal: owner.to_owned(), block, input: input.learner_text().into() };
+        // Metered before moderation: charged what the provider produced.
         let events = reservation.meter(self.inner.engine.stream(input), self.inner.engine.token_counter());
-        let response = Engine::collect(events).await;
+        let response = Engine::collect(self.inner.moderation.guard_whole(events, exchange)).await;
         reservation.settle().await;
         let outcome = match &response {
             Ok(_) => "complete",
@@ -566,10 +591,12 @@ enum Ending {
     StoreLost(StoreError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
     input: BlockInput,
+    exchange: Exchange,
     generation: Arc<Generation>,
     mut writer: LogWriter,
     _permit: OwnedSemaphorePermit,
@@ -579,7 +606,10 @@ async fn run_generation(
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut events = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
+    // Metered before moderation: the learner is charged what the provider
+    // produced, held back or not.
+    let metered = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
+    let mut events = inner.moderation.guard(metered, exchange);
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
     let mut abandoned =
@@ -724,7 +754,14 @@ mod tests {
     }
 
     fn manager(store: Arc<dyn EventStore>) -> StreamManager {
-        let demo = DemoSettings { tokens_per_second: 0.0, first_token: Duration::ZERO, fail_after_tokens: None, stall_after_tokens: None };
+        let demo = DemoSettings {
+            tokens_per_second: 0.0,
+            first_token: Duration::ZERO,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
+            inject_text: None,
+            inject_after_tokens: 0,
+        };
         let config = EngineConfig {
             idle_timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(60),
@@ -734,7 +771,11 @@ mod tests {
         let engine = Engine::new(Arc::new(DemoProvider::new(demo)), config);
         let config =
             ManagerConfig { resume_grace: Duration::from_secs(30), retention: Duration::from_secs(300), max_concurrent_streams: 10 };
-        StreamManager::new(store, engine, config, Metrics::new(), CancellationToken::new())
+        // The manager's own behaviour, without moderation's (tested in ai::moderation and the API tests).
+        let vars = [("MODERATION".to_owned(), "off".to_owned())].into_iter().collect();
+        let settings = crate::config::settings::Settings::from_map(&vars).expect("valid settings");
+        let moderation = crate::ai::moderation::Moderation::new(&settings.moderation, 0, None, Metrics::new());
+        StreamManager::new(store, engine, moderation, config, Metrics::new(), CancellationToken::new())
     }
 
     fn limits() -> Limits {

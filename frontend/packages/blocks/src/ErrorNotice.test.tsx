@@ -47,6 +47,30 @@ describe("ErrorNotice", () => {
     expect(onRetry).toHaveBeenCalledTimes(1);
   });
 
+  it("words each moderation outcome kindly, never quoting the server's message, and a host can reword them", () => {
+    const flagged = (code: StreamError["code"], extra: Partial<StreamError> = {}): StreamError => ({ code, message: "server text", retryable: false, ...extra });
+    render(
+      <>
+        <ErrorNotice error={flagged("input_flagged", { categories: ["profanity"] })} onRetry={() => undefined} />
+        <ErrorNotice error={flagged("output_flagged", { categories: ["violence"] })} onRetry={() => undefined} />
+        <ErrorNotice error={flagged("output_flagged", { retract: true })} onRetry={() => undefined} />
+        <ErrorNotice error={flagged("moderation_unavailable", { retryable: true })} onRetry={() => undefined} />
+        <ErrorNotice error={flagged("input_flagged")} onRetry={() => undefined} messages={{ input_flagged: { text: "Frag bitte anders." } }} />
+      </>,
+    );
+    const texts = screen.getAllByRole("alert").map((alert) => alert.textContent);
+    expect(texts).toEqual([
+      "Let's ask that in a different way — this question can't be answered here.",
+      "We stopped that answer because it wasn't right for this lesson. Try asking in a different way.",
+      "We took that answer away because it wasn't right for this lesson. Try asking in a different way.",
+      "We couldn't check this answer is safe just now, so it isn't shown. Please try again in a moment.",
+      "Frag bitte anders.",
+    ]);
+    expect(texts.join(" ")).not.toContain("server text");
+    // Only the moderator being down is worth retrying as is.
+    expect(screen.getAllByRole("button").map((button) => button.textContent)).toEqual(["Retry"]);
+  });
+
   it("takes its words from the host's table, entry by entry, over the defaults", () => {
     const error: StreamError = { code: "stream_not_found", message: "gone", retryable: true };
     render(

@@ -24,6 +24,15 @@ export const DEFAULT_ERROR_MESSAGES: ErrorMessages = {
   unauthorized: { text: "You're signed out of the AI service — sign in again, then retry." },
   forbidden_origin: { text: "This page is not allowed to use the AI service." },
   stream_not_found: { text: "This answer has expired and can no longer be shown.", action: "Ask again" },
+  // Moderation: kind words for a learner (often a child); never the flagged text, never blame.
+  input_flagged: { text: "Let's ask that in a different way — this question can't be answered here." },
+  output_flagged: {
+    text: (error) =>
+      error.retract
+        ? "We took that answer away because it wasn't right for this lesson. Try asking in a different way."
+        : "We stopped that answer because it wasn't right for this lesson. Try asking in a different way.",
+  },
+  moderation_unavailable: { text: "We couldn't check this answer is safe just now, so it isn't shown. Please try again in a moment." },
 };
 
 /** The sentence for `error` at time `now` (epoch ms), from `messages` over the defaults. */

@@ -62,6 +62,30 @@ describe("BlockStream.start()", () => {
     expect(onError).toHaveBeenCalledTimes(1);
   });
 
+  it("removes the text and the quiz questions shown when moderation retracts them", async () => {
+    const api = new FakeApi();
+    const stream = blockStream<"quiz">(api);
+    const result = stream.start("quiz", { topic: "volcanoes", count: 2 });
+    const e = streamEvents("s1");
+    const response = await api.eventResponse(0);
+    response.sendEvents(e.start("quiz"), e.chunk("[{"), e.part(0, SAMPLE_QUESTION));
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ text: "[{", parts: [SAMPLE_QUESTION] }));
+    // The retraction keeps its seq in the log, so it may come after a gap.
+    response.sendEvents({ ...e.error("output_flagged", false, { categories: ["profanity"], retract: true }), seq: 9 });
+    await expect(result).rejects.toMatchObject({ code: "output_flagged", error: { categories: ["profanity"], retract: true } });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "error", text: "", parts: [], result: undefined }));
+  });
+
+  it("keeps what passed when moderation stops an answer without retracting it", async () => {
+    const api = new FakeApi();
+    const stream = blockStream(api);
+    const result = stream.start("explain-eli10", { topic: "rain" });
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.chunk("Rain falls. "), e.error("output_flagged", false, { categories: ["profanity"] }));
+    await expect(result).rejects.toMatchObject({ code: "output_flagged" });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "error", text: "Rain falls. " }));
+  });
+
   it("rejects with code cancelled on cancel(), and the server is told", async () => {
     const api = new FakeApi();
     const stream = blockStream(api);

@@ -334,8 +334,9 @@ export class BlockStream<B extends BlockType = BlockType> {
       onError: (error, event) => {
         if (event) seen(event.seq);
         if (!mine()) return;
-        // The one place a terminal error meets what is shown: an error that withdraws the
-        // output would clear it here.
+        // The one place a terminal error meets what is shown: moderation's retraction
+        // withdraws the output (text, quiz questions, diagram) as the error lands.
+        if (error.retract) store.retract();
         store.update({ error });
         if (this.shouldPark(run, error)) return this.park(run);
         this.finish(run);

@@ -82,6 +82,15 @@ export class StreamStore {
     this.update({ parts });
   }
 
+  /**
+   * Removes everything the stream showed — text, parts, result — because moderation withdrew
+   * it (`retract: true`). Published with the next frame, with whatever else changes with it.
+   */
+  retract(): void {
+    this.pendingText = [];
+    this.update({ text: "", parts: [], result: undefined });
+  }
+
   /** Starts over from the initial state (a new stream), published with the next frame. */
   reset(change: Partial<StreamState> = {}): void {
     this.pendingText = [];

@@ -10,6 +10,12 @@
 //! their log, so neither touches the global index per event, and eviction never
 //! pulls a log from under a reader. Expiry runs in a background task; the byte
 //! bound is enforced when a log finishes.
+//!
+//! A terminal event that retracts its stream (async moderation flagged it)
+//! redacts the log as it lands, under the same lock: the bytes of every event
+//! between the first (`start`) and it are dropped, and no reader, resume or
+//! replay gets them from then on — a follower waiting in the middle jumps to
+//! the terminal event.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -42,6 +48,9 @@ struct LogData {
     entries: Vec<Entry>,
     /// When the newest event was appended.
     appended_at: Option<std::time::Instant>,
+    /// The terminal event's index, when it retracted the events between the
+    /// first and it.
+    retracted_at: Option<usize>,
 }
 
 impl LogData {
@@ -53,7 +62,26 @@ impl LogData {
         index.checked_sub(1).map_or(0, |previous| self.entries[previous].end as usize)
     }
 
-    /// Events `from..to`, sharing one copy of their bytes.
+    /// Whether the event at `index` was redacted by a retraction.
+    fn redacted(&self, index: usize) -> bool {
+        self.retracted_at.is_some_and(|terminal| index > 0 && index < terminal)
+    }
+
+    /// Drops the bytes of the events between the first and the terminal one at
+    /// `terminal`; their entries stay (empty) so indexes stay seqs.
+    fn redact(&mut self, terminal: usize) {
+        let first_end = self.entries.first().map_or(0, |e| e.end as usize);
+        let terminal_start = self.start_of(terminal);
+        self.fields.drain(first_end..terminal_start);
+        for entry in &mut self.entries[1..terminal] {
+            entry.end = first_end as u32;
+        }
+        let removed = (terminal_start - first_end) as u32;
+        self.entries[terminal].end -= removed;
+        self.retracted_at = Some(terminal);
+    }
+
+    /// Events `from..to` that are not redacted, sharing one copy of their bytes.
     fn events(&self, from: usize, to: usize) -> Vec<LoggedEvent> {
         if from >= to {
             return Vec::new();
@@ -61,6 +89,7 @@ impl LogData {
         let base = self.start_of(from);
         let bytes = Bytes::copy_from_slice(&self.fields[base..self.entries[to - 1].end as usize]);
         (from..to)
+            .filter(|index| !self.redacted(*index))
             .map(|index| {
                 let entry = self.entries[index];
                 LoggedEvent {
@@ -166,6 +195,10 @@ impl Appender for MemoryAppender {
             data.fields.extend_from_slice(&record.fields);
             data.entries.push(Entry { end, event_type: record.event_type });
             data.appended_at = Some(std::time::Instant::now());
+            if terminal && record.retracts() {
+                let at = data.entries.len() - 1;
+                data.redact(at);
+            }
             if terminal {
                 data.fields.shrink_to_fit();
                 data.entries.shrink_to_fit();
@@ -231,7 +264,10 @@ impl MemoryStore {
 fn read(log: &Log, next: u64) -> (Vec<LoggedEvent>, Option<std::time::Instant>) {
     let data = log.data.lock().unwrap();
     let len = data.entries.len();
-    let from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+    let mut from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+    if data.redacted(from) {
+        from = data.retracted_at.expect("redacted implies retracted");
+    }
     let to = from.saturating_add(READ_BATCH).min(len);
     let tail_since = if to == len { data.appended_at } else { None };
     (data.events(from, to), tail_since)
@@ -440,6 +476,35 @@ mod tests {
         let mut follower = store.follow(&id(7), Some(3));
         assert_eq!(follower.next().await, Some(Err(FollowError { next_seq: 4, cause: FollowFailure::LogLost })));
         assert_eq!(follower.next().await, None);
+    }
+
+    fn retraction() -> EventRecord {
+        let mut body = EventBody::error(crate::ai::streaming::events::ErrorCode::OutputFlagged, "flagged", false);
+        if let EventBody::Error { retract, .. } = &mut body {
+            *retract = true;
+        }
+        EventRecord::new(&body)
+    }
+
+    #[tokio::test]
+    async fn a_retraction_leaves_only_the_first_and_the_terminal_event_for_every_reader() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let s = id(1);
+        let log = store.create(&s, "owner").await.unwrap();
+        for seq in 0..6 {
+            log.append(seq, &chunk()).await.unwrap();
+        }
+        let waiting = store.follow(&s, Some(3));
+        log.append(6, &retraction()).await.unwrap();
+        assert_eq!(seqs(store.follow(&s, None)).await, [0, 6], "a replay");
+        assert_eq!(seqs(store.follow(&s, Some(1))).await, [6], "a resume in the middle");
+        assert_eq!(seqs(waiting).await, [6], "a reader waiting at the tail");
+        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 7, finished: true, owner: "owner".into() });
+        let events: Vec<LoggedEvent> = store.follow(&s, None).map(|b| b.unwrap().events).concat().await;
+        assert_eq!(events[0].fields, chunk().fields);
+        assert_eq!(events[1].fields, retraction().fields);
+        let held = store.shared.index.lock().unwrap().logs[&s].data.lock().unwrap().fields.len();
+        assert_eq!(held, chunk().fields.len() + retraction().fields.len(), "the redacted bytes are gone");
     }
 
     #[tokio::test]

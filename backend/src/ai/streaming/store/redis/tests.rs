@@ -103,6 +103,53 @@ async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
     assert_eq!(events.last().unwrap().event_type, EventType::Cancelled);
 }
 
+fn retraction() -> EventRecord {
+    let mut body = EventBody::error(ErrorCode::OutputFlagged, "flagged", false);
+    if let EventBody::Error { retract, .. } = &mut body {
+        *retract = true;
+    }
+    EventRecord::new(&body)
+}
+
+#[tokio::test]
+async fn a_retraction_leaves_only_the_first_and_the_terminal_event_in_redis_and_in_every_mirror() {
+    let (writer, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = writer.create(&id, "owner").await.unwrap();
+    for seq in 0..5 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    // Readers on the other process: one at the tail, one behind it, one from the start.
+    let mut at_tail = reader.follow(&id, Some(4));
+    let behind = reader.follow(&id, Some(1));
+    let from_start = reader.follow(&id, None);
+    log.append(5, &chunk(5)).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, at_tail.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events[0].seq, 5);
+    log.append(6, &retraction()).await.unwrap();
+    let (rest, failure) = drain(at_tail).await;
+    assert_eq!((rest.iter().map(|e| e.seq).collect::<Vec<_>>(), failure), (vec![6], None));
+    // What the readers had not read yet is gone, even from the mirror they share.
+    for (follower, expected) in [(behind, vec![2, 3, 4, 5, 6]), (from_start, vec![0, 1, 2, 3, 4, 5, 6])] {
+        let (events, failure) = drain(follower).await;
+        assert_eq!(failure, None);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert!(seqs.ends_with(&[6]) && seqs.iter().all(|s| expected.contains(s)), "{seqs:?}");
+    }
+    // Later replays, on either process, and Redis itself hold only start and the terminal event.
+    for store in [&writer, &reader] {
+        let (events, failure) = drain(store.follow(&id, None)).await;
+        assert_eq!(failure, None);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 6]);
+        assert_eq!(events[1].fields, retraction().fields);
+        let (events, _) = drain(store.follow(&id, Some(2))).await;
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    }
+    let entries: usize = raw(&writer).await.xlen(writer.shared.keys.log(&id)).await.unwrap();
+    assert_eq!(entries, 2);
+    assert_eq!(writer.status(&id).await.unwrap(), LogStatus { len: 7, finished: true, owner: "owner".into() });
+}
+
 #[tokio::test]
 async fn events_whose_announcements_were_lost_still_reach_readers_elsewhere() {
     let (writer, reader) = pair().await;
