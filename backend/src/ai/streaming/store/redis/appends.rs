@@ -19,14 +19,22 @@
 //!
 //! Each pipeline must be answered within the command timeout. A connection that
 //! fails or stays silent fails every append it carries (the generators retry,
-//! and find their own entries if they had landed) and is replaced on the next
-//! pipeline; while Redis cannot be reached, an attempt is made at most every
-//! `RECONNECT_DELAY`.
+//! and find their own entries if they had landed) and is replaced at once;
+//! while Redis cannot be reached, an attempt is made every `RECONNECT_DELAY`.
+//!
+//! The task is supervised: should it panic, what it carried fails (the
+//! generators retry), and it starts again on a fresh connection after
+//! `RECONNECT_DELAY`. While it has no connection, or is restarting, the append
+//! path is down and `Appends::is_up` says so (`/readyz` answers 503).
 
 use std::collections::VecDeque;
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use bytes::{Bytes, BytesMut};
 use redis::ConnectionInfo;
@@ -72,6 +80,8 @@ struct Pending {
 
 pub struct Appends {
     queue: mpsc::UnboundedSender<Pending>,
+    /// Whether the task runs and holds a connection to Redis.
+    up: Arc<AtomicBool>,
 }
 
 impl Appends {
@@ -82,8 +92,23 @@ impl Appends {
     pub async fn start(info: ConnectionInfo, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
         let link = Link::connect(&info).await?;
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(Connection::new(info, link, channel), waiting, announced));
-        Ok(Self { queue })
+        let up = Arc::new(AtomicBool::new(true));
+        tokio::spawn(supervise(Connection::new(info, link, channel, up.clone()), waiting, announced));
+        Ok(Self { queue, up })
+    }
+
+    /// Whether appends can go out now: the task runs and is connected.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Makes the task panic, as a bug would (tests of the supervision).
+    #[cfg(test)]
+    pub fn crash(&self) {
+        let (done, _) = oneshot::channel();
+        let record = EventRecord::new(&crate::ai::streaming::events::EventBody::Chunk { token: String::new() });
+        let crash = Pending { id: StreamId::parse("crash").unwrap(), log: CRASH.into(), seq: 0, record, done };
+        let _ = self.queue.send(crash);
     }
 
     /// Appends `record` at `seq` of `id`'s log (at key `log`), and announces it if it landed.
@@ -97,7 +122,28 @@ impl Appends {
     }
 }
 
-async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
+/// The log key that makes the task panic, in tests only.
+#[cfg(test)]
+const CRASH: &str = "\u{0}crash-the-append-task";
+
+/// Runs the task; after a panic, fails what was on its way and starts it again.
+/// Ends when the store is dropped (both queues closed).
+async fn supervise(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
+    loop {
+        let run = AssertUnwindSafe(send_loop(&mut conn, &mut waiting, &mut announced)).catch_unwind().await;
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("the Redis append task panicked; restarting it on a fresh connection");
+        conn.up.store(false, Ordering::Relaxed);
+        let error = io::Error::other("the append task restarted");
+        conn.fail(&error, &mut BytesMut::new());
+        conn.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<Pending>, announced: &mut mpsc::UnboundedReceiver<Bytes>) {
     let (mut batch, mut message) = (Vec::new(), BytesMut::new());
     let (mut appends_open, mut announced_open) = (true, true);
     let answer_by = tokio::time::sleep(COMMAND_TIMEOUT);
@@ -114,6 +160,7 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
             }
             None => false,
         };
+        let retry_at = conn.retry_at();
         tokio::select! {
             biased;
             read = conn.read(), if answering => match read.and_then(|()| conn.answered(&mut message)) {
@@ -123,6 +170,12 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
             () = &mut answer_by, if answering => {
                 let error = io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer an append pipeline in time");
                 conn.fail(&error, &mut message);
+            }
+            // No connection: make one, so the path is up again (and `/readyz`
+            // says so) without waiting for an append to try.
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && (appends_open || announced_open) => {
+                let _ = conn.connect().await;
+                continue;
             }
             n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open && room => appends_open = n > 0,
             first = announced.recv(), if announced_open && room => match first {
@@ -147,6 +200,10 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
         }
         if message.is_empty() && batch.is_empty() {
             continue;
+        }
+        #[cfg(test)]
+        if batch.iter().any(|append| &*append.log == CRASH) {
+            panic!("asked to crash");
         }
         let publishing = (!message.is_empty()).then(|| message.split().freeze());
         conn.send(publishing, std::mem::take(&mut batch), &mut message).await;
@@ -196,10 +253,11 @@ struct Connection {
     in_flight: VecDeque<Sent>,
     /// While Redis cannot be reached: why, and when to try again.
     unreachable: Option<(String, Instant)>,
+    up: Arc<AtomicBool>,
 }
 
 impl Connection {
-    fn new(info: ConnectionInfo, link: Link, channel: String) -> Self {
+    fn new(info: ConnectionInfo, link: Link, channel: String, up: Arc<AtomicBool>) -> Self {
         Self {
             info,
             channel: channel.into(),
@@ -208,6 +266,16 @@ impl Connection {
             write: BytesMut::new(),
             in_flight: VecDeque::new(),
             unreachable: None,
+            up,
+        }
+    }
+
+    /// When to try to connect, while there is no connection.
+    fn retry_at(&self) -> Option<Instant> {
+        match (&self.link, &self.unreachable) {
+            (Some(_), _) => None,
+            (None, Some((_, at))) => Some(*at),
+            (None, None) => Some(Instant::now()),
         }
     }
 
@@ -254,10 +322,12 @@ impl Connection {
             Ok(link) => {
                 self.link = Some(link);
                 self.unreachable = None;
+                self.up.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(error) => {
                 self.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
+                self.up.store(false, Ordering::Relaxed);
                 Err(error)
             }
         }
@@ -295,6 +365,7 @@ impl Connection {
     fn fail(&mut self, error: &io::Error, announcements: &mut BytesMut) {
         tracing::warn!(%error, pipelines = self.in_flight.len(), "lost the Redis append connection");
         self.link = None;
+        self.up.store(false, Ordering::Relaxed);
         self.read.clear();
         for sent in std::mem::take(&mut self.in_flight) {
             sent.fail(error, announcements);
@@ -407,6 +478,35 @@ mod tests {
             }
             tokio::time::sleep(RECONNECT_DELAY / 5).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_append_task_is_down_then_restarted_and_appends_land_again() {
+        let redis = TestServer::start(&[]).await;
+        let (appends, client, _announcer) = appends_on(&redis).await;
+        let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
+        new_log(&client, &log).await;
+        assert!(appends.is_up());
+        // An append on its way when the task dies learns that it failed, not nothing.
+        let one = chunk(1);
+        let mut waiting = Box::pin(appends.xadd(&id, &log, 1, &one));
+        // Polled once, so it is queued ahead of the crash.
+        assert!(futures::poll!(&mut waiting).is_pending());
+        appends.crash();
+        let outcome = tokio::time::timeout(PATIENCE, waiting).await.expect("the append learns its outcome");
+        assert!(matches!(outcome, Xadd::Appended | Xadd::Failed(_)), "{outcome:?}");
+        let deadline = Instant::now() + PATIENCE;
+        while appends.is_up() {
+            assert!(Instant::now() < deadline, "the append path is reported down while the task restarts");
+            tokio::task::yield_now().await;
+        }
+        while !appends.is_up() {
+            assert!(Instant::now() < deadline, "the task is restarted");
+            tokio::time::sleep(RECONNECT_DELAY / 5).await;
+        }
+        let retried = xadd_within(&appends, &id, &log, 1).await;
+        assert!(matches!(retried, Xadd::Appended | Xadd::Conflict), "{retried:?}");
+        assert_eq!(xadd_within(&appends, &id, &log, 2).await, Xadd::Appended);
     }
 
     #[tokio::test]

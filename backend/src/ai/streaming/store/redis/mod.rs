@@ -384,6 +384,9 @@ impl EventStore for RedisStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
+        if !self.shared.appends.is_up() {
+            return Err(StoreError::Unavailable("the append connection to Redis is down".into()));
+        }
         let mut conn = self.shared.conn.clone();
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
     }
