@@ -144,3 +144,15 @@ impl Scripts {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_the_scripts_touch_is_declared() {
+        for script in [FIRST, FINISH] {
+            assert_eq!(crate::redis_connection::undeclared_keys(script), Vec::<String>::new(), "{script}");
+        }
+    }
+}
