@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
 use crate::ai::streaming::store::memory::MemoryStore;
-use crate::ai::streaming::store::redis::RedisStore;
+use crate::ai::streaming::store::redis::{RedisStore, RedisStoreConfig};
 use crate::ai::streaming::store::{EventStore, StoreError};
 use crate::ai::streaming::stream_manager::{ManagerConfig, StreamManager};
 use crate::api::AppState;
@@ -70,14 +70,13 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
         }
         StoreKind::Redis => {
-            let store = RedisStore::connect(
-                &settings.redis_url,
-                &settings.redis_key_prefix,
-                settings.retention,
-                settings.resume_grace,
-                shutdown.clone(),
-            );
-            Arc::new(store.await?)
+            let config = RedisStoreConfig {
+                prefix: settings.redis_key_prefix.clone(),
+                retention: settings.retention,
+                grace: settings.resume_grace,
+                generation_timeout: settings.generation_timeout,
+            };
+            Arc::new(RedisStore::connect(&settings.redis_url, config, shutdown.clone()).await?)
         }
     };
     let manager = StreamManager::new(

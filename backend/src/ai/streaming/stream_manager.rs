@@ -150,9 +150,7 @@ impl StreamManager {
             tasks: TaskTracker::new(),
             live: Mutex::default(),
         });
-        let manager = Self { inner };
-        manager.listen_for_cancel_requests();
-        manager
+        Self { inner }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -162,27 +160,6 @@ impl StreamManager {
     /// Whether the store answers, for `/readyz`.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.inner.store.ready().await
-    }
-
-    /// Cancel requests arriving through the store (from any process) reach the
-    /// generations running here.
-    fn listen_for_cancel_requests(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let mut requests = self.inner.store.cancel_requests();
-        let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let id = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    id = requests.next() => match id { Some(id) => id, None => return },
-                };
-                let Some(inner) = weak.upgrade() else { return };
-                let generation = inner.live.lock().unwrap().get(&id).cloned();
-                if let Some(generation) = generation {
-                    generation.cancel.cancel();
-                }
-            }
-        });
     }
 
     /// Starts a generation for `owner` (a principal id) under its admitted
@@ -220,8 +197,9 @@ impl StreamManager {
 
     async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let appender = self.inner.store.create(&id, owner).await?;
-        let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
+        let cancel = self.inner.shutdown.child_token();
+        let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
@@ -291,11 +269,8 @@ impl StreamManager {
         if status.finished {
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        let local = self.inner.live.lock().unwrap().get(id).map(|g| g.cancel.clone());
-        match local {
-            Some(token) => token.cancel(),
-            None => self.inner.store.request_cancel(id).await?,
-        }
+        // Through the store, wherever the generation runs: one way for every cancel.
+        self.inner.store.request_cancel(id).await?;
         let mut follower = self.inner.store.follow(id, status.len.checked_sub(1));
         let terminal = tokio::time::timeout(CANCEL_WAIT, async {
             while let Some(Ok(batch)) = follower.next().await {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
 
 use super::events::{EventRecord, LoggedEvent, StreamId};
 
@@ -97,20 +98,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Creates an empty log of `owner`'s stream whose generator is this process,
     /// and its writer: the store holds the log's lease (renewing it where several
     /// processes share the store) until the terminal event or
-    /// [`EventStore::release`].
-    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError>;
+    /// [`EventStore::release`]. Until then a cancel request for the stream, made
+    /// through any process, cancels `cancel`: the one way a cancel travels.
+    async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError>;
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError>;
 
     /// Follows a log from the event after `after` (from the first when `None`).
     fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower;
 
-    /// Asks whichever process generates the stream to cancel it. A stream that no
-    /// process generates any more (its generator died) ends `cancelled` here.
+    /// Asks whichever process generates the stream (this one included) to
+    /// cancel it: the `cancel` token given to [`EventStore::create`] is
+    /// cancelled there. A stream that no process generates any more (its
+    /// generator died) ends `cancelled` here.
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError>;
-
-    /// Cancel requests for the generations this process runs.
-    fn cancel_requests(&self) -> BoxStream<'static, StreamId>;
 
     /// How much longer a reader attached in another process still counts as
     /// present (`None`: no reader anywhere else within the resume grace).

@@ -1,22 +1,21 @@
-//! Cancel requests from any process, through one pub/sub subscription per
-//! process, resubscribed when Redis comes back. A message lost while the
-//! subscription is down is not lost for good: the request also marks the lease,
-//! which the generator reads on its next renewal (`upkeep.rs`).
+//! Cancel requests from other processes, through one pub/sub subscription per
+//! process, resubscribed when Redis comes back: each cancels the generation's
+//! token if it runs here. A message lost while the subscription is down is not
+//! lost for good: the request also marks the stream's meta, which the
+//! generator reads at every lease renewal (`upkeep.rs`).
+
+use std::sync::Weak;
 
 use futures::StreamExt;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::subscription;
+use super::{subscription, Shared};
 use crate::ai::streaming::events::StreamId;
 
-/// Subscribes to `channel` and forwards each stream id to `cancels` until `shutdown`.
-pub async fn listen(
-    client: redis::Client,
-    channel: String,
-    cancels: broadcast::Sender<StreamId>,
-    shutdown: CancellationToken,
-) -> redis::RedisResult<()> {
+/// Subscribes to the cancel channel and cancels each named generation that runs
+/// here, until `shutdown`.
+pub async fn listen(client: redis::Client, shared: Weak<Shared>, shutdown: CancellationToken) -> redis::RedisResult<()> {
+    let Some(channel) = shared.upgrade().map(|s| s.keys.cancel_channel()) else { return Ok(()) };
     let mut pubsub = subscription::subscribe(&client, &channel).await?;
     tokio::spawn(async move {
         loop {
@@ -28,8 +27,9 @@ pub async fn listen(
                         message = messages.next() => message,
                     };
                     let Some(message) = message else { break };
+                    let Some(shared) = shared.upgrade() else { return };
                     if let Some(id) = message.get_payload::<String>().ok().as_deref().and_then(StreamId::parse) {
-                        let _ = cancels.send(id);
+                        shared.cancel_here(&id);
                     }
                 }
             }

@@ -36,17 +36,13 @@ mod test_server;
 mod upkeep;
 mod wire;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
 use self::announce::Announcer;
@@ -62,8 +58,12 @@ use crate::redis_connection::{self, COMMAND_TIMEOUT};
 /// How long a lease lives without renewal; its process renews it every second,
 /// so only a process that stopped (or stalled this long) loses it.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// Upper bound on how long an unfinished log is kept if its process vanished.
-const LIVE_TTL: Duration = Duration::from_secs(3600);
+/// How long an unfinished log outlives the longest generation
+/// (`GENERATION_TIMEOUT_SECONDS`), in case its process vanished: set once, at
+/// the log's start, so it must outlast whatever the generation may still write.
+const LIVE_TTL_MARGIN: Duration = Duration::from_secs(3600);
+/// The longest expiry given to a live log, whatever the generation timeout.
+const LIVE_TTL_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long a finished stream's length outlives its log, so a late reader's
 /// `stream_not_found` takes a seq no event of the log had.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
@@ -86,12 +86,21 @@ struct Shared {
     owner: String,
     retention: Duration,
     grace: Duration,
-    leases: Mutex<HashSet<StreamId>>,
+    /// How long an unfinished log is kept: past the longest generation.
+    live_ttl: Duration,
+    /// The logs this process generates, each with its generation's cancel signal.
+    leases: Mutex<HashMap<StreamId, CancellationToken>>,
 }
 
 impl Shared {
     fn holds_lease(&self, id: &StreamId) -> bool {
-        self.leases.lock().unwrap().contains(id)
+        self.leases.lock().unwrap().contains_key(id)
+    }
+
+    /// Cancels the generation of `id` if it runs here; whether it does.
+    fn cancel_here(&self, id: &StreamId) -> bool {
+        let token = self.leases.lock().unwrap().get(id).cloned();
+        token.inspect(CancellationToken::cancel).is_some()
     }
 
     /// How long a presence mark lasts: the grace, plus room for the refresh
@@ -169,19 +178,26 @@ impl Shared {
 pub struct RedisStore {
     shared: Arc<Shared>,
     tails: Arc<Tails>,
-    cancels: broadcast::Sender<StreamId>,
+}
+
+/// How the store keeps logs: names, and how long.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    pub prefix: String,
+    /// How long finished logs stay resumable.
+    pub retention: Duration,
+    /// The resume grace period.
+    pub grace: Duration,
+    /// The longest a generation may run (`GENERATION_TIMEOUT_SECONDS`).
+    pub generation_timeout: Duration,
 }
 
 impl RedisStore {
     /// Connects; its background tasks (following, leases and presence, cancel
-    /// requests) run until `shutdown`. `grace` is the resume grace period.
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        retention: Duration,
-        grace: Duration,
-        shutdown: CancellationToken,
-    ) -> Result<Self, StoreError> {
+    /// requests) run until `shutdown`.
+    pub async fn connect(url: &str, config: RedisStoreConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
+        let RedisStoreConfig { prefix, retention, grace, generation_timeout } = config;
+        let prefix = prefix.as_str();
         let client = redis::Client::open(url).map_err(unavailable)?;
         let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
@@ -200,14 +216,14 @@ impl RedisStore {
             owner: uuid::Uuid::new_v4().simple().to_string(),
             retention,
             grace,
+            live_ttl: (generation_timeout + LIVE_TTL_MARGIN).min(LIVE_TTL_MAX),
             leases: Mutex::default(),
         });
-        let cancels = broadcast::channel(1024).0;
-        cancels::listen(client.clone(), shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
+        cancels::listen(client.clone(), Arc::downgrade(&shared), shutdown.clone()).await.map_err(unavailable)?;
         let channel = shared.keys.events_channel();
         let tails = Tails::start(shared.clone(), client, channel, shutdown.clone()).await.map_err(unavailable)?;
-        upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
-        Ok(Self { shared, tails, cancels })
+        upkeep::start(shared.clone(), Arc::downgrade(&tails), shutdown);
+        Ok(Self { shared, tails })
     }
 }
 
@@ -255,7 +271,7 @@ impl RedisAppender {
     async fn append_event(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
         let id = &self.id;
         if seq == 0 {
-            let live_ttl = LIVE_TTL.as_millis() as u64;
+            let live_ttl = self.shared.live_ttl.as_millis() as u64;
             let mut conn = self.shared.conn.clone();
             return match self.shared.scripts.first(&mut conn, &self.log, &self.meta, live_ttl, record).await.map_err(unavailable)? {
                 First::Appended => {
@@ -292,21 +308,21 @@ impl RedisAppender {
 
 #[async_trait]
 impl EventStore for RedisStore {
-    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
+    async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let meta = self.shared.keys.meta(id);
         redis::pipe()
             .atomic()
             .hset_multiple(&meta, &[("state", "live"), ("owner", owner)])
             .ignore()
-            .pexpire(&meta, LIVE_TTL.as_millis() as i64)
+            .pexpire(&meta, self.shared.live_ttl.as_millis() as i64)
             .ignore()
             .pset_ex(self.shared.keys.lease(id), &self.shared.owner, LEASE_TTL.as_millis() as u64)
             .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.shared.leases.lock().unwrap().insert(id.clone());
+        self.shared.leases.lock().unwrap().insert(id.clone(), cancel);
         let shared = self.shared.clone();
         Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
     }
@@ -320,19 +336,16 @@ impl EventStore for RedisStore {
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
+        if self.shared.cancel_here(id) {
+            return Ok(());
+        }
         let mut conn = self.shared.conn.clone();
-        // Marks the lease (if any) so its holder sees the request on its next
-        // renewal even if the message below is lost.
-        let marked: Option<String> = redis::cmd("SET")
-            .arg(self.shared.keys.lease(id))
-            .arg("cancel")
-            .arg("XX")
-            .arg("KEEPTTL")
-            .arg("GET")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if marked.is_none() {
+        // Marks a leased stream's meta, which its generator reads at every lease
+        // renewal and nothing but the log's end removes, so a lost message below
+        // only delays the cancel.
+        let (meta, lease) = (self.shared.keys.meta(id), self.shared.keys.lease(id));
+        let marked = self.shared.scripts.mark_cancel(&mut conn, &meta, &lease).await.map_err(unavailable)?;
+        if !marked {
             // Nobody generates it: end it here, unless it ended already.
             let cancelled = EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested });
             match self.shared.finish(id, None, &cancelled).await.map_err(unavailable)? {
@@ -342,10 +355,6 @@ impl EventStore for RedisStore {
             }
         }
         conn.publish::<_, _, ()>(self.shared.keys.cancel_channel(), id.as_str()).await.map_err(unavailable)
-    }
-
-    fn cancel_requests(&self) -> BoxStream<'static, StreamId> {
-        BroadcastStream::new(self.cancels.subscribe()).filter_map(|r| async move { r.ok() }).boxed()
     }
 
     async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {

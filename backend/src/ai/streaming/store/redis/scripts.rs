@@ -42,6 +42,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+const MARK_CANCEL: &str = r#"
+-- KEYS: meta, lease. Marks a cancel on a stream some process generates.
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', 1)
+return 1
+"#;
+
 /// What the first-event script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum First {
@@ -70,11 +77,12 @@ pub enum Finish {
 pub struct Scripts {
     first: redis::Script,
     finish: redis::Script,
+    mark_cancel: redis::Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
-        Self { first: redis::Script::new(FIRST), finish: redis::Script::new(FINISH) }
+        Self { first: redis::Script::new(FIRST), finish: redis::Script::new(FINISH), mark_cancel: redis::Script::new(MARK_CANCEL) }
     }
 }
 
@@ -88,6 +96,13 @@ pub struct FinishTarget<'a> {
 }
 
 impl Scripts {
+    /// Marks a cancel on a stream whose generator holds its lease; `false` when
+    /// no process does (nothing was marked).
+    pub async fn mark_cancel(&self, conn: &mut redis::aio::ConnectionManager, meta: &str, lease: &str) -> redis::RedisResult<bool> {
+        let marked: i64 = self.mark_cancel.key(meta).key(lease).invoke_async(conn).await?;
+        Ok(marked == 1)
+    }
+
     /// Appends `record` as the log's first event (seq 0).
     pub async fn first(
         &self,
@@ -151,7 +166,7 @@ mod tests {
 
     #[test]
     fn every_key_the_scripts_touch_is_declared() {
-        for script in [FIRST, FINISH] {
+        for script in [FIRST, FINISH, MARK_CANCEL] {
             assert_eq!(crate::redis_connection::undeclared_keys(script), Vec::<String>::new(), "{script}");
         }
     }

@@ -1,13 +1,13 @@
 //! Once a second, in one pipeline: this process renews the leases of the logs it
-//! generates (`SET … PX … GET`, which also re-takes a lease that lapsed during a
-//! stall and reveals a cancel mark left on it), and refreshes the presence key
-//! of every log it serves readers of. The cost is per stream per second, not
-//! per event.
+//! generates (`SET … PX`, which also re-takes a lease that lapsed during a
+//! stall) and reads their cancel marks (`HGET meta cancel`: only the log's end
+//! removes a mark, so a renewal whose reply is lost reads it again next time),
+//! and refreshes the presence key of every log it serves readers of. The cost
+//! is per stream per second, not per event.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::tail::Tails;
@@ -16,7 +16,7 @@ use crate::ai::streaming::events::StreamId;
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, cancels: broadcast::Sender<StreamId>, shutdown: CancellationToken) {
+pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -26,7 +26,7 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, cancels: broadcast::Sender
                 _ = tick.tick() => {}
             }
             let Some(tails) = tails.upgrade() else { return };
-            let leased: Vec<StreamId> = shared.leases.lock().unwrap().iter().cloned().collect();
+            let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().cloned().collect();
             let followed = tails.followed();
             drop(tails);
             if leased.is_empty() && followed.is_empty() {
@@ -34,17 +34,18 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, cancels: broadcast::Sender
             }
             let mut pipe = redis::pipe();
             for id in &leased {
-                pipe.cmd("SET").arg(shared.keys.lease(id)).arg(&shared.owner).arg("PX").arg(LEASE_TTL.as_millis() as u64).arg("GET");
+                pipe.cmd("SET").arg(shared.keys.lease(id)).arg(&shared.owner).arg("PX").arg(LEASE_TTL.as_millis() as u64).ignore();
+                pipe.cmd("HGET").arg(shared.keys.meta(id)).arg("cancel");
             }
             for id in &followed {
                 pipe.cmd("SET").arg(shared.keys.readers(id)).arg(1).arg("PX").arg(shared.presence_ttl_ms()).ignore();
             }
             let mut conn = shared.conn.clone();
             match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
-                Ok(previous) => {
-                    for (id, previous) in leased.into_iter().zip(previous) {
-                        if previous.as_deref() == Some("cancel") {
-                            let _ = cancels.send(id);
+                Ok(marks) => {
+                    for (id, mark) in leased.into_iter().zip(marks) {
+                        if mark.is_some() {
+                            shared.cancel_here(&id);
                         }
                     }
                 }
