@@ -113,51 +113,51 @@ async fn a_stream_longer_than_the_grace_read_only_through_another_process_comple
     assert_eq!(events.last().unwrap().data["result"]["markdown"], text_of(&events));
 }
 
-#[tokio::test]
-async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_repeat_nothing() {
-    let deployment = Deployment::new(&redis_url(), 400);
-    let processes = deployment.processes(3).await;
-    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
-    let proxy = &proxy;
-    let read_with_cuts = |n: u64| async move {
-        let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let (block, input) = if n.is_multiple_of(4) {
-            ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
-        } else {
-            ("explain-eli10", json!({"topic": format!("topic {n}")}))
-        };
-        let id = proxy.create_stream(block, input).await;
-        let mut events: Vec<Received> = Vec::new();
-        let mut resumes = 0;
-        loop {
-            let path = format!("/api/streams/{id}/events");
-            let mut reader = match events.last() {
-                None => proxy.sse(&path, &[]).await,
-                Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
-            };
-            assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
-            let cut_after = 1 + dice.roll(25);
-            let mut read = 0;
-            while read < cut_after {
-                let Some(event) = reader.next().await else { break };
-                let terminal = event.is_terminal();
-                events.push(event);
-                read += 1;
-                if terminal {
-                    assert!(reader.next().await.is_none(), "nothing follows the terminal event");
-                    return (block, events, resumes);
-                }
-            }
-            resumes += 1;
-        }
+/// Starts stream `n` through `proxy` (a quiz every fourth, else an
+/// explanation) and reads it to its end, cutting the connection after 1 to
+/// `cut_within` events each time (see [`read_with_cuts_from`]) and resuming with `Last-Event-ID` (through the
+/// proxy: on the next process). Returns the block, the events and the resumes.
+async fn read_with_cuts(proxy: &RoundRobinProxy, n: u64, cut_within: u64) -> (&'static str, Vec<Received>, u32) {
+    read_with_cuts_from(proxy, n, 1, cut_within).await
+}
+
+/// As [`read_with_cuts`], cutting after `at_least` to `at_most` events.
+async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_most: u64) -> (&'static str, Vec<Received>, u32) {
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let (block, input) = if n.is_multiple_of(4) {
+        ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
+    } else {
+        ("explain-eli10", json!({"topic": format!("topic {n}")}))
     };
-    let mut outcomes = Vec::new();
-    // 100 streams, 25 at a time: bounded load on a small machine.
-    for wave in 0..4 {
-        outcomes.extend(join_all((0..25).map(|i| read_with_cuts(wave * 25 + i))).await);
+    let id = proxy.create_stream(block, input).await;
+    let mut events: Vec<Received> = Vec::new();
+    let mut resumes = 0;
+    loop {
+        let path = format!("/api/streams/{id}/events");
+        let mut reader = match events.last() {
+            None => proxy.sse(&path, &[]).await,
+            Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
+        };
+        assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
+        let cut_after = at_least + dice.roll(at_most - at_least + 1);
+        let mut read = 0;
+        while read < cut_after {
+            let Some(event) = reader.next().await else { break };
+            let terminal = event.is_terminal();
+            events.push(event);
+            read += 1;
+            if terminal {
+                assert!(reader.next().await.is_none(), "nothing follows the terminal event");
+                return (block, events, resumes);
+            }
+        }
+        resumes += 1;
     }
-    let mut total_resumes = 0;
-    for (block, events, resumes) in &outcomes {
+}
+
+/// Every stream complete, contiguous, its result what its events said.
+fn assert_all_complete(outcomes: &[(&'static str, Vec<Received>, u32)]) {
+    for (block, events, _) in outcomes {
         assert_contiguous(events, 0);
         let last = events.last().unwrap();
         assert_eq!(last.kind(), "complete", "{:?}", last.data);
@@ -169,9 +169,34 @@ async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_r
             }
             _ => assert_eq!(last.data["result"]["markdown"], text_of(events)),
         }
-        total_resumes += resumes;
     }
+}
+
+#[tokio::test]
+async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_repeat_nothing() {
+    let deployment = Deployment::new(&redis_url(), 400);
+    let processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let mut outcomes = Vec::new();
+    // 100 streams, 25 at a time: bounded load on a small machine.
+    for wave in 0..4 {
+        outcomes.extend(join_all((0..25).map(|i| read_with_cuts(&proxy, wave * 25 + i, 25))).await);
+    }
+    assert_all_complete(&outcomes);
+    let total_resumes: u32 = outcomes.iter().map(|(_, _, resumes)| resumes).sum();
     assert!(total_resumes >= 100, "the streams were cut and resumed ({total_resumes} resumes)");
+}
+
+#[tokio::test]
+async fn a_reader_hopping_between_processes_keeps_its_generation_alive_at_a_one_second_grace() {
+    // The run: 60 learners at once, each resuming on the next process
+    // every 5-25 events, at the demo model's own pace. A generation whose reader
+    // was never away more than a few milliseconds must not be abandoned.
+    let deployment = Deployment::new(&redis_url(), 40).with("STREAM_RESUME_GRACE_SECONDS", "1");
+    let processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let outcomes = join_all((0..60).map(|n| read_with_cuts_from(&proxy, 1000 + n, 5, 25))).await;
+    assert_all_complete(&outcomes);
 }
 
 #[tokio::test]

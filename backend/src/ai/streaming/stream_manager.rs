@@ -415,7 +415,7 @@ async fn abandoned(store: Arc<dyn EventStore>, id: StreamId, mut readers: watch:
             if tokio::time::timeout_at(quiet_until, readers.wait_for(|n| *n > 0)).await.is_ok() {
                 break;
             }
-            match store.readers_elsewhere(&id).await {
+            match store.reader_presence(&id).await {
                 Ok(None) => return,
                 Ok(Some(left)) => quiet_until = Instant::now() + left,
                 // Never abandon on a guess: ask again soon.

@@ -311,8 +311,8 @@ impl EventStore for MemoryStore {
         Ok(())
     }
 
-    async fn readers_elsewhere(&self, _id: &StreamId) -> Result<Option<Duration>, StoreError> {
-        // One process: there is no elsewhere.
+    async fn reader_presence(&self, _id: &StreamId) -> Result<Option<Duration>, StoreError> {
+        // One process: the manager counts its own readers.
         Ok(None)
     }
 

@@ -113,9 +113,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// generator died) ends `cancelled` here.
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError>;
 
-    /// How much longer a reader attached in another process still counts as
-    /// present (`None`: no reader anywhere else within the resume grace).
-    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError>;
+    /// How much longer some process sharing the store (this one included)
+    /// counts a reader of the stream as present: one attached now, or one
+    /// that left less than the resume grace ago. `None`: nobody, anywhere.
+    async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError>;
 
     /// Gives up this process's lease on a log it could not finish.
     fn release(&self, id: &StreamId);

@@ -64,6 +64,11 @@ pub const LEASE_TTL: Duration = Duration::from_secs(5);
 const LIVE_TTL_MARGIN: Duration = Duration::from_secs(3600);
 /// The longest expiry given to a live log, whatever the generation timeout.
 const LIVE_TTL_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a process's reader counts as present beyond the grace while it is
+/// attached: room for late refreshes (every `upkeep::INTERVAL`), so only a
+/// process that stopped (or stalled this long) stops counting. A generation may
+/// outlive its last reader by up to this, never less than the grace.
+pub const PRESENCE_SLACK: Duration = LEASE_TTL;
 /// How long a finished stream's length outlives its log, so a late reader's
 /// `stream_not_found` takes a seq no event of the log had.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
@@ -103,19 +108,43 @@ impl Shared {
         token.inspect(CancellationToken::cancel).is_some()
     }
 
-    /// How long a presence mark lasts: the grace, plus room for the refresh
-    /// interval and a late refresh, so a reader that stays is never missed (a
-    /// generation may outlive its last reader by up to that room, never less).
-    fn presence_ttl_ms(&self) -> u64 {
-        (self.grace + upkeep::INTERVAL * 2).as_millis() as u64
+    /// Marks a reader of `id` present in this process now: the stream's
+    /// presence key lives at least a grace plus [`PRESENCE_SLACK`] more, so a
+    /// reader that stays is counted however late the next refresh comes.
+    async fn mark_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
+        self.extend_presence(id, self.grace + PRESENCE_SLACK).await
     }
 
-    /// Marks a reader of `id` present now, in the background.
-    fn stamp_presence(&self, id: &StreamId) {
-        let (mut conn, key, ttl) = (self.conn.clone(), self.keys.readers(id), self.presence_ttl_ms());
+    /// Marks that this process's last reader of `id` left now: the key lives
+    /// at least the grace more. In the background (a reader's drop cannot wait).
+    fn mark_left(self: &Arc<Self>, id: &StreamId) {
+        let (shared, id) = (self.clone(), id.clone());
         tokio::spawn(async move {
-            let _ = conn.pset_ex::<_, _, ()>(key, 1, ttl).await;
+            let _ = shared.extend_presence(&id, shared.grace).await;
         });
+    }
+
+    /// Makes the presence key live at least `ttl` more, never less than any
+    /// process asked before: marks are only ever extended, so no process's
+    /// mark (a leave here) shortens another's (a reader there), in whatever
+    /// order they land.
+    async fn extend_presence(&self, id: &StreamId, ttl: Duration) -> redis::RedisResult<()> {
+        let (key, ttl) = (self.keys.readers(id), ttl.as_millis().max(1) as u64);
+        redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .arg("GT")
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
     }
 
     async fn finish(&self, id: &StreamId, seq: Option<u64>, record: &EventRecord) -> redis::RedisResult<Finish> {
@@ -357,7 +386,7 @@ impl EventStore for RedisStore {
         conn.publish::<_, _, ()>(self.shared.keys.cancel_channel(), id.as_str()).await.map_err(unavailable)
     }
 
-    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
+    async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let left: i64 = conn.pttl(self.shared.keys.readers(id)).await.map_err(unavailable)?;
         Ok((left > 0).then(|| Duration::from_millis(left as u64)))

@@ -242,6 +242,12 @@ impl Tails {
         let first = after.map_or(0, |seq| seq.saturating_add(1));
         stream! {
             let guard = tails.attach(&id, first);
+            // Every reader marks itself present, also on a mirror that has
+            // readers already (whose last refresh may be a second old), before
+            // it reads: a generator looking now counts it.
+            if let Err(error) = tails.shared.mark_reading(&id).await {
+                tracing::debug!(stream_id = %id, %error, "could not mark a reader present");
+            }
             let mirror = guard.mirror.clone();
             let mut next = first;
             loop {
@@ -310,7 +316,6 @@ impl Tails {
             (mirror, created)
         };
         if created {
-            self.shared.stamp_presence(id);
             // Whatever the log holds from `first` on, announced before the mirror existed.
             tokio::spawn(self.clone().catch_up(mirror.clone()));
         }
@@ -540,7 +545,7 @@ impl Drop for MirrorGuard {
             }
             drop(mirrors);
             // The grace starts now, not at the last refresh.
-            self.tails.shared.stamp_presence(&self.mirror.id);
+            self.tails.shared.mark_left(&self.mirror.id);
         }
     }
 }

@@ -106,7 +106,7 @@ async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
 }
 
 #[tokio::test]
-async fn events_whose_announcements_were_lost_still_reach_readers_elsewhere() {
+async fn events_whose_announcements_were_lost_still_reach_reader_presence() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
     let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
@@ -301,23 +301,62 @@ async fn a_reader_in_another_process_counts_until_the_grace_after_it_left() {
     let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
     let id = StreamId::generate();
     let _log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
-    assert_eq!(generator.readers_elsewhere(&id).await.unwrap(), None);
+    assert_eq!(generator.reader_presence(&id).await.unwrap(), None);
     let follower = reader.follow(&id, None);
     let mut follower = follower;
     // Attaching happens on the first poll.
     let _ = tokio::time::timeout(Duration::from_millis(50), follower.next()).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while generator.readers_elsewhere(&id).await.unwrap().is_none() {
+    while generator.reader_presence(&id).await.unwrap().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "the reader's presence shows");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(follower);
     // Left, but within the grace: still counted; then not.
-    assert!(generator.readers_elsewhere(&id).await.unwrap().is_some());
-    while generator.readers_elsewhere(&id).await.unwrap().is_some() {
+    assert!(generator.reader_presence(&id).await.unwrap().is_some());
+    while generator.reader_presence(&id).await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "presence lapses after the grace");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_reader_attaching_where_the_stream_is_followed_already_marks_presence_at_once() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(1);
+    let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut first = reader.follow(&id, None);
+    tokio::time::timeout(PATIENCE, first.next()).await.unwrap().unwrap().unwrap();
+    // The mark lapsed (a refresh came late, say) while the mirror had its reader.
+    raw(&reader).await.del::<_, ()>(reader.shared.keys.readers(&id)).await.unwrap();
+    assert_eq!(generator.reader_presence(&id).await.unwrap(), None);
+    // A second reader on that process: present before it is handed an event.
+    let mut second = reader.follow(&id, None);
+    tokio::time::timeout(PATIENCE, second.next()).await.unwrap().unwrap().unwrap();
+    let left = generator.reader_presence(&id).await.unwrap().expect("the new reader is counted");
+    assert!(left > grace, "counted for the grace and the refresh slack ({left:?})");
+}
+
+#[tokio::test]
+async fn a_leaving_reader_never_shortens_the_presence_another_process_marked() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(1);
+    let (generator, stays, leaves) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut staying = stays.follow(&id, None);
+    tokio::time::timeout(PATIENCE, staying.next()).await.unwrap().unwrap().unwrap();
+    let mut leaving = leaves.follow(&id, None);
+    tokio::time::timeout(PATIENCE, leaving.next()).await.unwrap().unwrap().unwrap();
+    drop(leaving);
+    // What the leave writes (in the background, from the drop), awaited here.
+    leaves.shared.extend_presence(&id, grace).await.unwrap();
+    let left = generator.reader_presence(&id).await.unwrap().expect("the staying reader counts");
+    assert!(left > grace, "the leave did not cut the mark to the grace ({left:?})");
 }
 
 #[tokio::test]

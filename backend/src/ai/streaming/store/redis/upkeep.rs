@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::tail::Tails;
-use super::{Shared, LEASE_TTL};
+use super::{Shared, LEASE_TTL, PRESENCE_SLACK};
 use crate::ai::streaming::events::StreamId;
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -38,7 +38,10 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
                 pipe.cmd("HGET").arg(shared.keys.meta(id)).arg("cancel");
             }
             for id in &followed {
-                pipe.cmd("SET").arg(shared.keys.readers(id)).arg(1).arg("PX").arg(shared.presence_ttl_ms()).ignore();
+                // Extended, never shortened (see `Shared::extend_presence`).
+                let (key, ttl) = (shared.keys.readers(id), (shared.grace + PRESENCE_SLACK).as_millis() as u64);
+                pipe.cmd("SET").arg(&key).arg(1).arg("PX").arg(ttl).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(ttl).arg("GT").ignore();
             }
             let mut conn = shared.conn.clone();
             match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
