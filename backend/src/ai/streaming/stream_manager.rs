@@ -249,7 +249,7 @@ impl StreamManager {
                     match next {
                         Ok(batch) => yield batch,
                         Err(error) => {
-                            yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None };
+                            yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None, unlogged: true };
                             return;
                         }
                     }

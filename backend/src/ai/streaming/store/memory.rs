@@ -296,7 +296,7 @@ impl EventStore for MemoryStore {
                 };
                 next = last.seq + 1;
                 let terminal = last.is_terminal();
-                yield Ok(EventBatch { events: batch, tail_since });
+                yield Ok(EventBatch::logged(batch, tail_since));
                 if terminal {
                     return;
                 }

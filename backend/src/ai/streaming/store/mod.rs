@@ -72,9 +72,19 @@ pub struct EventBatch {
     /// Redis), if it was the newest event of its log then: the start of the
     /// delay the server adds to the live tail.
     pub tail_since: Option<std::time::Instant>,
+    /// Its events are in no log: a reader's own closing event (its store
+    /// failed). Its seq is only the one the log would have given next, which
+    /// a generator elsewhere may still log, so it must never name a position
+    /// to resume from: SSE frames it without an `id:` line.
+    pub unlogged: bool,
 }
 
 impl EventBatch {
+    /// Events read from a log.
+    pub fn logged(events: Vec<LoggedEvent>, tail_since: Option<std::time::Instant>) -> Self {
+        Self { events, tail_since, unlogged: false }
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.events.last().is_some_and(LoggedEvent::is_terminal)
     }

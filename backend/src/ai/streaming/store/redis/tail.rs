@@ -119,7 +119,7 @@ impl Mirror {
         let events = state.events[start..end].to_vec();
         let failed = if events.is_empty() { state.failed } else { None };
         let tail_since = (end == state.events.len()).then_some(state.arrived_at);
-        (EventBatch { events, tail_since }, failed)
+        (EventBatch::logged(events, tail_since), failed)
     }
 
     /// Whether a reader at `next` has something to read now: an event, or the
@@ -256,7 +256,7 @@ impl Tails {
                     match tails.read_range(&mirror.log_key, next, Some(mirror.base - 1)).await {
                         Ok(events) if events.first().is_some_and(|e| e.seq == next) => {
                             next = events.last().expect("not empty").seq + 1;
-                            let batch = EventBatch { events, tail_since: None };
+                            let batch = EventBatch::logged(events, None);
                             let terminal = batch.is_terminal();
                             yield Ok(batch);
                             if terminal {
