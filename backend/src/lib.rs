@@ -76,7 +76,7 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
                 grace: settings.resume_grace,
                 generation_timeout: settings.generation_timeout,
             };
-            Arc::new(RedisStore::connect(&settings.redis_url, config, shutdown.clone()).await?)
+            Arc::new(RedisStore::connect(&settings.redis_url, config).await?)
         }
     };
     let manager = StreamManager::new(

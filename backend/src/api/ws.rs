@@ -211,6 +211,9 @@ async fn serve(socket: WebSocket, state: AppState, principal: SocketAuth) {
                 // Each stream is ending with a terminal event: let the readers deliver
                 // them, within the shutdown timeout, before the socket closes.
                 session.finish_readers(state.settings.shutdown_timeout).await;
+                // Streams generated elsewhere end here without a terminal event:
+                // 1012 tells the client to resume them on another process.
+                let _ = session.outbox.send(close(close_code::RESTART, "restarting; resume elsewhere")).await;
                 break true;
             }
             message = incoming.next() => match message {

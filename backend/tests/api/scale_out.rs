@@ -335,3 +335,160 @@ async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("REDIS_URL") && stderr.contains("certificate"), "{stderr}");
 }
+
+/// What a client of a rolling deploy saw of one stream.
+struct Followed {
+    events: Vec<Received>,
+    /// Responses that ended without the terminal event (their process stopped).
+    moved: u32,
+}
+
+/// Starts a stream through `proxy`, retrying a start that meets a stopping
+/// process (503 or a closed connection).
+async fn start_through(proxy: &RoundRobinProxy, n: u64) -> String {
+    let body = json!({"block_type": "explain-eli10", "input": {"topic": format!("rolling {n}")}});
+    for _ in 0..50 {
+        match proxy.http.post(proxy.url("/api/streams")).json(&body).send().await {
+            Ok(response) if response.status() == 201 => {
+                return response.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned();
+            }
+            Ok(response) => assert_eq!(response.status(), 503, "only a stopping process may refuse a start"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no process took stream {n}");
+}
+
+/// Reads stream `id` through `proxy` to its terminal event, resuming with
+/// `Last-Event-ID` whenever a response ends without it.
+async fn follow_through(proxy: &RoundRobinProxy, id: &str) -> Followed {
+    let (mut events, mut moved): (Vec<Received>, u32) = (Vec::new(), 0);
+    let path = format!("/api/streams/{id}/events");
+    for _ in 0..200 {
+        let headers: Vec<(&str, &str)> = events.last().map(|last: &Received| vec![("last-event-id", last.id.as_str())]).unwrap_or_default();
+        let mut reader = proxy.sse(&path, &headers).await;
+        assert_eq!(reader.status, 200, "{id} after {} events", events.len());
+        while let Some(event) = reader.next().await {
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                assert!(reader.next().await.is_none(), "nothing follows the terminal event");
+                return Followed { events, moved };
+            }
+        }
+        moved += 1;
+    }
+    panic!("stream {id} never ended: {:?}", kinds(&events));
+}
+
+#[tokio::test]
+async fn sigterm_of_each_process_in_turn_under_load_ends_every_stream_once_without_gap_or_duplicate() {
+    let deployment = Deployment::new(&redis_url(), 60);
+    let mut processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let deploying = tokio_util::sync::CancellationToken::new();
+    // 24 learners, each starting stream after stream (about 2 s each) until the deploy is over.
+    let learners = (0..24u64).map(|learner| {
+        let (proxy, deploying) = (&proxy, deploying.clone());
+        async move {
+            let mut followed = Vec::new();
+            for round in 0.. {
+                if deploying.is_cancelled() && round > 0 {
+                    break;
+                }
+                let id = start_through(proxy, learner * 1000 + round).await;
+                followed.push(follow_through(proxy, &id).await);
+            }
+            followed
+        }
+    });
+    let deploy = async {
+        for slot in 0..processes.len() {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            processes[slot].terminate();
+            let exit = tokio::time::timeout(PATIENCE, processes[slot].child.wait()).await.expect("the process exits");
+            assert!(exit.unwrap().success(), "a SIGTERMed process exits cleanly");
+            processes[slot] = deployment.process().await;
+            proxy.set_backends(processes.iter().map(|p| p.addr).collect());
+        }
+        deploying.cancel();
+    };
+    let (outcomes, ()) = tokio::join!(join_all(learners), deploy);
+    let all: Vec<Followed> = outcomes.into_iter().flatten().collect();
+    let (mut lost, mut moved) = (0, 0);
+    for followed in &all {
+        assert_contiguous(&followed.events, 0);
+        let last = followed.events.last().unwrap();
+        match last.kind() {
+            "complete" => assert_eq!(last.data["result"]["markdown"], text_of(&followed.events)),
+            _ => {
+                assert_generation_lost(last, "shutting down");
+                assert!(!last.id.is_empty(), "a generation's end on shutdown is in its log");
+                lost += 1;
+            }
+        }
+        moved += followed.moved;
+    }
+    assert!(lost > 0, "some generations ran on a stopped process ({} streams)", all.len());
+    assert!(moved > 0, "some readers were moved off a stopping process ({} streams)", all.len());
+}
+
+#[tokio::test]
+async fn sigterm_closes_a_websocket_with_1012_after_the_events_it_had_and_the_stream_resumes_elsewhere() {
+    let deployment = Deployment::new(&redis_url(), 40);
+    let [generator, stopping]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("explain-eli10", json!({"topic": "tides"})).await;
+    let mut socket = stopping.ws().await;
+    socket.send(json!({"type": "resume", "stream_id": id, "after": null})).await;
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(Received { id: String::new(), data: socket.next().await });
+    }
+    stopping.terminate();
+    let close = loop {
+        let frame = tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut socket.socket)).await.expect("a frame in time");
+        match frame.expect("the socket closes with a frame").expect("a clean close") {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                events.push(Received { id: String::new(), data: serde_json::from_str(&text).unwrap() })
+            }
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!(u16::from(close.expect("a close code").code), 1012, "service restart: resume elsewhere");
+    assert!(!events.last().unwrap().is_terminal(), "the stream goes on elsewhere");
+    let after = events.last().unwrap().seq().to_string();
+    let rest = generator.sse(&format!("/api/streams/{id}/events?after={after}"), &[]).await.until_terminal().await;
+    events.extend(rest);
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().kind(), "complete");
+}
+
+#[tokio::test]
+async fn sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_hands_other_readers_off() {
+    let deployment = Deployment::new(&redis_url(), 20);
+    let [stopping, staying]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let generated_here = stopping.create_stream("explain-eli10", json!({"topic": "moths"})).await;
+    let generated_there = staying.create_stream("explain-eli10", json!({"topic": "bats"})).await;
+    // On the stopping process: a reader of each; on the other, a reader of the one that will be lost.
+    let (mut own, mut other, mut elsewhere) =
+        (stopping.events_of(&generated_here).await, stopping.events_of(&generated_there).await, staying.events_of(&generated_here).await);
+    let (mut own_events, mut other_events, mut elsewhere_events) = (own.take(2).await, other.take(2).await, elsewhere.take(2).await);
+    stopping.terminate();
+    // Its generation ends generation_lost, logged, for its reader there (before the listeners stop) and everywhere.
+    own_events.extend(own.until_terminal().await);
+    assert_contiguous(&own_events, 0);
+    assert_generation_lost(own_events.last().unwrap(), "shutting down");
+    elsewhere_events.extend(terminal_within(&mut elsewhere, PATIENCE).await);
+    assert_eq!(elsewhere_events.last().unwrap().data, own_events.last().unwrap().data);
+    // The reader of a stream generated elsewhere gets what the process had, then its response ends.
+    while let Some(event) = other.next().await {
+        assert!(!event.is_terminal(), "the stream goes on elsewhere");
+        other_events.push(event);
+    }
+    let last = other_events.last().unwrap().id.clone();
+    other_events.extend(staying.sse(&format!("/api/streams/{generated_there}/events"), &[("last-event-id", &last)]).await.until_terminal().await);
+    assert_contiguous(&other_events, 0);
+    assert_eq!(other_events.last().unwrap().kind(), "complete");
+}

@@ -241,17 +241,37 @@ impl StreamManager {
             }
         }
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        // A generation running here ends with a terminal event on shutdown; a
+        // reader of one running elsewhere is handed what this process has, then
+        // ends without one, so its client resumes on another process.
+        let generated_here = guard.is_some();
+        let shutdown = self.inner.shutdown.clone();
         let mut follower = self.inner.store.follow(id, after);
         Ok(Opened::Events(
             stream! {
                 let _guard = guard;
-                while let Some(next) = follower.next().await {
+                loop {
+                    let next = if generated_here {
+                        follower.next().await
+                    } else {
+                        tokio::select! {
+                            biased;
+                            next = follower.next() => next,
+                            () = shutdown.cancelled() => {
+                                while let Some(Some(Ok(batch))) = follower.next().now_or_never() {
+                                    yield batch;
+                                }
+                                return;
+                            }
+                        }
+                    };
                     match next {
-                        Ok(batch) => yield batch,
-                        Err(error) => {
+                        Some(Ok(batch)) => yield batch,
+                        Some(Err(error)) => {
                             yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None, unlogged: true };
                             return;
                         }
+                        None => return,
                     }
                 }
             }

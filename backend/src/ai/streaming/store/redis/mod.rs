@@ -207,6 +207,18 @@ impl Shared {
 pub struct RedisStore {
     shared: Arc<Shared>,
     tails: Arc<Tails>,
+    /// Stops the background tasks when the store goes.
+    stop: CancellationToken,
+}
+
+/// The store's listeners (subscriptions, leases, presence) stop when the store
+/// is dropped, never on the process's shutdown signal: that is when the HTTP
+/// server has drained and every generation has written its last event, each of
+/// which may still need them (mini-redis's `shutdown_complete`, dropped last).
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// How the store keeps logs: names, and how long.
@@ -223,8 +235,9 @@ pub struct RedisStoreConfig {
 
 impl RedisStore {
     /// Connects; its background tasks (following, leases and presence, cancel
-    /// requests) run until `shutdown`.
-    pub async fn connect(url: &str, config: RedisStoreConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
+    /// requests) run until the store is dropped.
+    pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
+        let stop = CancellationToken::new();
         let RedisStoreConfig { prefix, retention, grace, generation_timeout } = config;
         let prefix = prefix.as_str();
         let client = redis::Client::open(url).map_err(unavailable)?;
@@ -248,11 +261,11 @@ impl RedisStore {
             live_ttl: (generation_timeout + LIVE_TTL_MARGIN).min(LIVE_TTL_MAX),
             leases: Mutex::default(),
         });
-        cancels::listen(client.clone(), Arc::downgrade(&shared), shutdown.clone()).await.map_err(unavailable)?;
+        cancels::listen(client.clone(), Arc::downgrade(&shared), stop.clone()).await.map_err(unavailable)?;
         let channel = shared.keys.events_channel();
-        let tails = Tails::start(shared.clone(), client, channel, shutdown.clone()).await.map_err(unavailable)?;
-        upkeep::start(shared.clone(), Arc::downgrade(&tails), shutdown);
-        Ok(Self { shared, tails })
+        let tails = Tails::start(shared.clone(), client, channel, stop.clone()).await.map_err(unavailable)?;
+        upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
+        Ok(Self { shared, tails, stop })
     }
 }
 
