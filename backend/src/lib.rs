@@ -36,12 +36,12 @@ use crate::metrics::Metrics;
 pub enum SetupError {
     #[error("invalid setting {0}")]
     Provider(#[from] providers::ProviderSetupError),
-    #[error("cannot use the Redis store at REDIS_URL: {0}")]
-    Store(#[from] StoreError),
+    #[error("cannot use the Redis store at {0}: {1}")]
+    Store(&'static str, StoreError),
     #[error("{0}")]
     Auth(#[from] AuthSetupError),
-    #[error("cannot keep limits in the Redis at REDIS_URL: {0}")]
-    Limits(#[from] LimitError),
+    #[error("cannot keep limits in the Redis at {0}: {1}")]
+    Limits(&'static str, LimitError),
 }
 
 /// Builds the application state from settings; `shutdown` ends every stream.
@@ -51,7 +51,8 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     let limit_store: Arc<dyn LimitStore> = match settings.store {
         StoreKind::Memory => Arc::new(MemoryLimitStore::new(settings.limits.clone())),
         StoreKind::Redis => {
-            Arc::new(RedisLimitStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.limits.clone(), SLOT_TTL).await?)
+            let store = RedisLimitStore::connect(&settings.redis, &settings.redis_key_prefix, settings.limits.clone(), SLOT_TTL).await;
+            Arc::new(store.map_err(|error| SetupError::Limits(settings.redis.variable(), error))?)
         }
     };
     let limits = Limits::new(limit_store, settings.limits.clone(), shutdown.clone());
@@ -76,7 +77,8 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
                 grace: settings.resume_grace,
                 generation_timeout: settings.generation_timeout,
             };
-            Arc::new(RedisStore::connect(&settings.redis_url, config).await?)
+            let store = RedisStore::connect(&settings.redis, config).await;
+            Arc::new(store.map_err(|error| SetupError::Store(settings.redis.variable(), error))?)
         }
     };
     let manager = StreamManager::new(

@@ -1,12 +1,116 @@
 //! How every Redis connection of `live-ai` behaves: each command has a timeout,
 //! so a Redis that stops answering is an error within seconds, never a hang; and
 //! reconnection attempts stay frequent, so the process is back soon after Redis.
-//! The event store's append connection speaks RESP itself (`store/redis/wire.rs`)
-//! and keeps the same command timeout.
+//! The event store's append connection to one node speaks RESP itself
+//! (`store/redis/wire.rs`) and keeps the same command timeout.
+//!
+//! Redis is one node (`REDIS_URL`) or a cluster (`REDIS_CLUSTER_URLS`, its seed
+//! nodes): [`RedisConn`] is either, behind redis-rs's `ConnectionLike`, so every
+//! command, script and same-slot pipeline is written once. In a cluster redis-rs
+//! routes each by its key's slot and follows `MOVED`/`ASK` and topology changes;
+//! a pipeline must stay within one slot (one stream's keys share a hash tag).
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One node (`REDIS_URL`).
+    Node(String),
+    /// A Redis Cluster, by some of its nodes (`REDIS_CLUSTER_URLS`).
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The variable that named it, for messages.
+    pub fn variable(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "REDIS_URL",
+            Self::Cluster(_) => "REDIS_CLUSTER_URLS",
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// The command that publishes on a channel: sharded pub/sub in a cluster,
+    /// so a message goes to the node of its channel's slot, not to every node.
+    pub fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        }
+    }
+}
+
+/// A connection to one node or to a cluster; cheap to clone (both multiplex).
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Connects to `target`, checking the server is new enough.
+pub async fn open(target: &RedisTarget, response_timeout: Duration) -> redis::RedisResult<RedisConn> {
+    match target {
+        RedisTarget::Node(url) => Ok(RedisConn::Node(connect(redis::Client::open(url.as_str())?, response_timeout).await?)),
+        RedisTarget::Cluster(urls) => {
+            let mut conn = cluster_client(urls, None)?.get_async_connection().await?;
+            let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+            let info = conn.route_command(redis::cmd("INFO").arg("server").clone(), random).await?;
+            check_version(&redis::from_redis_value::<String>(info)?)?;
+            Ok(RedisConn::Cluster(conn))
+        }
+    }
+}
+
+/// A client of the cluster at `urls`, with the command timeout of every
+/// connection; `push` receives what nodes push (RESP3: sharded pub/sub).
+pub fn cluster_client(
+    urls: &[String],
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> redis::RedisResult<redis::cluster::ClusterClient> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+        .connection_timeout(COMMAND_TIMEOUT)
+        .response_timeout(COMMAND_TIMEOUT)
+        // Each request retries over redirections and failovers for a few seconds at most.
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if let Some(push) = push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+    }
+    builder.build()
+}
 
 /// Bound on every Redis command (a blocking command gets its block on top).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use crate::redis_connection::{RedisConn, RedisTarget};
 use sha2::{Digest, Sha256};
 
 use super::{Admission, LimitError, LimitKind, LimitStore, Refusal, Standing, CONCURRENCY_RETRY};
@@ -118,7 +118,7 @@ return {
 "#;
 
 pub struct RedisLimitStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     quotas: LimitSettings,
     slot_ttl: Duration,
@@ -135,9 +135,8 @@ fn unavailable(error: redis::RedisError) -> LimitError {
 impl RedisLimitStore {
     /// Connects with its own connection, so limit decisions never queue behind
     /// event-log traffic.
-    pub async fn connect(url: &str, prefix: &str, quotas: LimitSettings, slot_ttl: Duration) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = crate::redis_connection::connect(client, crate::redis_connection::COMMAND_TIMEOUT).await.map_err(unavailable)?;
+    pub async fn connect(target: &RedisTarget, prefix: &str, quotas: LimitSettings, slot_ttl: Duration) -> Result<Self, LimitError> {
+        let conn = crate::redis_connection::open(target, crate::redis_connection::COMMAND_TIMEOUT).await.map_err(unavailable)?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -257,7 +256,7 @@ mod tests {
     }
 
     async fn store(prefix: &str, quotas: LimitSettings, ttl: Duration) -> RedisLimitStore {
-        RedisLimitStore::connect(&redis_url(), prefix, quotas, ttl).await.expect("Redis runs for the tests")
+        RedisLimitStore::connect(&RedisTarget::Node(redis_url()), prefix, quotas, ttl).await.expect("Redis runs for the tests")
     }
 
     fn prefix() -> String {

@@ -22,6 +22,13 @@
 //! and find their own entries if they had landed) and is replaced at once;
 //! while Redis cannot be reached, an attempt is made every `RECONNECT_DELAY`.
 //!
+//! In a cluster (`REDIS_CLUSTER_URLS`) a pipeline cannot span slots, so the
+//! appends go out one `XADD` each through redis-rs's cluster connection (which
+//! routes each to its slot's node, multiplexes them per node and follows
+//! `MOVED`/`ASK` and failovers); a batch's outcomes are still settled in order,
+//! and its announcements go out in one `SPUBLISH` after it, from a publisher
+//! that sends one message at a time, so they arrive in order.
+//!
 //! The task is supervised: should it panic, what it carried fails (the
 //! generators retry), and it starts again on a fresh connection after
 //! `RECONNECT_DELAY`. While it has no connection, or is restarting, the append
@@ -45,7 +52,7 @@ use tokio::time::Instant;
 use super::announce::{self, MESSAGE_LIMIT};
 use super::wire::{self, Link, Reply};
 use crate::ai::streaming::events::{EventRecord, StreamId};
-use crate::redis_connection::COMMAND_TIMEOUT;
+use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
 
 /// Appends sent in one pipeline at most.
 const PIPELINE_LIMIT: usize = 512;
@@ -89,10 +96,19 @@ impl Appends {
     /// `channel` what `announced` hands over as well as its own appends. The task
     /// ends when the store is dropped, not on a shutdown signal, so a draining
     /// generation can still append and announce.
-    pub async fn start(info: ConnectionInfo, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
-        let link = Link::connect(&info).await?;
+    pub async fn start(target: &RedisTarget, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
         let (queue, waiting) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(true));
+        let url = match target {
+            RedisTarget::Node(url) => url,
+            RedisTarget::Cluster(_) => {
+                let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(io::Error::other)?;
+                tokio::spawn(supervise_in_cluster(conn, channel, waiting, announced, up.clone()));
+                return Ok(Self { queue, up });
+            }
+        };
+        let info = redis::Client::open(url.as_str()).map_err(io::Error::other)?.get_connection_info().clone();
+        let link = Link::connect(&info).await?;
         tokio::spawn(supervise(Connection::new(info, link, channel, up.clone()), waiting, announced));
         Ok(Self { queue, up })
     }
@@ -387,6 +403,117 @@ fn settle(sent: Sent, message: &mut BytesMut) {
     }
 }
 
+/// The cluster's send loop, run again after a panic (as `supervise` does).
+async fn supervise_in_cluster(
+    conn: RedisConn,
+    channel: String,
+    mut waiting: mpsc::UnboundedReceiver<Pending>,
+    mut announced: mpsc::UnboundedReceiver<Bytes>,
+    up: Arc<AtomicBool>,
+) {
+    let (publish, to_publish) = mpsc::unbounded_channel();
+    tokio::spawn(publish_in_order(conn.clone(), channel, to_publish));
+    loop {
+        let run = AssertUnwindSafe(send_in_cluster(&conn, &mut waiting, &mut announced, &publish)).catch_unwind().await;
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("the Redis append task panicked; restarting it");
+        up.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RECONNECT_DELAY).await;
+        up.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends each waiting append as its own `XADD` (up to `IN_FLIGHT_LIMIT`
+/// batches on their way), settles each batch in order, and hands what landed
+/// to the publisher.
+async fn send_in_cluster(
+    conn: &RedisConn,
+    waiting: &mut mpsc::UnboundedReceiver<Pending>,
+    announced: &mut mpsc::UnboundedReceiver<Bytes>,
+    publish: &mpsc::UnboundedSender<Bytes>,
+) {
+    use futures::stream::{FuturesOrdered, StreamExt};
+    let mut in_flight = FuturesOrdered::new();
+    let (mut batch, mut open) = (Vec::new(), true);
+    loop {
+        tokio::select! {
+            biased;
+            Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
+                let (batch, outcomes): (Vec<Pending>, Vec<Xadd>) = sent;
+                let mut message = BytesMut::new();
+                settle(Sent { batch, publishing: false, outcomes, at: Instant::now() }, &mut message);
+                if !message.is_empty() {
+                    let _ = publish.send(message.freeze());
+                }
+            }
+            Some(records) = announced.recv() => {
+                let _ = publish.send(records);
+            }
+            n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if open && in_flight.len() < IN_FLIGHT_LIMIT => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                #[cfg(test)]
+                if batch.iter().any(|append| &*append.log == CRASH) {
+                    panic!("asked to crash");
+                }
+                let sending = std::mem::take(&mut batch);
+                let conn = conn.clone();
+                in_flight.push_back(async move {
+                    let outcomes = futures::future::join_all(sending.iter().map(|append| {
+                        let mut conn = conn.clone();
+                        let command = xadd_command(append);
+                        async move {
+                            let reply = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async::<redis::Value>(&mut conn)).await;
+                            match reply {
+                                Ok(Ok(redis::Value::Nil)) => Xadd::NoLog,
+                                Ok(Ok(_)) => Xadd::Appended,
+                                Ok(Err(error)) if error.to_string().contains("equal or smaller") => Xadd::Conflict,
+                                Ok(Err(error)) => Xadd::Failed(format!("Redis: {error}")),
+                                Err(_) => Xadd::Failed("Redis did not answer an append in time".into()),
+                            }
+                        }
+                    }))
+                    .await;
+                    (sending, outcomes)
+                });
+            }
+            else => return,
+        }
+    }
+}
+
+/// Publishes the announcements handed over, one `SPUBLISH` at a time (joining
+/// what waits meanwhile), so they reach the channel's node in order.
+async fn publish_in_order(mut conn: RedisConn, channel: String, mut to_publish: mpsc::UnboundedReceiver<Bytes>) {
+    let mut ready = Vec::new();
+    while to_publish.recv_many(&mut ready, 64).await > 0 {
+        let message: Vec<u8> = ready.drain(..).flat_map(|records| records.to_vec()).collect();
+        let sent = redis::cmd("SPUBLISH").arg(&channel).arg(message).query_async::<()>(&mut conn).await;
+        if let Err(error) = sent {
+            // Lost announcements only make readers read the log: no retry.
+            tracing::debug!(%error, "could not announce appended events");
+        }
+    }
+}
+
+/// The `XADD` of `append` as a redis-rs command, for the cluster.
+fn xadd_command(append: &Pending) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command
+        .arg(&*append.log)
+        .arg("NOMKSTREAM")
+        .arg(format!("{}-1", append.seq))
+        .arg("t")
+        .arg(append.record.event_type.as_str())
+        .arg("j")
+        .arg(&append.record.fields[..]);
+    command
+}
+
 /// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`.
 fn xadd(out: &mut BytesMut, append: &Pending) {
     let mut digits = itoa::Buffer::new();
@@ -434,7 +561,7 @@ mod tests {
     async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Bytes>) {
         let client = redis::Client::open(redis.url()).unwrap();
         let (announcer, announced) = mpsc::unbounded_channel();
-        let appends = Appends::start(client.get_connection_info().clone(), CHANNEL.into(), announced).await.unwrap();
+        let appends = Appends::start(&RedisTarget::Node(redis.url()), CHANNEL.into(), announced).await.unwrap();
         (appends, client, announcer)
     }
 

@@ -41,7 +41,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +52,8 @@ use self::scripts::{Finish, FinishTarget, First, Scripts};
 use self::tail::Tails;
 use super::{Appender, EventStore, Follower, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
-use crate::redis_connection::{self, COMMAND_TIMEOUT};
+use self::subscription::Subscription;
+use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
 
 /// How long a lease lives without renewal; its process renews it every second,
 /// so only a process that stopped (or stalled this long) loses it.
@@ -82,7 +82,8 @@ type MetaFields = (Option<String>, Option<u64>, Option<String>);
 /// What the store's parts share: the connection, key names, and this process's
 /// identity and leases.
 struct Shared {
-    conn: ConnectionManager,
+    conn: RedisConn,
+    target: RedisTarget,
     keys: Keys,
     scripts: Scripts,
     appends: Appends,
@@ -236,23 +237,23 @@ pub struct RedisStoreConfig {
 impl RedisStore {
     /// Connects; its background tasks (following, leases and presence, cancel
     /// requests) run until the store is dropped.
-    pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, StoreError> {
+    pub async fn connect(target: &RedisTarget, config: RedisStoreConfig) -> Result<Self, StoreError> {
         let stop = CancellationToken::new();
         let RedisStoreConfig { prefix, retention, grace, generation_timeout } = config;
         let prefix = prefix.as_str();
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
+        let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
-        // The hot path gets a connection of its own, so a once-a-second pipeline of
+        // The hot path gets a connection of its own, so a once-a-second round of
         // lease and presence renewals never holds an append up behind it.
         let (announcer, announced) = Announcer::new();
-        let appends = Appends::start(client.get_connection_info().clone(), keys.events_channel(), announced)
+        let appends = Appends::start(target, keys.events_channel(), announced)
             .await
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let shared = Arc::new(Shared {
             appends,
             announcer,
             conn,
+            target: target.clone(),
             keys,
             scripts: Scripts::default(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
@@ -261,9 +262,10 @@ impl RedisStore {
             live_ttl: (generation_timeout + LIVE_TTL_MARGIN).min(LIVE_TTL_MAX),
             leases: Mutex::default(),
         });
-        cancels::listen(client.clone(), Arc::downgrade(&shared), stop.clone()).await.map_err(unavailable)?;
-        let channel = shared.keys.events_channel();
-        let tails = Tails::start(shared.clone(), client, channel, stop.clone()).await.map_err(unavailable)?;
+        let cancel_requests = Subscription::open(target, &shared.keys.cancel_channel(), stop.clone()).await.map_err(unavailable)?;
+        cancels::listen(cancel_requests, Arc::downgrade(&shared));
+        let announcements = Subscription::open(target, &shared.keys.events_channel(), stop.clone()).await.map_err(unavailable)?;
+        let tails = Tails::start(shared.clone(), announcements, stop.clone());
         upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
         Ok(Self { shared, tails, stop })
     }
@@ -396,7 +398,12 @@ impl EventStore for RedisStore {
                 _ => return Ok(()),
             }
         }
-        conn.publish::<_, _, ()>(self.shared.keys.cancel_channel(), id.as_str()).await.map_err(unavailable)
+        redis::cmd(self.shared.target.publish_command())
+            .arg(self.shared.keys.cancel_channel())
+            .arg(id.as_str())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {

@@ -98,7 +98,7 @@ pub struct FinishTarget<'a> {
 impl Scripts {
     /// Marks a cancel on a stream whose generator holds its lease; `false` when
     /// no process does (nothing was marked).
-    pub async fn mark_cancel(&self, conn: &mut redis::aio::ConnectionManager, meta: &str, lease: &str) -> redis::RedisResult<bool> {
+    pub async fn mark_cancel(&self, conn: &mut crate::redis_connection::RedisConn, meta: &str, lease: &str) -> redis::RedisResult<bool> {
         let marked: i64 = self.mark_cancel.key(meta).key(lease).invoke_async(conn).await?;
         Ok(marked == 1)
     }
@@ -106,7 +106,7 @@ impl Scripts {
     /// Appends `record` as the log's first event (seq 0).
     pub async fn first(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::redis_connection::RedisConn,
         log: &str,
         meta: &str,
         live_ttl_ms: u64,
@@ -132,7 +132,7 @@ impl Scripts {
     /// (`Some(seq)`), or at the next seq of an orphaned log (`None`).
     pub async fn finish(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::redis_connection::RedisConn,
         target: FinishTarget<'_>,
         seq: Option<u64>,
         record: &EventRecord,

@@ -36,7 +36,7 @@ use super::announce;
 use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
-use super::subscription;
+use super::subscription::{Heard, Subscription};
 use super::Shared;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
@@ -210,19 +210,13 @@ pub struct Tails {
 }
 
 impl Tails {
-    /// Subscribes to the announcements on `channel`, then keeps the subscription
-    /// and the mirrors' watch going until `shutdown`.
-    pub async fn start(
-        shared: Arc<Shared>,
-        client: redis::Client,
-        channel: String,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Arc<Self>> {
-        let pubsub = subscription::subscribe(&client, &channel).await?;
+    /// Feeds the mirrors from `announcements` (the subscription to appended
+    /// events), and watches over them, until `shutdown`.
+    pub fn start(shared: Arc<Shared>, announcements: Subscription, shutdown: CancellationToken) -> Arc<Self> {
         let tails = Arc::new(Self { shared, mirrors: Mutex::default(), outage_since: Mutex::default() });
-        tokio::spawn(listen(Arc::downgrade(&tails), pubsub, client, channel, shutdown.clone()));
+        tokio::spawn(listen(Arc::downgrade(&tails), announcements));
         tokio::spawn(watch_over(Arc::downgrade(&tails), shutdown));
-        Ok(tails)
+        tails
     }
 
     /// As if the subscription had been down since `since` (tests).
@@ -466,29 +460,24 @@ impl Tails {
     }
 }
 
-/// Feeds announcements to the mirrors; resubscribes after losing the connection.
-async fn listen(tails: Weak<Tails>, mut pubsub: redis::aio::PubSub, client: redis::Client, channel: String, shutdown: CancellationToken) {
-    loop {
-        {
-            let mut messages = pubsub.on_message();
-            loop {
-                let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    message = messages.next() => message,
-                };
-                let Some(message) = message else { break };
-                let Some(tails) = tails.upgrade() else { return };
-                tails.deliver(Bytes::copy_from_slice(message.get_payload_bytes()));
+/// Feeds announcements to the mirrors; while the subscription is lost the
+/// mirrors poll their logs, and once it is back each reads what it missed.
+async fn listen(tails: Weak<Tails>, mut announcements: Subscription) {
+    while let Some(heard) = announcements.next().await {
+        let Some(tails) = tails.upgrade() else { return };
+        match heard {
+            Heard::Message(message) => tails.deliver(message),
+            Heard::Lost => {
+                tracing::warn!("lost the Redis subscription to appended events; resubscribing");
+                tails.outage_since.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+            Heard::Back => {
+                if let Some(since) = tails.outage_since.lock().unwrap().take() {
+                    tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
+                }
+                tails.catch_up_all();
             }
         }
-        tracing::warn!("lost the Redis subscription to appended events; resubscribing");
-        let Some(since) = tails.upgrade().map(|t| *t.outage_since.lock().unwrap().insert(Instant::now())) else { return };
-        let Some(fresh) = subscription::resubscribe(&client, &channel, &shutdown).await else { return };
-        pubsub = fresh;
-        let Some(tails) = tails.upgrade() else { return };
-        tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
-        *tails.outage_since.lock().unwrap() = None;
-        tails.catch_up_all();
     }
 }
 

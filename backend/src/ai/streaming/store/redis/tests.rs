@@ -24,7 +24,7 @@ fn config(prefix: &str, grace: Duration) -> RedisStoreConfig {
 }
 
 async fn store_on(prefix: &str, grace: Duration) -> RedisStore {
-    RedisStore::connect(&redis_url(), config(prefix, grace)).await.expect("Redis runs for the tests")
+    RedisStore::connect(&RedisTarget::Node(redis_url()), config(prefix, grace)).await.expect("Redis runs for the tests")
 }
 
 /// Two processes of one deployment.
@@ -41,7 +41,7 @@ fn end() -> EventRecord {
     EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested })
 }
 
-async fn raw(store: &RedisStore) -> ConnectionManager {
+async fn raw(store: &RedisStore) -> RedisConn {
     store.shared.conn.clone()
 }
 
@@ -271,7 +271,7 @@ async fn a_live_log_expires_only_after_the_longest_generation_could_have_ended()
     let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
     let two_hours = Duration::from_secs(7200);
     let config = RedisStoreConfig { generation_timeout: two_hours, ..config(&prefix, Duration::from_secs(30)) };
-    let store = RedisStore::connect(&redis_url(), config).await.unwrap();
+    let store = RedisStore::connect(&RedisTarget::Node(redis_url()), config).await.unwrap();
     let id = StreamId::generate();
     let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
