@@ -11,6 +11,7 @@ mod proxy;
 mod test_server;
 
 mod auth;
+mod cluster;
 mod contract;
 mod errors;
 mod hardening;
@@ -18,6 +19,6 @@ mod lifecycle;
 mod limits;
 mod ownership;
 mod providers;
-mod scale_out;
+pub mod scale_out;
 mod sse;
 mod websocket;

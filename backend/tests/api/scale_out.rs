@@ -18,15 +18,15 @@ fn redis_url() -> String {
 }
 
 /// How long readers may take to learn that a generator or Redis died (the bound).
-const DEATH_NOTICE: Duration = Duration::from_secs(10);
+pub const DEATH_NOTICE: Duration = Duration::from_secs(10);
 
 /// Settings shared by the processes of one deployment (their own key prefix).
-struct Deployment {
+pub struct Deployment {
     vars: Vec<(&'static str, String)>,
 }
 
 impl Deployment {
-    fn new(redis_url: &str, tokens_per_second: u32) -> Self {
+    pub fn new(redis_url: &str, tokens_per_second: u32) -> Self {
         let prefix = format!("live-ai-test-{}", uuid_like());
         Self {
             vars: vec![
@@ -38,17 +38,29 @@ impl Deployment {
         }
     }
 
-    fn with(mut self, name: &'static str, value: &str) -> Self {
+    /// Processes on the Redis Cluster whose seed nodes are `urls`.
+    pub fn on_cluster(urls: &str, tokens_per_second: u32) -> Self {
+        let mut deployment = Self::new("redis://unused", tokens_per_second);
+        deployment.vars.retain(|(name, _)| *name != "REDIS_URL");
+        deployment.vars.push(("REDIS_CLUSTER_URLS", urls.to_owned()));
+        deployment
+    }
+
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+    }
+
+    pub fn with(mut self, name: &'static str, value: &str) -> Self {
         self.vars.push((name, value.to_owned()));
         self
     }
 
-    async fn process(&self) -> LiveAiProcess {
+    pub async fn process(&self) -> LiveAiProcess {
         let vars: Vec<(&str, &str)> = self.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         LiveAiProcess::spawn(&vars).await
     }
 
-    async fn processes(&self, n: usize) -> Vec<LiveAiProcess> {
+    pub async fn processes(&self, n: usize) -> Vec<LiveAiProcess> {
         join_all((0..n).map(|_| self.process())).await
     }
 }
@@ -71,7 +83,7 @@ impl Dice {
     }
 }
 
-fn assert_generation_lost(event: &Received, mentioning: &str) {
+pub fn assert_generation_lost(event: &Received, mentioning: &str) {
     assert_eq!(event.kind(), "error", "{:?}", event.data);
     assert_eq!(event.data["code"], "generation_lost", "{:?}", event.data);
     assert_eq!(event.data["retryable"], true, "{:?}", event.data);
@@ -79,7 +91,7 @@ fn assert_generation_lost(event: &Received, mentioning: &str) {
 }
 
 /// Reads until the terminal event within `bound`; returns the events.
-async fn terminal_within(reader: &mut SseReader, bound: Duration) -> Vec<Received> {
+pub async fn terminal_within(reader: &mut SseReader, bound: Duration) -> Vec<Received> {
     tokio::time::timeout(bound, reader.until_terminal()).await.expect("the terminal event in time")
 }
 
@@ -117,12 +129,12 @@ async fn a_stream_longer_than_the_grace_read_only_through_another_process_comple
 /// explanation) and reads it to its end, cutting the connection after 1 to
 /// `cut_within` events each time (see [`read_with_cuts_from`]) and resuming with `Last-Event-ID` (through the
 /// proxy: on the next process). Returns the block, the events and the resumes.
-async fn read_with_cuts(proxy: &RoundRobinProxy, n: u64, cut_within: u64) -> (&'static str, Vec<Received>, u32) {
+pub async fn read_with_cuts(proxy: &RoundRobinProxy, n: u64, cut_within: u64) -> (&'static str, Vec<Received>, u32) {
     read_with_cuts_from(proxy, n, 1, cut_within).await
 }
 
 /// As [`read_with_cuts`], cutting after `at_least` to `at_most` events.
-async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_most: u64) -> (&'static str, Vec<Received>, u32) {
+pub async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_most: u64) -> (&'static str, Vec<Received>, u32) {
     let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let (block, input) = if n.is_multiple_of(4) {
         ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
@@ -156,7 +168,7 @@ async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_
 }
 
 /// Every stream complete, contiguous, its result what its events said.
-fn assert_all_complete(outcomes: &[(&'static str, Vec<Received>, u32)]) {
+pub fn assert_all_complete(outcomes: &[(&'static str, Vec<Received>, u32)]) {
     for (block, events, _) in outcomes {
         assert_contiguous(events, 0);
         let last = events.last().unwrap();
@@ -337,15 +349,15 @@ async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_
 }
 
 /// What a client of a rolling deploy saw of one stream.
-struct Followed {
-    events: Vec<Received>,
+pub struct Followed {
+    pub events: Vec<Received>,
     /// Responses that ended without the terminal event (their process stopped).
     moved: u32,
 }
 
 /// Starts a stream through `proxy`, retrying a start that meets a stopping
 /// process (503 or a closed connection).
-async fn start_through(proxy: &RoundRobinProxy, n: u64) -> String {
+pub async fn start_through(proxy: &RoundRobinProxy, n: u64) -> String {
     let body = json!({"block_type": "explain-eli10", "input": {"topic": format!("rolling {n}")}});
     for _ in 0..50 {
         match proxy.http.post(proxy.url("/api/streams")).json(&body).send().await {
@@ -362,7 +374,7 @@ async fn start_through(proxy: &RoundRobinProxy, n: u64) -> String {
 
 /// Reads stream `id` through `proxy` to its terminal event, resuming with
 /// `Last-Event-ID` whenever a response ends without it.
-async fn follow_through(proxy: &RoundRobinProxy, id: &str) -> Followed {
+pub async fn follow_through(proxy: &RoundRobinProxy, id: &str) -> Followed {
     let (mut events, mut moved): (Vec<Received>, u32) = (Vec::new(), 0);
     let path = format!("/api/streams/{id}/events");
     for _ in 0..200 {
