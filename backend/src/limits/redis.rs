@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use crate::redis_connection::{RedisConn, RedisTarget};
+use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::{Admission, LimitError, LimitKind, LimitStore, Refusal, Standing, CONCURRENCY_RETRY};

@@ -139,7 +139,10 @@ async fn a_primary_killed_mid_stream_fails_over_and_streams_go_on_or_end_retryab
     }
     // The finished stream is still resumable, from the promoted replica.
     let replayed = processes[1].events_of(&finished).await.until_terminal().await;
-    assert_eq!(replayed.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), finished_events.iter().map(|e| e.data.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        replayed.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        finished_events.iter().map(|e| e.data.clone()).collect::<Vec<_>>()
+    );
 }
 
 /// The key prefix of a deployment.

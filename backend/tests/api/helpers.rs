@@ -222,7 +222,8 @@ impl ApiClient {
                 // has no `id:` line: the last event id stays the last logged one.
                 let unlogged = data["code"] == "generation_lost" && event.id != own_id;
                 if unlogged {
-                    let logged_before = data["seq"].as_u64().unwrap().checked_sub(1).map(|seq| format!("{}:{seq}", data["stream_id"].as_str().unwrap()));
+                    let logged_before =
+                        data["seq"].as_u64().unwrap().checked_sub(1).map(|seq| format!("{}:{seq}", data["stream_id"].as_str().unwrap()));
                     assert!(event.id.is_empty() || Some(&event.id) == logged_before.as_ref(), "{} after {}", own_id, event.id);
                 } else {
                     assert_eq!(event.id, own_id, "SSE id is <stream_id>:<seq>");

@@ -500,7 +500,8 @@ async fn sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_h
         other_events.push(event);
     }
     let last = other_events.last().unwrap().id.clone();
-    other_events.extend(staying.sse(&format!("/api/streams/{generated_there}/events"), &[("last-event-id", &last)]).await.until_terminal().await);
+    other_events
+        .extend(staying.sse(&format!("/api/streams/{generated_there}/events"), &[("last-event-id", &last)]).await.until_terminal().await);
     assert_contiguous(&other_events, 0);
     assert_eq!(other_events.last().unwrap().kind(), "complete");
 }

@@ -501,7 +501,10 @@ mod tests {
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
         let store = store(Duration::from_secs(300), usize::MAX);
         let (done, live) = (id(1), id(2));
-        let (done_log, live_log) = (store.create(&done, "owner", CancellationToken::new()).await.unwrap(), store.create(&live, "owner", CancellationToken::new()).await.unwrap());
+        let (done_log, live_log) = (
+            store.create(&done, "owner", CancellationToken::new()).await.unwrap(),
+            store.create(&live, "owner", CancellationToken::new()).await.unwrap(),
+        );
         for log in [&done_log, &live_log] {
             log.append(0, &chunk()).await.unwrap();
         }

@@ -21,6 +21,28 @@
 //! - Every command has a timeout; Redis going away ends open streams with a
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
+//! - One node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`): the
+//!   same commands through `redis_connection::RedisConn`; in a cluster, sharded
+//!   pub/sub and one `XADD` per append instead of one pipeline.
+//!
+//! The ordering rules, each held by a test (in `tests.rs` unless named):
+//! 1. An event is announced only once Redis confirmed its append, each once,
+//!    in append order (`appends.rs` `settle`):
+//!    `every_confirmed_event_and_no_refused_one_is_announced_in_order`,
+//!    `concurrent_streams_each_have_every_event_announced_once_in_order`.
+//! 2. A mirror takes events only in seq order; one past a gap is held until
+//!    the log has been read up to it (`tail.rs`):
+//!    `an_announcement_past_a_gap_is_held_and_asks_for_one_catch_up` (tail.rs),
+//!    `events_whose_announcements_were_lost_still_reach_readers_elsewhere`.
+//! 3. A reader marks itself present before it reads, and presence marks only
+//!    ever extend the key:
+//!    `a_reader_attaching_where_the_stream_is_followed_already_marks_presence_at_once`,
+//!    `a_leaving_reader_never_shortens_the_presence_another_process_marked`.
+//! 4. A cancel mark is read at every lease renewal and removed only by the
+//!    log's end: `a_cancel_whose_message_was_lost_reaches_the_generator_at_its_next_renewal_and_renewals_keep_the_mark`.
+//! 5. The store's listeners stop when the store is dropped, after the HTTP
+//!    drain and the generations' last events: the API test
+//!    `sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_hands_other_readers_off`.
 
 mod announce;
 mod appends;
@@ -49,10 +71,10 @@ use self::appends::{Appends, Xadd};
 use self::entries::events_of;
 use self::keys::{entry_id, Keys};
 use self::scripts::{Finish, FinishTarget, First, Scripts};
+use self::subscription::Subscription;
 use self::tail::Tails;
 use super::{Appender, EventStore, Follower, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
-use self::subscription::Subscription;
 use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
 
 /// How long a lease lives without renewal; its process renews it every second,
@@ -246,9 +268,8 @@ impl RedisStore {
         // The hot path gets a connection of its own, so a once-a-second round of
         // lease and presence renewals never holds an append up behind it.
         let (announcer, announced) = Announcer::new();
-        let appends = Appends::start(target, keys.events_channel(), announced)
-            .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let appends =
+            Appends::start(target, keys.events_channel(), announced).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let shared = Arc::new(Shared {
             appends,
             announcer,

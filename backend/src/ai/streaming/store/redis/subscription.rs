@@ -46,6 +46,8 @@ pub struct Subscription {
     source: Source,
 }
 
+// Two subscriptions per process: the size of a node's client does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Node { client: redis::Client, pubsub: Option<PubSub> },
     Cluster { pushes: mpsc::UnboundedReceiver<redis::PushInfo>, _conn: redis::cluster_async::ClusterConnection, lost: bool },

@@ -103,10 +103,13 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, M
     }
 }
 
+/// A line's type byte, the rest of it, and where the next line starts.
+type Line<'a> = (u8, &'a [u8], usize);
+
 /// The type byte, the rest of the line, and where the next line starts; `None`
 /// until the line is whole. A line with no type byte (`\r\n` alone) is
 /// `Malformed`: every slice is taken with `get`, so no input can panic here.
-fn line_at(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, Malformed> {
+fn line_at(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Malformed> {
     let Some(rest) = buf.get(at..) else { return Ok(None) };
     let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
     let (Some(&kind), Some(line)) = (rest.first(), rest.get(1..end)) else { return Err(Malformed) };
