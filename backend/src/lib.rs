@@ -94,7 +94,8 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     );
     let sse_readers =
         api::sse_body::Readers::start(settings.client_send_timeout, settings.sse_keepalive, metrics.clone(), shutdown.clone());
-    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, sse_readers, shutdown })
+    let ws_sessions = tokio_util::task::TaskTracker::new();
+    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, sse_readers, ws_sessions, shutdown })
 }
 
 /// Serves `state` on an already-bound listener until `signal` resolves; then every
@@ -119,6 +120,13 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     });
     // Connections that do not close by themselves (an idle WebSocket, a client that
     // stopped reading) must not hold the process: they get the timeout, no more.
+    let ws_sessions = state.ws_sessions.clone();
     server::serve(listener, app, header_timeout, drained, timeout).await;
+    // Sockets send their last events and their close frame (1012) before the
+    // process goes; the server's drain does not wait for upgraded connections.
+    ws_sessions.close();
+    if tokio::time::timeout(timeout, ws_sessions.wait()).await.is_err() {
+        tracing::warn!("WebSocket sessions still open after the shutdown timeout; closing them");
+    }
     Ok(())
 }

@@ -164,7 +164,11 @@ pub async fn upgrade(
         return Err(ApiError::StreamingDisabled);
     }
     let ws = ws?.max_message_size(MAX_CLIENT_MESSAGE_BYTES).max_frame_size(MAX_CLIENT_MESSAGE_BYTES);
-    Ok(ws.on_upgrade(move |socket| serve(socket, state, principal)))
+    let session = state.ws_sessions.token();
+    Ok(ws.on_upgrade(move |socket| async move {
+        serve(socket, state, principal).await;
+        drop(session);
+    }))
 }
 
 /// The close frame that ends a socket for `code`.

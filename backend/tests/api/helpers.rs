@@ -201,11 +201,17 @@ impl ApiClient {
 
     /// Opens an SSE stream with optional extra headers.
     pub async fn sse(&self, path: &str, headers: &[(&str, &str)]) -> SseReader {
+        self.try_sse(path, headers).await.unwrap()
+    }
+
+    /// As [`sse`](Self::sse), with the request's failure (a process that
+    /// stopped while answering) as an error.
+    pub async fn try_sse(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Result<SseReader> {
         let mut request = self.http.get(self.url(path)).header("accept", "text/event-stream");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.unwrap();
+        let response = request.send().await?;
         let status = response.status();
         let response_headers = response.headers().clone();
         let events = response
@@ -231,7 +237,7 @@ impl ApiClient {
                 Received { id: if unlogged { String::new() } else { event.id }, data }
             })
             .boxed();
-        SseReader { status, headers: response_headers, events }
+        Ok(SseReader { status, headers: response_headers, events })
     }
 
     pub async fn events_of(&self, stream_id: &str) -> SseReader {

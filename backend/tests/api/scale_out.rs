@@ -379,7 +379,11 @@ pub async fn follow_through(proxy: &RoundRobinProxy, id: &str) -> Followed {
     let path = format!("/api/streams/{id}/events");
     for _ in 0..200 {
         let headers: Vec<(&str, &str)> = events.last().map(|last: &Received| vec![("last-event-id", last.id.as_str())]).unwrap_or_default();
-        let mut reader = proxy.sse(&path, &headers).await;
+        let Ok(mut reader) = proxy.try_sse(&path, &headers).await else {
+            // The process stopped while answering: try the next.
+            moved += 1;
+            continue;
+        };
         assert_eq!(reader.status, 200, "{id} after {} events", events.len());
         while let Some(event) = reader.next().await {
             let terminal = event.is_terminal();
