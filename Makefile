@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-profile
+.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-moderation bench-profile
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 ## (16 streams at once per visitor instead of 4: a reload leaves the page's four blocks
@@ -17,7 +17,7 @@ demo: frontend-deps
 	cd $(FRONTEND) && $(NPM) run build
 	cd $(BACKEND) && $(CARGO) build --release
 	AI_STREAMING_ENABLED=true STATIC_DIR=$(FRONTEND)/dist HOST=$${HOST:-127.0.0.1} PORT=$${PORT:-8000} \
-		LIMIT_CONCURRENT_STREAMS=$${LIMIT_CONCURRENT_STREAMS:-16} \
+		LIMIT_CONCURRENT_STREAMS=$${LIMIT_CONCURRENT_STREAMS:-16} MODERATION_PROVIDER=$${MODERATION_PROVIDER:-local} \
 		$(BACKEND)/target/release/live-ai
 
 ## test: every test — Rust (unit + integration + property tests), OpenAPI fuzz, TypeScript (Vitest), browser (Chromium)
@@ -97,6 +97,10 @@ bench-perf:
 ## bench-stores: memory store vs Redis store, readers on another process (issue 7; see bench/RESULTS.md)
 bench-stores: redis
 	bash bench/stores.sh
+
+## bench-moderation: what moderation costs: off, local, a 50 ms remote moderator buffered and async (issue 21; see bench/RESULTS.md)
+bench-moderation:
+	bash bench/moderation.sh
 
 ## bench-profile: perf profiles and callgrind instruction counts of live-ai and the floor (see bench/RESULTS.md)
 bench-profile:

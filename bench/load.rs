@@ -6,6 +6,8 @@
 //!   `live-ai` and the floor (bench/perf.sh, `make bench-perf`);
 //! - `load stores --live-ai BIN …`: issue 7's memory vs Redis store benchmark
 //!   (bench/stores.sh, `make bench-stores`);
+//! - `load moderation --live-ai BIN …`: issue 21's cost of moderation, off
+//!   against the local filter and a 50 ms remote moderator (bench/moderation.sh);
 //! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
 //!   server (bench/profile.sh runs them under profilers);
 //! - `load massif FILE STREAMS`: a massif heap profile's peak, by owner.
@@ -21,6 +23,8 @@ mod http;
 mod lag;
 #[path = "load/massif.rs"]
 mod massif;
+#[path = "load/moderation.rs"]
+mod moderation;
 #[path = "load/perf.rs"]
 mod perf;
 #[path = "load/replay.rs"]
@@ -83,6 +87,7 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("lag") => lag::main(rest).await,
         Some("perf") => perf::main(rest).await,
+        Some("moderation") => moderation::main(rest).await,
         Some("stores") => stores::main(rest).await,
         Some("burst") => burst::main(rest).await,
         Some("unpaced") => unpaced::main(rest).await,
@@ -90,7 +95,7 @@ async fn main() {
         Some("replay") => replay::main(rest).await,
         Some("massif") => massif::main(rest),
         _ => {
-            eprintln!("usage: load lag|perf|stores|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
+            eprintln!("usage: load lag|perf|stores|moderation|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
             std::process::exit(2);
         }
     }

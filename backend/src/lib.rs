@@ -17,6 +17,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ai::moderation::outbox::memory::MemoryOutbox;
+use crate::ai::moderation::outbox::redis::RedisOutbox;
+use crate::ai::moderation::outbox::{Outbox, OutboxError};
+use crate::ai::moderation::webhook::Webhooks;
+use crate::ai::moderation::Moderation;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
 use crate::ai::streaming::store::memory::MemoryStore;
@@ -42,6 +47,8 @@ pub enum SetupError {
     Auth(#[from] AuthSetupError),
     #[error("cannot keep limits in the Redis at {0}: {1}")]
     Limits(&'static str, LimitError),
+    #[error("cannot keep the moderation webhook outbox in the Redis at {0}: {1}")]
+    Outbox(&'static str, OutboxError),
 }
 
 /// Builds the application state from settings; `shutdown` ends every stream.
@@ -66,6 +73,20 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             retry_base: std::time::Duration::from_millis(250),
         },
     );
+    let webhooks = match &settings.moderation.webhook {
+        None => None,
+        Some(webhook) => {
+            let outbox: Arc<dyn Outbox> = match settings.store {
+                StoreKind::Memory => Arc::new(MemoryOutbox::default()),
+                StoreKind::Redis => {
+                    let outbox = RedisOutbox::connect(&settings.redis, &settings.redis_key_prefix).await;
+                    Arc::new(outbox.map_err(|error| SetupError::Outbox(settings.redis.variable(), error))?)
+                }
+            };
+            Some(Webhooks::start(webhook, outbox, metrics.clone(), shutdown.clone()))
+        }
+    };
+    let moderation = Moderation::new(&settings.moderation, settings.provider_max_retries, webhooks, metrics.clone());
     let store: Arc<dyn EventStore> = match settings.store {
         StoreKind::Memory => {
             Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
@@ -84,6 +105,7 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     let manager = StreamManager::new(
         store,
         engine,
+        moderation,
         ManagerConfig {
             resume_grace: settings.resume_grace,
             retention: settings.retention,
@@ -105,7 +127,13 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     let app = api::router(state.clone());
     let shutdown = state.shutdown.clone();
     let timeout = state.settings.shutdown_timeout;
-    let header_timeout = state.settings.http_header_timeout;
+    let serving = server::ServeConfig {
+        header_timeout: state.settings.http_header_timeout,
+        max_connections: state.settings.max_connections,
+        send_timeout: state.settings.client_send_timeout,
+        metrics: state.metrics.clone(),
+        drain: state.settings.shutdown_timeout,
+    };
     let manager = state.manager.clone();
     let drained = CancellationToken::new();
     let serve_until = drained.clone();
@@ -121,7 +149,7 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     // Connections that do not close by themselves (an idle WebSocket, a client that
     // stopped reading) must not hold the process: they get the timeout, no more.
     let ws_sessions = state.ws_sessions.clone();
-    server::serve(listener, app, header_timeout, drained, timeout).await;
+    server::serve(listener, app, serving, drained).await;
     // Sockets send their last events and their close frame (1012) before the
     // process goes; the server's drain does not wait for upgraded connections.
     ws_sessions.close();

@@ -16,6 +16,17 @@ pub struct Metrics {
     pub chunk_delivery: prometheus::Histogram,
     pub outcomes: IntCounterVec,
     pub readers_dropped: IntCounterVec,
+    /// Flags by stage (`input`/`output`), category and block.
+    pub moderation_flags: IntCounterVec,
+    /// Checks by stage and outcome (`allowed`, `flagged`, `failed_closed`, `failed_open`).
+    pub moderation_checks: IntCounterVec,
+    pub moderation_check_seconds: HistogramVec,
+    /// Webhook attempts by outcome (`delivered`, `failed`, `abandoned`, `lost`).
+    pub moderation_webhooks: IntCounterVec,
+    /// Sockets open now, lingering closes included (bounded by `MAX_CONNECTIONS`).
+    pub connections_open: IntGauge,
+    /// Connections the server ended itself, by why.
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -39,6 +50,24 @@ impl Metrics {
         let events_sent = counters("events_sent_total", "Events written to clients.", &["transport"]);
         let outcomes = counters("stream_outcomes_total", "Finished generations by outcome.", &["block", "provider", "outcome"]);
         let readers_dropped = counters("readers_dropped_total", "Readers the server dropped.", &["reason"]);
+        let moderation_flags =
+            counters("moderation_flags_total", "Moderation flags, by stage, category and block.", &["stage", "category", "block"]);
+        let moderation_checks = counters("moderation_checks_total", "Moderation checks, by stage and outcome.", &["stage", "outcome"]);
+        let moderation_webhooks =
+            counters("moderation_webhook_deliveries_total", "Moderation webhook delivery attempts, by outcome.", &["outcome"]);
+        let moderation_check_seconds = HistogramVec::new(
+            HistogramOpts::new("moderation_check_seconds", "One moderation check, retries included.")
+                .buckets(vec![0.0001, 0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(moderation_check_seconds.clone())).expect("registered once");
+        let connections_open = gauge("connections_open", "Open client connections (bounded by MAX_CONNECTIONS).");
+        let connections_closed = counters(
+            "connections_closed_total",
+            "Connections the server closed itself: send_timeout, header_timeout, or at_capacity (refused over MAX_CONNECTIONS).",
+            &["reason"],
+        );
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -67,6 +96,12 @@ impl Metrics {
             chunk_delivery,
             outcomes,
             readers_dropped,
+            moderation_flags,
+            moderation_checks,
+            moderation_check_seconds,
+            moderation_webhooks,
+            connections_open,
+            connections_closed,
         }
     }
 

@@ -19,7 +19,9 @@ let browser: Browser;
 
 beforeAll(async () => {
   // Slow enough that a stream lasts a few seconds and can be watched, cancelled and cut.
-  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1" });
+  // Async moderation: output shows token by token (buffered mode shows a short answer, such as
+  // a diagram, only once all of it passed, and these tests watch output arrive).
+  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async" });
   proxy = await startCutProxy(server.port);
   browser = await launchBrowser();
 });
@@ -208,9 +210,21 @@ describe("demo page", () => {
     const { page } = await openPage();
     await startBlock(page, "diagram");
     await waitForStatus(page, "diagram", "complete");
+    // Mid-stream drawings (an early "flowchart TD" parses, and draws an empty chart) give way to
+    // the final source's: await that one being drawn, not just any drawing.
+    await page.waitForFunction(
+      () => {
+        const section = document.querySelector("section.block-diagram");
+        const final = section?.querySelector(".diagram-source code")?.textContent;
+        return final !== undefined && final !== "" && section?.querySelector(".diagram")?.getAttribute("data-drawn-source") === final;
+      },
+      null,
+      { timeout: 15_000 },
+    );
     const svg = block(page, "diagram").locator(".diagram-svg svg");
-    await svg.waitFor({ timeout: 15_000 });
     expect(await svg.locator("text, foreignObject").count()).toBeGreaterThan(0);
+    // Its text alternative says what it shows.
+    expect(await block(page, "diagram").locator(".diagram-svg").getAttribute("aria-label")).toMatch(/^Flowchart: .+ leads to .+\.$/);
     await page.close();
   });
 });

@@ -12,7 +12,7 @@ import {
   type StreamOutcome,
   type TransportKind,
 } from "@live-ai/client";
-import { streamNotFound } from "../testing/events";
+import { streamExpired, streamNotFound } from "../testing/events";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { readAllEvents, untilLogEndsWith } from "./server-log";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
@@ -130,6 +130,17 @@ describe("stream client against live-ai (fast demo model)", () => {
     expect(events.at(-1)?.type).toBe("complete");
   });
 
+  it("resume(id, terminalSeq) of a finished stream ends with its own terminal event, over both transports", async () => {
+    const client = newClient(server.url);
+    for (const mode of TRANSPORTS) {
+      const done = await run(client, "explain-eli10", mode);
+      const terminal = done.events.at(-1)!;
+      const outcome = await client.resume(done.streamId!, terminal.seq, {}, { mode }).done;
+      expect(outcome).toEqual({ status: "complete", event: terminal });
+    }
+    client.dispose();
+  });
+
   it("answers 204 when resuming a finished stream whose terminal event the client holds", async () => {
     const done = await run(client, "explain-eli10", "sse");
     const last = done.events.at(-1)!;
@@ -183,11 +194,80 @@ describe("stream client against live-ai (fast demo model)", () => {
   });
 });
 
+describe("stream client against live-ai after a stream's log expired (STREAM_RETENTION_SECONDS=1)", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    server = await startLiveAi({ STREAM_RETENTION_SECONDS: "1", DEMO_TOKENS_PER_SECOND: "0", DEMO_FIRST_TOKEN_MS: "0" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  /** A finished stream whose log the server has since expired, and how long that log was. */
+  async function expiredStream(): Promise<{ streamId: string; logLength: number }> {
+    const client = newClient(server.url);
+    const done = await run(client, "explain-eli10", "sse");
+    client.dispose();
+    expect(done.outcome.status).toBe("complete");
+    const streamId = done.streamId!;
+    const logLength = done.events.length;
+    // The server's sweep expires it within a second or two; its answer then says so.
+    await expect
+      .poll(async () => (await readAllEvents(`${server.url}/api/streams/${streamId}/events?after=0`)).events[0]?.type, { timeout: 10_000, interval: 200 })
+      .toBe("error");
+    return { streamId, logLength };
+  }
+
+  it("answers a resume of the expired log with exactly the stream_not_found event the unit fakes send, after the log's end", async () => {
+    const { streamId, logLength } = await expiredStream();
+    expect(logLength).toBeGreaterThan(10);
+    const { events } = await readAllEvents(`${server.url}/api/streams/${streamId}/events?after=3`);
+    expect(events).toEqual([streamExpired(streamId, logLength)]);
+  });
+
+  it("resume(id, 3) over SSE settles with stream_not_found after exactly one request", async () => {
+    const { streamId } = await expiredStream();
+    const requests: string[] = [];
+    const countingFetch: typeof fetch = (input, init) => {
+      requests.push(`${init?.method ?? "GET"} ${new URL(String(input)).pathname}`);
+      return fetch(input, init);
+    };
+    const client = newClient(server.url, countingFetch);
+    const statuses: string[] = [];
+    const outcome = await client.resume(streamId, 3, { onStatus: (status) => statuses.push(status) }, { mode: "sse" }).done;
+    client.dispose();
+    expect(outcome).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
+    expect(requests.filter((request) => request.endsWith("/events"))).toEqual([`GET /api/streams/${streamId}/events`]);
+    expect(statuses).not.toContain("reconnecting");
+  });
+
+  it("resume(id, 3) over the WebSocket settles with stream_not_found after exactly one resume", async () => {
+    const { streamId } = await expiredStream();
+    const sent: unknown[] = [];
+    class CountingWebSocket extends WebSocket {
+      override send(data: string) {
+        sent.push(JSON.parse(data));
+        super.send(data);
+      }
+    }
+    const client = new StreamClient({ baseUrl: server.url, WebSocket: CountingWebSocket as unknown as typeof globalThis.WebSocket, backoff: { initialMs: 50, maxMs: 500 } });
+    const statuses: string[] = [];
+    const outcome = await client.resume(streamId, 3, { onStatus: (status) => statuses.push(status) }, { mode: "websocket" }).done;
+    client.dispose();
+    expect(outcome).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
+    expect(sent.filter((message) => (message as { type: string }).type === "resume")).toHaveLength(1);
+    expect(statuses).not.toContain("reconnecting");
+  });
+
+});
+
 describe("stream client against live-ai (slow demo model, flaky network)", () => {
   let server: LiveAiServer;
   let proxy: CutProxy;
   beforeAll(async () => {
-    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", SSE_KEEPALIVE_SECONDS: "1" });
+    // Async moderation: chunks flow one by one (buffered mode releases them a window at a time,
+    // so two cuts "while tokens are flowing" could land in one burst).
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async" });
     proxy = await startCutProxy(server.port);
   });
   afterAll(async () => {
@@ -236,6 +316,61 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
       expect(replay.filter((e) => e.type === "chunk").length).toBeLessThan(40);
     });
   }
+});
+
+describe("the WebSocket against live-ai, as good as SSE", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "40", DEMO_FIRST_TOKEN_MS: "20", LIMIT_STREAMS_PER_SOCKET: "2", LIMIT_CONCURRENT_STREAMS: "8" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  const named = (handle: { streamId: string | undefined; done: Promise<StreamOutcome> }) =>
+    new Promise<string>((resolve, reject) => {
+      const poll = setInterval(() => {
+        if (handle.streamId) (clearInterval(poll), resolve(handle.streamId));
+      }, 10);
+      void handle.done.then(() => (clearInterval(poll), handle.streamId ? resolve(handle.streamId) : reject(new Error("ended unnamed"))));
+    });
+
+  it("a detached stream frees its place on the socket (LIMIT_STREAMS_PER_SOCKET), and goes on on the server", async () => {
+    const client = newClient(server.url);
+    const first = client.start("explain-eli10", INPUTS["explain-eli10"], {}, { mode: "websocket" });
+    const second = client.start("ask-question", INPUTS["ask-question"], {}, { mode: "websocket" });
+    const firstId = await named(first);
+    await named(second);
+    first.detach();
+    const third = client.start("diagram", INPUTS.diagram, {}, { mode: "websocket" });
+    expect((await third.done).status).toBe("complete");
+    expect((await second.done).status).toBe("complete");
+    // The detached generation finished on the server all the same.
+    expect((await untilLogEndsWith(server.url, firstId, "complete")).at(-1)?.type).toBe("complete");
+    client.dispose();
+  });
+
+  it("refuses a start over 32 KiB before sending it, and the socket's other stream goes on", async () => {
+    const client = newClient(server.url);
+    const other = client.start("explain-eli10", INPUTS["explain-eli10"], {}, { mode: "websocket" });
+    await named(other);
+    const big = client.start("ask-question", { question: "why?", context: "漢".repeat(16_000) }, {}, { mode: "websocket" });
+    expect(await big.done).toMatchObject({ status: "error", error: { code: "too_large", field: "context" } });
+    expect((await other.done).status).toBe("complete");
+    client.dispose();
+  });
+
+  it("delivers a stream to both of its readers on one socket", async () => {
+    const client = newClient(server.url);
+    const reference = await run(client, "explain-eli10", "websocket");
+    const texts = ["", ""];
+    const readers = [0, 1].map((index) =>
+      client.resume(reference.streamId!, -1, { onChunk: (event) => (texts[index] += event.token) }, { mode: "websocket" }),
+    );
+    for (const reader of readers) expect((await reader.done).status).toBe("complete");
+    expect(texts).toEqual([reference.text, reference.text]);
+    client.dispose();
+  });
 });
 
 describe("stream client against live-ai with a slow first token", () => {

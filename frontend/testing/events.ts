@@ -1,6 +1,7 @@
 // Builders of stream events for unit tests. Every event they build is checked against the
 // contract (the same generated validators the client uses), and the ones the server shapes in
-// a particular way are built the way the server builds them (see `streamNotFound`).
+// a particular way are built the way the server builds them (see `streamNotFound` and
+// `streamExpired`).
 import { checkStreamEvent, type BlockResult, type BlockType, type ErrorEvent, type QuizQuestion, type StreamEvent } from "@live-ai/client";
 
 export function streamEvents(streamId: string) {
@@ -39,17 +40,33 @@ export function streamEvents(streamId: string) {
 }
 
 /**
- * What live-ai answers a resume of a stream it does not know (expired, or never existed), on
- * both transports: one error event whose seq follows the client's `after` (0 without one),
- * retryable because starting again succeeds. Mirrors `not_found` in backend/src/api/sse.rs and
- * the resume branch of backend/src/api/ws.rs; e2e/client.e2e.test.ts checks the real server
- * still answers exactly this.
+ * What live-ai answers a resume of a stream it never had (or someone else's: the same answer,
+ * so ids cannot be probed), on both transports: one error event at the seq after the client's
+ * `after` (0 without one), retryable because starting again succeeds. Mirrors `open` in
+ * backend/src/ai/streaming/stream_manager.rs with `not_found` in backend/src/api/sse.rs and the
+ * resume branch of backend/src/api/ws.rs; e2e/client.e2e.test.ts checks the real server still
+ * answers exactly this.
  */
 export function streamNotFound(streamId: string, after: number | null): ErrorEvent {
+  return notFoundAt(streamId, after === null ? 0 : after + 1);
+}
+
+/**
+ * What live-ai answers a resume, by its owner, of a stream whose log expired or was evicted (it
+ * keeps the log's length): the same error event, at the seq after the log's end (`logLength`),
+ * whatever the client's `after` was, as long as it is below that (an `after` at or beyond the
+ * end is refused as a bad request). So the event usually comes far above the last seq the
+ * client holds. e2e/client.e2e.test.ts checks the real server answers exactly this.
+ */
+export function streamExpired(streamId: string, logLength: number): ErrorEvent {
+  return notFoundAt(streamId, logLength);
+}
+
+function notFoundAt(streamId: string, seq: number): ErrorEvent {
   return checkStreamEvent({
     type: "error",
     stream_id: streamId,
-    seq: after === null ? 0 : after + 1,
+    seq,
     code: "stream_not_found",
     message: `no stream ${streamId}; it may have expired: start again`,
     retryable: true,

@@ -2,7 +2,8 @@
 // decides which bytes each SSE response carries, where they split, and when a link drops.
 // Events go through the contract's validators on the way out (`sendEvents`), and its answers
 // follow the server's: problem+json bodies, 201/200 for idempotent starts, 202 for cancel,
-// and, with `requireToken`, 401 + `WWW-Authenticate: Bearer` for a missing or wrong token.
+// 204 for a resume from a finished stream's terminal event (`finished`), and, with
+// `requireToken`, 401 + `WWW-Authenticate: Bearer` for a missing or wrong token.
 import { checkStreamEvent, type AIConfig, type StreamEvent } from "@live-ai/client";
 
 export const TEST_CONFIG: AIConfig = {
@@ -62,6 +63,11 @@ export class FakeApi {
   readonly eventResponses: FakeSseResponse[] = [];
   /** Status for GET events responses; the first entries are used up first. */
   eventStatuses: number[] = [];
+  /**
+   * Streams that ended, by id, with the seq of their terminal event: a resume from exactly that
+   * seq gets 204 No Content, as live-ai answers a client that already holds the end.
+   */
+  readonly finished = new Map<string, number>();
   private nextStream = 1;
   private readonly keys = new Map<string, string>();
   private readonly waiters: Array<() => void> = [];
@@ -108,6 +114,9 @@ export class FakeApi {
       return json(201, { stream_id: streamId, read_token: `rt-${streamId}`, read_token_expires_at: "2030-01-01T00:00:00Z" });
     }
     if (/^\/api\/streams\/[^/]+\/events$/.test(path)) {
+      const terminalSeq = this.finished.get(decodeURIComponent(path.split("/")[3]!));
+      const after = url.searchParams.get("after");
+      if (terminalSeq !== undefined && after !== null && Number(after) === terminalSeq) return new Response(null, { status: 204 });
       const status = this.eventStatuses.shift() ?? 200;
       if (status !== 200) return status === 204 ? new Response(null, { status }) : problem(status, "http_error", `HTTP ${status}`);
       const response = new FakeSseResponse(request);

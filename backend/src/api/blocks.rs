@@ -47,8 +47,9 @@ pub struct BlockResponse {
         (status = 200, body = BlockResponse),
         (status = 404, body = super::error::Problem, description = "Unknown block type"),
         (status = 413, body = super::error::Problem, description = "A field or the body is too large"),
-        (status = 422, body = super::error::Problem, description = "A field is missing or invalid; `field` names it"),
-        (status = 502, body = super::error::Problem, description = "The provider failed or its output was invalid"),
+        (status = 422, body = super::error::Problem, description = "A field is missing or invalid (`field` names it), or moderation flagged the learner's input (`input_flagged`, with `categories`)"),
+        (status = 502, body = super::error::Problem, description = "The provider failed, its output was invalid, or moderation flagged it (`output_flagged`, with `categories`)"),
+        (status = 503, body = super::error::Problem, description = "The provider or the moderator (`moderation_unavailable`) cannot be reached, or the server's store is unavailable; retry later"),
     )
 )]
 pub async fn whole_response(
@@ -61,10 +62,7 @@ pub async fn whole_response(
     let block_type = parse_block_type(&block_type)?;
     let input = BlockInput::parse(block_type, &fields)?;
     let reservation = state.limits.admit(&principal, input.prompt().max_tokens.into()).await?;
-    let response = state.manager.respond(input).await?;
-    // A failed generation's usage is unknown here: it counts as nothing.
-    reservation.settle_to(response.as_ref().map_or(0, |whole| whole.usage.completion_tokens)).await;
-    let whole = response.map_err(ApiError::Generation)?;
+    let whole = state.manager.respond(input, principal.id(), reservation).await?.map_err(ApiError::Generation)?;
     Ok(Json(BlockResponse {
         block_type,
         provider: whole.provider,

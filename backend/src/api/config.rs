@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::ai::blocks::BlockType;
+use crate::ai::moderation::ModerationInfo;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/ai/config", get(ai_config))
@@ -28,6 +29,8 @@ pub struct AiConfig {
     blocks: Vec<BlockType>,
     /// `none`, `jwt` or `api_key`: whether requests must carry `Authorization: Bearer`.
     auth_mode: &'static str,
+    /// What moderation checks, with what, and how streamed output meets it.
+    moderation: ModerationInfo,
 }
 
 #[utoipa::path(get, path = "/api/ai/config", responses((status = 200, body = AiConfig)))]
@@ -43,5 +46,6 @@ pub async fn ai_config(State(state): State<AppState>) -> Json<AiConfig> {
         keepalive_seconds: state.settings.sse_keepalive.as_secs_f64(),
         blocks: BlockType::ALL.to_vec(),
         auth_mode: state.auth.mode().as_str(),
+        moderation: state.manager.moderation().info(),
     })
 }

@@ -63,6 +63,9 @@ pub struct Problem {
     /// How long to wait before trying again, when the server knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// `input_flagged` / `output_flagged`: the moderation categories.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -89,7 +92,10 @@ impl ApiError {
                 ManagerError::AfterBeyondLog { .. } => StatusCode::BAD_REQUEST,
             },
             Self::Generation(failed) => match failed.code {
-                ErrorCode::ProviderUnavailable | ErrorCode::GenerationLost => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::InputFlagged => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ProviderUnavailable | ErrorCode::GenerationLost | ErrorCode::ModerationUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,
@@ -217,6 +223,10 @@ impl IntoResponse for ApiError {
             field: self.field(),
             retryable: self.retryable(),
             retry_after_ms: retry_after_ms.filter(|_| self.refusal().is_some()),
+            categories: match &self {
+                Self::Generation(failed) => failed.categories.clone(),
+                _ => None,
+            },
         };
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();

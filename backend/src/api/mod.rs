@@ -13,6 +13,8 @@ pub mod sse_wire;
 pub mod streaming;
 pub mod usage;
 pub mod ws;
+pub mod ws_messages;
+pub mod ws_session;
 
 use std::sync::Arc;
 

@@ -26,7 +26,7 @@ use crate::ai::blocks::BlockType;
 #[openapi(
     info(
         title = "Live AI Blocks",
-        description = "Streams AI block answers over SSE and WebSocket. Event payloads: specs/050-live-ai-interaction/contracts/stream-schema.yaml (AsyncAPI 3). With AUTH_MODE jwt or api_key, send `Authorization: Bearer <token>`."
+        description = "Streams AI block answers over SSE and WebSocket. Event payloads: specs/050-live-ai-interaction/contracts/stream-schema.yaml (AsyncAPI 3). With AUTH_MODE jwt or api_key, send `Authorization: Bearer <token>`. Any request may also be answered `503` `at_capacity` with `Connection: close` when the server holds MAX_CONNECTIONS open connections; a request refused before its body was read is answered with `Connection: close`."
     ),
     paths(
         super::streaming::stream_block,

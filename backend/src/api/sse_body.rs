@@ -8,8 +8,9 @@
 //! reading makes hyper stop polling once its write buffer is full; the [`Readers`]
 //! reaper notices that the body handed over bytes and was not asked for more
 //! within the send timeout, and drops its reader (the generation goes on, for the
-//! grace, like any other disconnect). A slow reader never slows others nor grows
-//! memory: it re-reads the log at its own pace.
+//! grace, like any other disconnect); the connection itself, whose writes made no
+//! progress for as long, is closed by the server (`server::socket`). A slow
+//! reader never slows others nor grows memory: it re-reads the log at its own pace.
 
 use std::convert::Infallible;
 use std::future::Future;

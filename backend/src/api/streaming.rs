@@ -3,8 +3,10 @@
 //! the create / stream / cancel resource `/api/streams` for fetch clients.
 //!
 //! Every request acts for a [`Principal`]; starts are admitted by the limits and
-//! refused when cross-site ([`SameSiteStart`]); a stream read, resumed or
-//! cancelled by anyone but its owner answers exactly as an unknown one.
+//! refused when cross-site ([`SameSiteStart`]) — except a retried start whose
+//! `Idempotency-Key` names a stream already started, which gets that stream
+//! whatever the limits; a stream read, resumed or cancelled by anyone but its
+//! owner answers exactly as an unknown one.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,7 +22,7 @@ use super::origin::SameSiteStart;
 use super::{sse, AppState};
 use crate::ai::blocks::{BlockInput, BlockType};
 use crate::ai::streaming::events::StreamId;
-use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, Started};
+use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, StartError, Started};
 use crate::auth::principal::Reader;
 use crate::auth::Principal;
 
@@ -59,10 +61,15 @@ fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
 }
 
-/// Admits a start for `principal` and starts it.
+/// Starts a generation for `principal`, admitted by its limits; a known
+/// idempotency key returns its stream without asking the limits.
 pub async fn start(state: &AppState, principal: &Principal, input: BlockInput, key: Option<String>) -> Result<Started, ApiError> {
-    let reservation = state.limits.admit(principal, input.prompt().max_tokens.into()).await?;
-    Ok(state.manager.start(input, key, principal.id(), reservation).await?)
+    let tokens = input.prompt().max_tokens.into();
+    let admit = || state.limits.admit(principal, tokens);
+    state.manager.start(input, key, principal.id(), admit).await.map_err(|error| match error {
+        StartError::Refused(refused) => ApiError::from(refused),
+        StartError::Manager(error) => error.into(),
+    })
 }
 
 /// Where a reader's resume point came from, to name it in an error.
@@ -163,7 +170,7 @@ pub struct StreamCreated {
     params(("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key returns the same stream")),
     responses(
         (status = 201, body = StreamCreated, description = "A new generation"),
-        (status = 200, body = StreamCreated, description = "The generation this Idempotency-Key started"),
+        (status = 200, body = StreamCreated, description = "The generation this Idempotency-Key started (whatever the limits: a retry is not a new start)"),
         (status = 413, body = super::error::Problem), (status = 422, body = super::error::Problem),
         (status = 503, body = super::error::Problem),
     )

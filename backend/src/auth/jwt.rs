@@ -29,6 +29,17 @@ pub struct JwtVerifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required by the validation; optional here so a token without it is refused
+    /// as lacking a claim, not as malformed.
+    exp: Option<u64>,
+}
+
+/// What a verified token says: who, and until when it may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub sub: String,
+    /// The token's `exp` plus the tolerated clock skew: from then on it is refused.
+    pub usable_until: std::time::SystemTime,
 }
 
 impl JwtVerifier {
@@ -83,8 +94,8 @@ impl JwtVerifier {
         validation
     }
 
-    /// The token's `sub`, once its signature and claims check out.
-    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// The token's `sub` and lifetime, once its signature and claims check out.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Invalid("not a JWT"))?;
         let candidates = self.keys.iter().filter(|key| key.algorithm == header.alg).filter(|key| match (&header.kid, &key.kid) {
             (Some(wanted), Some(kid)) => wanted == kid,
@@ -94,7 +105,11 @@ impl JwtVerifier {
         let mut outcome = Err(AuthError::Invalid("no key for this token's alg and kid"));
         for key in candidates {
             outcome = match decode::<Claims>(token, &key.key, &self.validation(key.algorithm)) {
-                Ok(data) => return check_subject(data.claims.sub),
+                Ok(data) => {
+                    let usable_until =
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(data.claims.exp.unwrap_or(0).saturating_add(LEEWAY_SECONDS));
+                    return check_subject(data.claims.sub).map(|sub| Verified { sub, usable_until });
+                }
                 Err(error) => Err(AuthError::Invalid(reason(&error))),
             };
         }
@@ -143,7 +158,10 @@ mod tests {
     fn a_valid_token_yields_its_subject() {
         let verifier = JwtVerifier::hs256(SECRET, Some("https://learn.example"), Some("live-ai"));
         let token = hs256(json!({"sub": "learner-7", "exp": now() + 60, "iss": "https://learn.example", "aud": "live-ai"}), SECRET);
-        assert_eq!(verifier.verify(&token).unwrap(), "learner-7");
+        let verified = verifier.verify(&token).unwrap();
+        assert_eq!(verified.sub, "learner-7");
+        let until = verified.usable_until.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(until, now() + 60 + LEEWAY_SECONDS, "exp, plus the tolerated skew");
     }
 
     #[test]

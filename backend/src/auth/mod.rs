@@ -109,13 +109,37 @@ impl Authenticator {
     /// The principal behind a Bearer credential. With `AUTH_MODE=none` any
     /// credential is ignored and the client IP is the principal.
     pub fn authenticate(&self, bearer: Option<&str>, client_ip: IpAddr) -> Result<Principal, AuthError> {
+        self.verify(bearer, client_ip).map(|credential| credential.principal)
+    }
+
+    /// As [`authenticate`](Self::authenticate), with how long the credential
+    /// may be used: a WebSocket checks it again at every start and resume.
+    pub fn verify(&self, bearer: Option<&str>, client_ip: IpAddr) -> Result<Credential, AuthError> {
         match &self.verifier {
-            Verifier::Anonymous => Ok(Principal::anonymous(client_ip)),
-            Verifier::Jwt(verifier) => verifier.verify(bearer.ok_or(AuthError::Missing)?).map(|sub| Principal::learner(&sub)),
-            Verifier::ApiKeys(keys) => {
-                keys.verify(bearer.ok_or(AuthError::Missing)?).map(Principal::api_client).ok_or(AuthError::Invalid("unknown API key"))
-            }
+            Verifier::Anonymous => Ok(Credential { principal: Principal::anonymous(client_ip), usable_until: None }),
+            Verifier::Jwt(verifier) => verifier
+                .verify(bearer.ok_or(AuthError::Missing)?)
+                .map(|token| Credential { principal: Principal::learner(&token.sub), usable_until: Some(token.usable_until) }),
+            Verifier::ApiKeys(keys) => keys
+                .verify(bearer.ok_or(AuthError::Missing)?)
+                .map(|name| Credential { principal: Principal::api_client(name), usable_until: None })
+                .ok_or(AuthError::Invalid("unknown API key")),
         }
+    }
+}
+
+/// A verified credential: whom it proves, and until when (JWTs expire; API keys
+/// and anonymous principals do not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub principal: Principal,
+    pub usable_until: Option<std::time::SystemTime>,
+}
+
+impl Credential {
+    /// Whether it may still be used now.
+    pub fn is_current(&self) -> bool {
+        self.usable_until.is_none_or(|until| std::time::SystemTime::now() < until)
     }
 }
 

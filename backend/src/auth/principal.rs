@@ -1,13 +1,13 @@
 //! The principal: whoever a request acts for. Handlers take it as an argument; the
 //! extractor reads the credential, so no handler ever parses headers for it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
-use super::AuthError;
+use super::{AuthError, Credential};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 
@@ -15,14 +15,23 @@ use crate::api::AppState;
 pub const MAX_NAME_LEN: usize = 256;
 
 /// A principal id, namespaced by how it was proven: `jwt:<sub>`, `key:<name>` or
-/// `ip:<address>`. Streams, idempotency keys and limits belong to it.
+/// `ip:<address>` (`ip:<network>/64` for IPv6). Streams, idempotency keys and limits belong to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal(Arc<str>);
 
 impl Principal {
-    /// The anonymous principal of a client address (`AUTH_MODE=none`).
+    /// The anonymous principal of a client address (`AUTH_MODE=none`): an IPv4
+    /// address, or an IPv6 address's /64 network. One IPv6 client commonly holds a
+    /// whole /64 (privacy addresses rotate within it), so the address alone would
+    /// let it multiply every limit by picking new ones.
     pub fn anonymous(ip: IpAddr) -> Self {
-        Self(format!("ip:{ip}").into())
+        match ip {
+            IpAddr::V4(v4) => Self(format!("ip:{v4}").into()),
+            IpAddr::V6(v6) => {
+                let network = Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64));
+                Self(format!("ip:{network}/64").into())
+            }
+        }
     }
 
     /// A learner, by the `sub` of the host app's JWT.
@@ -126,7 +135,7 @@ impl FromRequestParts<AppState> for Reader {
 
 /// Who a WebSocket acts for, as far as its upgrade request tells.
 pub enum SocketAuth {
-    Known(Principal),
+    Known(Credential),
     /// No header credential: the socket's first message must authenticate.
     Pending {
         client_ip: IpAddr,
@@ -142,11 +151,14 @@ impl FromRequestParts<AppState> for SocketPrincipal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let client_ip = state.auth.client_ip(peer_ip(parts), &parts.headers);
-        let anonymous = state.auth.mode() == crate::config::settings::AuthMode::None;
-        if anonymous || parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
-            return Ok(Self(SocketAuth::Known(Principal::from_request_parts(parts, state).await?)));
+        let auth = &state.auth;
+        let client_ip = auth.client_ip(peer_ip(parts), &parts.headers);
+        if auth.mode() == crate::config::settings::AuthMode::None {
+            return Ok(Self(SocketAuth::Known(auth.verify(None, client_ip)?)));
         }
-        Ok(Self(SocketAuth::Pending { client_ip }))
+        match super::bearer(&parts.headers)? {
+            Some(token) => Ok(Self(SocketAuth::Known(auth.verify(Some(token), client_ip)?))),
+            None => Ok(Self(SocketAuth::Pending { client_ip })),
+        }
     }
 }

@@ -1,3 +1,4 @@
 //! Configuration: typed settings read from the environment (and `.env`).
 
+pub mod moderation;
 pub mod settings;

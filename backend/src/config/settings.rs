@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::moderation::ModerationSettings;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamingBackend {
     Sse,
@@ -78,6 +80,9 @@ pub struct AuthSettings {
     /// Public keys (RS256/ES256) of the host app, as a JWKS JSON file.
     pub jwks_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
+    /// The `aud` learner tokens must carry. Required with `AUTH_MODE=jwt` (RFC 8725
+    /// §3.9: a token minted for another service must not pass here); `None` when
+    /// waived on purpose with `AUTH_JWT_AUDIENCE=*`, or outside JWT mode.
     pub jwt_audience: Option<String>,
     /// Lines `principal:sha256-hex-of-key`.
     pub api_keys_file: Option<PathBuf>,
@@ -103,7 +108,7 @@ pub enum LogFormat {
 
 /// A secret value: never printed, not even by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(pub(super) String);
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -127,6 +132,10 @@ pub struct DemoSettings {
     pub fail_after_tokens: Option<u64>,
     /// Stop sending (without closing) after this many tokens.
     pub stall_after_tokens: Option<u64>,
+    /// A test knob: this text is streamed after `inject_after_tokens` tokens, as
+    /// if the model had written it (a flagged sentence for the moderation tests).
+    pub inject_text: Option<String>,
+    pub inject_after_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +155,7 @@ pub struct Settings {
     pub generation_timeout: Duration,
     pub provider_max_retries: u32,
     pub demo: DemoSettings,
+    pub moderation: ModerationSettings,
     pub store: StoreKind,
     /// The Redis of `STREAM_STORE=redis`: `REDIS_URL`'s node, or the cluster of
     /// `REDIS_CLUSTER_URLS` when that is set.
@@ -169,14 +179,19 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// A connection must send its request headers within this time.
+    /// A connection must send its request headers within this time (the first
+    /// request's from when it was accepted).
     pub http_header_timeout: Duration,
+    /// Open connections at most (`MAX_CONNECTIONS`); more are answered 503.
+    pub max_connections: usize,
     /// A WebSocket with no stream and no client message for this long is closed.
     pub ws_idle_timeout: Duration,
 }
 
 /// Longest read-token lifetime: it travels in URLs, so it must not live long.
 pub const MAX_READ_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// `AUTH_JWT_AUDIENCE=*`: accept tokens whatever their `aud`, on purpose.
+pub const AUDIENCE_WAIVED: &str = "*";
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: a key at least as long as the hash).
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -189,27 +204,27 @@ pub struct SettingsError {
     pub expected: String,
 }
 
-struct Source<'a> {
+pub(super) struct Source<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Source<'_> {
-    fn raw(&self, variable: &str) -> Option<String> {
+    pub(super) fn raw(&self, variable: &str) -> Option<String> {
         (self.lookup)(variable).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
-    fn parse<T: FromStr>(&self, variable: &'static str, default: T, expected: &str) -> Result<T, SettingsError> {
+    pub(super) fn parse<T: FromStr>(&self, variable: &'static str, default: T, expected: &str) -> Result<T, SettingsError> {
         match self.raw(variable) {
             None => Ok(default),
             Some(value) => value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() }),
         }
     }
 
-    fn optional<T: FromStr>(&self, variable: &'static str, expected: &str) -> Result<Option<T>, SettingsError> {
+    pub(super) fn optional<T: FromStr>(&self, variable: &'static str, expected: &str) -> Result<Option<T>, SettingsError> {
         self.raw(variable).map(|value| value.parse().map_err(|_| SettingsError { variable, value, expected: expected.into() })).transpose()
     }
 
-    fn flag(&self, variable: &'static str, default: bool) -> Result<bool, SettingsError> {
+    pub(super) fn flag(&self, variable: &'static str, default: bool) -> Result<bool, SettingsError> {
         match self.raw(variable).map(|v| v.to_ascii_lowercase()) {
             None => Ok(default),
             Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => Ok(true),
@@ -218,7 +233,7 @@ impl Source<'_> {
         }
     }
 
-    fn choice<T: Copy>(&self, variable: &'static str, default: T, options: &[(&str, T)]) -> Result<T, SettingsError> {
+    pub(super) fn choice<T: Copy>(&self, variable: &'static str, default: T, options: &[(&str, T)]) -> Result<T, SettingsError> {
         let Some(value) = self.raw(variable) else { return Ok(default) };
         options.iter().find(|(name, _)| name.eq_ignore_ascii_case(&value)).map(|(_, v)| *v).ok_or_else(|| {
             let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
@@ -226,7 +241,7 @@ impl Source<'_> {
         })
     }
 
-    fn seconds(&self, variable: &'static str, default: f64, min: f64) -> Result<Duration, SettingsError> {
+    pub(super) fn seconds(&self, variable: &'static str, default: f64, min: f64) -> Result<Duration, SettingsError> {
         let secs: f64 = self.parse(variable, default, "a number of seconds")?;
         if !secs.is_finite() || secs < min {
             return Err(SettingsError { variable, value: secs.to_string(), expected: format!("a number of seconds, at least {min}") });
@@ -234,12 +249,12 @@ impl Source<'_> {
         Ok(Duration::from_secs_f64(secs))
     }
 
-    fn secret(&self, variable: &'static str) -> Option<Secret> {
+    pub(super) fn secret(&self, variable: &'static str) -> Option<Secret> {
         self.raw(variable).map(Secret)
     }
 
     /// A secret long enough to sign with.
-    fn signing_secret(&self, variable: &'static str) -> Result<Option<Secret>, SettingsError> {
+    pub(super) fn signing_secret(&self, variable: &'static str) -> Result<Option<Secret>, SettingsError> {
         match self.secret(variable) {
             Some(secret) if secret.0.len() < MIN_SECRET_BYTES => Err(SettingsError {
                 variable,
@@ -251,7 +266,11 @@ impl Source<'_> {
     }
 
     /// A positive whole number, or `unlimited`.
-    fn limit<T: FromStr + PartialEq + Default>(&self, variable: &'static str, default: Option<T>) -> Result<Option<T>, SettingsError> {
+    pub(super) fn limit<T: FromStr + PartialEq + Default>(
+        &self,
+        variable: &'static str,
+        default: Option<T>,
+    ) -> Result<Option<T>, SettingsError> {
         let Some(value) = self.raw(variable) else { return Ok(default) };
         if value.eq_ignore_ascii_case("unlimited") {
             return Ok(None);
@@ -262,7 +281,7 @@ impl Source<'_> {
         }
     }
 
-    fn list(&self, variable: &'static str) -> Vec<String> {
+    pub(super) fn list(&self, variable: &'static str) -> Vec<String> {
         self.raw(variable).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
     }
 
@@ -387,7 +406,10 @@ impl Settings {
                 first_token: Duration::from_millis(src.parse("DEMO_FIRST_TOKEN_MS", 300, "milliseconds")?),
                 fail_after_tokens: src.optional("DEMO_FAIL_AFTER_TOKENS", "a number of tokens")?,
                 stall_after_tokens: src.optional("DEMO_STALL_AFTER_TOKENS", "a number of tokens")?,
+                inject_text: src.raw("DEMO_INJECT_TEXT"),
+                inject_after_tokens: src.parse("DEMO_INJECT_AFTER_TOKENS", 0, "a number of tokens")?,
             },
+            moderation: ModerationSettings::read(&src)?,
             store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
             redis: match src.raw("REDIS_CLUSTER_URLS").filter(|urls| !urls.trim().is_empty()) {
                 Some(urls) => {
@@ -434,7 +456,7 @@ impl Settings {
                 jwt_secret: src.signing_secret("AUTH_JWT_SECRET")?,
                 jwks_file: src.raw("AUTH_JWKS_FILE").map(PathBuf::from),
                 jwt_issuer: src.raw("AUTH_JWT_ISSUER"),
-                jwt_audience: src.raw("AUTH_JWT_AUDIENCE"),
+                jwt_audience: src.raw("AUTH_JWT_AUDIENCE").filter(|audience| audience != AUDIENCE_WAIVED),
                 api_keys_file: src.raw("AUTH_API_KEYS_FILE").map(PathBuf::from),
                 read_token_secret: src.signing_secret("AUTH_READ_TOKEN_SECRET")?,
                 read_token_ttl: {
@@ -458,15 +480,17 @@ impl Settings {
             cors_allowed_origins: src.origins("CORS_ALLOWED_ORIGINS")?,
             trusted_proxies: src.networks("TRUSTED_PROXIES")?,
             http_header_timeout: src.seconds("HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.01)?,
+            max_connections: src.limit("MAX_CONNECTIONS", Some(10_000usize))?.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
             ws_idle_timeout: src.seconds("WS_IDLE_TIMEOUT_SECONDS", 300.0, 0.01)?,
         };
         settings.check_provider_credentials()?;
-        settings.check_auth()?;
+        settings.check_auth(src.raw("AUTH_JWT_AUDIENCE").is_some())?;
         Ok(settings)
     }
 
     /// The auth mode has what it needs, and no deployment is open by accident.
-    fn check_auth(&self) -> Result<(), SettingsError> {
+    /// `audience_given`: `AUTH_JWT_AUDIENCE` is set (to an audience, or to `*`).
+    fn check_auth(&self, audience_given: bool) -> Result<(), SettingsError> {
         let auth = &self.auth;
         let error = |variable: &'static str, value: &str, expected: &str| SettingsError {
             variable,
@@ -495,6 +519,14 @@ impl Settings {
                 }
                 (Some(_), Some(_)) => {
                     return Err(error("AUTH_JWKS_FILE", "(set)", "unset when AUTH_JWT_SECRET is set: choose HS256 or public keys"))
+                }
+                _ if !audience_given => {
+                    return Err(error(
+                        "AUTH_JWT_AUDIENCE",
+                        "",
+                        "the `aud` learner tokens are minted for (such as live-ai): AUTH_MODE=jwt requires it, so a token \
+                         the host app signed for another service is refused (RFC 8725); `*` waives the check on purpose",
+                    ))
                 }
                 _ => {}
             },
@@ -560,6 +592,8 @@ mod tests {
         assert_eq!(s.port, 8000);
         assert_eq!(s.resume_grace, Duration::from_secs(30));
         assert_eq!(s.retention, Duration::from_secs(300));
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(settings(&[("MAX_CONNECTIONS", "unlimited")]).unwrap().max_connections, tokio::sync::Semaphore::MAX_PERMITS);
     }
 
     #[test]
@@ -596,10 +630,18 @@ mod tests {
             (&[("AUTH_MODE", "jwt")], "AUTH_JWT_SECRET"),
             (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", "short")], "AUTH_JWT_SECRET"),
             (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWKS_FILE", "keys.json")], "AUTH_JWKS_FILE"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret)], "AUTH_JWT_AUDIENCE"),
+            (&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", "keys.json")], "AUTH_JWT_AUDIENCE"),
             (&[("AUTH_MODE", "api_key")], "AUTH_API_KEYS_FILE"),
             (&[("AUTH_MODE", "ldap")], "AUTH_MODE"),
-            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("STREAM_STORE", "redis")], "AUTH_READ_TOKEN_SECRET"),
-            (&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_READ_TOKEN_SECRET", &secret)], "AUTH_READ_TOKEN_SECRET"),
+            (
+                &[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWT_AUDIENCE", "a"), ("STREAM_STORE", "redis")],
+                "AUTH_READ_TOKEN_SECRET",
+            ),
+            (
+                &[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", &secret), ("AUTH_JWT_AUDIENCE", "a"), ("AUTH_READ_TOKEN_SECRET", &secret)],
+                "AUTH_READ_TOKEN_SECRET",
+            ),
             (&[("AUTH_READ_TOKEN_TTL_SECONDS", "301")], "AUTH_READ_TOKEN_TTL_SECONDS"),
             (&[("LIMIT_CONCURRENT_STREAMS", "0")], "LIMIT_CONCURRENT_STREAMS"),
             (&[("LIMIT_STARTS_PER_MINUTE", "many")], "LIMIT_STARTS_PER_MINUTE"),
@@ -608,12 +650,29 @@ mod tests {
             (&[("CORS_ALLOWED_ORIGINS", "https://a.example/path")], "CORS_ALLOWED_ORIGINS"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[("HTTP_HEADER_TIMEOUT_SECONDS", "0")], "HTTP_HEADER_TIMEOUT_SECONDS"),
+            (&[("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
         ];
         for (vars, variable) in cases {
             let err = settings(vars).unwrap_err();
             assert_eq!(err.variable, *variable, "{vars:?}");
             assert!(!err.to_string().contains(&secret), "secrets stay out of errors");
         }
+    }
+
+    #[test]
+    fn jwt_mode_requires_an_audience_unless_waived_with_a_star() {
+        let secret = "s".repeat(32);
+        let jwt = |audience: Option<&str>| {
+            let mut vars = vec![("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", secret.as_str())];
+            vars.extend(audience.map(|a| ("AUTH_JWT_AUDIENCE", a)));
+            settings(&vars)
+        };
+        let err = jwt(None).unwrap_err();
+        assert_eq!(err.variable, "AUTH_JWT_AUDIENCE");
+        assert!(err.to_string().contains("AUTH_JWT_AUDIENCE") && err.to_string().contains('*'), "{err}");
+        assert_eq!(jwt(Some("live-ai")).unwrap().auth.jwt_audience.as_deref(), Some("live-ai"));
+        assert_eq!(jwt(Some("*")).unwrap().auth.jwt_audience, None, "waived: any aud is accepted");
+        assert!(settings(&[]).is_ok(), "other modes need no audience");
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! and if they allow it, take a concurrency slot, count the start and reserve the
 //! block's `max_tokens` — before any provider call. The [`Reservation`] travels with
 //! the generation, which settles it once at its end: the slot is freed and the
-//! reservation becomes the tokens really used (`usage.completion_tokens`, or the
-//! chunks streamed when a generation ends without usage). A reservation dropped
-//! unsettled (a start that failed) is released the same way.
+//! reservation becomes the tokens really used — the `complete` event's
+//! `usage.completion_tokens`, or, for a generation that ends without one (failed,
+//! cancelled, abandoned, or a whole-response call whose client left), the tokens
+//! of the chunks it produced, counted by the model's [`TokenCounter`]. A
+//! reservation dropped unsettled (a start that failed, a request dropped mid-way)
+//! settles the same way.
 //!
 //! Slots are leases: held slots are renewed every few seconds, and a slot whose
 //! process died lapses after [`SLOT_TTL`], its reservation counted as spent (the
@@ -27,6 +30,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::ai::providers::TokenCounter;
 use crate::ai::runtime::engine::EventStream;
 use crate::ai::streaming::events::EventBody;
 use crate::auth::Principal;
@@ -191,7 +195,8 @@ impl Limits {
 /// What a generation used, as its events showed it.
 #[derive(Default)]
 struct Meter {
-    chunks: AtomicU64,
+    /// Output tokens of the chunks so far, as the model's counter counts them.
+    produced: AtomicU64,
     /// `usage.completion_tokens` of the `complete` event, plus one (0: none yet).
     reported: AtomicU64,
 }
@@ -199,7 +204,7 @@ struct Meter {
 impl Meter {
     fn used(&self) -> u64 {
         match self.reported.load(Ordering::Relaxed) {
-            0 => self.chunks.load(Ordering::Relaxed),
+            0 => self.produced.load(Ordering::Relaxed),
             reported => reported - 1,
         }
     }
@@ -215,12 +220,13 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Passes a generation's events through, noting the tokens it used.
-    pub fn meter(&self, events: EventStream) -> EventStream {
+    /// Passes a generation's events through, noting the tokens it used
+    /// (`counter` counts the chunks of a generation that ends without usage).
+    pub fn meter(&self, events: EventStream, counter: TokenCounter) -> EventStream {
         let meter = self.meter.clone();
         Box::pin(events.inspect(move |body| match body {
-            EventBody::Chunk { .. } => {
-                meter.chunks.fetch_add(1, Ordering::Relaxed);
+            EventBody::Chunk { token } => {
+                meter.produced.fetch_add(counter.chunk(token), Ordering::Relaxed);
             }
             EventBody::Complete { usage, .. } => meter.reported.store(usage.completion_tokens.saturating_add(1), Ordering::Relaxed),
             _ => {}

@@ -66,7 +66,8 @@ async fn learner_tokens_signed_with_the_jwks_keys_are_accepted_and_alg_confusion
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let dir = env!("CARGO_MANIFEST_DIR");
     let jwks = format!("{dir}/tests/fixtures/auth/jwks.json");
-    let app = spawn_app(&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", &jwks)]).await;
+    // `*` waives the audience on purpose: these tokens carry no `aud`.
+    let app = spawn_app(&[("AUTH_MODE", "jwt"), ("AUTH_JWKS_FILE", &jwks), ("AUTH_JWT_AUDIENCE", "*")]).await;
     let claims = json!({"sub": "grace", "exp": now_secs() + 600});
     let sign = |alg: Algorithm, kid: &str, key: EncodingKey| {
         let mut header = Header::new(alg);
@@ -139,13 +140,119 @@ async fn a_websocket_authenticates_by_first_message_or_header_and_is_closed_1008
     ws.send(json!({"type": "auth", "token": sign_hs256(&json!({"sub": "ada", "exp": now_secs() - 600}), JWT_SECRET)})).await;
     closed_with_policy_violation(&mut ws).await;
 
+    // A refused token later on closes the socket just the same.
     let mut ws = app.ws().await;
     ws.send(json!({"type": "auth", "token": learner_token("ada")})).await;
-    ws.send(json!({"type": "auth", "token": learner_token("eve")})).await;
+    ws.send(json!({"type": "auth", "token": sign_hs256(&json!({"sub": "ada", "exp": now_secs() + 600}), "a-forged-secret-that-is-long-enough-0123")})).await;
     closed_with_policy_violation(&mut ws).await;
 
     let refused = app.ws_with(&[("authorization", "Bearer not-a-token")]).await;
     assert!(matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401));
+}
+
+/// The next protocol error on `ws`, keeping the stream events that came before it.
+async fn next_protocol_error(ws: &mut WsClient, events: &mut Vec<Value>) -> Value {
+    loop {
+        let message = ws.next().await;
+        if message["type"] == "protocol_error" {
+            return message;
+        }
+        events.push(message);
+    }
+}
+
+#[tokio::test]
+async fn a_socket_past_its_tokens_exp_refuses_starts_and_resumes_until_a_fresh_auth_and_keeps_its_streams() {
+    let app = spawn_jwt_app(&[("DEMO_TOKENS_PER_SECOND", "20")]).await;
+    // Past its exp but within the 5 s of tolerated clock skew: usable for about two seconds more.
+    let exp = now_secs() - 3;
+    let claims = json!({"sub": "ada", "exp": exp, "iss": "https://learn.example", "aud": "live-ai"});
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": sign_hs256(&claims, JWT_SECRET)})).await;
+    ws.send(json!({"type": "start", "block_type": "ask-question", "input": {"question": "Why do owls hoot?"}, "ref": "early"})).await;
+    let start = ws.next().await;
+    assert_eq!((start["type"].as_str(), start["ref"].as_str()), (Some("start"), Some("early")));
+    let id = start["stream_id"].as_str().unwrap().to_owned();
+    // Let the token's last usable second pass (a wait for the clock, not a proof of silence).
+    let usable_until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp + 5);
+    if let Ok(left) = usable_until.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + std::time::Duration::from_millis(1100)).await;
+    }
+    let mut events = vec![start];
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "owls"}, "ref": "late"})).await;
+    let refused = next_protocol_error(&mut ws, &mut events).await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["ref"].as_str(), refused["retryable"].as_bool()),
+        (Some("unauthorized"), Some("late"), Some(true))
+    );
+    assert!(refused["message"].as_str().unwrap().contains("expired"), "{refused}");
+    ws.send(json!({"type": "resume", "stream_id": id, "after": 0})).await;
+    let refused = next_protocol_error(&mut ws, &mut events).await;
+    assert_eq!((refused["code"].as_str(), refused["stream_id"].as_str()), (Some("unauthorized"), Some(id.as_str())));
+    // A fresh token: starts work again on the same socket, and the first stream never stopped.
+    ws.send(json!({"type": "auth", "token": learner_token("ada")})).await;
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "owls"}, "ref": "fresh"})).await;
+    let mut others = Vec::new();
+    events.extend(ws.until_terminal(&id, &mut others).await.into_iter().map(|e| e.data));
+    let first: Vec<Received> =
+        events.into_iter().filter(|e| e["stream_id"] == id.as_str()).map(|data| Received { id: String::new(), data }).collect();
+    assert_contiguous(&first, 0);
+    assert_eq!(first.last().unwrap().kind(), "complete", "the stream went on past the token's exp");
+    let fresh = match others.iter().find(|m| m["type"] == "start") {
+        Some(fresh) => fresh.clone(),
+        None => ws.next().await,
+    };
+    assert_eq!((fresh["type"].as_str(), fresh["ref"].as_str()), (Some("start"), Some("fresh")), "{others:?}");
+}
+
+#[tokio::test]
+async fn an_auth_for_another_learner_switches_the_socket_and_ends_the_previous_learners_streams_on_it() {
+    let app = spawn_jwt_app(&[("DEMO_TOKENS_PER_SECOND", "20")]).await;
+    let (ada, eve) = (learner_token("ada"), learner_token("eve"));
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "auth", "token": ada})).await;
+    let mut adas = Vec::new();
+    for topic in ["moss", "ferns"] {
+        ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": topic}, "ref": topic})).await;
+        loop {
+            let message = ws.next().await;
+            if message["type"] == "start" {
+                adas.push(message["stream_id"].as_str().unwrap().to_owned());
+                break;
+            }
+        }
+    }
+    ws.send(json!({"type": "auth", "token": eve})).await;
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let message = ws.next().await;
+        if message["type"] == "protocol_error" {
+            assert_eq!((message["code"].as_str(), message["retryable"].as_bool()), (Some("unauthorized"), Some(false)), "{message}");
+            ended.push(message["stream_id"].as_str().unwrap().to_owned());
+        } else {
+            assert!(adas.contains(&message["stream_id"].as_str().unwrap().to_owned()), "{message}");
+        }
+    }
+    ended.sort();
+    adas.sort();
+    assert_eq!(ended, adas, "each of ada's streams on the socket ends with one unauthorized");
+    // From now on the socket is eve's: her start, and nothing more of ada's.
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "bees"}, "ref": "bees"})).await;
+    let start = ws.next().await;
+    assert_eq!((start["type"].as_str(), start["ref"].as_str()), (Some("start"), Some("bees")), "{start}");
+    let eves = start["stream_id"].as_str().unwrap().to_owned();
+    let mut others = Vec::new();
+    ws.until_terminal(&eves, &mut others).await;
+    assert!(others.is_empty(), "nothing of ada's after the switch: {others:?}");
+    let path = format!("/api/streams/{eves}/events");
+    let as_eve = app.sse(&path, &[("authorization", &format!("Bearer {eve}"))]).await.until_terminal().await;
+    assert_eq!(as_eve.last().unwrap().kind(), "complete", "the new stream is eve's");
+    let as_ada = app.sse(&path, &[("authorization", &format!("Bearer {ada}"))]).await.until_terminal().await;
+    assert_eq!(as_ada[0].data["code"], "stream_not_found");
+    // Ada's generations go on: she can still read them.
+    let ada_auth = format!("Bearer {ada}");
+    let events = app.sse(&format!("/api/streams/{}/events", adas[0]), &[("authorization", &ada_auth)]).await.until_terminal().await;
+    assert_eq!(events.last().unwrap().kind(), "complete");
 }
 
 #[tokio::test]
@@ -179,6 +286,28 @@ fn anonymous_mode_refuses_to_start_on_a_public_address_naming_both_variables() {
     let (code, stderr) = start_up_failure(&[("HOST", "0.0.0.0")]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("AUTH_MODE") && stderr.contains("ALLOW_ANONYMOUS"), "{stderr}");
+}
+
+#[test]
+fn jwt_mode_without_an_audience_refuses_to_start_naming_the_variable() {
+    let (code, stderr) = start_up_failure(&[("AUTH_MODE", "jwt"), ("AUTH_JWT_SECRET", JWT_SECRET)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("AUTH_JWT_AUDIENCE"), "{stderr}");
+}
+
+#[tokio::test]
+async fn anonymous_ipv6_clients_of_one_64_network_are_one_principal() {
+    // The test's requests come through a "proxy" on loopback that names the client.
+    let app = spawn_app(&[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let principal_of = |client: &'static str| {
+        let request = app.http.get(app.url("/api/usage")).header("x-forwarded-for", client);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["principal"].as_str().unwrap().to_owned() }
+    };
+    let first = principal_of("2001:db8:7:1::1").await;
+    assert_eq!(first, "ip:2001:db8:7:1::/64");
+    assert_eq!(principal_of("2001:db8:7:1:9f3c:2a:bb01:7").await, first, "a rotated address of the same /64");
+    assert_ne!(principal_of("2001:db8:7:2::1").await, first, "another /64 is another client");
+    assert_eq!(principal_of("198.51.100.7").await, "ip:198.51.100.7", "IPv4 clients stay one address each");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use crate::scale_out::*;
 use crate::test_server::TestCluster;
 
 /// The cluster these tests share, started by the first that needs it.
-fn cluster() -> &'static TestCluster {
+pub fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
     CLUSTER.get_or_init(TestCluster::start)
 }

@@ -71,3 +71,19 @@ async fn config_health_and_metrics_answer() {
     assert!(app.metric("live_ai_events_sent_total", &["transport=\"sse\""]).await > 5.0);
     assert_eq!(app.metric("live_ai_stream_outcomes_total", &["block=\"explain-eli10\"", "outcome=\"complete\""]).await, 1.0);
 }
+
+#[test]
+fn every_client_message_the_server_decodes_is_one_the_contract_describes() {
+    let messages = [
+        ("ClientAuth", json!({"type": "auth", "token": "t"})),
+        ("ClientStart", json!({"type": "start", "block_type": "quiz", "input": {"topic": "x"}, "ref": "r"})),
+        ("ClientResume", json!({"type": "resume", "stream_id": "abc", "after": 3})),
+        ("ClientCancel", json!({"type": "cancel", "stream_id": "abc"})),
+        ("ClientDetach", json!({"type": "detach", "stream_id": "abc"})),
+    ];
+    for (schema, message) in messages {
+        assert!(schema_validator(schema).is_valid(&message), "{schema}: {message}");
+        assert!(live_ai::api::ws_messages::decode(&message.to_string()).is_ok(), "the server decodes {message}");
+    }
+    assert!(!schema_validator("ClientDetach").is_valid(&json!({"type": "detach", "stream_id": "abc", "after": 1})));
+}

@@ -102,6 +102,35 @@ async fn a_finished_generation_settles_its_reservation_to_the_tokens_it_used() {
 }
 
 #[tokio::test]
+async fn a_failed_whole_response_call_is_charged_the_tokens_it_produced() {
+    let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "100000"), ("DEMO_FAIL_AFTER_TOKENS", "7")])).await;
+    let ada = learner_token("ada");
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&ada).json(&json!({"topic": "a"})).send().await.unwrap();
+    let body = assert_problem(whole, 502, "provider_error").await;
+    assert!(body["detail"].as_str().unwrap().contains("after 7 tokens"), "{body}");
+    let usage = usage_until(&app, &ada, |u| u["tokens_reserved"] == 0).await;
+    assert_eq!(usage["tokens_used_today"], 7, "the demo model's seven tokens were produced, so they are charged");
+}
+
+#[tokio::test]
+async fn a_whole_response_call_whose_client_left_is_charged_what_was_produced_and_stops() {
+    // 20 tokens a second: the answer takes seconds; the client leaves after 0.6 s.
+    let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "100000"), ("DEMO_TOKENS_PER_SECOND", "20")])).await;
+    let ada = learner_token("ada");
+    let request = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&ada).json(&json!({"topic": "a"}));
+    let left = request.timeout(std::time::Duration::from_millis(600)).send().await;
+    assert!(left.is_err_and(|e| e.is_timeout()), "the client gave up before the answer");
+    let usage = usage_until(&app, &ada, |u| u["tokens_reserved"] == 0).await;
+    let used = usage["tokens_used_today"].as_u64().unwrap();
+    assert!(used > 0, "what was produced before the client left is charged: {usage}");
+    // The generation stopped with its client: far fewer tokens than a whole answer.
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(learner_token("eve")).json(&json!({"topic": "a"}));
+    let whole: Value = whole.send().await.unwrap().json().await.unwrap();
+    assert!(used < whole["usage"]["completion_tokens"].as_u64().unwrap(), "{used} of {whole}");
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+}
+
+#[tokio::test]
 async fn a_reservation_the_budget_cannot_cover_is_refused_before_any_provider_call() {
     // The demo model "thinks" for a minute: reservations stay open, nothing is used.
     let app = spawn_app(&with(&[("LIMIT_TOKENS_PER_DAY", "1000"), ("DEMO_FIRST_TOKEN_MS", "60000")])).await;
@@ -223,4 +252,97 @@ async fn limits_hold_across_two_processes_sharing_redis() {
     usage_until(&a, &ada, |u| u["active_streams"] == 2).await;
     let cancel_one = b.create_stream_as(&learner_token("eve"), "explain-eli10", json!({"topic": "e"})).await;
     assert!(cancel_one["stream_id"].is_string(), "eve is not limited by ada's starts");
+}
+
+/// A learner at 1 of 1 concurrent streams, 2 starts a minute, whose 201 was lost:
+/// every retry (HTTP or WebSocket, same key) gets the same stream, and none of
+/// them spends a start.
+async fn retries_of_a_known_key_get_their_stream_whatever_the_limits(store: &[(&'static str, String)]) {
+    let mut vars: Vec<(&str, &str)> = store.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend(with(&[("LIMIT_CONCURRENT_STREAMS", "1"), ("LIMIT_STARTS_PER_MINUTE", "2"), ("DEMO_TOKENS_PER_SECOND", "20")]));
+    let app = spawn_app(&vars).await;
+    let ada = learner_token("ada");
+    let body = json!({"block_type": "explain-eli10", "input": {"topic": "fog"}});
+    let start = || app.http.post(app.url("/api/streams")).bearer_auth(&ada).header("idempotency-key", "fog-1").json(&body).send();
+    let first = start().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let id = first.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let retry = start().await.unwrap();
+        assert_eq!(retry.status(), 200, "a retry at the concurrency limit gets its stream");
+        assert_eq!(retry.json::<Value>().await.unwrap()["stream_id"], id.as_str());
+    }
+    let mut ws = app.ws_with(&[("authorization", &format!("Bearer {ada}"))]).await.unwrap();
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "fog"}, "ref": "fog-1"})).await;
+    let answer = ws.next().await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["stream_id"].as_str(), answer["ref"].as_str()),
+        (Some("start"), Some(id.as_str()), Some("fog-1"))
+    );
+    drop(ws);
+    // The retries spent nothing: once the stream ends, the second start of the minute is allowed.
+    app.http.delete(app.url(&format!("/api/streams/{id}"))).bearer_auth(&ada).send().await.unwrap();
+    usage_until(&app, &ada, |u| u["active_streams"] == 0).await;
+    let rain = app.create_stream_as(&ada, "explain-eli10", json!({"topic": "rain"})).await;
+    let rain = rain["stream_id"].as_str().unwrap();
+    app.http.delete(app.url(&format!("/api/streams/{rain}"))).bearer_auth(&ada).send().await.unwrap();
+    usage_until(&app, &ada, |u| u["active_streams"] == 0).await;
+    assert_limited(app.start_as(&ada, "explain-eli10", json!({"topic": "snow"})).await, "rate_limited", "2").await;
+}
+
+#[tokio::test]
+async fn retries_of_a_known_key_get_their_stream_whatever_the_limits_in_memory() {
+    retries_of_a_known_key_get_their_stream_whatever_the_limits(&[]).await;
+}
+
+#[tokio::test]
+async fn retries_of_a_known_key_get_their_stream_whatever_the_limits_with_redis() {
+    retries_of_a_known_key_get_their_stream_whatever_the_limits(&redis_deployment(&fresh_prefix())).await;
+}
+
+#[tokio::test]
+async fn a_start_the_limits_refuse_gives_its_key_back() {
+    let app = spawn_app(&with(&[("LIMIT_CONCURRENT_STREAMS", "1"), ("DEMO_TOKENS_PER_SECOND", "20")])).await;
+    let ada = learner_token("ada");
+    let running = app.create_stream_as(&ada, "explain-eli10", json!({"topic": "a"})).await;
+    let body = json!({"block_type": "explain-eli10", "input": {"topic": "b"}});
+    let start = || app.http.post(app.url("/api/streams")).bearer_auth(&ada).header("idempotency-key", "b-1").json(&body).send();
+    assert_limited(start().await.unwrap(), "rate_limited", "1").await;
+    let id = running["stream_id"].as_str().unwrap();
+    app.http.delete(app.url(&format!("/api/streams/{id}"))).bearer_auth(&ada).send().await.unwrap();
+    usage_until(&app, &ada, |u| u["active_streams"] == 0).await;
+    let retried = start().await.unwrap();
+    assert_eq!(retried.status(), 201, "the key names no stream: the retry starts one");
+    let new_id = retried.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned();
+    let events =
+        app.sse(&format!("/api/streams/{new_id}/events"), &[("authorization", &format!("Bearer {ada}"))]).await.until_terminal().await;
+    assert_eq!(events[0].kind(), "start");
+}
+
+#[tokio::test]
+async fn concurrent_retries_on_two_processes_all_get_one_stream_that_exists() {
+    let deployment = redis_deployment(&fresh_prefix());
+    let mut vars: Vec<(&str, &str)> = deployment.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend(with(&[]));
+    let (a, b) = (spawn_app(&vars).await, spawn_app(&vars).await);
+    let ada = learner_token("ada");
+    let body = json!({"block_type": "quiz", "input": {"topic": "fog", "count": 1}});
+    let start =
+        |app: &TestApp| app.http.post(app.url("/api/streams")).bearer_auth(&ada).header("idempotency-key", "fog-q").json(&body).send();
+    let answers = futures::future::join_all([&a, &b, &a, &b, &a, &b].map(start)).await;
+    let mut ids = Vec::new();
+    let mut created = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        created += usize::from(answer.status() == 201);
+        assert!(matches!(answer.status().as_u16(), 200 | 201), "{}", answer.status());
+        ids.push(answer.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(created, 1, "one start created the stream");
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let auth = format!("Bearer {ada}");
+    for app in [&a, &b] {
+        let events = app.sse(&format!("/api/streams/{}/events", ids[0]), &[("authorization", &auth)]).await.until_terminal().await;
+        assert_eq!((events[0].kind(), events.last().unwrap().kind()), ("start", "complete"));
+    }
 }

@@ -3,6 +3,9 @@
 //! AsyncAPI contract in `specs/`.
 
 mod helpers;
+// The fake model and moderation APIs, shared by path with the library's tests.
+#[path = "../../src/ai/providers/fake_upstream.rs"]
+mod fake_upstream;
 // The library's private `redis-server` for tests, shared by path; some of it
 // serves only the library's unit tests.
 mod proxy;
@@ -12,11 +15,13 @@ mod test_server;
 
 mod auth;
 mod cluster;
+mod connections;
 mod contract;
 mod errors;
 mod hardening;
 mod lifecycle;
 mod limits;
+mod moderation;
 mod ownership;
 mod providers;
 pub mod scale_out;

@@ -3,17 +3,16 @@
 //! real SSE client. Covers each failure's `error` event and clean close, that a
 //! cancel closes the upstream request, and that the API key never leaks.
 
-#[path = "../../src/ai/providers/fake_upstream.rs"]
-mod fake_upstream;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_contiguous, kinds, spawn_app, start_up_failure, text_of, Received, TestApp, PATIENCE};
-use fake_upstream::{fixture, FakeUpstream, Reply};
+use crate::fake_upstream::{fixture, FakeUpstream, Reply};
+use crate::helpers::{
+    assert_contiguous, jwt_mode, kinds, learner_token, spawn_app, start_up_failure, text_of, Received, TestApp, PATIENCE,
+};
 
 const OPENAI_KEY: &str = "sk-live-openai-0123456789abcdef";
 const ANTHROPIC_KEY: &str = "sk-ant-live-0123456789abcdef";
@@ -199,6 +198,64 @@ async fn each_upstream_failure_ends_in_one_error_event_with_its_code() {
     }
 }
 
+/// `GET /api/usage` of `token` once no reservation is open.
+async fn settled_usage(app: &TestApp, token: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let usage: Value = app.http.get(app.url("/api/usage")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        if usage["tokens_reserved"] == 0 && usage["active_streams"] == 0 {
+            return usage;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a reservation stayed open: {usage}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_sends_no_usage_is_charged_the_tokens_its_model_streamed() {
+    // An OpenAI-compatible server that ignores `stream_options.include_usage`.
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_no_usage_stream.sse"))]).await;
+    let mut vars = jwt_mode();
+    vars.extend([("AI_MODEL", "gpt-4o-mini"), ("LIMIT_TOKENS_PER_DAY", "100000")]);
+    let app = openai_app(&upstream, &vars).await;
+    let ada = learner_token("ada");
+    let created: Value = app.create_stream_as(&ada, "explain-eli10", explain()).await;
+    let id = created["stream_id"].as_str().unwrap();
+    let events = app.sse(&format!("/api/streams/{id}/events"), &[("authorization", &format!("Bearer {ada}"))]).await.until_terminal().await;
+    let complete = &events.last().unwrap().data;
+    assert_eq!(complete["type"], "complete");
+    // gpt-4o-mini's own tokenizer (o200k_base), chunk by chunk, at least one each.
+    let bpe = tiktoken_rs::bpe_for_model("gpt-4o-mini").unwrap();
+    let chunks: Vec<&str> = events.iter().filter(|e| e.kind() == "chunk").map(|e| e.data["token"].as_str().unwrap()).collect();
+    let expected: u64 = chunks.iter().map(|chunk| (bpe.count_ordinary(chunk) as u64).max(1)).sum();
+    assert!(expected >= chunks.len() as u64 && expected > 0);
+    assert_eq!(complete["usage"]["completion_tokens"], expected, "{complete}");
+    let prompt = complete["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0, "the prompt is counted too");
+    assert_eq!(complete["usage"]["total_tokens"], prompt + expected);
+    let usage = settled_usage(&app, &ada).await;
+    assert_eq!(usage["tokens_used_today"], expected, "the budget is charged what was streamed");
+}
+
+#[tokio::test]
+async fn a_model_without_a_known_tokenizer_is_charged_a_quarter_token_per_character_and_one_per_chunk_at_least() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_no_usage_stream.sse"))]).await;
+    let mut vars = jwt_mode();
+    vars.extend([("AI_MODEL", "llama3.2"), ("LIMIT_TOKENS_PER_DAY", "100000")]);
+    let app = openai_app(&upstream, &vars).await;
+    let ada = learner_token("ada");
+    let whole = app.http.post(app.url("/api/ai-block/explain-eli10")).bearer_auth(&ada).json(&explain()).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    let body: Value = whole.json().await.unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(text.starts_with("Tides rise"), "{body}");
+    let reported = body["usage"]["completion_tokens"].as_u64().unwrap();
+    // Whole-response mode has no chunks to show: the floor and ceiling of the rule.
+    let chars = text.chars().count() as u64;
+    assert!(reported >= chars.div_ceil(4) && reported > 0, "{reported} for {chars} characters");
+    assert_eq!(settled_usage(&app, &ada).await["tokens_used_today"], reported);
+}
+
 #[tokio::test]
 async fn a_refused_port_is_provider_unavailable() {
     let port = FakeUpstream::refused_port().await;
@@ -257,7 +314,9 @@ async fn cancel_to_upstream_close(app: &TestApp, upstream: &FakeUpstream) -> Dur
 #[tokio::test]
 async fn cancel_closes_the_openai_request_at_once() {
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
-    let app = openai_app(&upstream, &[]).await;
+    // Async moderation: the chunks before the stall reach the reader (buffered
+    // mode would hold them for a window that never fills).
+    let app = openai_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }
@@ -266,7 +325,7 @@ async fn cancel_closes_the_openai_request_at_once() {
 async fn cancel_closes_the_anthropic_request_at_once() {
     // Through message_start, content_block_start, ping and two text deltas.
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("anthropic_messages_stream.sse")).stall_after(5)]).await;
-    let app = anthropic_app(&upstream, &[]).await;
+    let app = anthropic_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
     let after_answer = cancel_to_upstream_close(&app, &upstream).await;
     assert!(after_answer < Duration::from_millis(100), "closed {after_answer:?} after the cancel was answered");
 }

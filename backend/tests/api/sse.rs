@@ -194,3 +194,44 @@ async fn an_expired_stream_is_not_found_at_a_seq_none_of_its_events_had() {
     assert_eq!(gone[0].data["code"], "stream_not_found");
     assert_eq!(gone[0].seq(), events.len() as u64, "the seq after the log's last event, not after the client's");
 }
+
+/// A client that resumes an expired stream from an early seq gets one
+/// `stream_not_found` at the seq after the log's last event (a seq above the last
+/// it holds: not a gap), over SSE and WebSocket, and nothing else.
+async fn an_expired_stream_ends_with_stream_not_found_after_its_logs_end(store: &[(&'static str, String)]) {
+    let mut vars: Vec<(&str, &str)> = store.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.push(("STREAM_RETENTION_SECONDS", "0.3"));
+    let app = spawn_app(&vars).await;
+    let id = app.create_stream("explain-eli10", json!({"topic": "tides"})).await;
+    let last = app.events_of(&id).await.until_terminal().await.last().unwrap().seq();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let events = loop {
+        let events = app.sse(&format!("/api/streams/{id}/events?after=3"), &[]).await.until_terminal().await;
+        if events[0].kind() == "error" {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log expires");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].data["code"].as_str(), events[0].seq()), (Some("stream_not_found"), last + 1));
+    let by_header = app.sse(&format!("/api/streams/{id}/events"), &[("last-event-id", &format!("{id}:3"))]).await.until_terminal().await;
+    assert_eq!(by_header[0].seq(), last + 1);
+    let mut ws = app.ws().await;
+    ws.send(json!({"type": "resume", "stream_id": id, "after": 3})).await;
+    let event = ws.next().await;
+    assert_eq!(
+        (event["type"].as_str(), event["code"].as_str(), event["seq"].as_u64()),
+        (Some("error"), Some("stream_not_found"), Some(last + 1))
+    );
+}
+
+#[tokio::test]
+async fn an_expired_stream_ends_with_stream_not_found_after_its_logs_end_in_memory() {
+    an_expired_stream_ends_with_stream_not_found_after_its_logs_end(&[]).await;
+}
+
+#[tokio::test]
+async fn an_expired_stream_ends_with_stream_not_found_after_its_logs_end_with_redis() {
+    an_expired_stream_ends_with_stream_not_found_after_its_logs_end(&redis_deployment(&fresh_prefix())).await;
+}

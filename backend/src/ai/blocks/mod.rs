@@ -130,6 +130,21 @@ impl BlockInput {
         }
     }
 
+    /// The learner's own words (question, context, topic, description), joined:
+    /// what input moderation reads. Choices from a list (count, difficulty,
+    /// kind) are not words of the learner's.
+    pub fn learner_text(&self) -> String {
+        match self {
+            Self::AskQuestion(i) => match &i.context {
+                Some(context) => format!("{}\n\n{context}", i.question),
+                None => i.question.clone(),
+            },
+            Self::ExplainEli10(i) => i.topic.clone(),
+            Self::Quiz(i) => i.topic.clone(),
+            Self::Diagram(i) => i.description.clone(),
+        }
+    }
+
     /// A stable digest of the block and its input: a reused idempotency key must
     /// come with the same request. Stable across processes and builds (FNV-1a).
     pub fn fingerprint(&self) -> String {

@@ -1,6 +1,8 @@
 //! The offline demo model: no network, no key, deterministic for the same input,
 //! at a configurable pace. It also injects faults for tests and benchmarks
-//! (`DEMO_FAIL_AFTER_TOKENS`, `DEMO_STALL_AFTER_TOKENS`).
+//! (`DEMO_FAIL_AFTER_TOKENS`, `DEMO_STALL_AFTER_TOKENS`), and text the model did
+//! not write (`DEMO_INJECT_TEXT` after `DEMO_INJECT_AFTER_TOKENS`: a flagged
+//! sentence mid-answer, for the moderation tests and benchmarks).
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use async_stream::stream;
 use tokio::time::{sleep_until, Instant};
 
 use super::demo_content;
-use super::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream};
+use super::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream, TokenCounter};
 use crate::ai::streaming::events::{FinishReason, Usage};
 use crate::config::settings::DemoSettings;
 
@@ -38,10 +40,18 @@ impl Provider for DemoProvider {
         DEMO_MODEL
     }
 
+    /// Each chunk is one of its tokens, as its usage counts them.
+    fn token_counter(&self) -> TokenCounter {
+        TokenCounter::OnePerChunk
+    }
+
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
         let settings = self.settings.clone();
         Box::pin(stream! {
-            let text = demo_content::write(&request.input);
+            let mut text = demo_content::write(&request.input);
+            if let Some(injected) = &settings.inject_text {
+                text = demo_content::inject(&text, injected, settings.inject_after_tokens as usize);
+            }
             let max_tokens = request.prompt.max_tokens as usize;
             let prompt_tokens = estimate_tokens(&request.prompt.system) + estimate_tokens(&request.prompt.user);
             // What a live stream holds is its text; the request is done with.
@@ -91,7 +101,14 @@ mod tests {
     }
 
     fn fast() -> DemoSettings {
-        DemoSettings { tokens_per_second: 0.0, first_token: Duration::ZERO, fail_after_tokens: None, stall_after_tokens: None }
+        DemoSettings {
+            tokens_per_second: 0.0,
+            first_token: Duration::ZERO,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
+            inject_text: None,
+            inject_after_tokens: 0,
+        }
     }
 
     #[tokio::test]
@@ -127,6 +144,25 @@ mod tests {
         stream.next().await;
         stream.next().await;
         assert_eq!(started.elapsed(), Duration::from_millis(700));
+    }
+
+    #[tokio::test]
+    async fn injected_text_is_streamed_after_that_many_tokens() {
+        let provider =
+            DemoProvider::new(DemoSettings { inject_text: Some("Injected words here.".into()), inject_after_tokens: 3, ..fast() });
+        let events: Vec<_> = provider.stream(request("rain")).collect().await;
+        let deltas: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ProviderEvent::Delta(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        let clean = demo_content::write(&request("rain").input);
+        let first_three: String = demo_content::tokens(&clean).take(3).collect();
+        assert_eq!(deltas[..3].concat(), first_three);
+        assert!(deltas[3..].concat().starts_with("Injected words here."), "{:?}", &deltas[3..6]);
+        assert_eq!(deltas.concat().len(), clean.len() + "Injected words here. ".len());
     }
 
     #[tokio::test(start_paused = true)]

@@ -218,6 +218,13 @@ fn diagram(description: &str, kind: DiagramKind) -> String {
     }
 }
 
+/// `text` with `injected` (and a space) inserted after its first `after` tokens:
+/// what the demo model streams with `DEMO_INJECT_TEXT`.
+pub fn inject(text: &str, injected: &str, after: usize) -> String {
+    let cut: usize = tokens(text).take(after).map(str::len).sum();
+    format!("{}{injected} {}", &text[..cut], &text[cut..])
+}
+
 /// Splits text into model-like tokens: each word with the whitespace after it,
 /// long words cut so tokens stay a few characters long. Lazily, as slices of
 /// the text: a live stream holds its text once, not a string per token.

@@ -25,9 +25,17 @@ use tokio::time::Instant;
 
 /// A transcript from `tests/fixtures/providers/`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/providers").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    fixture_in("providers", name)
 }
+
+/// A transcript from `tests/fixtures/<dir>/`.
+pub fn fixture_in(dir: &str, name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {dir}/{name}: {e}"))
+}
+
+/// Picks the reply to a request once it has been read (by what it asks, say).
+pub type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
 
 /// How one connection is answered.
 #[derive(Debug, Clone)]
@@ -36,6 +44,8 @@ pub enum Reply {
     Stream { body: Vec<u8>, ending: Ending },
     /// A plain response, as a model API sends its errors.
     Status { status: u16, headers: Vec<(String, String)>, body: String },
+    /// `reply`, after a pause (a moderator that takes its time).
+    Delayed { delay: Duration, reply: Box<Reply> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,6 +67,10 @@ impl Reply {
     pub fn status(status: u16, headers: &[(&str, &str)], body: String) -> Self {
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Self::Status { status, headers, body }
+    }
+
+    pub fn after(self, delay: Duration) -> Self {
+        Self::Delayed { delay, reply: Box::new(self) }
     }
 
     pub fn cut(self) -> Self {
@@ -138,6 +152,17 @@ impl FakeUpstream {
     /// Connection n is answered with `replies[n]`, or the last reply once they run out.
     pub async fn start(replies: Vec<Reply>) -> Self {
         assert!(!replies.is_empty(), "a fake upstream needs at least one reply");
+        let replies = Arc::new(replies);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        Self::start_with(Arc::new(move |_request| {
+            let index = connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            replies[index.min(replies.len() - 1)].clone()
+        }))
+        .await
+    }
+
+    /// Each request is answered with what `respond` picks for it.
+    pub async fn start_with(respond: Responder) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared::default());
@@ -150,8 +175,7 @@ impl FakeUpstream {
                         connections.push(Connection::default());
                         connections.len() - 1
                     };
-                    let reply = replies[index.min(replies.len() - 1)].clone();
-                    tokio::spawn(serve(socket, reply, index, shared.clone()));
+                    tokio::spawn(serve(socket, respond.clone(), index, shared.clone()));
                 }
             }
         });
@@ -184,14 +208,20 @@ impl FakeUpstream {
     }
 }
 
-async fn serve(mut socket: TcpStream, reply: Reply, index: usize, shared: Arc<Shared>) {
+async fn serve(mut socket: TcpStream, respond: Responder, index: usize, shared: Arc<Shared>) {
     let _ = socket.set_nodelay(true);
     let Some(request) = read_request(&mut socket).await else {
         shared.update(index, |c| c.closed_at = Some(Instant::now()));
         return;
     };
+    let mut reply = respond(&request);
     shared.update(index, |c| c.request = Some(request));
+    while let Reply::Delayed { delay, reply: inner } = reply {
+        tokio::time::sleep(delay).await;
+        reply = *inner;
+    }
     let client_closed = match reply {
+        Reply::Delayed { .. } => unreachable!("unwrapped above"),
         Reply::Status { status, headers, body } => {
             let mut head = format!(
                 "HTTP/1.1 {status} Fake\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",

@@ -4,10 +4,11 @@
 
 pub mod anthropic;
 pub mod demo;
-mod demo_content;
+pub(crate) mod demo_content;
 #[cfg(test)]
 pub(crate) mod fake_upstream;
 pub mod openai;
+pub mod token_count;
 mod upstream;
 
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use futures::Stream;
 use crate::ai::blocks::{BlockInput, Prompt};
 use crate::ai::streaming::events::{ErrorCode, FinishReason, Usage};
 use crate::config::settings::{ProviderKind, Settings};
+pub use token_count::TokenCounter;
 
 /// What a provider is asked. `input` is the validated block input: real models see
 /// only the prompt; the demo model uses the input to write block-shaped content.
@@ -93,6 +95,10 @@ pub trait Provider: Send + Sync {
     /// Starts a generation. The stream is lazy: no request is made before it is
     /// polled, and dropping it closes the upstream request.
     fn stream(&self, request: ProviderRequest) -> ProviderStream;
+    /// Counts the model's output where the provider reports no usage.
+    fn token_counter(&self) -> TokenCounter {
+        TokenCounter::Estimate
+    }
 }
 
 /// A provider that cannot be built from the settings given.
@@ -151,6 +157,10 @@ impl Provider for Instrumented {
 
     fn model(&self) -> &str {
         self.inner.model()
+    }
+
+    fn token_counter(&self) -> TokenCounter {
+        self.inner.token_counter()
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {

@@ -13,12 +13,13 @@ use genai::resolver::{AuthData, Endpoint};
 use genai::{Headers, ModelIden, ServiceTarget};
 
 use super::upstream::Upstream;
-use super::{Provider, ProviderRequest, ProviderSetupError, ProviderStream};
+use super::{Provider, ProviderRequest, ProviderSetupError, ProviderStream, TokenCounter};
 use crate::config::settings::Secret;
 
 pub struct OpenAiProvider {
     upstream: Arc<Upstream>,
     model: String,
+    tokens: TokenCounter,
 }
 
 /// Names the model only: the key stays out of every `{:?}`.
@@ -67,7 +68,7 @@ impl OpenAiProvider {
             key_variable: "OPENAI_API_KEY",
             end_marker: "data: [DONE]",
         };
-        Ok(Self { upstream: Arc::new(upstream), model })
+        Ok(Self { upstream: Arc::new(upstream), tokens: TokenCounter::openai(&model), model })
     }
 }
 
@@ -82,6 +83,12 @@ impl Provider for OpenAiProvider {
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
         self.upstream.stream(&request.prompt)
+    }
+
+    /// tiktoken's tokenizer for the OpenAI models it knows; an estimate for the
+    /// models of other OpenAI-compatible servers.
+    fn token_counter(&self) -> TokenCounter {
+        self.tokens
     }
 }
 

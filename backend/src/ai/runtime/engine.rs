@@ -9,6 +9,10 @@
 //! text twice). A provider silent for the idle timeout is a `timeout`, noticed
 //! within twice that (one watchdog per attempt, not a timer per token).
 //! Dropping the stream drops the provider stream, which closes the upstream request.
+//!
+//! `complete` always reports the output it charges: the provider's usage when it
+//! sends it, else the tokens counted as they streamed ([`TokenCounter`]). A report
+//! of zero completion tokens for a non-empty answer counts as missing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::ai::blocks::{BlockInput, Part};
-use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest};
+use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest, TokenCounter};
 use crate::ai::streaming::events::{ErrorCode, EventBody, FinishReason, Usage};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EventBody> + Send>>;
@@ -66,6 +70,8 @@ pub struct GenerationFailed {
     pub message: String,
     pub retryable: bool,
     pub retry_after_ms: Option<u64>,
+    /// Moderation categories of `input_flagged` / `output_flagged`.
+    pub categories: Option<Vec<String>>,
 }
 
 impl Engine {
@@ -77,10 +83,16 @@ impl Engine {
         self.provider.as_ref()
     }
 
+    /// Counts the provider's output where it reports no usage.
+    pub fn token_counter(&self) -> TokenCounter {
+        self.provider.token_counter()
+    }
+
     /// Streaming mode: the events of one generation, ending in exactly one terminal.
     pub fn stream(&self, input: BlockInput) -> EventStream {
         let provider = self.provider.clone();
         let config = self.config.clone();
+        let counter = provider.token_counter();
         Box::pin(stream! {
             yield EventBody::Start {
                 block_type: input.block_type(),
@@ -92,6 +104,8 @@ impl Engine {
             let request = ProviderRequest { prompt: input.prompt(), input: input.clone() };
             let mut parser = input.output_parser();
             let mut text = String::new();
+            // Output tokens as counted here, for a provider that reports none.
+            let mut produced = 0u64;
             let mut first_token_at = None;
             let mut usage = None;
             let finish_reason;
@@ -131,6 +145,7 @@ impl Engine {
                                 continue;
                             }
                             first_token_at.get_or_insert_with(Instant::now);
+                            produced += counter.chunk(&token);
                             text.push_str(&token);
                             let parsed = parser.push(&token);
                             yield EventBody::Chunk { token };
@@ -185,10 +200,17 @@ impl Engine {
                     return;
                 }
             };
-            let completion_tokens = usage.map_or(0, |u| u.completion_tokens);
+            let usage = match usage {
+                Some(reported) if reported.completion_tokens > 0 || text.is_empty() => reported,
+                Some(reported) => Usage { completion_tokens: produced, total_tokens: reported.prompt_tokens + produced, ..reported },
+                None => {
+                    let prompt_tokens = counter.text(&request.prompt.system) + counter.text(&request.prompt.user);
+                    Usage { prompt_tokens, completion_tokens: produced, total_tokens: prompt_tokens + produced }
+                }
+            };
             yield EventBody::Complete {
                 finish_reason,
-                usage: usage.unwrap_or(Usage { completion_tokens, ..Usage::default() }),
+                usage,
                 result,
                 ttft_ms: first_token_at.map_or(0, |t| (t - started).as_millis() as u64),
                 duration_ms: started.elapsed().as_millis() as u64,
@@ -198,7 +220,11 @@ impl Engine {
 
     /// Whole-response mode: runs the same stream to its end.
     pub async fn respond(&self, input: BlockInput) -> Result<WholeResponse, GenerationFailed> {
-        let mut events = self.stream(input);
+        Self::collect(self.stream(input)).await
+    }
+
+    /// Gathers a generation's events into its whole response.
+    pub async fn collect(mut events: EventStream) -> Result<WholeResponse, GenerationFailed> {
         let mut text = String::new();
         let mut parts = Vec::new();
         let (mut provider, mut model) = (String::new(), String::new());
@@ -210,8 +236,8 @@ impl Engine {
                 EventBody::Complete { finish_reason, usage, result, .. } => {
                     return Ok(WholeResponse { provider, model, text, parts, result, usage, finish_reason });
                 }
-                EventBody::Error { code, message, retryable, retry_after_ms, .. } => {
-                    return Err(GenerationFailed { code, message, retryable, retry_after_ms });
+                EventBody::Error { code, message, retryable, retry_after_ms, categories, .. } => {
+                    return Err(GenerationFailed { code, message, retryable, retry_after_ms, categories });
                 }
                 EventBody::Cancelled { .. } => break,
             }
@@ -221,6 +247,7 @@ impl Engine {
             message: "the generation ended without a result".into(),
             retryable: true,
             retry_after_ms: None,
+            categories: None,
         })
     }
 }
@@ -236,6 +263,8 @@ fn provider_error(error: &ProviderError) -> EventBody {
         retryable: error.retryable(),
         retry_after_ms: error.retry_after().map(|d| d.as_millis() as u64),
         raw_output: None,
+        categories: None,
+        retract: false,
     }
 }
 
@@ -246,6 +275,8 @@ fn invalid_output(message: String, text: &str) -> EventBody {
         retryable: true,
         retry_after_ms: None,
         raw_output: Some(text.to_owned()),
+        categories: None,
+        retract: false,
     }
 }
 
@@ -334,6 +365,36 @@ mod tests {
         let whole = engine.respond(eli10()).await.unwrap();
         assert_eq!(whole.text, "Tides rise.");
         assert_eq!(whole.result, serde_json::json!({"markdown": "Tides rise."}));
+    }
+
+    fn usage_of(events: &[EventBody]) -> Usage {
+        match events.last() {
+            Some(EventBody::Complete { usage, .. }) => *usage,
+            other => panic!("expected complete, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_reports_the_counted_output_when_the_provider_reports_no_usage() {
+        // Scripted has no tokenizer: ceil(chars / 4) per chunk, at least one.
+        let ok = vec![delta("Tides"), delta(" rise"), delta(" and fall."), Ok(ProviderEvent::Finished(FinishReason::Stop))];
+        let (engine, _) = engine(vec![ok]);
+        let events: Vec<_> = engine.stream(eli10()).collect().await;
+        let usage = usage_of(&events);
+        assert_eq!(usage.completion_tokens, 2 + 2 + 3);
+        assert!(usage.prompt_tokens > 0, "the prompt is counted too");
+        assert_eq!(usage.total_tokens, usage.prompt_tokens + 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_of_zero_completion_tokens_for_an_answer_counts_as_missing_and_reported_usage_wins_otherwise() {
+        let reported = |completion_tokens| Ok(ProviderEvent::Usage(Usage { prompt_tokens: 9, completion_tokens, total_tokens: 9 }));
+        let finish = || Ok(ProviderEvent::Finished(FinishReason::Stop));
+        let (zero, _) = engine(vec![vec![delta("Tides"), reported(0), finish()]]);
+        let usage = usage_of(&zero.stream(eli10()).collect::<Vec<_>>().await);
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (9, 2, 11));
+        let (five, _) = engine(vec![vec![delta("Tides"), reported(5), finish()]]);
+        assert_eq!(usage_of(&five.stream(eli10()).collect::<Vec<_>>().await).completion_tokens, 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,6 +59,12 @@ pub enum ErrorCode {
     GenerationLost,
     StreamNotFound,
     BadRequest,
+    /// The learner's input was flagged by moderation; never retryable as is.
+    InputFlagged,
+    /// The model's output was flagged by moderation.
+    OutputFlagged,
+    /// The moderator could not be asked (`MODERATION_FAIL_MODE=closed`).
+    ModerationUnavailable,
 }
 
 impl ErrorCode {
@@ -72,6 +78,9 @@ impl ErrorCode {
             Self::GenerationLost => "generation_lost",
             Self::StreamNotFound => "stream_not_found",
             Self::BadRequest => "bad_request",
+            Self::InputFlagged => "input_flagged",
+            Self::OutputFlagged => "output_flagged",
+            Self::ModerationUnavailable => "moderation_unavailable",
         }
     }
 }
@@ -124,6 +133,13 @@ pub enum EventBody {
         retry_after_ms: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         raw_output: Option<String>,
+        /// `input_flagged` / `output_flagged`: the moderation categories.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        categories: Option<Vec<String>>,
+        /// The stream's text and parts were shown and must be removed: the log
+        /// keeps only `start` and this event (async moderation).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retract: bool,
     },
     Complete {
         finish_reason: FinishReason,
@@ -156,7 +172,7 @@ impl EventBody {
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>, retryable: bool) -> Self {
-        Self::Error { code, message: message.into(), retryable, retry_after_ms: None, raw_output: None }
+        Self::Error { code, message: message.into(), retryable, retry_after_ms: None, raw_output: None, categories: None, retract: false }
     }
 }
 
@@ -236,6 +252,29 @@ impl EventRecord {
     pub fn is_terminal(&self) -> bool {
         self.event_type.is_terminal()
     }
+
+    /// Whether this is a terminal event that retracts its stream: the log keeps
+    /// only its first event (`start`) and this one. Read from the serialised
+    /// members, once per stream (only terminal events are asked).
+    pub fn retracts(&self) -> bool {
+        retracts(self.event_type, &self.fields)
+    }
+}
+
+fn retracts(event_type: EventType, fields: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        retract: bool,
+    }
+    if event_type != EventType::Error {
+        return false;
+    }
+    let mut json = Vec::with_capacity(fields.len() + 2);
+    json.push(b'{');
+    json.extend_from_slice(fields);
+    json.push(b'}');
+    serde_json::from_slice::<Probe>(&json).is_ok_and(|probe| probe.retract)
 }
 
 /// An event of a log, at its seq.
@@ -254,6 +293,11 @@ impl LoggedEvent {
 
     pub fn is_terminal(&self) -> bool {
         self.event_type.is_terminal()
+    }
+
+    /// See [`EventRecord::retracts`].
+    pub fn retracts(&self) -> bool {
+        retracts(self.event_type, &self.fields)
     }
 
     /// Appends the event's JSON, `{"stream_id":…,"seq":…,"type":…,…}`, to `out`.

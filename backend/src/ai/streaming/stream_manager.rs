@@ -36,6 +36,7 @@ use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, 
 use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
+use crate::ai::moderation::{Exchange, Moderation};
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
@@ -45,6 +46,11 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// How long an append keeps retrying a store that does not answer before the
 /// generation gives up.
 const APPEND_PATIENCE: Duration = Duration::from_secs(3);
+/// How long an idempotency key stays claimed by a start that has not created its
+/// stream yet: bounds how long a start that died half way blocks the key.
+pub const PENDING_KEY: Duration = Duration::from_secs(10);
+/// How often a retry looks again at a key whose stream is being created.
+const KEY_FOLLOW_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -78,6 +84,25 @@ impl From<StoreError> for ManagerError {
             StoreError::Expired { stream_id, len, .. } => Self::NotFound { stream_id, next_seq: len },
             other => Self::Store(other),
         }
+    }
+}
+
+/// Why a start did not start: its admission refused it, or the manager could not.
+#[derive(Debug)]
+pub enum StartError<E> {
+    Refused(E),
+    Manager(ManagerError),
+}
+
+impl<E> From<ManagerError> for StartError<E> {
+    fn from(error: ManagerError) -> Self {
+        Self::Manager(error)
+    }
+}
+
+impl<E> From<StoreError> for StartError<E> {
+    fn from(error: StoreError) -> Self {
+        Self::Manager(error.into())
     }
 }
 
@@ -125,6 +150,7 @@ struct Generation {
 struct Inner {
     store: Arc<dyn EventStore>,
     engine: Engine,
+    moderation: Moderation,
     config: ManagerConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -139,10 +165,18 @@ pub struct StreamManager {
 }
 
 impl StreamManager {
-    pub fn new(store: Arc<dyn EventStore>, engine: Engine, config: ManagerConfig, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        engine: Engine,
+        moderation: Moderation,
+        config: ManagerConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             engine,
+            moderation,
             permits: Arc::new(Semaphore::new(config.max_concurrent_streams)),
             config,
             metrics,
@@ -157,42 +191,84 @@ impl StreamManager {
         &self.inner.engine
     }
 
+    pub fn moderation(&self) -> &Moderation {
+        &self.inner.moderation
+    }
+
     /// Whether the store answers, for `/readyz`.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.inner.store.ready().await
     }
 
-    /// Starts a generation for `owner` (a principal id) under its admitted
-    /// `reservation`, or with a known idempotency key of the same owner returns the
-    /// one it started (in any process sharing the store; the reservation is then
-    /// given back).
-    pub async fn start(
+    /// Starts a generation for `owner` (a principal id), admitted by `admit` (the
+    /// limits) just before it launches.
+    ///
+    /// With an idempotency `key`, the key is looked up first: a key this owner
+    /// already used returns the stream it started (in any process sharing the
+    /// store), and `admit` is never asked — a retry costs nothing, whatever the
+    /// limits. Otherwise the key is claimed before admitting, for a short
+    /// [`PENDING_KEY`] while the stream is created, then held for the retention;
+    /// a refused or failed start gives it back. A concurrent retry that finds the
+    /// key claimed follows the claim until its stream exists (or the key is given
+    /// back, and it starts itself), so it never answers with an id that does not
+    /// exist yet.
+    pub async fn start<E, F>(
         &self,
         input: BlockInput,
         key: Option<String>,
         owner: &str,
-        reservation: Reservation,
-    ) -> Result<Started, ManagerError> {
+        admit: impl FnOnce() -> F,
+    ) -> Result<Started, StartError<E>>
+    where
+        F: std::future::Future<Output = Result<Reservation, E>>,
+    {
         if self.inner.shutdown.is_cancelled() {
-            return Err(ManagerError::ShuttingDown);
+            return Err(ManagerError::ShuttingDown.into());
         }
         let id = StreamId::generate();
-        let key = key.map(|key| scoped_key(owner, &key));
-        if let Some(key) = &key {
-            let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
-            if let Some(held) = self.inner.store.claim_key(key, claim.clone(), self.inner.config.retention).await? {
-                if held.fingerprint != claim.fingerprint {
-                    return Err(ManagerError::IdempotencyConflict);
+        let Some(key) = key.map(|key| scoped_key(owner, &key)) else {
+            let reservation = admit().await.map_err(StartError::Refused)?;
+            return Ok(self.launch(id, input, owner, reservation).await?);
+        };
+        let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
+        if let Some(existing) = self.follow_key(&key, &claim).await? {
+            return Ok(Started::Existing(existing));
+        }
+        // The key is ours until the start is decided: given back if it is dropped.
+        let pending = PendingKey { store: Some(self.inner.store.clone()), key, id: id.clone() };
+        let reservation = admit().await.map_err(StartError::Refused)?;
+        let started = self.launch(id, input, owner, reservation).await?;
+        pending.hold(self.inner.config.retention).await;
+        Ok(started)
+    }
+
+    /// Where `key` stands for a start holding `claim`: `Some` stream this owner
+    /// started with it, or `None` once `claim` holds the key. A claim whose start
+    /// is still creating its stream is followed until the stream exists, or until
+    /// the key is given back or lapses (then `claim` takes it).
+    async fn follow_key(&self, key: &str, claim: &KeyClaim) -> Result<Option<StreamId>, ManagerError> {
+        let store = &self.inner.store;
+        // A safety net only: a pending claim lapses well before it.
+        let deadline = Instant::now() + PENDING_KEY * 2;
+        loop {
+            let Some(held) = store.claim_key(key, claim.clone(), PENDING_KEY).await? else { return Ok(None) };
+            if held.fingerprint != claim.fingerprint {
+                return Err(ManagerError::IdempotencyConflict);
+            }
+            match store.status(&held.stream_id).await {
+                // An expired stream is still the one this key started: its readers
+                // learn it expired (`stream_not_found`).
+                Ok(_) | Err(StoreError::Expired { .. }) => return Ok(Some(held.stream_id)),
+                Err(StoreError::NotFound(_)) if Instant::now() < deadline => tokio::time::sleep(KEY_FOLLOW_PAUSE).await,
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ManagerError::Store(StoreError::Unavailable(format!(
+                        "the start holding idempotency key of stream {} never created it",
+                        held.stream_id
+                    ))))
                 }
-                return Ok(Started::Existing(held.stream_id));
+                Err(other) => return Err(other.into()),
             }
         }
-        let started = self.launch(id.clone(), input, owner, reservation).await;
-        if let (Err(_), Some(key)) = (&started, &key) {
-            // Nothing started under this key: a retry may start afresh.
-            let _ = self.inner.store.release_key(key, &id).await;
-        }
-        started
     }
 
     async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
@@ -203,7 +279,13 @@ impl StreamManager {
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
-        let run = run_generation(self.inner.clone(), id.clone(), input, generation, writer, permit, reservation);
+        let exchange = Exchange {
+            stream_id: Some(id.clone()),
+            principal: owner.to_owned(),
+            block: input.block_type(),
+            input: input.learner_text().into(),
+        };
+        let run = run_generation(self.inner.clone(), id.clone(), input, exchange, generation, writer, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
@@ -247,6 +329,7 @@ impl StreamManager {
         let generated_here = guard.is_some();
         let shutdown = self.inner.shutdown.clone();
         let mut follower = self.inner.store.follow(id, after);
+        let id = id.clone();
         Ok(Opened::Events(
             stream! {
                 let _guard = guard;
@@ -268,7 +351,10 @@ impl StreamManager {
                     match next {
                         Some(Ok(batch)) => yield batch,
                         Some(Err(error)) => {
-                            yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None, unlogged: true };
+                            // A log that expired ends as a request for it now would, at
+                            // its length: a seq no event of it took, so it may carry an id.
+                            let unlogged = !matches!(error.cause, FollowFailure::Expired { .. });
+                            yield EventBatch { events: vec![follow_failure_event(&id, &error)], tail_since: None, unlogged };
                             return;
                         }
                         None => return,
@@ -307,14 +393,27 @@ impl StreamManager {
         })
     }
 
-    /// Whole-response mode, within the same concurrency bound as streams.
-    pub async fn respond(&self, input: BlockInput) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
+    /// Whole-response mode for `owner`, within the same concurrency bound as
+    /// streams, moderated like a stream (the answer is returned only once
+    /// checked). The `reservation` settles to what was produced, also when the
+    /// call fails or its client leaves (dropping this future drops the
+    /// reservation, which settles).
+    pub async fn respond(
+        &self,
+        input: BlockInput,
+        owner: &str,
+        reservation: Reservation,
+    ) -> Result<Result<WholeResponse, GenerationFailed>, ManagerError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(ManagerError::ShuttingDown);
         }
         let _permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         let block = input.block_type();
-        let response = self.inner.engine.respond(input).await;
+        let exchange = Exchange { stream_id: None, principal: owner.to_owned(), block, input: input.learner_text().into() };
+        // Metered before moderation: charged what the provider produced.
+        let events = reservation.meter(self.inner.engine.stream(input), self.inner.engine.token_counter());
+        let response = Engine::collect(self.inner.moderation.guard_whole(events, exchange)).await;
+        reservation.settle().await;
         let outcome = match &response {
             Ok(_) => "complete",
             Err(failed) => failed.code.as_str(),
@@ -351,12 +450,50 @@ fn scoped_key(owner: &str, key: &str) -> String {
     }
 }
 
+/// An idempotency key claimed by a start still being decided. Held for good once
+/// the stream exists; given back otherwise — also when the start is dropped half
+/// way (its client left), so a retry may start afresh.
+struct PendingKey {
+    store: Option<Arc<dyn EventStore>>,
+    key: String,
+    id: StreamId,
+}
+
+impl PendingKey {
+    /// The stream exists: the key names it for `ttl`.
+    async fn hold(mut self, ttl: Duration) {
+        let store = self.store.take().expect("held once");
+        if let Err(error) = store.hold_key(&self.key, &self.id, ttl).await {
+            // The pending claim lapses early: a late retry then starts anew.
+            tracing::warn!(stream_id = %self.id, %error, "could not hold an idempotency key");
+        }
+    }
+}
+
+impl Drop for PendingKey {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else { return };
+        let (key, id) = (std::mem::take(&mut self.key), self.id.clone());
+        // Nothing started under this key: a retry may start afresh. Without a
+        // runtime (shutting down) the claim simply lapses.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.release_key(&key, &id).await;
+            });
+        }
+    }
+}
+
 /// The closing event of a reader whose follower failed, at the seq the log would
 /// have given its next event.
-fn follow_failure_event(error: &FollowError) -> LoggedEvent {
+fn follow_failure_event(id: &StreamId, error: &FollowError) -> LoggedEvent {
     let message = match error.cause {
         FollowFailure::Unreachable => "the stream store (Redis) stopped answering; start again",
         FollowFailure::LogLost => "the stream store (Redis) no longer has this stream's log; start again",
+        FollowFailure::Expired { len } => {
+            let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired: start again"), true);
+            return LoggedEvent::new(len, &body);
+        }
     };
     LoggedEvent::new(error.next_seq, &EventBody::error(ErrorCode::GenerationLost, message, true))
 }
@@ -457,10 +594,12 @@ enum Ending {
     StoreLost(StoreError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
     input: BlockInput,
+    exchange: Exchange,
     generation: Arc<Generation>,
     mut writer: LogWriter,
     _permit: OwnedSemaphorePermit,
@@ -470,7 +609,10 @@ async fn run_generation(
     let provider = inner.engine.provider().name().to_owned();
     inner.metrics.active_streams.inc();
     let started = Instant::now();
-    let mut events = reservation.meter(inner.engine.stream(input));
+    // Metered before moderation: the learner is charged what the provider
+    // produced, held back or not.
+    let metered = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
+    let mut events = inner.moderation.guard(metered, exchange);
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
     let mut abandoned =
@@ -549,4 +691,143 @@ async fn run_generation(
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::ai::blocks::BlockType;
+    use crate::ai::providers::demo::DemoProvider;
+    use crate::ai::runtime::engine::EngineConfig;
+    use crate::ai::streaming::store::memory::MemoryStore;
+    use crate::ai::streaming::store::{Follower, LogStatus};
+    use crate::auth::Principal;
+    use crate::config::settings::{DemoSettings, LimitSettings};
+    use crate::limits::memory::MemoryLimitStore;
+    use crate::limits::{LimitError, Limits};
+
+    /// The memory store, whose `create` waits until the test lets it through: the
+    /// moment between a start claiming its key and its stream existing.
+    struct SlowCreate {
+        store: MemoryStore,
+        entered: Notify,
+        proceed: Notify,
+    }
+
+    #[async_trait]
+    impl EventStore for SlowCreate {
+        async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
+            self.entered.notify_one();
+            self.proceed.notified().await;
+            self.store.create(id, owner, cancel).await
+        }
+        async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
+            self.store.status(id).await
+        }
+        fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower {
+            self.store.follow(id, after)
+        }
+        async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
+            self.store.request_cancel(id).await
+        }
+        async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
+            self.store.reader_presence(id).await
+        }
+        fn release(&self, id: &StreamId) {
+            self.store.release(id)
+        }
+        async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
+            self.store.claim_key(key, claim, ttl).await
+        }
+        async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+            self.store.hold_key(key, id, ttl).await
+        }
+        async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+            self.store.release_key(key, id).await
+        }
+        async fn ready(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn manager(store: Arc<dyn EventStore>) -> StreamManager {
+        let demo = DemoSettings {
+            tokens_per_second: 0.0,
+            first_token: Duration::ZERO,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
+            inject_text: None,
+            inject_after_tokens: 0,
+        };
+        let config = EngineConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_duration: Duration::from_secs(60),
+            max_retries: 0,
+            retry_base: Duration::ZERO,
+        };
+        let engine = Engine::new(Arc::new(DemoProvider::new(demo)), config);
+        let config =
+            ManagerConfig { resume_grace: Duration::from_secs(30), retention: Duration::from_secs(300), max_concurrent_streams: 10 };
+        // The manager's own behaviour, without moderation's (tested in ai::moderation and the API tests).
+        let vars = [("MODERATION".to_owned(), "off".to_owned())].into_iter().collect();
+        let settings = crate::config::settings::Settings::from_map(&vars).expect("valid settings");
+        let moderation = crate::ai::moderation::Moderation::new(&settings.moderation, 0, None, Metrics::new());
+        StreamManager::new(store, engine, moderation, config, Metrics::new(), CancellationToken::new())
+    }
+
+    fn limits() -> Limits {
+        let quotas = LimitSettings { concurrent_streams: None, starts_per_minute: None, tokens_per_day: None, streams_per_socket: 8 };
+        Limits::new(Arc::new(MemoryLimitStore::new(quotas.clone())), quotas, CancellationToken::new())
+    }
+
+    fn eli10() -> BlockInput {
+        BlockInput::parse(BlockType::ExplainEli10, serde_json::json!({"topic": "tides"}).as_object().unwrap()).unwrap()
+    }
+
+    fn memory() -> MemoryStore {
+        MemoryStore::new(Duration::from_secs(300), 1 << 20, prometheus::IntGauge::new("retained", "test").unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_retry_waits_for_the_stream_its_key_names_to_exist() {
+        let store = Arc::new(SlowCreate { store: memory(), entered: Notify::new(), proceed: Notify::new() });
+        let manager = manager(store.clone());
+        let (limits, ada) = (limits(), Principal::learner("ada"));
+        let first = {
+            let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
+            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+        };
+        // The first start holds the key and is creating its stream.
+        tokio::time::timeout(Duration::from_secs(5), store.entered.notified()).await.expect("the first start creates its stream");
+        let retry = {
+            let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
+            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+        };
+        // While no stream exists, the retry has no id to give.
+        tokio::time::sleep(KEY_FOLLOW_PAUSE * 10).await;
+        assert!(!retry.is_finished(), "the retry answered before its stream existed");
+        store.proceed.notify_one();
+        let first = first.await.unwrap().map_err(|_| "first start failed").unwrap();
+        let retry = tokio::time::timeout(Duration::from_secs(5), retry).await.expect("the retry answers").unwrap();
+        let retry = retry.map_err(|_| "retry failed").unwrap();
+        assert!(matches!(first, Started::New(_)));
+        assert_eq!(retry, Started::Existing(first.stream_id().clone()));
+        assert!(store.status(retry.stream_id()).await.is_ok(), "the id the retry got exists");
+    }
+
+    #[tokio::test]
+    async fn a_known_key_is_answered_without_asking_admission_and_a_refused_start_frees_its_key() {
+        let manager = manager(Arc::new(memory()));
+        let refuse = || async { Err::<Reservation, _>(LimitError::Unavailable("refused in this test".into())) };
+        let refused = manager.start(eli10(), Some("k".into()), "jwt:ada", refuse).await;
+        assert!(matches!(refused, Err(StartError::Refused(_))));
+        let (limits, ada) = (limits(), Principal::learner("ada"));
+        let started = manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await.map_err(|_| ()).unwrap();
+        assert!(matches!(started, Started::New(_)), "the refused start gave its key back");
+        let again = manager.start(eli10(), Some("k".into()), ada.id(), refuse).await.map_err(|_| ()).unwrap();
+        assert_eq!(again, Started::Existing(started.stream_id().clone()), "the limits were not asked");
+    }
 }

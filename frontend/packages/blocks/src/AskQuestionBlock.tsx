@@ -1,7 +1,8 @@
+"use client";
 // Ask a question (optionally with context) and stream the markdown answer.
 import { useState, type FormEvent } from "react";
 import { useBlockStreamOf, type BlockProps } from "./block-stream.js";
-import { StreamingMarkdown } from "./markdown/StreamingMarkdown.js";
+import { StreamingMarkdown, useFinishedParagraphs } from "./markdown/StreamingMarkdown.js";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame.js";
 
 export function AskQuestionBlock(props: BlockProps<"ask-question"> & { initialQuestion?: string }) {
@@ -13,11 +14,13 @@ export function AskQuestionBlock(props: BlockProps<"ask-question"> & { initialQu
     stream.start(context.trim() ? { question, context } : { question });
   };
   const active = isActive(stream.status);
+  const paragraphs = useFinishedParagraphs(stream.text, stream.status === "complete");
   return (
     <BlockFrame
       blockType="ask-question"
       title="Ask a question"
       stream={stream}
+      errorMessages={props.errorMessages}
       form={
         <form onSubmit={submit}>
           <label>
@@ -34,7 +37,7 @@ export function AskQuestionBlock(props: BlockProps<"ask-question"> & { initialQu
         </form>
       }
     >
-      <LiveOutput busy={active}>
+      <LiveOutput busy={active} announce={paragraphs}>
         <StreamingMarkdown text={stream.text} />
       </LiveOutput>
     </BlockFrame>

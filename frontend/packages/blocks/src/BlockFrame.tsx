@@ -1,7 +1,14 @@
+"use client";
 // The frame every AI block shares: title, live status, demo-model label, cancel while
-// streaming, error with retry, and a polite screen-reader announcement of status changes.
-import { useLayoutEffect, useRef, type ReactNode } from "react";
-import type { StreamState } from "@live-ai/client";
+// streaming, error with retry, "paused" with resume after a detach, and the accessible
+// plumbing: a polite announcement of status changes, the output marked aria-busy while it is
+// written (its finished pieces are announced by the block's Announcer, never each token), ids
+// unique per block (two blocks of one type on a page), and keyboard focus kept in the block.
+import { useId, useRef, type FocusEvent, type ReactNode } from "react";
+import { useIsomorphicLayoutEffect } from "./layout-effect.js";
+import { isLoadingStatus, type StreamState } from "@live-ai/client";
+import { Announcer } from "./a11y/Announcer.js";
+import type { ErrorMessages } from "./error-text.js";
 import { ErrorNotice } from "./ErrorNotice.js";
 
 const STATUS_TEXT: Record<StreamState["status"], string> = {
@@ -12,26 +19,30 @@ const STATUS_TEXT: Record<StreamState["status"], string> = {
   complete: "Done",
   error: "Failed",
   cancelled: "Cancelled",
+  detached: "Paused",
 };
 
+/** Whether a block's stream is under way (its submit button is then disabled and Cancel shown). */
 export function isActive(status: StreamState["status"]): boolean {
-  return status === "connecting" || status === "streaming" || status === "reconnecting";
+  return isLoadingStatus(status);
 }
 
 interface BlockFrameProps {
   blockType: string;
   title: string;
-  /** The block's stream: its state, and the cancel and retry the frame's buttons call. */
-  stream: Omit<StreamState, "result" | "parts" | "blockType"> & { cancel(): void; retry(): unknown };
+  /** The block's stream: its state, and what the frame's buttons call. */
+  stream: Omit<StreamState, "result" | "parts" | "blockType"> & { cancel(): void; retry(): unknown; resume?(): unknown };
   /** The block's input form. */
   form: ReactNode;
+  /** Rewords error codes for this block (over an ErrorMessagesProvider's table). */
+  errorMessages?: ErrorMessages;
   /** The block's output. */
   children?: ReactNode;
 }
 
-export function BlockFrame({ blockType, title, stream: state, form, children }: BlockFrameProps) {
+export function BlockFrame({ blockType, title, stream: state, form, errorMessages, children }: BlockFrameProps) {
   const active = isActive(state.status);
-  const headingId = `${blockType}-title`;
+  const headingId = `${useId()}-title`;
   const focus = useKeyboardFocusFlow(active);
   return (
     <section
@@ -40,6 +51,8 @@ export function BlockFrame({ blockType, title, stream: state, form, children }: 
       aria-labelledby={headingId}
       data-status={state.status}
       data-stream-id={state.streamId}
+      onFocus={focus.onFocusIn}
+      onBlur={focus.onFocusOut}
     >
       <header className="block-header">
         <h2 id={headingId}>{title}</h2>
@@ -68,8 +81,18 @@ export function BlockFrame({ blockType, title, stream: state, form, children }: 
       {state.status === "reconnecting" && (
         <p className="notice">Connection lost — reconnecting… your answer will pick up where it left off.</p>
       )}
-      {state.status === "error" && state.error && <ErrorNotice error={state.error} onRetry={state.retry} />}
-      {/* Status changes are announced on their own; the output region announces new text. */}
+      {state.status === "detached" && (
+        <p className="notice">
+          You stopped following this answer; it is still being written.{" "}
+          {state.resume && state.streamId !== undefined && (
+            <button type="button" className="resume" onClick={() => state.resume?.()}>
+              Resume
+            </button>
+          )}
+        </p>
+      )}
+      {state.status === "error" && state.error && <ErrorNotice error={state.error} onRetry={state.retry} messages={errorMessages} />}
+      {/* Status changes are announced on their own; the output's finished pieces by its Announcer. */}
       <p className="visually-hidden" role="status">
         {state.status === "idle" ? "" : `${title}: ${STATUS_TEXT[state.status]}`}
       </p>
@@ -81,30 +104,52 @@ export function BlockFrame({ blockType, title, stream: state, form, children }: 
 /**
  * Keeps keyboard users inside the block: starting disables the submit button (which drops
  * focus), so focus moves to Cancel; when Cancel goes away, focus returns to the submit button.
+ * Only when focus was in the block: a stream that starts by itself (a resume after a reload)
+ * leaves focus wherever the learner has it.
  */
 function useKeyboardFocusFlow(active: boolean) {
   const section = useRef<HTMLElement>(null);
   const cancel = useRef<HTMLButtonElement>(null);
   const cancelFocused = useRef(false);
-  useLayoutEffect(() => {
+  // Focus is (or, after its element was disabled under it, was last) inside the block.
+  const focusInside = useRef(false);
+  useIsomorphicLayoutEffect(() => {
     const focused = document.activeElement as HTMLElement | null;
     if (active) {
       const lost = !focused || focused === document.body;
       const onDisabledSubmit = focused instanceof HTMLButtonElement && focused.disabled && section.current?.contains(focused);
-      if (lost || onDisabledSubmit) cancel.current?.focus();
+      if (focusInside.current && (lost || onDisabledSubmit)) cancel.current?.focus();
     } else if (cancelFocused.current) {
       cancelFocused.current = false;
       section.current?.querySelector<HTMLButtonElement>("form button[type=submit]")?.focus();
     }
   }, [active]);
-  return { section, cancel, cancelFocused };
+  return {
+    section,
+    cancel,
+    cancelFocused,
+    onFocusIn: () => {
+      focusInside.current = true;
+    },
+    onFocusOut: (event: FocusEvent) => {
+      // Focus going nowhere (its element was disabled or removed) stays the block's.
+      const next = event.relatedTarget as Node | null;
+      if (next !== null && !section.current?.contains(next)) focusInside.current = false;
+    },
+  };
 }
 
-/** The output region: new content is read out politely as it arrives. */
-export function LiveOutput({ busy, children }: { busy: boolean; children: ReactNode }) {
+/**
+ * The output region: marked busy while the block writes it, so assistive technology does not
+ * read a half-written answer; `announce` lists the finished pieces to read out (see Announcer).
+ */
+export function LiveOutput({ busy, announce = [], children }: { busy: boolean; announce?: readonly string[]; children: ReactNode }) {
   return (
-    <div className="output" aria-live="polite" aria-atomic="false" aria-relevant="additions text" data-busy={busy}>
-      {children}
-    </div>
+    <>
+      <div className="output" aria-busy={busy} data-busy={busy}>
+        {children}
+      </div>
+      <Announcer pieces={announce} />
+    </>
   );
 }

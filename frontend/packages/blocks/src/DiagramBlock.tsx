@@ -1,5 +1,7 @@
+"use client";
 // Generate a Mermaid diagram from a description and draw it while it streams.
-import { useState, type FormEvent } from "react";
+import { useMemo, useState, type FormEvent } from "react";
+import { diagramDescription } from "./diagram-text.js";
 import type { DiagramKind } from "@live-ai/client";
 import { useBlockStreamOf, type BlockProps } from "./block-stream.js";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame.js";
@@ -16,11 +18,13 @@ export function DiagramBlock(props: BlockProps<"diagram"> & { initialDescription
   const active = isActive(stream.status);
   // The complete event carries the final, server-validated source.
   const source = stream.result?.source ?? mermaidSource(stream.text);
+  const announced = useMemo(() => (stream.status === "complete" ? [diagramDescription(source)] : []), [stream.status, source]);
   return (
     <BlockFrame
       blockType="diagram"
       title="Diagram"
       stream={stream}
+      errorMessages={props.errorMessages}
       form={
         <form onSubmit={submit}>
           <label>
@@ -41,7 +45,7 @@ export function DiagramBlock(props: BlockProps<"diagram"> & { initialDescription
         </form>
       }
     >
-      <LiveOutput busy={active}>
+      <LiveOutput busy={active} announce={announced}>
         <MermaidDiagram source={source} final={stream.status === "complete"} />
       </LiveOutput>
       {/* The source is code, so it stays out of the live region rather than being read out token by token. */}

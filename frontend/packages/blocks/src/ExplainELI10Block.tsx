@@ -1,7 +1,8 @@
+"use client";
 // Explain a topic like I am 10, streamed as markdown.
 import { useState, type FormEvent } from "react";
 import { useBlockStreamOf, type BlockProps } from "./block-stream.js";
-import { StreamingMarkdown } from "./markdown/StreamingMarkdown.js";
+import { StreamingMarkdown, useFinishedParagraphs } from "./markdown/StreamingMarkdown.js";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame.js";
 
 export function ExplainELI10Block(props: BlockProps<"explain-eli10"> & { initialTopic?: string }) {
@@ -12,11 +13,13 @@ export function ExplainELI10Block(props: BlockProps<"explain-eli10"> & { initial
     stream.start({ topic });
   };
   const active = isActive(stream.status);
+  const paragraphs = useFinishedParagraphs(stream.text, stream.status === "complete");
   return (
     <BlockFrame
       blockType="explain-eli10"
       title="Explain like I am 10"
       stream={stream}
+      errorMessages={props.errorMessages}
       form={
         <form onSubmit={submit}>
           <label>
@@ -29,7 +32,7 @@ export function ExplainELI10Block(props: BlockProps<"explain-eli10"> & { initial
         </form>
       }
     >
-      <LiveOutput busy={active}>
+      <LiveOutput busy={active} announce={paragraphs}>
         <StreamingMarkdown text={stream.text} />
       </LiveOutput>
     </BlockFrame>

@@ -1,7 +1,10 @@
+"use client";
 // Renders Mermaid source that is still arriving: it draws each version that parses, keeps
 // the last good drawing while the source is incomplete, and shows the source when the final
-// version does not parse. Mermaid is loaded on first use (it is large).
-import { useEffect, useId, useRef, useState } from "react";
+// version does not parse. Mermaid is loaded on first use (it is large). The drawing carries a
+// text alternative: what the drawn source says, in words (diagram-text.ts).
+import { useEffect, useId, useMemo, useRef, useState } from "react";
+import { diagramDescription } from "./diagram-text.js";
 
 type MermaidApi = (typeof import("mermaid"))["default"];
 
@@ -110,10 +113,11 @@ export function MermaidDiagram({ source, final }: MermaidDiagramProps) {
     })();
   }, [source, final, baseId]);
 
+  const description = useMemo(() => (drawn === null ? "" : diagramDescription(drawn)), [drawn]);
   return (
     <div className="diagram" data-tried-source={tried ?? undefined} data-drawn-source={drawn ?? undefined}>
       {/* Mermaid's strict mode sanitizes its SVG output. */}
-      {svg && <div className="diagram-svg" role="img" aria-label="Diagram" dangerouslySetInnerHTML={{ __html: svg }} />}
+      {svg && <div className="diagram-svg" role="img" aria-label={description} dangerouslySetInnerHTML={{ __html: svg }} />}
       {!svg && !failed && source !== "" && <p className="diagram-pending">Drawing as soon as the diagram parses…</p>}
       {failed && (
         <div className="diagram-error">

@@ -1,6 +1,7 @@
+"use client";
 // Generate a quiz: each question appears as soon as its `part` event arrives, and the
 // learner can answer it (keyboard or pointer) and read the explanation right away.
-import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { useEffect, useId, useMemo, useRef, useState, type FormEvent } from "react";
 import type { QuizInput, QuizQuestion } from "@live-ai/client";
 import { useBlockStreamOf, type BlockProps } from "./block-stream.js";
 import { BlockFrame, isActive, LiveOutput } from "./BlockFrame.js";
@@ -18,11 +19,13 @@ export function QuizBlock(props: BlockProps<"quiz"> & { initialTopic?: string })
   };
   const active = isActive(stream.status);
   const questions = stream.parts.filter(Boolean);
+  const announced = useMemo(() => stream.parts.filter(Boolean).map((question, index) => `Question ${index + 1}: ${question.question}`), [stream.parts]);
   return (
     <BlockFrame
       blockType="quiz"
       title="Quiz"
       stream={stream}
+      errorMessages={props.errorMessages}
       form={
         <form onSubmit={submit}>
           <label>
@@ -47,7 +50,7 @@ export function QuizBlock(props: BlockProps<"quiz"> & { initialTopic?: string })
         </form>
       }
     >
-      <LiveOutput busy={active}>
+      <LiveOutput busy={active} announce={announced}>
         <ol className="quiz-questions">
           {questions.map((question, index) => (
             // Keyed by stream and position: a new quiz gets fresh, unanswered questions.

@@ -3,7 +3,7 @@ import { act, cleanup, fireEvent, render, screen, waitFor, within } from "@testi
 import userEvent from "@testing-library/user-event";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamClient } from "@live-ai/client";
-import { StreamClientProvider } from "@live-ai/react";
+import { StreamClientProvider, useAIBlockStreaming } from "@live-ai/react";
 import { FakeApi } from "../../../testing/fake-api.js";
 import { SAMPLE_QUESTION, streamEvents } from "../../../testing/events.js";
 import { AskQuestionBlock } from "./AskQuestionBlock.js";
@@ -28,7 +28,7 @@ describe("AskQuestionBlock", () => {
     expect(screen.getByTestId("status").textContent).toBe("Streaming…");
     expect(screen.getByText("demo model")).toBeTruthy();
     expect(screen.getByRole("button", { name: "Cancel" })).toBeTruthy();
-    const output = document.querySelector("[aria-live=polite]")!;
+    const output = document.querySelector(".output")!;
     expect(output.textContent).toContain("The sky");
     response.sendEvents(e.chunk("scatters light.\n\nBlue wins."), e.complete({ markdown: "x" }));
     await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
@@ -62,7 +62,7 @@ describe("AskQuestionBlock", () => {
     const second = await api.eventResponse(1);
     second.sendEvents(e.chunk("world"), e.complete());
     await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
-    expect(document.querySelector("[aria-live=polite]")!.textContent).toBe("Hello world\n");
+    expect(document.querySelector(".output")!.textContent).toBe("Hello world\n");
   });
 
   it("shows the error and retries", async () => {
@@ -73,11 +73,106 @@ describe("AskQuestionBlock", () => {
     (await api.eventResponse(0)).sendEvents(e.start("ask-question"), e.error("provider_error", true));
     const alert = await screen.findByRole("alert");
     expect(alert.textContent).toContain("provider_error happened");
-    await userEvent.click(within(alert).getByRole("button", { name: "Retry" }));
+    await userEvent.click(within(alert.closest(".error")!).getByRole("button", { name: "Retry" }));
     const e2 = streamEvents("s2");
     (await api.eventResponse(1)).sendEvents(e2.start("ask-question"), e2.chunk("fine"), e2.complete());
     await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
     expect(screen.queryByRole("alert")).toBeNull();
+  });
+});
+
+describe("a detached block", () => {
+  it("says it is paused, lets the learner ask again, and resumes the same stream", async () => {
+    const api = new FakeApi();
+    function Host() {
+      const stream = useAIBlockStreaming("ask-question");
+      return (
+        <>
+          <button onClick={stream.detach}>leave</button>
+          <AskQuestionBlock stream={stream} initialQuestion="q" />
+        </>
+      );
+    }
+    withClient(api, <Host />);
+    await userEvent.click(screen.getByRole("button", { name: "Ask" }));
+    const e = streamEvents("s1");
+    const log = [e.start("ask-question"), e.chunk("Hello "), e.chunk("world"), e.complete()];
+    (await api.eventResponse(0)).sendEvents(log[0]!, log[1]!);
+    await waitFor(() => expect(document.querySelector(".output")!.textContent).toContain("Hello"));
+    expect(screen.getByRole("button", { name: "Ask" })).toHaveProperty("disabled", true);
+    await userEvent.click(screen.getByRole("button", { name: "leave" }));
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Paused"));
+    expect(screen.getByRole("button", { name: "Ask" })).toHaveProperty("disabled", false);
+    expect(screen.queryByRole("button", { name: "Cancel" })).toBeNull();
+    await userEvent.click(screen.getByRole("button", { name: "Resume" }));
+    const resumed = await api.eventResponse(1);
+    expect(resumed.request.url.pathname).toBe("/api/streams/s1/events");
+    resumed.sendEvents(...log.slice(1));
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
+    expect(document.querySelector(".output")!.textContent).toBe("Hello world\n");
+    expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
+  });
+});
+
+describe("AskQuestionBlock for screen readers", () => {
+  it("marks the output busy while it is written and reads out finished paragraphs, never the text token by token", async () => {
+    const api = new FakeApi();
+    withClient(api, <AskQuestionBlock initialQuestion="Why is the sky blue?" />);
+    await userEvent.click(screen.getByRole("button", { name: "Ask" }));
+    const response = await api.eventResponse(0);
+    const e = streamEvents("s1");
+    const output = document.querySelector(".output")!;
+    const announcer = screen.getByTestId("announcer");
+    // The output is no live region (or inside one): only the announcer speaks.
+    expect(output.closest("[aria-live]")).toBeNull();
+    expect(announcer.getAttribute("aria-live")).toBe("polite");
+    const spoken: string[] = [];
+    new MutationObserver(() => spoken.push(announcer.textContent ?? "")).observe(announcer, { childList: true, characterData: true, subtree: true });
+
+    response.sendEvents(e.start("ask-question"), e.chunk("The **sky** "), e.chunk("scatters "));
+    await waitFor(() => expect(output.textContent).toContain("The sky scatters"));
+    expect(output.getAttribute("aria-busy")).toBe("true");
+    expect(announcer.textContent).toBe("");
+    response.sendEvents(e.chunk("light.\n\nBlue "), e.chunk("wins."));
+    await waitFor(() => expect(output.textContent).toContain("Blue wins."));
+    expect(announcer.textContent).toBe("The sky scatters light.");
+    response.sendEvents(e.complete({ markdown: "x" }));
+    await waitFor(() => expect(screen.getByTestId("status").textContent).toBe("Done"));
+    expect(output.getAttribute("aria-busy")).toBe("false");
+    expect(announcer.textContent).toBe("Blue wins.");
+    expect(spoken).toEqual(["The sky scatters light.", "Blue wins."]);
+  });
+
+  it("gives two blocks of one type their own ids, so each section is named by its own heading", async () => {
+    withClient(
+      new FakeApi(),
+      <>
+        <AskQuestionBlock initialQuestion="one" />
+        <AskQuestionBlock initialQuestion="two" />
+      </>,
+    );
+    const sections = [...document.querySelectorAll("section")];
+    const ids = [...document.querySelectorAll("[id]")].map((element) => element.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(sections.map((section) => document.getElementById(section.getAttribute("aria-labelledby")!)?.textContent)).toEqual(["Ask a question", "Ask a question"]);
+  });
+
+  it("moves focus to Cancel only when focus was in the block: a stream that starts by itself leaves focus where it is", async () => {
+    const api = new FakeApi();
+    withClient(
+      api,
+      <>
+        <input aria-label="elsewhere" />
+        <AskQuestionBlock initialQuestion="q" />
+      </>,
+    );
+    // Nothing focused, as after a reload whose stream resumes by itself; then a start from outside the block.
+    screen.getByLabelText("elsewhere").focus();
+    screen.getByLabelText("elsewhere").blur();
+    expect(document.activeElement).toBe(document.body);
+    act(() => screen.getByRole("button", { name: "Ask" }).closest("form")!.requestSubmit());
+    await waitFor(() => expect(screen.getByRole("button", { name: "Cancel" })).toBeTruthy());
+    expect(document.activeElement).toBe(document.body);
   });
 });
 

@@ -3,17 +3,24 @@
 // the stream as `unauthorized`. The fake server refuses exactly as the contract says.
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { StreamEvent } from "./contract.js";
-import { TokenSource } from "./auth.js";
+import { TokenSource, type GetToken } from "./auth.js";
 import { FakeApi, json } from "../../../testing/fake-api.js";
 import { FakeWebSocket } from "../../../testing/fake-websocket.js";
 import { SAMPLE_QUESTION, streamEvents } from "../../../testing/events.js";
 import { clientFor, recorder } from "../../../testing/recorder.js";
 
-/** A host's getToken: hands out the given tokens in order (the last one forever), counting calls. */
+/**
+ * A host's getToken, caching as the README asks: the current token on every call, the next of
+ * `issued` (the last one forever) when asked to refresh.
+ */
 function tokens(...issued: string[]) {
-  let calls = 0;
-  const getToken = vi.fn(async () => issued[Math.min(calls++, issued.length - 1)]!);
-  return { getToken, calls: () => calls };
+  let current = 0;
+  const getToken = vi.fn(async ({ refresh }: { refresh: boolean }) => {
+    if (refresh) current = Math.min(current + 1, issued.length - 1);
+    return issued[current]!;
+  });
+  const refreshes = () => getToken.mock.calls.filter(([options]) => options.refresh).length;
+  return { getToken, refreshes };
 }
 
 describe("getToken over HTTP (SSE, cancel, whole response)", () => {
@@ -40,8 +47,9 @@ describe("getToken over HTTP (SSE, cancel, whole response)", () => {
       "DELETE /api/streams/s1 Bearer t1",
       "POST /api/ai-block/quiz Bearer t1",
     ]);
-    // Asked once, then reused: the host is not called per request.
-    expect(getToken).toHaveBeenCalledTimes(1);
+    // Asked for every request (the host caches), never told to refresh.
+    expect(getToken).toHaveBeenCalledTimes(4);
+    expect(getToken.mock.calls.every(([options]) => options.refresh === false)).toBe(true);
   });
 
   it("sends no Authorization header without getToken, or when it returns null", async () => {
@@ -56,7 +64,7 @@ describe("getToken over HTTP (SSE, cancel, whole response)", () => {
   it("on a 401 mid-stream asks for a fresh token once and resumes the same stream", async () => {
     const api = new FakeApi();
     api.requireToken("t1");
-    const { getToken } = tokens("t1", "t2");
+    const { getToken, refreshes } = tokens("t1", "t2");
     const r = recorder();
     const handle = clientFor(api, { getToken, backoff: { initialMs: 1, maxMs: 2 } }).start("ask-question", { question: "q" }, r.handlers);
     const e = streamEvents("s1");
@@ -72,37 +80,39 @@ describe("getToken over HTTP (SSE, cancel, whole response)", () => {
     second.sendEvents(e.chunk("world"), e.complete());
     expect((await handle.done).status).toBe("complete");
     expect(r.text()).toBe("Hello world");
-    expect(getToken).toHaveBeenCalledTimes(2);
+    expect(refreshes()).toBe(1);
     expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
   });
 
   it("ends as unauthorized, not retried on its own, when the fresh token is refused too", async () => {
     const api = new FakeApi();
     api.requireToken("never-issued");
-    const { getToken } = tokens("t1", "t2", "t3");
+    const { getToken, refreshes } = tokens("t1", "t2", "t3");
     const r = recorder();
     const outcome = await clientFor(api, { getToken }).start("ask-question", { question: "q" }, r.handlers).done;
     expect(outcome).toMatchObject({ status: "error", error: { code: "unauthorized", status: 401, retryable: false } });
     expect(api.requestsTo("POST", /^\/api\/streams$/).map((q) => q.headers.get("authorization"))).toEqual(["Bearer t1", "Bearer t2"]);
-    expect(getToken).toHaveBeenCalledTimes(2);
+    expect(refreshes()).toBe(1);
   });
 });
 
 describe("TokenSource", () => {
   it("refreshes once for a burst of refusals of the same token", async () => {
-    const { getToken } = tokens("t1", "t2", "t3");
+    const { getToken, refreshes } = tokens("t1", "t2", "t3");
     const source = new TokenSource(getToken);
     const used = await source.credential();
     const refreshed = await Promise.all([source.refresh(used), source.refresh(used), source.refresh(used)]);
     expect(refreshed.map((credential) => credential.token)).toEqual(["t2", "t2", "t2"]);
-    expect(getToken).toHaveBeenCalledTimes(2);
+    // A refusal of the old token that arrives after the refresh does not refresh again.
+    expect((await source.refresh(used)).token).toBe("t2");
+    expect(refreshes()).toBe(1);
   });
 });
 
 describe("getToken over the WebSocket", () => {
   beforeEach(() => FakeWebSocket.reset());
 
-  function wsClient(api: FakeApi, getToken: () => Promise<string | null>) {
+  function wsClient(api: FakeApi, getToken: GetToken) {
     api.config = { ...api.config, streaming_backend: "websocket" };
     return clientFor(api, {
       getToken,

@@ -62,6 +62,30 @@ describe("BlockStream.start()", () => {
     expect(onError).toHaveBeenCalledTimes(1);
   });
 
+  it("removes the text and the quiz questions shown when moderation retracts them", async () => {
+    const api = new FakeApi();
+    const stream = blockStream<"quiz">(api);
+    const result = stream.start("quiz", { topic: "volcanoes", count: 2 });
+    const e = streamEvents("s1");
+    const response = await api.eventResponse(0);
+    response.sendEvents(e.start("quiz"), e.chunk("[{"), e.part(0, SAMPLE_QUESTION));
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ text: "[{", parts: [SAMPLE_QUESTION] }));
+    // The retraction keeps its seq in the log, so it may come after a gap.
+    response.sendEvents({ ...e.error("output_flagged", false, { categories: ["profanity"], retract: true }), seq: 9 });
+    await expect(result).rejects.toMatchObject({ code: "output_flagged", error: { categories: ["profanity"], retract: true } });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "error", text: "", parts: [], result: undefined }));
+  });
+
+  it("keeps what passed when moderation stops an answer without retracting it", async () => {
+    const api = new FakeApi();
+    const stream = blockStream(api);
+    const result = stream.start("explain-eli10", { topic: "rain" });
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.chunk("Rain falls. "), e.error("output_flagged", false, { categories: ["profanity"] }));
+    await expect(result).rejects.toMatchObject({ code: "output_flagged" });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "error", text: "Rain falls. " }));
+  });
+
   it("rejects with code cancelled on cancel(), and the server is told", async () => {
     const api = new FakeApi();
     const stream = blockStream(api);
@@ -101,6 +125,124 @@ describe("BlockStream.start()", () => {
     } finally {
       process.off("unhandledRejection", unhandled);
     }
+  });
+});
+
+describe("BlockStream lifecycle: every state settles", () => {
+  it("detach() says so in the state, and resume() continues the same stream after what is shown", async () => {
+    const api = new FakeApi();
+    const stream = blockStream<"explain-eli10">(api, {}, "explain-eli10");
+    const first = stream.start("explain-eli10", { topic: "rain" });
+    const e = streamEvents("s1");
+    const log = [e.start("explain-eli10"), e.chunk("Rain "), e.chunk("falls."), e.complete({ markdown: "Rain falls." })];
+    (await api.eventResponse(0)).sendEvents(log[0]!, log[1]!);
+    await vi.waitFor(() => expect(stream.getSnapshot().text).toBe("Rain "));
+    stream.detach();
+    await expect(first).rejects.toMatchObject({ code: "detached" });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "detached", streamId: "s1", text: "Rain " }));
+
+    const resumed = stream.resume();
+    const response = await api.eventResponse(1);
+    expect(response.request.url.pathname).toBe("/api/streams/s1/events");
+    expect(response.request.headers.get("last-event-id")).toBe("s1:0");
+    response.sendEvents(...log.slice(1));
+    await expect(resumed).resolves.toEqual({ markdown: "Rain falls." });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "complete", text: "Rain falls." }));
+    expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
+    // The stream is known again: retry starts the same request anew.
+    void stream.retry();
+    await vi.waitFor(() => expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(2));
+  });
+
+  it("resume(streamId) re-attaches to any of the learner's streams by id, from its first event", async () => {
+    const api = new FakeApi();
+    const stream = blockStream(api);
+    const result = stream.resume("s9");
+    const response = await api.eventResponse(0);
+    expect(response.request.url.pathname).toBe("/api/streams/s9/events");
+    expect(response.request.headers.get("last-event-id")).toBeNull();
+    const e = streamEvents("s9");
+    response.sendEvents(e.start("quiz"), e.part(0, SAMPLE_QUESTION), e.complete({ questions: [SAMPLE_QUESTION] }));
+    await expect(result).resolves.toEqual({ questions: [SAMPLE_QUESTION] });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "complete", blockType: "quiz", streamId: "s9", parts: [SAMPLE_QUESTION] }));
+    await expect(stream.retry()).rejects.toMatchObject({ code: "bad_request" });
+  });
+
+  it("resume() with nothing detached rejects, and changes nothing", async () => {
+    const stream = blockStream(new FakeApi());
+    await expect(stream.resume()).rejects.toMatchObject({ code: "bad_request" });
+    expect(stream.getSnapshot().status).toBe("idle");
+  });
+
+  it("dispose() publishes the final state before going quiet", async () => {
+    const api = new FakeApi();
+    // Frames that never come on their own: only a flush publishes.
+    const stream = blockStream(api, { scheduler: () => () => undefined });
+    void stream.start("explain-eli10", { topic: "rain" });
+    (await api.eventResponse(0)).sendEvents(streamEvents("s1").start("explain-eli10"));
+    await vi.waitFor(() => {
+      stream.store.flush();
+      expect(stream.getSnapshot()).toMatchObject({ status: "streaming", streamId: "s1" });
+    });
+    stream.dispose();
+    expect(stream.getSnapshot().status).toBe("cancelled");
+  });
+
+  it.each([
+    [false, "cancelled"],
+    [true, "detached"],
+  ] as const)("start()'s promise settles when the block is disposed of (resume: %s → %s)", async (resume, code) => {
+    const api = new FakeApi();
+    const stream = blockStream<"explain-eli10">(api, { resume }, "explain-eli10");
+    const result = stream.start("explain-eli10", { topic: "rain" });
+    (await api.eventResponse(0)).sendEvents(streamEvents("s1").start("explain-eli10"));
+    await vi.waitFor(() => expect(stream.getSnapshot().streamId).toBe("s1"));
+    stream.dispose();
+    await expect(result).rejects.toMatchObject({ name: "AIBlockError", code });
+    expect(stream.getSnapshot().status).toBe(code);
+  });
+
+  it("start()'s promise settles when the block is disposed of before the server was even asked", async () => {
+    const api = new FakeApi();
+    let release!: () => void;
+    const configGate = new Promise<void>((resolve) => (release = resolve));
+    api.route(async (request) => {
+      if (request.url.pathname === "/api/ai/config") await configGate;
+      return undefined;
+    });
+    const stream = blockStream(api);
+    const result = stream.start("explain-eli10", { topic: "rain" });
+    stream.dispose();
+    release();
+    await expect(result).rejects.toMatchObject({ code: "cancelled" });
+  });
+
+  it("reset() cancels what runs and returns to idle, with nothing left to retry", async () => {
+    const api = new FakeApi();
+    const stream = blockStream(api);
+    const result = stream.start("explain-eli10", { topic: "rain" });
+    (await api.eventResponse(0)).sendEvents(streamEvents("s1").start("explain-eli10"), streamEvents("s1").chunk("x"));
+    await vi.waitFor(() => expect(stream.getSnapshot().streamId).toBe("s1"));
+    stream.reset();
+    await expect(result).rejects.toMatchObject({ code: "cancelled" });
+    await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "idle", text: "", streamId: undefined, error: undefined }));
+    await vi.waitFor(() => expect(api.requestsTo("DELETE", /^\/api\/streams\/s1$/)).toHaveLength(1));
+    await expect(stream.retry()).rejects.toMatchObject({ code: "bad_request" });
+  });
+
+  it("joins a start() repeated in the same task (StrictMode's second mount effect) instead of starting a second generation", async () => {
+    const api = new FakeApi();
+    const stream = blockStream(api);
+    const first = stream.start("explain-eli10", { topic: "rain" });
+    const again = stream.start("explain-eli10", { topic: "rain" });
+    expect(again).toBe(first);
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.complete({ markdown: "ok" }));
+    await expect(first).resolves.toEqual({ markdown: "ok" });
+    expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
+    // A later task's start() is a new generation, as ever.
+    void stream.start("explain-eli10", { topic: "rain" });
+    await vi.waitFor(() => expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(2));
   });
 });
 
@@ -159,8 +301,9 @@ describe("BlockStream visibility", () => {
     document.dispatchEvent(new Event("visibilitychange"));
     const resumed = await api.eventResponse(1);
     expect(resumed.request.url.pathname).toBe("/api/streams/s1/events");
-    expect(resumed.request.headers.get("last-event-id")).toBe("s1:1");
-    resumed.sendEvents(e.chunk("falls."), e.complete({ markdown: "Rain falls." }));
+    // From one before the last event held: a resume learns whether that one was the end.
+    expect(resumed.request.headers.get("last-event-id")).toBe("s1:0");
+    resumed.sendEvents({ type: "chunk", stream_id: "s1", seq: 1, token: "Rain " }, e.chunk("falls."), e.complete({ markdown: "Rain falls." }));
     await expect(result).resolves.toEqual({ markdown: "Rain falls." });
     await vi.waitFor(() => expect(stream.getSnapshot()).toMatchObject({ status: "complete", text: "Rain falls.", error: undefined }));
     expect(onError).not.toHaveBeenCalled();
@@ -199,8 +342,8 @@ describe("BlockStream resume: true", () => {
     expect(after.resumeStored()).toBe(true);
     expect(after.getSnapshot()).toMatchObject({ status: "reconnecting", text: "Rain is ", streamId: "s1" });
     const resumed = await api.eventResponse(1);
-    expect(resumed.request.headers.get("last-event-id")).toBe("s1:2");
-    resumed.sendEvents(e.chunk("water."), e.complete({ markdown: "Rain is water." }));
+    expect(resumed.request.headers.get("last-event-id")).toBe("s1:1");
+    resumed.sendEvents({ type: "chunk", stream_id: "s1", seq: 2, token: "is " }, e.chunk("water."), e.complete({ markdown: "Rain is water." }));
     await vi.waitFor(() => expect(after.getSnapshot()).toMatchObject({ status: "complete", text: "Rain is water." }));
     expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
     // Finished: nothing is left to resume on the next load.
@@ -217,7 +360,10 @@ describe("BlockStream resume: true", () => {
     expect(api.requestsTo("DELETE", /.*/)).toHaveLength(0);
     const second = blockStream<"quiz">(api, { resume: true, id: "lesson-3-quiz" }, "quiz");
     expect(second.resumeStored()).toBe(true);
-    expect((await api.eventResponse(1)).request.headers.get("last-event-id")).toBe("s1:0");
+    // It holds only the start event (seq 0): the resume replays the stream from its first event.
+    const resumed = (await api.eventResponse(1)).request;
+    expect(resumed.url.pathname).toBe("/api/streams/s1/events");
+    expect(resumed.headers.get("last-event-id")).toBeNull();
   });
 
   it("without resume, nothing is stored and unmount cancels", async () => {

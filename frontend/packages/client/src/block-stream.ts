@@ -1,12 +1,15 @@
 // One block's stream controller: connects StreamClient runs to a StreamStore and owns start /
-// cancel / detach / retry, the promise `start()` returns, the caller's callbacks, and two ways
-// a stream outlives a connection the session itself gave up on:
+// cancel / detach / resume / retry / reset, the promise `start()` returns (it always settles:
+// with the result, or an AIBlockError when the stream fails, is cancelled or is left), the
+// caller's callbacks, and two ways a stream outlives a connection the session itself gave up on:
 // - visibility: a stream that failed with `connection_lost` while the page was hidden (the
 //   network dropped while the learner was away, and the browser throttled the reconnects) is
 //   parked in `error` and resumed from its last seq when the page becomes visible again;
 // - `resume: true`: the stream id and what was shown so far are kept in sessionStorage, and a
 //   new page (a reload) resumes the same generation with `resumeStored()`.
-// Framework-agnostic; the React hooks are thin wrappers around it.
+// A `start()` identical to one made earlier in the same task (before any await: React
+// StrictMode's second run of a mount effect) returns that one's promise instead of starting a
+// second generation. Framework-agnostic; the React hooks are thin wrappers around it.
 import { AIBlockError } from "./block-error.js";
 import type { BlockInputs, BlockResults, BlockType, ChunkEvent, CompleteEvent, PartEvent } from "./contract.js";
 import { schedulerFor, type FrameScheduler, type Throttle } from "./frame-scheduler.js";
@@ -41,24 +44,42 @@ export interface BlockStreamOptions<B extends BlockType = BlockType> {
 }
 
 interface Run<B extends BlockType> {
-  blockType: B;
-  input: BlockInputs[B];
+  /** The block, when known (a stream resumed by id names it in its start event). */
+  blockType: B | undefined;
+  /** The request that started it; unknown for a stream resumed by id. */
+  input: BlockInputs[B] | undefined;
   handle?: StreamHandle;
   streamId?: string;
   lastSeq: number;
+  promise: Promise<BlockResults[B]>;
   resolve(result: BlockResults[B]): void;
   reject(error: AIBlockError): void;
 }
 
+/** A stream this block stopped listening to (`detach()`): enough to continue it with `resume()`. */
+interface Detached<B extends BlockType> {
+  streamId: string;
+  blockType: B | undefined;
+  input: BlockInputs[B] | undefined;
+  lastSeq: number;
+}
+
 function noop(): void {}
+
+function rejected<T>(error: AIBlockError): Promise<T> {
+  const promise = Promise.reject(error);
+  promise.catch(noop);
+  return promise;
+}
 
 export class BlockStream<B extends BlockType = BlockType> {
   readonly store: StreamStore;
   private current: Run<B> | undefined;
   private last: { blockType: B; input: BlockInputs[B] } | undefined;
   private parked: Run<B> | undefined;
-  /** The run being disposed of: its promise is not settled. */
-  private silenced: Run<B> | undefined;
+  private detached: Detached<B> | undefined;
+  /** The start made in the current task, by request: a second identical one joins it. */
+  private startedThisTask: { request: string; run: Run<B> } | undefined;
   private readonly options: () => BlockStreamOptions<B>;
   private readonly resumable: boolean;
   private readonly fixedKey: string | undefined;
@@ -80,35 +101,90 @@ export class BlockStream<B extends BlockType = BlockType> {
   readonly subscribe = (listener: () => void) => this.store.subscribe(listener);
   readonly getSnapshot = (): StreamState => this.store.getSnapshot();
 
-  /** Starts a new generation (cancelling one still running); resolves with its final result. */
+  /**
+   * Starts a new generation (cancelling one still running); resolves with its final result. The
+   * same request made again in the same task joins the first instead (StrictMode's double mount).
+   */
   start(blockType: B, input: BlockInputs[B]): Promise<BlockResults[B]> {
+    const request = JSON.stringify([blockType, input]);
+    const joined = this.startedThisTask;
+    if (joined?.request === request && this.current === joined.run) return joined.run.promise;
     this.stopCurrent("cancel");
+    this.detached = undefined;
     this.last = { blockType, input };
     this.store.reset({ blockType, status: "connecting" });
-    const { run, promise } = this.newRun(blockType, input, -1);
-    run.handle = this.client.start(blockType, input, this.handlersFor(run), { mode: this.options().mode });
-    return promise;
+    const run = this.newRun(blockType, input, -1);
+    this.startedThisTask = { request, run };
+    queueMicrotask(() => {
+      if (this.startedThisTask?.run === run) this.startedThisTask = undefined;
+    });
+    this.follow(run, this.client.start(blockType, input, this.handlersFor(run), { mode: this.options().mode }));
+    return run.promise;
   }
 
-  /** Stops the generation on the server; `start()`'s promise rejects with code "cancelled". */
+  /** Stops the generation on the server (a detached one too); `start()`'s promise rejects with code "cancelled". */
   cancel(): void {
     if (this.parked) return this.stopCurrent("cancel");
-    this.current?.handle?.cancel();
+    if (this.current) return this.current.handle?.cancel();
+    const detached = this.detached;
+    if (!detached) return;
+    this.detached = undefined;
+    void this.client.cancelStream(detached.streamId).catch(noop);
+    if (this.resumable && this.fixedKey !== undefined) forgetStream(this.fixedKey);
+    this.store.update({ status: "cancelled" });
   }
 
-  /** Stops listening; the generation goes on (and can be resumed). The promise rejects with "detached". */
+  /**
+   * Stops listening; the generation goes on on the server, and `resume()` picks it up again.
+   * The state's status becomes "detached"; the promise rejects with code "detached".
+   */
   detach(): void {
     this.stopCurrent("detach");
   }
 
+  /**
+   * Re-attaches to a stream: by default the one this block detached from, continuing after what
+   * it shows; or any stream of the learner's by id, replayed from its first event. A stream still
+   * running here is cancelled first, as by `start()`. Resolves with the stream's result.
+   */
+  resume(streamId?: string): Promise<BlockResults[B]> {
+    const parked = this.parked;
+    if (parked && (streamId === undefined || streamId === parked.streamId)) {
+      this.resumeRun(parked);
+      return parked.promise;
+    }
+    const target = streamId ?? this.detached?.streamId;
+    if (target === undefined) return rejected(new AIBlockError("bad_request", "nothing to resume: no stream was detached"));
+    if (this.current?.streamId === target) return this.current.promise;
+    const continuing = this.detached?.streamId === target ? this.detached : undefined;
+    this.stopCurrent("cancel");
+    this.detached = undefined;
+    const from = continuing ?? { streamId: target, blockType: this.blockType, input: undefined, lastSeq: -1 };
+    this.last = from.blockType !== undefined && from.input !== undefined ? { blockType: from.blockType, input: from.input } : undefined;
+    if (continuing) this.store.update({ status: "reconnecting", error: undefined });
+    else this.store.reset({ blockType: from.blockType, streamId: target, status: "connecting" });
+    const run = this.newRun(from.blockType, from.input, from.lastSeq);
+    run.streamId = target;
+    this.follow(run, this.client.resume(target, from.lastSeq, this.handlersFor(run), { mode: this.options().mode }));
+    return run.promise;
+  }
+
   /** Starts the last request again, as a new generation. */
   retry(): Promise<BlockResults[B]> {
-    if (!this.last) {
-      const nothing = Promise.reject(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
-      nothing.catch(noop);
-      return nothing;
-    }
+    if (!this.last) return rejected(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
     return this.start(this.last.blockType, this.last.input);
+  }
+
+  /**
+   * Back to the initial (idle) state: a stream still running is cancelled on the server (its
+   * promise rejects with "cancelled"), and nothing is kept to retry or resume.
+   */
+  reset(): void {
+    this.stopCurrent("cancel");
+    this.detached = undefined;
+    this.last = undefined;
+    if (this.resumable && this.fixedKey !== undefined) forgetStream(this.fixedKey);
+    this.store.reset();
   }
 
   /**
@@ -121,8 +197,8 @@ export class BlockStream<B extends BlockType = BlockType> {
     const stored = key === undefined ? undefined : loadStream(key);
     if (!stored || (this.blockType !== undefined && stored.blockType !== this.blockType)) return false;
     const blockType = stored.blockType as B;
-    const input = stored.input as BlockInputs[B];
-    this.last = { blockType, input };
+    const input = stored.input as BlockInputs[B] | undefined;
+    this.last = input === undefined ? undefined : { blockType, input };
     this.store.reset({
       blockType,
       streamId: stored.streamId,
@@ -135,53 +211,58 @@ export class BlockStream<B extends BlockType = BlockType> {
     });
     // Shown at once: the first render after a reload already has the text of before.
     this.store.flush();
-    const { run } = this.newRun(blockType, input, stored.lastSeq);
+    const run = this.newRun(blockType, input, stored.lastSeq);
     run.streamId = stored.streamId;
-    run.handle = this.client.resume(stored.streamId, stored.lastSeq, this.handlersFor(run), { mode: this.options().mode });
+    this.follow(run, this.client.resume(stored.streamId, stored.lastSeq, this.handlersFor(run), { mode: this.options().mode }));
     return true;
   }
 
   /**
    * Releases everything (unmount). A running stream is cancelled on the server, since nobody is
-   * left to resume it, unless `resume: true` (then it is kept for the next page and detached).
-   * Its `start()` promise is left pending. The object stays usable: React may mount it again.
+   * left to resume it, unless `resume: true` (then it is kept for the next page and detached);
+   * its `start()` promise rejects with "cancelled" or "detached" accordingly. The final state is
+   * published before the object goes quiet, and it stays usable: React may mount it again.
    */
   dispose(): void {
-    // Nobody is left to hear how the stream ended: its promise stays pending rather than
-    // rejecting into a `.then` chain of a component that is gone.
-    this.silenced = this.current;
     if (this.resumable) {
       this.persist();
       this.stopCurrent("detach");
     } else {
       this.stopCurrent("cancel");
     }
-    this.silenced = undefined;
+    this.store.flush();
     this.store.dispose();
   }
 
-  private newRun(blockType: B, input: BlockInputs[B], lastSeq: number) {
+  private newRun(blockType: B | undefined, input: BlockInputs[B] | undefined, lastSeq: number): Run<B> {
     let resolve!: (result: BlockResults[B]) => void;
     let reject!: (error: AIBlockError) => void;
     const promise = new Promise<BlockResults[B]>((res, rej) => ((resolve = res), (reject = rej)));
     // A caller may ignore the promise (a form's submit handler); its failure is in the state.
     promise.catch(noop);
-    const run: Run<B> = {
-      blockType,
-      input,
-      lastSeq,
-      resolve,
-      reject: (error) => {
-        if (this.silenced !== run) reject(error);
-      },
-    };
+    const run: Run<B> = { blockType, input, lastSeq, promise, resolve, reject };
     this.current = run;
     if (this.resumable) {
       // Saved when the page goes away (or into the background, where it may be discarded).
       globalThis.addEventListener?.("pagehide", this.persist);
       globalThis.document?.addEventListener("visibilitychange", this.persistWhenHidden);
     }
-    return { run, promise };
+    return run;
+  }
+
+  /** Runs `handle` for `run`; a handle detached from below (the client was disposed) leaves the run detached. */
+  private follow(run: Run<B>, handle: StreamHandle): void {
+    run.handle = handle;
+    void handle.done.then((outcome) => {
+      if (outcome.status !== "detached" || this.current !== run || run.handle !== handle) return;
+      this.detached = this.detachedOf(run);
+      this.finish(run, false);
+      run.reject(new AIBlockError("detached", "the stream was left; it goes on on the server"));
+    });
+  }
+
+  private detachedOf(run: Run<B>): Detached<B> | undefined {
+    return run.streamId === undefined ? undefined : { streamId: run.streamId, blockType: run.blockType, input: run.input, lastSeq: run.lastSeq };
   }
 
   private stopCurrent(how: "cancel" | "detach"): void {
@@ -190,16 +271,17 @@ export class BlockStream<B extends BlockType = BlockType> {
     if (this.parked === run) {
       this.unpark();
       // The session already ended; the generation may still be running on the server.
-      if (how === "cancel" && run.streamId) {
-        void this.client.cancelStream(run.streamId).catch(noop);
-        this.store.update({ status: "cancelled" });
-      }
+      if (how === "cancel" && run.streamId) void this.client.cancelStream(run.streamId).catch(noop);
+      this.store.update({ status: how === "cancel" ? "cancelled" : "detached" });
+      if (how === "detach") this.detached = this.detachedOf(run);
       this.finish(run, how === "cancel");
       run.reject(new AIBlockError(how === "cancel" ? "cancelled" : "detached", `the stream was ${how === "cancel" ? "cancelled" : "left"}`));
       return;
     }
     if (how === "cancel") run.handle?.cancel();
     else {
+      // Kept before the handle reports "detached", so a listener of the state can resume at once.
+      this.detached = this.detachedOf(run);
       run.handle?.detach();
       this.finish(run, false);
       run.reject(new AIBlockError("detached", "the stream was left; it goes on on the server"));
@@ -218,7 +300,14 @@ export class BlockStream<B extends BlockType = BlockType> {
         seen(event.seq);
         if (!mine()) return;
         run.streamId = event.stream_id;
-        store.update({ streamId: event.stream_id, provider: event.provider, model: event.model, isDemo: event.provider === "demo" });
+        run.blockType ??= event.block_type as B;
+        store.update({
+          blockType: event.block_type,
+          streamId: event.stream_id,
+          provider: event.provider,
+          model: event.model,
+          isDemo: event.provider === "demo",
+        });
         if (this.resumable) this.persist();
       },
       onChunk: (event) => {
@@ -245,6 +334,9 @@ export class BlockStream<B extends BlockType = BlockType> {
       onError: (error, event) => {
         if (event) seen(event.seq);
         if (!mine()) return;
+        // The one place a terminal error meets what is shown: moderation's retraction
+        // withdraws the output (text, quiz questions, diagram) as the error lands.
+        if (error.retract) store.retract();
         store.update({ error });
         if (this.shouldPark(run, error)) return this.park(run);
         this.finish(run);
@@ -286,11 +378,15 @@ export class BlockStream<B extends BlockType = BlockType> {
 
   private readonly resumeParked = (): void => {
     const run = this.parked;
-    if (!run || globalThis.document?.visibilityState !== "visible") return;
+    if (run && globalThis.document?.visibilityState === "visible") this.resumeRun(run);
+  };
+
+  /** Continues a parked run: same promise, from its last seq. */
+  private resumeRun(run: Run<B>): void {
     this.unpark();
     this.store.update({ status: "reconnecting", error: undefined });
-    run.handle = this.client.resume(run.streamId!, run.lastSeq, this.handlersFor(run), { mode: this.options().mode });
-  };
+    this.follow(run, this.client.resume(run.streamId!, run.lastSeq, this.handlersFor(run), { mode: this.options().mode }));
+  }
 
   private readonly persistWhenHidden = (): void => {
     if (globalThis.document?.visibilityState === "hidden") this.persist();
@@ -299,7 +395,7 @@ export class BlockStream<B extends BlockType = BlockType> {
   /** Saves the running stream (`resume: true`), with what is shown so far, for the next page. */
   private readonly persist = (): void => {
     const run = this.current;
-    if (!run?.streamId || this.fixedKey === undefined) return;
+    if (!run?.streamId || run.blockType === undefined || this.fixedKey === undefined) return;
     this.store.flush();
     const state = this.store.getSnapshot();
     const stored: StoredStream = {

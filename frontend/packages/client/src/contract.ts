@@ -8,6 +8,7 @@ import type {
   CancelledEvent,
   ClientAuth,
   ClientCancel,
+  ClientDetach,
   ClientResume,
   CompleteEvent,
   DiagramInput,
@@ -30,6 +31,7 @@ export type {
   ChunkEvent,
   ClientAuth,
   ClientCancel,
+  ClientDetach,
   ClientResume,
   CompleteEvent,
   DiagramInput,
@@ -92,7 +94,7 @@ export type ClientStartMessage = {
   [B in BlockType]: { type: "start"; block_type: B; input: BlockInputs[B]; ref?: string };
 }[BlockType];
 
-export type ClientMessage = ClientStartMessage | ClientResume | ClientCancel | ClientAuth;
+export type ClientMessage = ClientStartMessage | ClientResume | ClientCancel | ClientAuth | ClientDetach;
 
 /** A WebSocket frame from the server, after the boundary check. */
 export type ServerMessage =

@@ -7,7 +7,8 @@ import type { BlockInputs, BlockType, QuizQuestion } from "./contract.js";
 export interface StoredStream {
   streamId: string;
   blockType: BlockType;
-  input: BlockInputs[BlockType];
+  /** The request that started it; absent for a stream resumed by id (then it cannot be retried). */
+  input: BlockInputs[BlockType] | undefined;
   /** The last seq the page had shown; -1 when the text below is not kept. */
   lastSeq: number;
   text: string;

@@ -186,12 +186,40 @@ describe("SSE transport (through StreamClient)", () => {
     expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
   });
 
-  it("stops on 204 once the stream already ended", async () => {
+  it("fails at once, without reconnecting, when the server answers 204 to a resume from an event that did not end the stream", async () => {
     const api = new FakeApi();
-    api.eventStatuses = [204];
     const r = recorder();
-    const outcome = await client(api, { backoff: { maxAttempts: 0 } }).start("quiz", { topic: "x" }, r.handlers).done;
-    expect(outcome.status).toBe("error");
+    const handle = client(api, { backoff: { initialMs: 1, maxMs: 2 } }).start("quiz", { topic: "x" }, r.handlers);
+    const e = streamEvents("s1");
+    const first = await api.eventResponse(0);
+    first.sendEvents(e.start("quiz"), e.chunk("a"));
+    await vi.waitFor(() => expect(r.log).toContain("chunk:1"));
+    // A server that claims the chunk at seq 1 was the stream's end: resuming cannot fix that.
+    api.finished.set("s1", 1);
+    first.drop();
+    expect(await handle.done).toMatchObject({ status: "error", error: { code: "contract_violation", retryable: true } });
+    const resumes = api.requestsTo("GET", /\/events$/);
+    expect(resumes).toHaveLength(2);
+    expect(resumes[1]!.url.searchParams.get("after")).toBe("1");
+  });
+
+  it("resume(id, terminalSeq) ends with the stream's own terminal event after one request, never a 204 loop", async () => {
+    const api = new FakeApi();
+    const e = streamEvents("s1");
+    const log = [e.start(), e.chunk("a"), e.chunk("b"), e.complete({ markdown: "ab" })];
+    api.finished.set("s1", 3);
+    const r = recorder();
+    const handle = client(api, { backoff: { initialMs: 1, maxMs: 2 } }).resume("s1", 3, r.handlers);
+    const response = await api.eventResponse(0);
+    // The server replays what follows the `after` the client sent, as live-ai does.
+    const after = Number(response.request.url.searchParams.get("after"));
+    expect(after).toBe(2);
+    expect(response.request.headers.get("last-event-id")).toBe("s1:2");
+    response.sendEvents(...log.slice(after + 1));
+    response.end();
+    expect(await handle.done).toMatchObject({ status: "complete", event: { seq: 3, result: { markdown: "ab" } } });
+    expect(r.log).toEqual(["complete"]);
+    expect(api.requestsTo("GET", /\/events$/)).toHaveLength(1);
   });
 
   it("cancel() calls the server and ends the stream as cancelled", async () => {

@@ -34,12 +34,13 @@ export class SseTransport implements StreamTransport {
     let finished = false;
     let idleTimer: ReturnType<typeof setTimeout> | undefined;
 
-    const finish = (failure: TransportFailure | null) => {
+    const finish = (failure: TransportFailure | null | "up_to_date") => {
       if (finished) return;
       finished = true;
       clearTimeout(idleTimer);
       abort.abort();
-      listener.onClose(failure);
+      if (failure === "up_to_date") listener.onUpToDate();
+      else listener.onClose(failure);
     };
     const armIdleTimer = () => {
       clearTimeout(idleTimer);
@@ -63,7 +64,7 @@ export class SseTransport implements StreamTransport {
         signal: abort.signal,
       });
       // 204: the stream is over and the client already holds its terminal event.
-      if (response.status === 204) return finish(null);
+      if (response.status === 204) return finish("up_to_date");
       if (!response.ok) return finish(await failureFromResponse(response));
       if (!response.body) return finish(connectionLost("response has no body"));
       if (finished) return;

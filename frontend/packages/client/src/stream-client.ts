@@ -11,7 +11,7 @@ import { SseTransport } from "./sse-transport.js";
 import { StreamSession, type ResumeRequest, type StreamHandlers, type StreamOutcome, type StreamStatus } from "./stream-session.js";
 import { idleTimeoutFor, type StreamTransport, type TransportKind } from "./transport.js";
 import { WholeResponseRun } from "./whole-response.js";
-import { WebSocketTransport } from "./ws-transport.js";
+import { startFrame, WebSocketTransport } from "./ws-transport.js";
 
 /** How a stream is carried: a streaming transport, or one whole response. */
 export type DeliveryMode = TransportKind | "whole";
@@ -20,8 +20,10 @@ export interface StreamClientOptions {
   /** Origin of the API, e.g. "https://ai.example.org"; "" (default) is the page's origin. */
   baseUrl?: string;
   /**
-   * The learner's credential, asked once and again after a 401: sent as
-   * `Authorization: Bearer` on every API request and as the WebSocket's first message.
+   * The learner's credential, asked for every request (so cache it in the host, and refetch it
+   * when called with `{ refresh: true }`: the server refused the last one): sent as
+   * `Authorization: Bearer` on every API request and in an `auth` message on the WebSocket
+   * (again whenever the token changes). When the learner changes, call `resetCredentials()`.
    */
   getToken?: GetToken;
   fetch?: typeof fetch;
@@ -108,8 +110,11 @@ export class StreamClient {
   start<B extends BlockType>(blockType: B, input: BlockInputs[B], handlers: StreamHandlers, options: StartOptions = {}): StreamHandle {
     const idempotencyKey = options.idempotencyKey ?? newKey();
     return this.launch(handlers, (config, handlers) => {
-      const mode = options.mode ?? (config.streaming_enabled ? config.streaming_backend : "whole");
+      let mode = options.mode ?? (config.streaming_enabled ? config.streaming_backend : "whole");
       if (mode === "whole") return new WholeResponseRun(this.http, blockType, input, handlers);
+      // A start too big for a WebSocket frame goes over SSE when the server's config chose the
+      // transport; one the caller forced onto the WebSocket is refused there (too_large).
+      if (mode === "websocket" && !options.mode && "tooLarge" in startFrame({ kind: "start", blockType, input, idempotencyKey })) mode = "sse";
       return this.session(mode, config, { kind: "start", blockType, input, idempotencyKey }, handlers);
     });
   }
@@ -130,6 +135,17 @@ export class StreamClient {
   /** Stops a stream on the server by id (`DELETE /api/streams/{id}`), whoever is reading it. */
   cancelStream(streamId: string): Promise<void> {
     return cancelOverHttp(this.http, streamId);
+  }
+
+  /**
+   * The learner changed (signed out, or signed in as someone else): every running stream,
+   * the previous learner's, is detached here (it goes on on the server for its resume grace,
+   * then is abandoned), the shared WebSocket closes, and what was learned about refused tokens
+   * is forgotten. The next request asks `getToken` and acts for whoever it names.
+   */
+  resetCredentials(): void {
+    this.tokens.reset();
+    this.dispose();
   }
 
   /** Detaches every running stream (without cancelling it) and closes the shared WebSocket. */
@@ -178,6 +194,7 @@ export class StreamClient {
         if (run) return run.detach();
         if (stopped) return;
         stopped = "detach";
+        distinct.onStatus?.("detached");
         resolveDone({ status: "detached" });
       },
     };

@@ -25,6 +25,10 @@ export interface StreamError {
   retryAfterMs?: number;
   /** When the learner may try again (epoch ms), computed from `retryAfterMs` on arrival. */
   retryAt?: number;
+  /** `input_flagged` / `output_flagged`: the moderation categories (e.g. `profanity`, `self-harm`). */
+  categories?: string[];
+  /** What the stream showed must be removed: moderation flagged text already sent (async mode). */
+  retract?: boolean;
 }
 
 /** Why a single connection ended; the session decides whether to reconnect. */
@@ -51,7 +55,7 @@ function withRetryAt(error: StreamError): StreamError {
 
 /** Maps a non-2xx HTTP answer (ideally `application/problem+json`) to a failure. */
 export async function failureFromResponse(response: Response): Promise<TransportFailure> {
-  let body: { code?: unknown; detail?: unknown; title?: unknown; field?: unknown; retry_after_ms?: unknown } = {};
+  let body: { code?: unknown; detail?: unknown; title?: unknown; field?: unknown; retry_after_ms?: unknown; categories?: unknown } = {};
   try {
     body = (await response.json()) as typeof body;
   } catch {
@@ -68,18 +72,19 @@ export async function failureFromResponse(response: Response): Promise<Transport
   // and the learner is told when to try again.
   const transient = status >= 500 && serverCode !== "streaming_disabled";
   const retryable = transient || LIMIT_CODES.has(code);
-  return {
-    transient,
-    error: withRetryAt({ code, message, retryable, status, field, retryAfterMs: retryAfterOf(response, body.retry_after_ms) }),
-  };
+  const error: StreamError = { code, message, retryable, status, field, retryAfterMs: retryAfterOf(response, body.retry_after_ms) };
+  if (Array.isArray(body.categories) && body.categories.every((c) => typeof c === "string")) error.categories = body.categories;
+  return { transient, error: withRetryAt(error) };
 }
 
 /** A WebSocket `protocol_error` as a failure of the stream it names. */
 export function failureFromProtocolError(error: ProtocolError): TransportFailure {
   return {
-    // Over the WebSocket, `rate_limited` is also how a full server says "not now" (with a
-    // second's retry_after_ms); either way the stream ends and the learner decides.
-    transient: false,
+    // The store being unreachable is the server's trouble, as a 503 over HTTP: retry (resume or
+    // start again with the same ref). Over the WebSocket, `rate_limited` is also how a full
+    // server says "not now" (with a second's retry_after_ms); like a limit, it ends the stream
+    // and the learner decides.
+    transient: error.code === "store_unavailable" && error.retryable,
     error: withRetryAt({
       code: error.code,
       message: error.message,
@@ -91,8 +96,18 @@ export function failureFromProtocolError(error: ProtocolError): TransportFailure
 }
 
 /** A server `error` event as the stream's error. */
-export function errorFromEvent(event: { code: ErrorCode; message: string; retryable: boolean; retry_after_ms?: number }): StreamError {
-  return withRetryAt({ code: event.code, message: event.message, retryable: event.retryable, retryAfterMs: event.retry_after_ms });
+export function errorFromEvent(event: {
+  code: ErrorCode;
+  message: string;
+  retryable: boolean;
+  retry_after_ms?: number;
+  categories?: string[];
+  retract?: boolean;
+}): StreamError {
+  const error: StreamError = { code: event.code, message: event.message, retryable: event.retryable, retryAfterMs: event.retry_after_ms };
+  if (event.categories) error.categories = event.categories;
+  if (event.retract) error.retract = true;
+  return withRetryAt(error);
 }
 
 function retryAfterOf(response: Response, bodyMs: unknown): number | undefined {
@@ -108,6 +123,9 @@ const SERVER_CODES: ReadonlySet<string> = new Set<ClientErrorCode>([
   "budget_exhausted",
   "streaming_disabled",
   "stream_not_found",
+  "input_flagged",
+  "output_flagged",
+  "moderation_unavailable",
 ]);
 
 function codeFor(status: number, serverCode: string | undefined): ClientErrorCode {

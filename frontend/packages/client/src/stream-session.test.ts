@@ -1,7 +1,7 @@
 // A stream's life: terminal events, seq gaps, backoff, coming back online or visible, expiry.
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeApi } from "../../../testing/fake-api.js";
-import { streamEvents, streamNotFound } from "../../../testing/events.js";
+import { streamEvents, streamExpired, streamNotFound } from "../../../testing/events.js";
 import { clientFor as client, recorder } from "../../../testing/recorder.js";
 
 afterEach(() => {
@@ -95,7 +95,7 @@ describe("stream session: ends, gaps, reconnects", () => {
     expect((await handle.done).status).toBe("complete");
   });
 
-  it("ends with stream_not_found, as the server sends it, when the resumed stream has expired", async () => {
+  it("ends with stream_not_found, as the server sends it, when the stream is gone after a drop (a restarted server)", async () => {
     const api = new FakeApi();
     const r = recorder();
     const handle = client(api, { backoff: { initialMs: 1, maxMs: 2 } }).start("ask-question", { question: "q" }, r.handlers);
@@ -111,6 +111,33 @@ describe("stream session: ends, gaps, reconnects", () => {
     expect(await handle.done).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
     expect(r.log.at(-1)).toBe("error:stream_not_found:server");
     expect(api.eventResponses).toHaveLength(2);
+  });
+
+  it("ends at once when the resumed stream's log expired: its stream_not_found comes after the log's end, far above the last seq held", async () => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api, { backoff: { initialMs: 1, maxMs: 2 } }).resume("s1", 3, r.handlers);
+    const response = await api.eventResponse(0);
+    response.sendEvents(streamExpired("s1", 41));
+    response.end();
+    expect(await handle.done).toMatchObject({ status: "error", error: { code: "stream_not_found", retryable: true } });
+    expect(r.log).toEqual(["error:stream_not_found:server"]);
+    expect(r.statuses).toEqual(["connecting", "streaming", "error"]);
+    expect(api.requestsTo("GET", /\/events$/)).toHaveLength(1);
+  });
+
+  it("still treats a chunk above the next seq as a gap to fill, not an end", async () => {
+    const api = new FakeApi();
+    const r = recorder();
+    const handle = client(api, { backoff: { initialMs: 1, maxMs: 2 } }).resume("s1", 1, r.handlers);
+    const e = streamEvents("s1");
+    const log = [e.start(), e.chunk("a"), e.chunk("b"), e.chunk("c"), e.complete()];
+    (await api.eventResponse(0)).sendEvents(log[1]!, log[3]!);
+    const second = await api.eventResponse(1);
+    expect(second.request.url.searchParams.get("after")).toBe("1");
+    second.sendEvents(...log.slice(2));
+    expect((await handle.done).status).toBe("complete");
+    expect(r.text()).toBe("bc");
   });
 
   it("reconnects at once when a hidden tab, whose timers the browser throttles, becomes visible", async () => {

@@ -1,6 +1,16 @@
 // One stream's life on the client: start (or resume a stream started earlier), dedupe by seq,
 // detect gaps, reconnect with backoff and resume from the last seq held, cancel, and report
 // exactly one outcome.
+//
+// Two deliberate oddities:
+// - An `error` event above the next seq ends the stream at once instead of counting as a gap:
+//   the server synthesises some terminal errors outside the log (`stream_not_found` for an
+//   expired log comes at the seq after the log's end), and resuming could never fill that gap.
+// - A resumed session (`client.resume`) first asks for the last event it already holds again:
+//   so the server always has something to answer (a resume of a finished stream from its
+//   terminal event gets 204 over SSE and nothing at all over WebSocket), and the session learns
+//   how a stream it may already hold the end of ended. Once any event arrived, resumes ask from
+//   the last seq held, as usual.
 import type {
   BlockInputs,
   BlockType,
@@ -11,9 +21,11 @@ import type {
   PartEvent,
   StartEvent,
   StreamEvent,
+  TerminalEvent,
 } from "./contract.js";
 import { backoffDelay, type BackoffPolicy } from "./backoff.js";
-import { connectionLost, errorFromEvent, type StreamError, type TransportFailure } from "./stream-error.js";
+import { isTerminal } from "./contract.js";
+import { connectionLost, contractViolation, errorFromEvent, type StreamError, type TransportFailure } from "./stream-error.js";
 import type { Connection, ConnectTarget, StreamTransport } from "./transport.js";
 
 export type StreamStatus =
@@ -23,7 +35,9 @@ export type StreamStatus =
   | "reconnecting"
   | "complete"
   | "error"
-  | "cancelled";
+  | "cancelled"
+  /** The caller stopped listening (`detach()`); the generation goes on on the server and can be resumed. */
+  | "detached";
 
 export interface StreamHandlers {
   onStatus?(status: StreamStatus): void;
@@ -72,6 +86,8 @@ export class StreamSession {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private ended = false;
   private cancelWhenNamed = false;
+  /** A resumed session that has not received an event yet: it asks from one before its last seq. */
+  private overlapping = false;
   private resolveDone!: (outcome: StreamOutcome) => void;
   /** Settles once with how the stream ended (or `detached` when the caller stopped listening). */
   readonly done = new Promise<StreamOutcome>((resolve) => (this.resolveDone = resolve));
@@ -85,6 +101,7 @@ export class StreamSession {
     if (request.kind === "resume") {
       this.streamId = request.streamId;
       this.lastSeq = request.lastSeq;
+      this.overlapping = request.lastSeq >= 0;
     }
   }
 
@@ -117,10 +134,13 @@ export class StreamSession {
   /** Stops listening without cancelling (the server keeps the generation for its grace period). */
   detach(): void {
     if (this.ended && !this.cancelWhenNamed) return;
+    const cancelled = this.ended;
     this.ended = true;
     this.cancelWhenNamed = false;
     this.stopReconnecting();
     this.dropConnection();
+    if (cancelled) return;
+    this.setStatus("detached");
     this.resolveDone({ status: "detached" });
   }
 
@@ -128,7 +148,7 @@ export class StreamSession {
     const target: ConnectTarget =
       this.streamId === undefined && this.request.kind === "start"
         ? { kind: "start", blockType: this.request.blockType, input: this.request.input, idempotencyKey: this.request.idempotencyKey }
-        : { kind: "resume", streamId: this.streamId!, after: this.lastSeq >= 0 ? this.lastSeq : null };
+        : { kind: "resume", streamId: this.streamId!, after: this.resumeAfter() };
     let current = true;
     const connection = this.transport.connect(target, {
       onOpen: () => {
@@ -152,6 +172,14 @@ export class StreamSession {
         this.connection = null;
         if (!this.ended) this.lost(failure ?? connectionLost("the server closed the stream early"));
       },
+      onUpToDate: () => {
+        if (!current) return;
+        current = false;
+        this.connection = null;
+        // The session never asks from a terminal event it holds (it would have ended), so "you
+        // hold the last event" contradicts what it holds; reconnecting would only repeat it.
+        if (!this.ended) this.fail(contractViolation(`the server says event ${this.resumeAfter()} ended the stream, which this client does not hold as its end`).error);
+      },
     });
     this.connection = {
       close: () => {
@@ -161,9 +189,24 @@ export class StreamSession {
     };
   }
 
+  /** The seq a (re)connection asks for the events after; null for all of them. */
+  private resumeAfter(): number | null {
+    const after = this.overlapping ? this.lastSeq - 1 : this.lastSeq;
+    return after >= 0 ? after : null;
+  }
+
   private receive(event: StreamEvent): void {
-    if (event.seq <= this.lastSeq) return; // a replayed event the client already holds
-    if (event.seq !== this.lastSeq + 1) {
+    if (event.seq < this.lastSeq) return; // a replayed event the client already holds
+    if (event.seq === this.lastSeq) {
+      // Held already; but the one a resume asked for again says whether the stream ended there.
+      if (!this.overlapping) return;
+      this.overlapping = false;
+      this.attempt = 0;
+      if (isTerminal(event)) this.settle(event);
+      return;
+    }
+    this.overlapping = false;
+    if (event.seq !== this.lastSeq + 1 && event.type !== "error") {
       // A gap: resume from the last seq held, which replays the missing events.
       this.dropConnection();
       this.lost(connectionLost(`expected seq ${this.lastSeq + 1}, got ${event.seq}`));
@@ -182,6 +225,14 @@ export class StreamSession {
       case "part":
         this.handlers.onPart?.(event);
         return;
+      default:
+        this.settle(event);
+    }
+  }
+
+  /** Ends the session with the server's terminal event: the one place a terminal event lands. */
+  private settle(event: TerminalEvent): void {
+    switch (event.type) {
       case "error": {
         const error = errorFromEvent(event);
         this.end("error");

@@ -29,6 +29,11 @@ export type BlockStreamState<B extends BlockType> = Omit<StreamState, "blockType
   result: BlockResults[B] | undefined;
 } & ([B] extends [BlockTypeWithParts] ? { parts: BlockParts[B][] } : unknown);
 
+/** Whether a stream in `status` is under way: connecting, streaming or reconnecting (the hooks' `isLoading`). */
+export function isLoadingStatus(status: StreamStatus): boolean {
+  return status === "connecting" || status === "streaming" || status === "reconnecting";
+}
+
 export const INITIAL_STREAM_STATE: StreamState = Object.freeze({
   status: "idle",
   blockType: undefined,
@@ -77,6 +82,15 @@ export class StreamStore {
     this.update({ parts });
   }
 
+  /**
+   * Removes everything the stream showed — text, parts, result — because moderation withdrew
+   * it (`retract: true`). Published with the next frame, with whatever else changes with it.
+   */
+  retract(): void {
+    this.pendingText = [];
+    this.update({ text: "", parts: [], result: undefined });
+  }
+
   /** Starts over from the initial state (a new stream), published with the next frame. */
   reset(change: Partial<StreamState> = {}): void {
     this.pendingText = [];
@@ -86,6 +100,8 @@ export class StreamStore {
 
   /** Publishes pending changes immediately (tests, and before a component goes away). */
   flush = (): void => {
+    // Called early (not by the frame itself), the frame has nothing left to publish.
+    this.cancelFrame?.();
     this.cancelFrame = undefined;
     if (this.pendingText.length > 0) {
       this.draft = { ...this.draft, text: this.draft.text + this.pendingText.join("") };

@@ -29,6 +29,8 @@ export interface ConnectionListener {
   onEvent(event: StreamEvent): void;
   /** The connection ended: `null` when the server closed it after the stream ended. */
   onClose(failure: TransportFailure | null): void;
+  /** The connection ended because the server says the client already holds the stream's terminal event (SSE 204). */
+  onUpToDate(): void;
 }
 
 export interface Connection {

@@ -52,6 +52,7 @@ export class WholeResponseRun {
     if (this.ended) return;
     this.ended = true;
     this.abort.abort();
+    this.status("detached");
     this.resolveDone({ status: "detached" });
   }
 

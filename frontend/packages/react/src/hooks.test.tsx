@@ -1,6 +1,6 @@
 // The React hooks: live state, render batching, retry, cancel, fallback, callbacks, unmount cleanup.
 import { act, cleanup, render, screen, waitFor } from "@testing-library/react";
-import { Profiler } from "react";
+import { Profiler, StrictMode, useEffect } from "react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { StreamClient, type BlockStreamOptions, type StreamEvent } from "@live-ai/client";
 import { useAIBlockStreaming, useAIStreaming } from "./hooks.js";
@@ -171,6 +171,8 @@ describe("useAIBlockStreaming", () => {
     response.sendEvents(e.chunk("b")); // leaves a frame scheduled
     await act(() => vi.advanceTimersByTimeAsync(0));
     view.unmount();
+    // Released once the task that unmounted ends (StrictMode mounts again within it).
+    await act(async () => undefined);
     expect(response.request.signal?.aborted).toBe(true);
     expect(vi.getTimerCount()).toBe(0);
     await vi.waitFor(() => expect(api.requestsTo("DELETE", /^\/api\/streams\/s1$/)).toHaveLength(1));
@@ -189,8 +191,8 @@ describe("useAIBlockStreaming", () => {
     const e = streamEvents("w1");
     socket.serverSend({ ...e.start("quiz"), ref: start.ref } as StreamEvent, e.chunk("a"));
     view.unmount();
-    expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w1" });
-    expect(socket.readyState).toBe(3);
+    await vi.waitFor(() => expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w1" }));
+    await vi.waitFor(() => expect(socket.readyState).toBe(3));
   });
 
   it("unmounted before the server named the stream, cancels it once named, then closes", async () => {
@@ -203,10 +205,100 @@ describe("useAIBlockStreaming", () => {
     socket.serverOpen();
     await vi.waitFor(() => expect(socket.sent).toHaveLength(1));
     view.unmount();
+    await act(async () => undefined);
     const start = socket.sent[0] as { ref: string };
     socket.serverSend({ ...streamEvents("w2").start("quiz"), ref: start.ref } as StreamEvent);
-    expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w2" });
-    expect(socket.readyState).toBe(3);
+    await vi.waitFor(() => expect(socket.sent.at(-1)).toEqual({ type: "cancel", stream_id: "w2" }));
+    await vi.waitFor(() => expect(socket.readyState).toBe(3));
+  });
+});
+
+describe("hook lifecycle: isLoading, detach and resume, reset, StrictMode", () => {
+  function Lifecycle({ autoStart = false, outcomes = [] }: { autoStart?: boolean; outcomes?: string[] }) {
+    const eli10 = useAIBlockStreaming("explain-eli10");
+    useEffect(() => {
+      if (autoStart) {
+        eli10.start({ topic: "rain" }).then(
+          (result) => outcomes.push(`result:${result.markdown}`),
+          (error: { code: string }) => outcomes.push(`error:${error.code}`),
+        );
+      }
+    }, []);
+    return (
+      <div>
+        <span data-testid="status">{eli10.status}</span>
+        <span data-testid="loading">{String(eli10.isLoading)}</span>
+        <span data-testid="text">{eli10.text}</span>
+        <button onClick={() => void eli10.start({ topic: "rain" }).catch(() => undefined)}>start</button>
+        <button onClick={eli10.detach}>detach</button>
+        <button onClick={() => void eli10.resume().catch(() => undefined)}>resume</button>
+        <button onClick={eli10.reset}>reset</button>
+      </div>
+    );
+  }
+
+  it("isLoading is true exactly while a stream is under way; detach says so and resume() continues", async () => {
+    const api = new FakeApi();
+    render(
+      <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+        <Lifecycle />
+      </StreamClientProvider>,
+    );
+    expect(text("loading")).toBe("false");
+    act(() => screen.getByText("start").click());
+    await waitFor(() => expect(text("loading")).toBe("true"));
+    const e = streamEvents("s1");
+    const log = [e.start("explain-eli10"), e.chunk("Rain "), e.chunk("falls."), e.complete({ markdown: "Rain falls." })];
+    (await api.eventResponse(0)).sendEvents(log[0]!, log[1]!);
+    await waitFor(() => expect(text("text")).toBe("Rain "));
+    act(() => screen.getByText("detach").click());
+    await waitFor(() => expect(text("status")).toBe("detached"));
+    expect(text("loading")).toBe("false");
+    act(() => screen.getByText("resume").click());
+    const resumed = await api.eventResponse(1);
+    expect(resumed.request.url.pathname).toBe("/api/streams/s1/events");
+    resumed.sendEvents(...log.slice(1));
+    await waitFor(() => expect(text("status")).toBe("complete"));
+    expect(text("text")).toBe("Rain falls.");
+    expect(text("loading")).toBe("false");
+    act(() => screen.getByText("reset").click());
+    await waitFor(() => expect(text("status")).toBe("idle"));
+    expect(text("text")).toBe("");
+  });
+
+  it("under StrictMode, a start in a mount effect is one generation whose promise the effect gets, run twice or not", async () => {
+    const api = new FakeApi();
+    const outcomes: string[] = [];
+    render(
+      <StrictMode>
+        <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+          <Lifecycle autoStart outcomes={outcomes} />
+        </StreamClientProvider>
+      </StrictMode>,
+    );
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.chunk("Rain"), e.complete({ markdown: "Rain" }));
+    await waitFor(() => expect(text("status")).toBe("complete"));
+    // Both runs of the effect hear the one stream's result; neither is told it was cancelled.
+    expect(outcomes).toEqual(["result:Rain", "result:Rain"]);
+    expect(api.requestsTo("POST", /^\/api\/streams$/)).toHaveLength(1);
+    expect(api.requestsTo("DELETE", /.*/)).toHaveLength(0);
+  });
+
+  it("under StrictMode, unmounting still cancels the stream", async () => {
+    const api = new FakeApi();
+    const view = render(
+      <StrictMode>
+        <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+          <Lifecycle autoStart />
+        </StreamClientProvider>
+      </StrictMode>,
+    );
+    const e = streamEvents("s1");
+    (await api.eventResponse(0)).sendEvents(e.start("explain-eli10"), e.chunk("Rain"));
+    await waitFor(() => expect(text("text")).toBe("Rain"));
+    view.unmount();
+    await waitFor(() => expect(api.requestsTo("DELETE", /^\/api\/streams\/s1$/)).toHaveLength(1));
   });
 });
 
@@ -278,7 +370,7 @@ describe("useAIBlockStreaming promise and resume", () => {
       <div>
         <span data-testid="status">{diagram.status}</span>
         <span data-testid="text">{diagram.text}</span>
-        <button onClick={() => diagram.start({ description: "rain" }).then((result) => props.onResult(result.kind))}>draw</button>
+        <button onClick={() => diagram.start({ description: "rain" }).then((result) => props.onResult(result.kind), () => undefined)}>draw</button>
       </div>
     );
   }
@@ -320,8 +412,8 @@ describe("useAIBlockStreaming promise and resume", () => {
     );
     expect(text("text")).toBe("flowchart TD");
     const resumed = await api.eventResponse(1);
-    expect(resumed.request.headers.get("last-event-id")).toBe("s1:1");
-    resumed.sendEvents(e.chunk("\n  A-->B"), e.complete({ kind: "flowchart", source: "flowchart TD\n  A-->B" }));
+    expect(resumed.request.headers.get("last-event-id")).toBe("s1:0");
+    resumed.sendEvents({ type: "chunk", stream_id: "s1", seq: 1, token: "flowchart TD" }, e.chunk("\n  A-->B"), e.complete({ kind: "flowchart", source: "flowchart TD\n  A-->B" }));
     await waitFor(() => expect(text("status")).toBe("complete"));
     expect(text("text")).toBe("flowchart TD\n  A-->B");
   });

@@ -1,6 +1,6 @@
 // @live-ai/react: React bindings over @live-ai/client (React is a peer dependency).
 export { useAIBlockStreaming, useAIStreaming } from "./hooks.js";
-export type { AIBlockStreaming, AIStreaming, StreamActions } from "./hooks.js";
+export type { AIBlockStreaming, AIStreaming, Loading, StreamActions } from "./hooks.js";
 export { StreamClientProvider, useStreamClient } from "./provider.js";
 export type { StreamClientProviderProps } from "./provider.js";
 // The types a hook's caller meets, so a React app can import everything from one package.

@@ -1,6 +1,8 @@
+"use client";
 // The client the hooks use: one per provider (so a host sets the API origin and the learner's
 // token once), or the page-wide default when there is no provider.
-import { createContext, createElement, useContext, useEffect, useLayoutEffect, useRef, useState, type ReactNode } from "react";
+import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from "react";
+import { useIsomorphicLayoutEffect } from "./layout-effect.js";
 import { getDefaultStreamClient, StreamClient, type StreamClientOptions } from "@live-ai/client";
 
 const StreamClientContext = createContext<StreamClient | null>(null);
@@ -16,13 +18,13 @@ export type StreamClientProviderProps = { children?: ReactNode } & (
  */
 export function StreamClientProvider(props: StreamClientProviderProps) {
   const latestGetToken = useRef(props.client ? undefined : props.getToken);
-  useLayoutEffect(() => {
+  useIsomorphicLayoutEffect(() => {
     latestGetToken.current = props.client ? undefined : props.getToken;
   });
   const [own] = useState(() => {
     if (props.client) return null;
     const { children: _children, client: _client, getToken, ...options } = props;
-    return new StreamClient({ ...options, ...(getToken ? { getToken: () => latestGetToken.current?.() ?? Promise.resolve(null) } : {}) });
+    return new StreamClient({ ...options, ...(getToken ? { getToken: (asked) => latestGetToken.current?.(asked) ?? Promise.resolve(null) } : {}) });
   });
   useEffect(() => () => own?.dispose(), [own]);
   return createElement(StreamClientContext.Provider, { value: props.client ?? own }, props.children);

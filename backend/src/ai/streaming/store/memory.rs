@@ -10,6 +10,12 @@
 //! their log, so neither touches the global index per event, and eviction never
 //! pulls a log from under a reader. Expiry runs in a background task; the byte
 //! bound is enforced when a log finishes.
+//!
+//! A terminal event that retracts its stream (async moderation flagged it)
+//! redacts the log as it lands, under the same lock: the bytes of every event
+//! between the first (`start`) and it are dropped, and no reader, resume or
+//! replay gets them from then on — a follower waiting in the middle jumps to
+//! the terminal event.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -41,6 +47,9 @@ struct LogData {
     entries: Vec<Entry>,
     /// When the newest event was appended.
     appended_at: Option<std::time::Instant>,
+    /// The terminal event's index, when it retracted the events between the
+    /// first and it.
+    retracted_at: Option<usize>,
 }
 
 impl LogData {
@@ -52,7 +61,26 @@ impl LogData {
         index.checked_sub(1).map_or(0, |previous| self.entries[previous].end as usize)
     }
 
-    /// Events `from..to`, sharing one copy of their bytes.
+    /// Whether the event at `index` was redacted by a retraction.
+    fn redacted(&self, index: usize) -> bool {
+        self.retracted_at.is_some_and(|terminal| index > 0 && index < terminal)
+    }
+
+    /// Drops the bytes of the events between the first and the terminal one at
+    /// `terminal`; their entries stay (empty) so indexes stay seqs.
+    fn redact(&mut self, terminal: usize) {
+        let first_end = self.entries.first().map_or(0, |e| e.end as usize);
+        let terminal_start = self.start_of(terminal);
+        self.fields.drain(first_end..terminal_start);
+        for entry in &mut self.entries[1..terminal] {
+            entry.end = first_end as u32;
+        }
+        let removed = (terminal_start - first_end) as u32;
+        self.entries[terminal].end -= removed;
+        self.retracted_at = Some(terminal);
+    }
+
+    /// Events `from..to` that are not redacted, sharing one copy of their bytes.
     fn events(&self, from: usize, to: usize) -> Vec<LoggedEvent> {
         if from >= to {
             return Vec::new();
@@ -60,6 +88,7 @@ impl LogData {
         let base = self.start_of(from);
         let bytes = Bytes::copy_from_slice(&self.fields[base..self.entries[to - 1].end as usize]);
         (from..to)
+            .filter(|index| !self.redacted(*index))
             .map(|index| {
                 let entry = self.entries[index];
                 LoggedEvent {
@@ -110,6 +139,7 @@ struct Index {
     /// Length and owner of evicted logs.
     tombstones: HashMap<StreamId, (u64, Arc<str>)>,
     tombstone_order: VecDeque<StreamId>,
+    /// Each claim and when it lapses.
     keys: HashMap<String, (KeyClaim, Instant)>,
 }
 
@@ -165,6 +195,10 @@ impl Appender for MemoryAppender {
             data.fields.extend_from_slice(&record.fields);
             data.entries.push(Entry { end, event_type: record.event_type });
             data.appended_at = Some(std::time::Instant::now());
+            if terminal && record.retracts() {
+                let at = data.entries.len() - 1;
+                data.redact(at);
+            }
             if terminal {
                 data.fields.shrink_to_fit();
                 data.entries.shrink_to_fit();
@@ -230,7 +264,10 @@ impl MemoryStore {
 fn read(log: &Log, next: u64) -> (Vec<LoggedEvent>, Option<std::time::Instant>) {
     let data = log.data.lock().unwrap();
     let len = data.entries.len();
-    let from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+    let mut from = usize::try_from(next).unwrap_or(usize::MAX).min(len);
+    if data.redacted(from) {
+        from = data.retracted_at.expect("redacted implies retracted");
+    }
     let to = from.saturating_add(READ_BATCH).min(len);
     let tail_since = if to == len { data.appended_at } else { None };
     (data.events(from, to), tail_since)
@@ -321,21 +358,30 @@ impl EventStore for MemoryStore {
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
         let mut index = self.shared.index.lock().unwrap();
         let keys = &mut index.keys;
-        if let Some((held, at)) = keys.get(key) {
-            if at.elapsed() < ttl {
+        let now = Instant::now();
+        if let Some((held, lapses)) = keys.get(key) {
+            if *lapses > now {
                 return Ok(Some(held.clone()));
             }
         }
         if keys.len() >= MAX_KEYS {
-            keys.retain(|_, (_, at)| at.elapsed() < ttl);
+            keys.retain(|_, (_, lapses)| *lapses > now);
             if keys.len() >= MAX_KEYS {
-                if let Some(oldest) = keys.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = keys.iter().min_by_key(|(_, (_, lapses))| *lapses).map(|(k, _)| k.clone()) {
                     keys.remove(&oldest);
                 }
             }
         }
-        keys.insert(key.to_owned(), (claim, Instant::now()));
+        keys.insert(key.to_owned(), (claim, now + ttl));
         Ok(None)
+    }
+
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        let mut index = self.shared.index.lock().unwrap();
+        if let Some((_, lapses)) = index.keys.get_mut(key).filter(|(held, _)| &held.stream_id == id) {
+            *lapses = Instant::now() + ttl;
+        }
+        Ok(())
     }
 
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
@@ -427,6 +473,35 @@ mod tests {
         assert_eq!(follower.next().await, None);
     }
 
+    fn retraction() -> EventRecord {
+        let mut body = EventBody::error(crate::ai::streaming::events::ErrorCode::OutputFlagged, "flagged", false);
+        if let EventBody::Error { retract, .. } = &mut body {
+            *retract = true;
+        }
+        EventRecord::new(&body)
+    }
+
+    #[tokio::test]
+    async fn a_retraction_leaves_only_the_first_and_the_terminal_event_for_every_reader() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let s = id(1);
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
+        for seq in 0..6 {
+            log.append(seq, &chunk()).await.unwrap();
+        }
+        let waiting = store.follow(&s, Some(3));
+        log.append(6, &retraction()).await.unwrap();
+        assert_eq!(seqs(store.follow(&s, None)).await, [0, 6], "a replay");
+        assert_eq!(seqs(store.follow(&s, Some(1))).await, [6], "a resume in the middle");
+        assert_eq!(seqs(waiting).await, [6], "a reader waiting at the tail");
+        assert_eq!(store.status(&s).await.unwrap(), LogStatus { len: 7, finished: true, owner: "owner".into() });
+        let events: Vec<LoggedEvent> = store.follow(&s, None).map(|b| b.unwrap().events).concat().await;
+        assert_eq!(events[0].fields, chunk().fields);
+        assert_eq!(events[1].fields, retraction().fields);
+        let held = store.shared.index.lock().unwrap().logs[&s].data.lock().unwrap().fields.len();
+        assert_eq!(held, chunk().fields.len() + retraction().fields.len(), "the redacted bytes are gone");
+    }
+
     #[tokio::test]
     async fn the_first_claim_of_a_key_wins_until_it_is_released() {
         let store = store(Duration::from_secs(60), 1 << 20);
@@ -438,6 +513,19 @@ mod tests {
         assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), Some(claim(1)), "only the holder releases");
         store.release_key("k", &id(1)).await.unwrap();
         assert_eq!(store.claim_key("k", claim(3), ttl).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_lapses_after_its_ttl_unless_its_holder_keeps_it() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let claim = |n| KeyClaim { stream_id: id(n), fingerprint: "f".into() };
+        assert_eq!(store.claim_key("held", claim(1), Duration::from_secs(10)).await.unwrap(), None);
+        assert_eq!(store.claim_key("left", claim(2), Duration::from_secs(10)).await.unwrap(), None);
+        store.hold_key("held", &id(1), Duration::from_secs(300)).await.unwrap();
+        store.hold_key("left", &id(9), Duration::from_secs(300)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(store.claim_key("held", claim(3), Duration::from_secs(10)).await.unwrap(), Some(claim(1)), "kept");
+        assert_eq!(store.claim_key("left", claim(4), Duration::from_secs(10)).await.unwrap(), None, "lapsed: only its holder keeps it");
     }
 
     /// The bytes a finished log of one chunk holds.

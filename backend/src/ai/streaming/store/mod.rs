@@ -62,6 +62,9 @@ pub enum FollowFailure {
     Unreachable,
     /// The store answers but no longer has the log (e.g. Redis restarted without persistence).
     LogLost,
+    /// The log ended with `len` events and its retention ran out while it was
+    /// read: the reader learns what a new request would (`stream_not_found`).
+    Expired { len: u64 },
 }
 
 /// Events that were ready together, in seq order.
@@ -134,6 +137,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Claims an idempotency key for stream `id` for `ttl`, atomically. When another
     /// start holds it, returns that claim instead.
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError>;
+
+    /// Keeps a claim for `ttl` from now (its stream exists), if it is still `id`'s.
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError>;
 
     /// Gives a claim back (its start failed), if it is still `id`'s.
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError>;

@@ -361,7 +361,7 @@ impl RedisAppender {
             Finish::Appended { .. } => Ok(()),
             Finish::Unknown => Err(StoreError::NotFound(id.clone())),
             Finish::AlreadyFinished { len } if len == seq + 1 => self.settle_conflict(seq, record).await,
-            Finish::AlreadyFinished { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
+            Finish::AlreadyFinished { .. } | Finish::Expired { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
             Finish::OutOfOrder { len } => Err(StoreError::OutOfOrder { stream_id: id.clone(), expected: len, got: seq }),
         };
         if appended.is_ok() {
@@ -451,6 +451,20 @@ impl EventStore for RedisStore {
             let (id, fingerprint) = held.split_once(' ')?;
             Some(KeyClaim { stream_id: StreamId::parse(id)?, fingerprint: fingerprint.to_owned() })
         }))
+    }
+
+    async fn hold_key(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let hold = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+        );
+        hold.key(self.shared.keys.idempotency(key))
+            .arg(id.as_str())
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn release_key(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {

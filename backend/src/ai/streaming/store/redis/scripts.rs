@@ -8,13 +8,23 @@
 //! - `orphan`: anyone may end a log that no process holds a lease on (its
 //!   generator died), at whatever seq is next — a reader declaring the generation
 //!   lost, or a cancel of an orphaned stream.
+//!
+//! A terminal event that retracts its stream (async moderation flagged it)
+//! redacts the log in the same script: the log is rebuilt with only its first
+//! event (`start`) before the terminal one is added, so no `XRANGE` ever sees
+//! the retracted events again (a rebuilt stream, not `XDEL`: deleted entries
+//! would linger in the stream's memory until their whole node goes).
 
 use crate::ai::streaming::events::EventRecord;
 
 const FINISH: &str = r#"
--- KEYS: log, meta, lease. ARGV: mode, seq, type, fields, retention_ms, tombstone_ms
+-- KEYS: log, meta, lease. ARGV: mode, seq, type, fields, retention_ms, tombstone_ms, retract
 if ARGV[1] == 'orphan' and redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+-- A finished log whose retention ran out: its meta outlives it, with its length.
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('HGET', KEYS[2], 'state') == 'finished' then
+  return {-2, tonumber(redis.call('HGET', KEYS[2], 'len'))}
+end
 local len = 0
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top > 0 then
@@ -23,6 +33,11 @@ if #top > 0 then
   if t == 'error' or t == 'complete' or t == 'cancelled' then return {2, len} end
 end
 if ARGV[1] == 'owner' and tonumber(ARGV[2]) ~= len then return {-3, len} end
+if ARGV[7] == '1' and len > 1 then
+  local first = redis.call('XRANGE', KEYS[1], '0-1', '0-1')
+  redis.call('DEL', KEYS[1])
+  if #first > 0 then redis.call('XADD', KEYS[1], '0-1', unpack(first[1][2])) end
+end
 redis.call('XADD', KEYS[1], len .. '-1', 't', ARGV[3], 'j', ARGV[4])
 -- Nothing follows a terminal event: every later XADD now finds its id too small.
 redis.call('XSETID', KEYS[1], '18446744073709551615-0')
@@ -70,6 +85,8 @@ pub enum Finish {
     Leased,
     /// `owner` mode: the log's length is `len`, not the given seq.
     OutOfOrder { len: u64 },
+    /// The log ended with `len` events and its retention has run out.
+    Expired { len: u64 },
     /// No such stream.
     Unknown,
 }
@@ -129,7 +146,8 @@ impl Scripts {
     }
 
     /// Appends `record` as the log's terminal event: at `seq` as its generator
-    /// (`Some(seq)`), or at the next seq of an orphaned log (`None`).
+    /// (`Some(seq)`), or at the next seq of an orphaned log (`None`); a
+    /// retracting one redacts the log.
     pub async fn finish(
         &self,
         conn: &mut crate::redis_connection::RedisConn,
@@ -148,6 +166,7 @@ impl Scripts {
             .arg(&record.fields[..])
             .arg(target.retention_ms.max(1))
             .arg(target.tombstone_ms.max(1))
+            .arg(if record.retracts() { "1" } else { "0" })
             .invoke_async(conn)
             .await?;
         Ok(match code {
@@ -155,6 +174,7 @@ impl Scripts {
             1 => Finish::Leased,
             2 => Finish::AlreadyFinished { len },
             -3 => Finish::OutOfOrder { len },
+            -2 => Finish::Expired { len },
             _ => Finish::Unknown,
         })
     }

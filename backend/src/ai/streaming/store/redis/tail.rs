@@ -14,7 +14,13 @@
 //! - when its log has been silent for `SILENCE`, and then its generator's lease is
 //!   checked too: a log no process holds a lease on, and not generated here, is
 //!   ended `generation_lost` (the `orphan` script); a log Redis no longer has
-//!   fails (`LogLost`).
+//!   fails (`LogLost`), one that ended and expired before the mirror read its
+//!   end fails `Expired` (its readers get `stream_not_found`).
+//!
+//! A terminal event that retracts its stream is taken wherever it lands (the
+//! log skips from `start` to it): the mirror then serves only those two, so a
+//! reader behind the tail, or one attaching later, never reads the retracted
+//! events from this process's copy either.
 //!
 //! A mirror whose reads have failed for `OUTAGE_LIMIT` (Redis unreachable) fails
 //! (`Unreachable`), so readers never hang; one created once Redis answers again
@@ -74,6 +80,9 @@ struct MirrorState {
     failed: Option<FollowFailure>,
     /// A catch-up is running; it looks at `ahead` before it stops.
     catching_up: bool,
+    /// The seq of a terminal event that retracted the stream: `events` then
+    /// holds only the log's first event (when mirrored) and that one.
+    retracted_at: Option<u64>,
     last_news: Instant,
     checking: bool,
 }
@@ -98,6 +107,7 @@ impl Mirror {
                 failed: None,
                 // The first catch-up starts with the mirror.
                 catching_up: true,
+                retracted_at: None,
                 last_news: Instant::now(),
                 checking: false,
             }),
@@ -114,6 +124,10 @@ impl Mirror {
     /// that ended the mirror, if any.
     fn read(&self, from: u64) -> (EventBatch, Option<FollowFailure>) {
         let state = self.state.lock().unwrap();
+        if let Some(terminal) = state.retracted_at {
+            let events = state.events.iter().filter(|e| e.seq >= from && (e.seq == 0 || e.seq == terminal)).cloned().collect();
+            return (EventBatch::logged(events, Some(state.arrived_at)), None);
+        }
         let start = usize::try_from(from - self.base).unwrap_or(usize::MAX).min(state.events.len());
         let end = start.saturating_add(READ_BATCH).min(state.events.len());
         let events = state.events[start..end].to_vec();
@@ -126,13 +140,24 @@ impl Mirror {
     /// failure that ended the mirror.
     fn changed_since(&self, next: u64) -> bool {
         let state = self.state.lock().unwrap();
-        self.next(&state) > next || state.failed.is_some()
+        self.next(&state) > next || state.failed.is_some() || state.retracted_at.is_some()
     }
 
     /// Takes `event` if it continues the mirror, then whatever it held ahead
     /// that now does. Returns whether the mirror grew.
     fn extend(&self, state: &mut MirrorState, event: LoggedEvent) -> bool {
-        if event.seq != self.next(state) || !state.open() {
+        if !state.open() {
+            return false;
+        }
+        if event.seq >= self.next(state) && event.is_terminal() && event.retracts() {
+            state.events.retain(|e| e.seq == 0);
+            state.retracted_at = Some(event.seq);
+            state.events.push(event);
+            state.finished = true;
+            state.ahead.clear();
+            return true;
+        }
+        if event.seq != self.next(state) {
             return false;
         }
         state.finished = event.is_terminal();
@@ -166,7 +191,7 @@ impl Mirror {
         if !state.open() || event.seq < self.next(&state) {
             return false;
         }
-        if event.seq > self.next(&state) {
+        if event.seq > self.next(&state) && !(event.is_terminal() && event.retracts()) {
             if state.ahead.len() < AHEAD_LIMIT {
                 state.ahead.insert(event.seq, event);
             }
@@ -246,10 +271,16 @@ impl Tails {
             let mut next = first;
             loop {
                 if next < mirror.base {
-                    // History from before this process mirrored the log.
-                    match tails.read_range(&mirror.log_key, next, Some(mirror.base - 1)).await {
-                        Ok(events) if events.first().is_some_and(|e| e.seq == next) => {
-                            next = events.last().expect("not empty").seq + 1;
+                    // History from before this process mirrored the log (the
+                    // rest comes from the mirror), or its retraction.
+                    match tails.read_range(&mirror.log_key, next).await {
+                        Ok(events) if events.first().is_some_and(|e| e.seq != next && e.is_terminal() && e.retracts()) => {
+                            yield Ok(EventBatch::logged(events[..1].to_vec(), None));
+                            return;
+                        }
+                        Ok(mut events) if events.first().is_some_and(|e| e.seq == next) => {
+                            events.retain(|e| e.seq < mirror.base);
+                            next = events.last().expect("the first is before the base").seq + 1;
                             let batch = EventBatch::logged(events, None);
                             let terminal = batch.is_terminal();
                             yield Ok(batch);
@@ -316,17 +347,11 @@ impl Tails {
         MirrorGuard { tails: self.clone(), mirror }
     }
 
-    /// At most a batch of the log's events from `from` to `to` (or its end).
-    async fn read_range(&self, log_key: &str, from: u64, to: Option<u64>) -> redis::RedisResult<Vec<LoggedEvent>> {
+    /// At most a batch of the log's events from `from` on.
+    async fn read_range(&self, log_key: &str, from: u64) -> redis::RedisResult<Vec<LoggedEvent>> {
         let mut conn = self.shared.conn.clone();
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(log_key)
-            .arg(entry_id(from))
-            .arg(to.map_or_else(|| "+".to_owned(), entry_id))
-            .arg("COUNT")
-            .arg(READ_BATCH)
-            .query_async(&mut conn)
-            .await?;
+        let reply: redis::Value =
+            redis::cmd("XRANGE").arg(log_key).arg(entry_id(from)).arg("+").arg("COUNT").arg(READ_BATCH).query_async(&mut conn).await?;
         events_of(reply).ok_or_else(|| malformed("XRANGE"))
     }
 
@@ -367,7 +392,7 @@ impl Tails {
                 }
                 (mirror.next(&state), state.ahead.keys().next().copied())
             };
-            let read = self.read_range(&mirror.log_key, from, None).await;
+            let read = self.read_range(&mirror.log_key, from).await;
             let events = match read {
                 Ok(events) => events,
                 Err(error) => {
@@ -383,7 +408,7 @@ impl Tails {
             };
             failing_since = None;
             let full = events.len() >= READ_BATCH;
-            let starts_at_from = events.first().map(|e| e.seq == from);
+            let starts_at_from = events.first().map(|e| e.seq == from || (e.is_terminal() && e.retracts()));
             if starts_at_from == Some(false) {
                 // The log no longer has the seq the mirror needs next.
                 mirror.fail(FollowFailure::LogLost);
@@ -443,6 +468,8 @@ impl Tails {
                 tracing::warn!(stream_id = %mirror.id, "Redis no longer has this stream's log");
                 mirror.fail(FollowFailure::LogLost);
             }
+            // The rest of a finished log expired before this mirror read it.
+            Ok(Finish::Expired { len }) => mirror.fail(FollowFailure::Expired { len }),
             Ok(_) => {}
             Err(error) => tracing::debug!(stream_id = %mirror.id, %error, "could not check a silent stream's generator"),
         }

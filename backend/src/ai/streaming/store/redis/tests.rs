@@ -105,6 +105,53 @@ async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
     assert_eq!(events.last().unwrap().event_type, EventType::Cancelled);
 }
 
+fn retraction() -> EventRecord {
+    let mut body = EventBody::error(ErrorCode::OutputFlagged, "flagged", false);
+    if let EventBody::Error { retract, .. } = &mut body {
+        *retract = true;
+    }
+    EventRecord::new(&body)
+}
+
+#[tokio::test]
+async fn a_retraction_leaves_only_the_first_and_the_terminal_event_in_redis_and_in_every_mirror() {
+    let (writer, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    for seq in 0..5 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    // Readers on the other process: one at the tail, one behind it, one from the start.
+    let mut at_tail = reader.follow(&id, Some(4));
+    let behind = reader.follow(&id, Some(1));
+    let from_start = reader.follow(&id, None);
+    log.append(5, &chunk(5)).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, at_tail.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.events[0].seq, 5);
+    log.append(6, &retraction()).await.unwrap();
+    let (rest, failure) = drain(at_tail).await;
+    assert_eq!((rest.iter().map(|e| e.seq).collect::<Vec<_>>(), failure), (vec![6], None));
+    // What the readers had not read yet is gone, even from the mirror they share.
+    for (follower, expected) in [(behind, vec![2, 3, 4, 5, 6]), (from_start, vec![0, 1, 2, 3, 4, 5, 6])] {
+        let (events, failure) = drain(follower).await;
+        assert_eq!(failure, None);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert!(seqs.ends_with(&[6]) && seqs.iter().all(|s| expected.contains(s)), "{seqs:?}");
+    }
+    // Later replays, on either process, and Redis itself hold only start and the terminal event.
+    for store in [&writer, &reader] {
+        let (events, failure) = drain(store.follow(&id, None)).await;
+        assert_eq!(failure, None);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 6]);
+        assert_eq!(events[1].fields, retraction().fields);
+        let (events, _) = drain(store.follow(&id, Some(2))).await;
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    }
+    let entries: usize = raw(&writer).await.xlen(writer.shared.keys.log(&id)).await.unwrap();
+    assert_eq!(entries, 2);
+    assert_eq!(writer.status(&id).await.unwrap(), LogStatus { len: 7, finished: true, owner: "owner".into() });
+}
+
 #[tokio::test]
 async fn events_whose_announcements_were_lost_still_reach_reader_presence() {
     let (writer, reader) = pair().await;
@@ -374,6 +421,24 @@ async fn an_idempotency_key_is_claimed_once_across_processes() {
 }
 
 #[tokio::test]
+async fn a_pending_claim_lapses_and_a_held_one_stays_across_processes() {
+    let (a, b) = pair().await;
+    let claim = |id: &StreamId| KeyClaim { stream_id: id.clone(), fingerprint: "quiz:00ff".into() };
+    let (held, left, other) = (StreamId::generate(), StreamId::generate(), StreamId::generate());
+    let pending = Duration::from_millis(300);
+    assert_eq!(a.claim_key("held", claim(&held), pending).await.unwrap(), None);
+    assert_eq!(a.claim_key("left", claim(&left), pending).await.unwrap(), None);
+    a.hold_key("held", &held, Duration::from_secs(60)).await.unwrap();
+    b.hold_key("left", &other, Duration::from_secs(60)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.claim_key("left", claim(&other), pending).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "a claim nobody held lapses after its ttl");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.claim_key("held", claim(&other), pending).await.unwrap(), Some(claim(&held)), "the held claim outlived its first ttl");
+}
+
+#[tokio::test]
 async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
@@ -390,6 +455,32 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     assert!(events.is_empty());
     assert_eq!(failure, Some(FollowError { next_seq: 1, cause: FollowFailure::LogLost }));
     assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
+}
+
+#[tokio::test]
+async fn a_reader_of_a_log_that_expired_before_it_was_read_learns_it_expired_and_nothing_rewrites_the_log() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let short = RedisStoreConfig { retention: Duration::from_millis(200), ..config(&prefix, Duration::from_secs(30)) };
+    let generator = RedisStore::connect(&RedisTarget::Node(redis_url()), short).await.unwrap();
+    let reader = store_on(&prefix, Duration::from_secs(30)).await;
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    for seq in 0..3 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    log.append(3, &end()).await.unwrap();
+    let log_key = generator.shared.keys.log(&id);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while raw(&generator).await.exists::<_, bool>(&log_key).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the finished log expires");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // As a reader that found the log a moment before it expired: its mirror reads nothing.
+    let (events, failure) = drain(reader.follow(&id, Some(1))).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(failure, Some(FollowError { next_seq: 2, cause: FollowFailure::Expired { len: 4 } }));
+    assert!(!raw(&generator).await.exists::<_, bool>(&log_key).await.unwrap(), "no generation_lost re-created the log");
+    assert!(matches!(generator.status(&id).await, Err(StoreError::Expired { len: 4, .. })));
 }
 
 /// The announcements one message on the events channel carries.
