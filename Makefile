@@ -42,19 +42,21 @@ browser:
 	fi
 
 # The scale-out tests need a Redis at REDIS_URL (default 127.0.0.1:6379): start
-# one if none answers, installing Debian's redis-server when missing. The TLS test
-# makes its certificates with openssl.
+# one if none answers. Debian's redis-server (7.0 or newer) and redis-cli
+# (redis-tools) are installed when missing: the cluster tests start their own
+# nodes and join them with `redis-cli --cluster create`. The TLS test makes its
+# certificates with openssl.
 redis:
 	@if ! command -v openssl >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssl >/dev/null; \
 	fi
-	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+		echo "installing Debian's redis-server and redis-tools (redis-cli) for the scale-out and cluster tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		if ! command -v redis-server >/dev/null; then \
-			echo "installing Debian's redis-server for the scale-out tests"; \
-			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
-		fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	fi
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
 		for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done; \
 	fi

@@ -25,7 +25,7 @@ use crate::ai::moderation::Moderation;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
 use crate::ai::streaming::store::memory::MemoryStore;
-use crate::ai::streaming::store::redis::RedisStore;
+use crate::ai::streaming::store::redis::{RedisStore, RedisStoreConfig};
 use crate::ai::streaming::store::{EventStore, StoreError};
 use crate::ai::streaming::stream_manager::{ManagerConfig, StreamManager};
 use crate::api::AppState;
@@ -41,14 +41,14 @@ use crate::metrics::Metrics;
 pub enum SetupError {
     #[error("invalid setting {0}")]
     Provider(#[from] providers::ProviderSetupError),
-    #[error("cannot use the Redis store at REDIS_URL: {0}")]
-    Store(#[from] StoreError),
+    #[error("cannot use the Redis store at {0}: {1}")]
+    Store(&'static str, StoreError),
     #[error("{0}")]
     Auth(#[from] AuthSetupError),
-    #[error("cannot keep limits in the Redis at REDIS_URL: {0}")]
-    Limits(#[from] LimitError),
-    #[error("cannot keep the moderation webhook outbox in the Redis at REDIS_URL: {0}")]
-    Outbox(#[from] OutboxError),
+    #[error("cannot keep limits in the Redis at {0}: {1}")]
+    Limits(&'static str, LimitError),
+    #[error("cannot keep the moderation webhook outbox in the Redis at {0}: {1}")]
+    Outbox(&'static str, OutboxError),
 }
 
 /// Builds the application state from settings; `shutdown` ends every stream.
@@ -58,7 +58,8 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     let limit_store: Arc<dyn LimitStore> = match settings.store {
         StoreKind::Memory => Arc::new(MemoryLimitStore::new(settings.limits.clone())),
         StoreKind::Redis => {
-            Arc::new(RedisLimitStore::connect(&settings.redis_url, &settings.redis_key_prefix, settings.limits.clone(), SLOT_TTL).await?)
+            let store = RedisLimitStore::connect(&settings.redis, &settings.redis_key_prefix, settings.limits.clone(), SLOT_TTL).await;
+            Arc::new(store.map_err(|error| SetupError::Limits(settings.redis.variable(), error))?)
         }
     };
     let limits = Limits::new(limit_store, settings.limits.clone(), shutdown.clone());
@@ -77,7 +78,10 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
         Some(webhook) => {
             let outbox: Arc<dyn Outbox> = match settings.store {
                 StoreKind::Memory => Arc::new(MemoryOutbox::default()),
-                StoreKind::Redis => Arc::new(RedisOutbox::connect(&settings.redis_url, &settings.redis_key_prefix).await?),
+                StoreKind::Redis => {
+                    let outbox = RedisOutbox::connect(&settings.redis, &settings.redis_key_prefix).await;
+                    Arc::new(outbox.map_err(|error| SetupError::Outbox(settings.redis.variable(), error))?)
+                }
             };
             Some(Webhooks::start(webhook, outbox, metrics.clone(), shutdown.clone()))
         }
@@ -88,14 +92,14 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             Arc::new(MemoryStore::new(settings.retention, settings.retention_max_bytes, metrics.retained_log_bytes.clone()))
         }
         StoreKind::Redis => {
-            let store = RedisStore::connect(
-                &settings.redis_url,
-                &settings.redis_key_prefix,
-                settings.retention,
-                settings.resume_grace,
-                shutdown.clone(),
-            );
-            Arc::new(store.await?)
+            let config = RedisStoreConfig {
+                prefix: settings.redis_key_prefix.clone(),
+                retention: settings.retention,
+                grace: settings.resume_grace,
+                generation_timeout: settings.generation_timeout,
+            };
+            let store = RedisStore::connect(&settings.redis, config).await;
+            Arc::new(store.map_err(|error| SetupError::Store(settings.redis.variable(), error))?)
         }
     };
     let manager = StreamManager::new(
@@ -112,7 +116,8 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     );
     let sse_readers =
         api::sse_body::Readers::start(settings.client_send_timeout, settings.sse_keepalive, metrics.clone(), shutdown.clone());
-    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, sse_readers, shutdown })
+    let ws_sessions = tokio_util::task::TaskTracker::new();
+    Ok(AppState { settings: Arc::new(settings), manager, auth, limits, metrics, sse_readers, ws_sessions, shutdown })
 }
 
 /// Serves `state` on an already-bound listener until `signal` resolves; then every
@@ -143,6 +148,13 @@ pub async fn run(listener: TcpListener, state: AppState, signal: impl Future<Out
     });
     // Connections that do not close by themselves (an idle WebSocket, a client that
     // stopped reading) must not hold the process: they get the timeout, no more.
+    let ws_sessions = state.ws_sessions.clone();
     server::serve(listener, app, serving, drained).await;
+    // Sockets send their last events and their close frame (1012) before the
+    // process goes; the server's drain does not wait for upgraded connections.
+    ws_sessions.close();
+    if tokio::time::timeout(timeout, ws_sessions.wait()).await.is_err() {
+        tracing::warn!("WebSocket sessions still open after the shutdown timeout; closing them");
+    }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The SSE responses being streamed, and the reaper of stuck ones.
     pub sse_readers: Arc<sse_body::Readers>,
+    /// The WebSocket sessions (upgraded connections, which the HTTP server's
+    /// graceful shutdown no longer tracks): shutdown waits for their close frames.
+    pub ws_sessions: tokio_util::task::TaskTracker,
     pub shutdown: CancellationToken,
 }
 

@@ -149,7 +149,11 @@ impl Stream for SseBody {
                     metrics.chunk_delivery.observe(since.elapsed().as_secs_f64());
                 }
                 self.idle_since = Instant::now();
-                let frames = sse_wire::frames(&self.stream_id, &batch.events);
+                let frames = if batch.unlogged {
+                    sse_wire::frames_without_id(&self.stream_id, &batch.events)
+                } else {
+                    sse_wire::frames(&self.stream_id, &batch.events)
+                };
                 self.hand_over(frames)
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -191,7 +195,7 @@ mod tests {
     }
 
     fn chunk(seq: u64) -> EventBatch {
-        EventBatch { events: vec![LoggedEvent::new(seq, &EventBody::Chunk { token: "hi".into() })], tail_since: None }
+        EventBatch::logged(vec![LoggedEvent::new(seq, &EventBody::Chunk { token: "hi".into() })], None)
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,7 @@
 //! The SSE wire format of the contract, byte for byte: each event is
-//! `id: <stream_id>:<seq>`, `event: <type>`, `data: <json>` and a blank line; a
+//! `id: <stream_id>:<seq>`, `event: <type>`, `data: <json>` and a blank line
+//! (an event in no log, a reader's own closing event, has no `id:` line, so a
+//! client's `Last-Event-ID` stays on the last logged event it got); a
 //! response opens with a `retry:` hint; comments keep an idle connection alive.
 //! Events that are ready together are framed into one buffer, so a burst costs
 //! one write, not one per event.
@@ -23,11 +25,27 @@ pub fn write_event(out: &mut BytesMut, stream_id: &StreamId, event: &LoggedEvent
     out.put_slice(stream_id.as_str().as_bytes());
     out.put_u8(b':');
     out.put_slice(itoa::Buffer::new().format(event.seq).as_bytes());
-    out.put_slice(b"\nevent: ");
+    out.put_u8(b'\n');
+    write_body(out, stream_id, event);
+}
+
+/// `event:` and `data:` lines and the blank line.
+fn write_body(out: &mut BytesMut, stream_id: &StreamId, event: &LoggedEvent) {
+    out.reserve(32 + stream_id.as_str().len() + event.fields.len());
+    out.put_slice(b"event: ");
     out.put_slice(event.event_type.as_str().as_bytes());
     out.put_slice(b"\ndata: ");
     event.write_json(stream_id, out);
     out.put_slice(b"\n\n");
+}
+
+/// Events in no log, framed back to back without `id:` lines.
+pub fn frames_without_id(stream_id: &StreamId, events: &[LoggedEvent]) -> Bytes {
+    let mut out = BytesMut::new();
+    for event in events {
+        write_body(&mut out, stream_id, event);
+    }
+    out.freeze()
 }
 
 /// Events framed back to back.
@@ -62,6 +80,16 @@ mod tests {
         }
         let both: Vec<LoggedEvent> = cases.iter().map(|(e, _)| e.clone()).collect();
         assert_eq!(frames(&id, &both), format!("{}{}", cases[0].1, cases[1].1).as_bytes());
+    }
+
+    #[test]
+    fn an_event_in_no_log_has_no_id_line() {
+        let id = StreamId::parse("s1").unwrap();
+        let lost = LoggedEvent::new(4, &EventBody::Cancelled { reason: CancelReason::Requested });
+        assert_eq!(
+            frames_without_id(&id, &[lost]),
+            &b"event: cancelled\ndata: {\"stream_id\":\"s1\",\"seq\":4,\"type\":\"cancelled\",\"reason\":\"requested\"}\n\n"[..]
+        );
     }
 
     #[test]

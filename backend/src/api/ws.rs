@@ -79,7 +79,11 @@ pub async fn upgrade(
         return Err(ApiError::StreamingDisabled);
     }
     let ws = ws?.max_message_size(MAX_CLIENT_MESSAGE_BYTES).max_frame_size(MAX_CLIENT_MESSAGE_BYTES);
-    Ok(ws.on_upgrade(move |socket| serve(socket, state, principal)))
+    let session = state.ws_sessions.token();
+    Ok(ws.on_upgrade(move |socket| async move {
+        serve(socket, state, principal).await;
+        drop(session);
+    }))
 }
 
 /// The close frame that ends a socket for `code`.
@@ -123,9 +127,7 @@ async fn serve(socket: WebSocket, state: AppState, principal: SocketAuth) {
                 }
             }
             _ = state.shutdown.cancelled() => {
-                // Each stream is ending with a terminal event: let the readers deliver
-                // them, within the shutdown timeout, before the socket closes.
-                session.finish_readers(state.settings.shutdown_timeout).await;
+                session.close_for_restart(state.settings.shutdown_timeout).await;
                 break true;
             }
             message = incoming.next() => match message {

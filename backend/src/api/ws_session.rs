@@ -112,8 +112,17 @@ impl Session {
         }
     }
 
+    /// The process is stopping: every reader delivers what it has, within
+    /// `within` (streams generated here are ending with a terminal event), then
+    /// the socket closes with 1012, so the client resumes the streams generated
+    /// elsewhere, which end here without one, on another process.
+    pub async fn close_for_restart(&mut self, within: std::time::Duration) {
+        self.finish_readers(within).await;
+        self.send(close(close_code::RESTART, "restarting; resume elsewhere")).await;
+    }
+
     /// Lets every reader deliver what it has (each stream is ending), within `within`.
-    pub async fn finish_readers(&mut self, within: std::time::Duration) {
+    async fn finish_readers(&mut self, within: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + within;
         for (_, mut reader) in self.readers.drain() {
             if tokio::time::timeout_at(deadline, &mut reader.task).await.is_err() {

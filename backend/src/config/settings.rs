@@ -157,7 +157,9 @@ pub struct Settings {
     pub demo: DemoSettings,
     pub moderation: ModerationSettings,
     pub store: StoreKind,
-    pub redis_url: String,
+    /// The Redis of `STREAM_STORE=redis`: `REDIS_URL`'s node, or the cluster of
+    /// `REDIS_CLUSTER_URLS` when that is set.
+    pub redis: crate::redis_connection::RedisTarget,
     /// Prefix of every Redis key and channel: deployments sharing a Redis stay apart.
     pub redis_key_prefix: String,
     pub resume_grace: Duration,
@@ -409,16 +411,29 @@ impl Settings {
             },
             moderation: ModerationSettings::read(&src)?,
             store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
-            redis_url: {
-                let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-                if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
-                    return Err(SettingsError {
-                        variable: "REDIS_URL",
-                        value: url,
-                        expected: "a redis://, rediss:// or unix:// URL".into(),
-                    });
+            redis: match src.raw("REDIS_CLUSTER_URLS").filter(|urls| !urls.trim().is_empty()) {
+                Some(urls) => {
+                    let seeds: Vec<String> = urls.split(',').map(|url| url.trim().to_owned()).filter(|url| !url.is_empty()).collect();
+                    if let Some(bad) = seeds.iter().find(|url| !["redis://", "rediss://"].iter().any(|scheme| url.starts_with(scheme))) {
+                        return Err(SettingsError {
+                            variable: "REDIS_CLUSTER_URLS",
+                            value: bad.clone(),
+                            expected: "comma-separated redis:// or rediss:// URLs of the cluster's nodes".into(),
+                        });
+                    }
+                    crate::redis_connection::RedisTarget::Cluster(seeds)
                 }
-                url
+                None => {
+                    let url = src.raw("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                    if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
+                        return Err(SettingsError {
+                            variable: "REDIS_URL",
+                            value: url,
+                            expected: "a redis://, rediss:// or unix:// URL".into(),
+                        });
+                    }
+                    crate::redis_connection::RedisTarget::Node(url)
+                }
             },
             redis_key_prefix: src.raw("REDIS_KEY_PREFIX").unwrap_or_else(|| "live-ai".into()),
             resume_grace: src.seconds("STREAM_RESUME_GRACE_SECONDS", 30.0, 0.0)?,

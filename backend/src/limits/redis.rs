@@ -7,32 +7,36 @@
 //!   process running the generation renews it, so a dead process's slots lapse;
 //! - `…:rate`: the start rate's theoretical arrival time (GCRA, as `governor`);
 //! - `…:reserved`: a hash slot → `<day>:<tokens>` of open reservations;
-//! - `…:day:<n>`: a hash with the day's `used` and `reserved` output tokens.
+//! - `…:budget`: a hash with each day's `<day>:used` and `<day>:reserved`
+//!   output tokens (the last two days').
+//!
+//! Every key a script touches is one of its declared `KEYS`, all under the
+//! principal's hash tag: Redis Cluster routes a script by its keys, and a key
+//! made up inside the script is one it cannot see.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::redis_connection::{RedisConn, RedisTarget};
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use super::{Admission, LimitError, LimitKind, LimitStore, Refusal, Standing, CONCURRENCY_RETRY};
 use crate::config::settings::LimitSettings;
 
 const ADMIT: &str = r#"
--- KEYS: active, rate, reserved. ARGV: slot, tokens, max_concurrent, per_minute, per_day, slot_ttl_ms, day key prefix
+-- KEYS: active, rate, reserved, budget. ARGV: slot, tokens, max_concurrent, per_minute, per_day, slot_ttl_ms
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(tonumber(t[1]) / 86400)
-local prefix = ARGV[7]
 -- Slots whose process stopped renewing them are free; what they reserved counts as spent.
 for _, slot in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local held = redis.call('HGET', KEYS[3], slot)
   if held then
     local d, amount = string.match(held, '^(%d+):(%d+)$')
-    if redis.call('EXISTS', prefix .. d) == 1 then
-      redis.call('HINCRBY', prefix .. d, 'reserved', -tonumber(amount))
-      redis.call('HINCRBY', prefix .. d, 'used', tonumber(amount))
+    if redis.call('HEXISTS', KEYS[4], d .. ':reserved') == 1 then
+      redis.call('HINCRBY', KEYS[4], d .. ':reserved', -tonumber(amount))
+      redis.call('HINCRBY', KEYS[4], d .. ':used', tonumber(amount))
     end
     redis.call('HDEL', KEYS[3], slot)
   end
@@ -43,10 +47,9 @@ local max_concurrent = tonumber(ARGV[3])
 if max_concurrent >= 0 and redis.call('ZCARD', KEYS[1]) >= max_concurrent then
   return {1, 0, 0}
 end
-local budget = prefix .. day
 local per_day = tonumber(ARGV[5])
 if per_day >= 0 then
-  local spent = tonumber(redis.call('HGET', budget, 'used') or '0') + tonumber(redis.call('HGET', budget, 'reserved') or '0')
+  local spent = tonumber(redis.call('HGET', KEYS[4], day .. ':used') or '0') + tonumber(redis.call('HGET', KEYS[4], day .. ':reserved') or '0')
   if spent + tokens > per_day then
     return {3, math.max(per_day - spent, 0), (day + 1) * 86400000 - now}
   end
@@ -67,19 +70,22 @@ redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl + 60000)
 redis.call('HSET', KEYS[3], ARGV[1], day .. ':' .. tokens)
 redis.call('PEXPIRE', KEYS[3], 172800000)
-redis.call('HINCRBY', budget, 'reserved', tokens)
-redis.call('PEXPIRE', budget, 172800000)
+-- A day's two fields are kept for two days (a slot reserved before midnight settles after it).
+redis.call('HINCRBY', KEYS[4], day .. ':reserved', tokens)
+redis.call('HSETNX', KEYS[4], day .. ':used', 0)
+redis.call('HDEL', KEYS[4], (day - 2) .. ':used', (day - 2) .. ':reserved')
+redis.call('PEXPIRE', KEYS[4], 172800000)
 return {0, 0, 0}
 "#;
 
 const SETTLE: &str = r#"
--- KEYS: active, reserved. ARGV: slot, used tokens, day key prefix
+-- KEYS: active, reserved, budget. ARGV: slot, used tokens
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then
   local d, amount = string.match(held, '^(%d+):(%d+)$')
-  if redis.call('EXISTS', ARGV[3] .. d) == 1 then
-    redis.call('HINCRBY', ARGV[3] .. d, 'reserved', -tonumber(amount))
-    redis.call('HINCRBY', ARGV[3] .. d, 'used', tonumber(ARGV[2]))
+  if redis.call('HEXISTS', KEYS[3], d .. ':reserved') == 1 then
+    redis.call('HINCRBY', KEYS[3], d .. ':reserved', -tonumber(amount))
+    redis.call('HINCRBY', KEYS[3], d .. ':used', tonumber(ARGV[2]))
   end
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
@@ -100,19 +106,19 @@ return 0
 "#;
 
 const STANDING: &str = r#"
--- KEYS: active. ARGV: day key prefix. Returns active slots, used, reserved.
+-- KEYS: active, budget. Returns active slots, used, reserved.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local budget = ARGV[1] .. math.floor(tonumber(t[1]) / 86400)
+local day = math.floor(tonumber(t[1]) / 86400)
 return {
   redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'),
-  tonumber(redis.call('HGET', budget, 'used') or '0'),
-  tonumber(redis.call('HGET', budget, 'reserved') or '0'),
+  tonumber(redis.call('HGET', KEYS[2], day .. ':used') or '0'),
+  tonumber(redis.call('HGET', KEYS[2], day .. ':reserved') or '0'),
 }
 "#;
 
 pub struct RedisLimitStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     quotas: LimitSettings,
     slot_ttl: Duration,
@@ -129,9 +135,8 @@ fn unavailable(error: redis::RedisError) -> LimitError {
 impl RedisLimitStore {
     /// Connects with its own connection, so limit decisions never queue behind
     /// event-log traffic.
-    pub async fn connect(url: &str, prefix: &str, quotas: LimitSettings, slot_ttl: Duration) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = crate::redis_connection::connect(client, crate::redis_connection::COMMAND_TIMEOUT).await.map_err(unavailable)?;
+    pub async fn connect(target: &RedisTarget, prefix: &str, quotas: LimitSettings, slot_ttl: Duration) -> Result<Self, LimitError> {
+        let conn = crate::redis_connection::open(target, crate::redis_connection::COMMAND_TIMEOUT).await.map_err(unavailable)?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -166,13 +171,13 @@ impl LimitStore for RedisLimitStore {
             .key(self.key(p, "active"))
             .key(self.key(p, "rate"))
             .key(self.key(p, "reserved"))
+            .key(self.key(p, "budget"))
             .arg(admission.slot)
             .arg(admission.tokens)
             .arg(limit_arg(self.quotas.concurrent_streams))
             .arg(limit_arg(self.quotas.starts_per_minute))
             .arg(limit_arg(self.quotas.tokens_per_day))
             .arg(self.slot_ttl.as_millis() as u64)
-            .arg(self.key(p, "day:"))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -194,9 +199,9 @@ impl LimitStore for RedisLimitStore {
         self.settle
             .key(self.key(principal, "active"))
             .key(self.key(principal, "reserved"))
+            .key(self.key(principal, "budget"))
             .arg(slot)
             .arg(used)
-            .arg(self.key(principal, "day:"))
             .invoke_async::<i64>(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -225,7 +230,7 @@ impl LimitStore for RedisLimitStore {
         let (active, used, reserved): (u64, u64, u64) = self
             .standing
             .key(self.key(principal, "active"))
-            .arg(self.key(principal, "day:"))
+            .key(self.key(principal, "budget"))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -251,7 +256,7 @@ mod tests {
     }
 
     async fn store(prefix: &str, quotas: LimitSettings, ttl: Duration) -> RedisLimitStore {
-        RedisLimitStore::connect(&redis_url(), prefix, quotas, ttl).await.expect("Redis runs for the tests")
+        RedisLimitStore::connect(&RedisTarget::Node(redis_url()), prefix, quotas, ttl).await.expect("Redis runs for the tests")
     }
 
     fn prefix() -> String {
@@ -266,6 +271,13 @@ mod tests {
         match result {
             Err(LimitError::Refused(refusal)) => refusal.kind,
             other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_key_the_scripts_touch_is_declared() {
+        for script in [ADMIT, SETTLE, RENEW, STANDING] {
+            assert_eq!(crate::redis_connection::undeclared_keys(script), Vec::<String>::new(), "{script}");
         }
     }
 

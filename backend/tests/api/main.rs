@@ -14,6 +14,7 @@ mod proxy;
 mod test_server;
 
 mod auth;
+mod cluster;
 mod connections;
 mod contract;
 mod errors;
@@ -23,6 +24,6 @@ mod limits;
 mod moderation;
 mod ownership;
 mod providers;
-mod scale_out;
+pub mod scale_out;
 mod sse;
 mod websocket;

@@ -203,14 +203,30 @@ async fn buffered_output_keeps_a_flagged_sentence_from_a_resume_on_another_proce
 #[tokio::test]
 async fn async_retraction_reaches_readers_on_another_process_and_redacts_the_redis_log() {
     let (a, b) = two_processes(&injecting(&[("MODERATION_OUTPUT_MODE", "async"), ("DEMO_TOKENS_PER_SECOND", "100")])).await;
+    assert_retraction_reaches_both_and_redacts_the_log(&a, &b).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_async_retraction_reaches_readers_on_another_process_and_redacts_the_log() {
+    let mut deployment = crate::scale_out::Deployment::on_cluster(&crate::cluster::cluster().urls(), 100);
+    for (name, value) in injecting(&[("MODERATION_OUTPUT_MODE", "async"), ("DEMO_TOKENS_PER_SECOND", "100")]) {
+        deployment = deployment.with(name, value);
+    }
+    let [a, b]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    assert_retraction_reaches_both_and_redacts_the_log(&a, &b).await;
+}
+
+/// A stream generated on `a` and retracted: its readers on both processes get
+/// the retraction, and every later replay holds only `start` and it.
+async fn assert_retraction_reaches_both_and_redacts_the_log(a: &LiveAiProcess, b: &LiveAiProcess) {
     let id = a.create_stream("ask-question", question()).await;
     let path = format!("/api/streams/{id}/events");
-    let (on_a, on_b) = tokio::join!(raw_sse(&a, &path, &[]), raw_sse(&b, &path, &[]));
+    let (on_a, on_b) = tokio::join!(raw_sse(a, &path, &[]), raw_sse(b, &path, &[]));
     for body in [&on_a, &on_b] {
         let last = events_in(body).last().unwrap().clone();
         assert_eq!((last["code"].as_str(), last["retract"].as_bool()), (Some("output_flagged"), Some(true)), "{last}");
     }
-    for process in [&a, &b] {
+    for process in [a, b] {
         let replay = raw_sse(process, &format!("{path}?after=0"), &[]).await;
         assert_no_flagged_byte(&replay, "a replay");
         assert_eq!(types(&events_in(&replay)), ["error"], "after seq 0, only the terminal event is left");

@@ -18,15 +18,15 @@ fn redis_url() -> String {
 }
 
 /// How long readers may take to learn that a generator or Redis died (the bound).
-const DEATH_NOTICE: Duration = Duration::from_secs(10);
+pub const DEATH_NOTICE: Duration = Duration::from_secs(10);
 
 /// Settings shared by the processes of one deployment (their own key prefix).
-struct Deployment {
+pub struct Deployment {
     vars: Vec<(&'static str, String)>,
 }
 
 impl Deployment {
-    fn new(redis_url: &str, tokens_per_second: u32) -> Self {
+    pub fn new(redis_url: &str, tokens_per_second: u32) -> Self {
         let prefix = format!("live-ai-test-{}", uuid_like());
         Self {
             vars: vec![
@@ -38,17 +38,29 @@ impl Deployment {
         }
     }
 
-    fn with(mut self, name: &'static str, value: &str) -> Self {
+    /// Processes on the Redis Cluster whose seed nodes are `urls`.
+    pub fn on_cluster(urls: &str, tokens_per_second: u32) -> Self {
+        let mut deployment = Self::new("redis://unused", tokens_per_second);
+        deployment.vars.retain(|(name, _)| *name != "REDIS_URL");
+        deployment.vars.push(("REDIS_CLUSTER_URLS", urls.to_owned()));
+        deployment
+    }
+
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+    }
+
+    pub fn with(mut self, name: &'static str, value: &str) -> Self {
         self.vars.push((name, value.to_owned()));
         self
     }
 
-    async fn process(&self) -> LiveAiProcess {
+    pub async fn process(&self) -> LiveAiProcess {
         let vars: Vec<(&str, &str)> = self.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         LiveAiProcess::spawn(&vars).await
     }
 
-    async fn processes(&self, n: usize) -> Vec<LiveAiProcess> {
+    pub async fn processes(&self, n: usize) -> Vec<LiveAiProcess> {
         join_all((0..n).map(|_| self.process())).await
     }
 }
@@ -71,7 +83,7 @@ impl Dice {
     }
 }
 
-fn assert_generation_lost(event: &Received, mentioning: &str) {
+pub fn assert_generation_lost(event: &Received, mentioning: &str) {
     assert_eq!(event.kind(), "error", "{:?}", event.data);
     assert_eq!(event.data["code"], "generation_lost", "{:?}", event.data);
     assert_eq!(event.data["retryable"], true, "{:?}", event.data);
@@ -79,7 +91,7 @@ fn assert_generation_lost(event: &Received, mentioning: &str) {
 }
 
 /// Reads until the terminal event within `bound`; returns the events.
-async fn terminal_within(reader: &mut SseReader, bound: Duration) -> Vec<Received> {
+pub async fn terminal_within(reader: &mut SseReader, bound: Duration) -> Vec<Received> {
     tokio::time::timeout(bound, reader.until_terminal()).await.expect("the terminal event in time")
 }
 
@@ -113,51 +125,51 @@ async fn a_stream_longer_than_the_grace_read_only_through_another_process_comple
     assert_eq!(events.last().unwrap().data["result"]["markdown"], text_of(&events));
 }
 
-#[tokio::test]
-async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_repeat_nothing() {
-    let deployment = Deployment::new(&redis_url(), 400);
-    let processes = deployment.processes(3).await;
-    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
-    let proxy = &proxy;
-    let read_with_cuts = |n: u64| async move {
-        let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let (block, input) = if n.is_multiple_of(4) {
-            ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
-        } else {
-            ("explain-eli10", json!({"topic": format!("topic {n}")}))
-        };
-        let id = proxy.create_stream(block, input).await;
-        let mut events: Vec<Received> = Vec::new();
-        let mut resumes = 0;
-        loop {
-            let path = format!("/api/streams/{id}/events");
-            let mut reader = match events.last() {
-                None => proxy.sse(&path, &[]).await,
-                Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
-            };
-            assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
-            let cut_after = 1 + dice.roll(25);
-            let mut read = 0;
-            while read < cut_after {
-                let Some(event) = reader.next().await else { break };
-                let terminal = event.is_terminal();
-                events.push(event);
-                read += 1;
-                if terminal {
-                    assert!(reader.next().await.is_none(), "nothing follows the terminal event");
-                    return (block, events, resumes);
-                }
-            }
-            resumes += 1;
-        }
+/// Starts stream `n` through `proxy` (a quiz every fourth, else an
+/// explanation) and reads it to its end, cutting the connection after 1 to
+/// `cut_within` events each time (see [`read_with_cuts_from`]) and resuming with `Last-Event-ID` (through the
+/// proxy: on the next process). Returns the block, the events and the resumes.
+pub async fn read_with_cuts(proxy: &RoundRobinProxy, n: u64, cut_within: u64) -> (&'static str, Vec<Received>, u32) {
+    read_with_cuts_from(proxy, n, 1, cut_within).await
+}
+
+/// As [`read_with_cuts`], cutting after `at_least` to `at_most` events.
+pub async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_most: u64) -> (&'static str, Vec<Received>, u32) {
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let (block, input) = if n.is_multiple_of(4) {
+        ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
+    } else {
+        ("explain-eli10", json!({"topic": format!("topic {n}")}))
     };
-    let mut outcomes = Vec::new();
-    // 100 streams, 25 at a time: bounded load on a small machine.
-    for wave in 0..4 {
-        outcomes.extend(join_all((0..25).map(|i| read_with_cuts(wave * 25 + i))).await);
+    let id = proxy.create_stream(block, input).await;
+    let mut events: Vec<Received> = Vec::new();
+    let mut resumes = 0;
+    loop {
+        let path = format!("/api/streams/{id}/events");
+        let mut reader = match events.last() {
+            None => proxy.sse(&path, &[]).await,
+            Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
+        };
+        assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
+        let cut_after = at_least + dice.roll(at_most - at_least + 1);
+        let mut read = 0;
+        while read < cut_after {
+            let Some(event) = reader.next().await else { break };
+            let terminal = event.is_terminal();
+            events.push(event);
+            read += 1;
+            if terminal {
+                assert!(reader.next().await.is_none(), "nothing follows the terminal event");
+                return (block, events, resumes);
+            }
+        }
+        resumes += 1;
     }
-    let mut total_resumes = 0;
-    for (block, events, resumes) in &outcomes {
+}
+
+/// Every stream complete, contiguous, its result what its events said.
+pub fn assert_all_complete(outcomes: &[(&'static str, Vec<Received>, u32)]) {
+    for (block, events, _) in outcomes {
         assert_contiguous(events, 0);
         let last = events.last().unwrap();
         assert_eq!(last.kind(), "complete", "{:?}", last.data);
@@ -169,9 +181,34 @@ async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_r
             }
             _ => assert_eq!(last.data["result"]["markdown"], text_of(events)),
         }
-        total_resumes += resumes;
     }
+}
+
+#[tokio::test]
+async fn streams_read_with_random_cuts_and_resumes_on_other_processes_lose_and_repeat_nothing() {
+    let deployment = Deployment::new(&redis_url(), 400);
+    let processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let mut outcomes = Vec::new();
+    // 100 streams, 25 at a time: bounded load on a small machine.
+    for wave in 0..4 {
+        outcomes.extend(join_all((0..25).map(|i| read_with_cuts(&proxy, wave * 25 + i, 25))).await);
+    }
+    assert_all_complete(&outcomes);
+    let total_resumes: u32 = outcomes.iter().map(|(_, _, resumes)| resumes).sum();
     assert!(total_resumes >= 100, "the streams were cut and resumed ({total_resumes} resumes)");
+}
+
+#[tokio::test]
+async fn a_reader_hopping_between_processes_keeps_its_generation_alive_at_a_one_second_grace() {
+    // The run: 60 learners at once, each resuming on the next process
+    // every 5-25 events, at the demo model's own pace. A generation whose reader
+    // was never away more than a few milliseconds must not be abandoned.
+    let deployment = Deployment::new(&redis_url(), 40).with("STREAM_RESUME_GRACE_SECONDS", "1");
+    let processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let outcomes = join_all((0..60).map(|n| read_with_cuts_from(&proxy, 1000 + n, 5, 25))).await;
+    assert_all_complete(&outcomes);
 }
 
 #[tokio::test]
@@ -271,6 +308,9 @@ async fn a_redis_outage_ends_open_streams_with_a_store_error_and_the_processes_r
         events.extend(terminal_within(reader, DEATH_NOTICE).await);
         assert_contiguous(&events, 0);
         assert_generation_lost(events.last().unwrap(), "Redis");
+        // In no log: its seq may yet be logged by the generator, so it names no
+        // position to resume from (no `id:` line).
+        assert_eq!(events.last().unwrap().id, "", "a reader's own closing event has no id");
     }
     for process in [&generator, &reader] {
         let readiness = process.get("/readyz").await;
@@ -306,4 +346,166 @@ async fn processes_share_streams_through_a_tls_only_redis_they_trust_and_refuse_
     let (code, stderr) = start_up_failure(&[("STREAM_STORE", "redis"), ("REDIS_URL", &url)]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("REDIS_URL") && stderr.contains("certificate"), "{stderr}");
+}
+
+/// What a client of a rolling deploy saw of one stream.
+pub struct Followed {
+    pub events: Vec<Received>,
+    /// Responses that ended without the terminal event (their process stopped).
+    moved: u32,
+}
+
+/// Starts a stream through `proxy`, retrying a start that meets a stopping
+/// process (503 or a closed connection).
+pub async fn start_through(proxy: &RoundRobinProxy, n: u64) -> String {
+    let body = json!({"block_type": "explain-eli10", "input": {"topic": format!("rolling {n}")}});
+    for _ in 0..50 {
+        match proxy.http.post(proxy.url("/api/streams")).json(&body).send().await {
+            Ok(response) if response.status() == 201 => {
+                return response.json::<Value>().await.unwrap()["stream_id"].as_str().unwrap().to_owned();
+            }
+            Ok(response) => assert_eq!(response.status(), 503, "only a stopping process may refuse a start"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no process took stream {n}");
+}
+
+/// Reads stream `id` through `proxy` to its terminal event, resuming with
+/// `Last-Event-ID` whenever a response ends without it.
+pub async fn follow_through(proxy: &RoundRobinProxy, id: &str) -> Followed {
+    let (mut events, mut moved): (Vec<Received>, u32) = (Vec::new(), 0);
+    let path = format!("/api/streams/{id}/events");
+    for _ in 0..200 {
+        let headers: Vec<(&str, &str)> = events.last().map(|last: &Received| vec![("last-event-id", last.id.as_str())]).unwrap_or_default();
+        let Ok(mut reader) = proxy.try_sse(&path, &headers).await else {
+            // The process stopped while answering: try the next.
+            moved += 1;
+            continue;
+        };
+        assert_eq!(reader.status, 200, "{id} after {} events", events.len());
+        while let Some(event) = reader.next().await {
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                assert!(reader.next().await.is_none(), "nothing follows the terminal event");
+                return Followed { events, moved };
+            }
+        }
+        moved += 1;
+    }
+    panic!("stream {id} never ended: {:?}", kinds(&events));
+}
+
+#[tokio::test]
+async fn sigterm_of_each_process_in_turn_under_load_ends_every_stream_once_without_gap_or_duplicate() {
+    let deployment = Deployment::new(&redis_url(), 60);
+    let mut processes = deployment.processes(3).await;
+    let proxy = RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let deploying = tokio_util::sync::CancellationToken::new();
+    // 24 learners, each starting stream after stream (about 2 s each) until the deploy is over.
+    let learners = (0..24u64).map(|learner| {
+        let (proxy, deploying) = (&proxy, deploying.clone());
+        async move {
+            let mut followed = Vec::new();
+            for round in 0.. {
+                if deploying.is_cancelled() && round > 0 {
+                    break;
+                }
+                let id = start_through(proxy, learner * 1000 + round).await;
+                followed.push(follow_through(proxy, &id).await);
+            }
+            followed
+        }
+    });
+    let deploy = async {
+        for slot in 0..processes.len() {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            processes[slot].terminate();
+            let exit = tokio::time::timeout(PATIENCE, processes[slot].child.wait()).await.expect("the process exits");
+            assert!(exit.unwrap().success(), "a SIGTERMed process exits cleanly");
+            processes[slot] = deployment.process().await;
+            proxy.set_backends(processes.iter().map(|p| p.addr).collect());
+        }
+        deploying.cancel();
+    };
+    let (outcomes, ()) = tokio::join!(join_all(learners), deploy);
+    let all: Vec<Followed> = outcomes.into_iter().flatten().collect();
+    let (mut lost, mut moved) = (0, 0);
+    for followed in &all {
+        assert_contiguous(&followed.events, 0);
+        let last = followed.events.last().unwrap();
+        match last.kind() {
+            "complete" => assert_eq!(last.data["result"]["markdown"], text_of(&followed.events)),
+            _ => {
+                assert_generation_lost(last, "shutting down");
+                assert!(!last.id.is_empty(), "a generation's end on shutdown is in its log");
+                lost += 1;
+            }
+        }
+        moved += followed.moved;
+    }
+    assert!(lost > 0, "some generations ran on a stopped process ({} streams)", all.len());
+    assert!(moved > 0, "some readers were moved off a stopping process ({} streams)", all.len());
+}
+
+#[tokio::test]
+async fn sigterm_closes_a_websocket_with_1012_after_the_events_it_had_and_the_stream_resumes_elsewhere() {
+    let deployment = Deployment::new(&redis_url(), 40);
+    let [generator, stopping]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let id = generator.create_stream("explain-eli10", json!({"topic": "tides"})).await;
+    let mut socket = stopping.ws().await;
+    socket.send(json!({"type": "resume", "stream_id": id, "after": null})).await;
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(Received { id: String::new(), data: socket.next().await });
+    }
+    stopping.terminate();
+    let close = loop {
+        let frame = tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut socket.socket)).await.expect("a frame in time");
+        match frame.expect("the socket closes with a frame").expect("a clean close") {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                events.push(Received { id: String::new(), data: serde_json::from_str(&text).unwrap() })
+            }
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!(u16::from(close.expect("a close code").code), 1012, "service restart: resume elsewhere");
+    assert!(!events.last().unwrap().is_terminal(), "the stream goes on elsewhere");
+    let after = events.last().unwrap().seq().to_string();
+    let rest = generator.sse(&format!("/api/streams/{id}/events?after={after}"), &[]).await.until_terminal().await;
+    events.extend(rest);
+    assert_contiguous(&events, 0);
+    assert_eq!(events.last().unwrap().kind(), "complete");
+}
+
+#[tokio::test]
+async fn sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_hands_other_readers_off() {
+    let deployment = Deployment::new(&redis_url(), 20);
+    let [stopping, staying]: [LiveAiProcess; 2] = deployment.processes(2).await.try_into().ok().unwrap();
+    let generated_here = stopping.create_stream("explain-eli10", json!({"topic": "moths"})).await;
+    let generated_there = staying.create_stream("explain-eli10", json!({"topic": "bats"})).await;
+    // On the stopping process: a reader of each; on the other, a reader of the one that will be lost.
+    let (mut own, mut other, mut elsewhere) =
+        (stopping.events_of(&generated_here).await, stopping.events_of(&generated_there).await, staying.events_of(&generated_here).await);
+    let (mut own_events, mut other_events, mut elsewhere_events) = (own.take(2).await, other.take(2).await, elsewhere.take(2).await);
+    stopping.terminate();
+    // Its generation ends generation_lost, logged, for its reader there (before the listeners stop) and everywhere.
+    own_events.extend(own.until_terminal().await);
+    assert_contiguous(&own_events, 0);
+    assert_generation_lost(own_events.last().unwrap(), "shutting down");
+    elsewhere_events.extend(terminal_within(&mut elsewhere, PATIENCE).await);
+    assert_eq!(elsewhere_events.last().unwrap().data, own_events.last().unwrap().data);
+    // The reader of a stream generated elsewhere gets what the process had, then its response ends.
+    while let Some(event) = other.next().await {
+        assert!(!event.is_terminal(), "the stream goes on elsewhere");
+        other_events.push(event);
+    }
+    let last = other_events.last().unwrap().id.clone();
+    other_events
+        .extend(staying.sse(&format!("/api/streams/{generated_there}/events"), &[("last-event-id", &last)]).await.until_terminal().await);
+    assert_contiguous(&other_events, 0);
+    assert_eq!(other_events.last().unwrap().kind(), "complete");
 }

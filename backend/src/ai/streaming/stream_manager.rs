@@ -184,9 +184,7 @@ impl StreamManager {
             tasks: TaskTracker::new(),
             live: Mutex::default(),
         });
-        let manager = Self { inner };
-        manager.listen_for_cancel_requests();
-        manager
+        Self { inner }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -200,27 +198,6 @@ impl StreamManager {
     /// Whether the store answers, for `/readyz`.
     pub async fn ready(&self) -> Result<(), StoreError> {
         self.inner.store.ready().await
-    }
-
-    /// Cancel requests arriving through the store (from any process) reach the
-    /// generations running here.
-    fn listen_for_cancel_requests(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let mut requests = self.inner.store.cancel_requests();
-        let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let id = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    id = requests.next() => match id { Some(id) => id, None => return },
-                };
-                let Some(inner) = weak.upgrade() else { return };
-                let generation = inner.live.lock().unwrap().get(&id).cloned();
-                if let Some(generation) = generation {
-                    generation.cancel.cancel();
-                }
-            }
-        });
     }
 
     /// Starts a generation for `owner` (a principal id), admitted by `admit` (the
@@ -296,8 +273,9 @@ impl StreamManager {
 
     async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let appender = self.inner.store.create(&id, owner).await?;
-        let generation = Arc::new(Generation { cancel: self.inner.shutdown.child_token(), readers: watch::channel(0).0 });
+        let cancel = self.inner.shutdown.child_token();
+        let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
@@ -345,17 +323,41 @@ impl StreamManager {
             }
         }
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        // A generation running here ends with a terminal event on shutdown; a
+        // reader of one running elsewhere is handed what this process has, then
+        // ends without one, so its client resumes on another process.
+        let generated_here = guard.is_some();
+        let shutdown = self.inner.shutdown.clone();
         let mut follower = self.inner.store.follow(id, after);
+        let id = id.clone();
         Ok(Opened::Events(
             stream! {
                 let _guard = guard;
-                while let Some(next) = follower.next().await {
+                loop {
+                    let next = if generated_here {
+                        follower.next().await
+                    } else {
+                        tokio::select! {
+                            biased;
+                            next = follower.next() => next,
+                            () = shutdown.cancelled() => {
+                                while let Some(Some(Ok(batch))) = follower.next().now_or_never() {
+                                    yield batch;
+                                }
+                                return;
+                            }
+                        }
+                    };
                     match next {
-                        Ok(batch) => yield batch,
-                        Err(error) => {
-                            yield EventBatch { events: vec![follow_failure_event(&error)], tail_since: None };
+                        Some(Ok(batch)) => yield batch,
+                        Some(Err(error)) => {
+                            // A log that expired ends as a request for it now would, at
+                            // its length: a seq no event of it took, so it may carry an id.
+                            let unlogged = !matches!(error.cause, FollowFailure::Expired { .. });
+                            yield EventBatch { events: vec![follow_failure_event(&id, &error)], tail_since: None, unlogged };
                             return;
                         }
+                        None => return,
                     }
                 }
             }
@@ -373,11 +375,8 @@ impl StreamManager {
         if status.finished {
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        let local = self.inner.live.lock().unwrap().get(id).map(|g| g.cancel.clone());
-        match local {
-            Some(token) => token.cancel(),
-            None => self.inner.store.request_cancel(id).await?,
-        }
+        // Through the store, wherever the generation runs: one way for every cancel.
+        self.inner.store.request_cancel(id).await?;
         let mut follower = self.inner.store.follow(id, status.len.checked_sub(1));
         let terminal = tokio::time::timeout(CANCEL_WAIT, async {
             while let Some(Ok(batch)) = follower.next().await {
@@ -487,10 +486,14 @@ impl Drop for PendingKey {
 
 /// The closing event of a reader whose follower failed, at the seq the log would
 /// have given its next event.
-fn follow_failure_event(error: &FollowError) -> LoggedEvent {
+fn follow_failure_event(id: &StreamId, error: &FollowError) -> LoggedEvent {
     let message = match error.cause {
         FollowFailure::Unreachable => "the stream store (Redis) stopped answering; start again",
         FollowFailure::LogLost => "the stream store (Redis) no longer has this stream's log; start again",
+        FollowFailure::Expired { len } => {
+            let body = EventBody::error(ErrorCode::StreamNotFound, format!("no stream {id}; it may have expired: start again"), true);
+            return LoggedEvent::new(len, &body);
+        }
     };
     LoggedEvent::new(error.next_seq, &EventBody::error(ErrorCode::GenerationLost, message, true))
 }
@@ -569,7 +572,7 @@ async fn abandoned(store: Arc<dyn EventStore>, id: StreamId, mut readers: watch:
             if tokio::time::timeout_at(quiet_until, readers.wait_for(|n| *n > 0)).await.is_ok() {
                 break;
             }
-            match store.readers_elsewhere(&id).await {
+            match store.reader_presence(&id).await {
                 Ok(None) => return,
                 Ok(Some(left)) => quiet_until = Instant::now() + left,
                 // Never abandon on a guess: ask again soon.
@@ -716,10 +719,10 @@ mod tests {
 
     #[async_trait]
     impl EventStore for SlowCreate {
-        async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
+        async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
             self.entered.notify_one();
             self.proceed.notified().await;
-            self.store.create(id, owner).await
+            self.store.create(id, owner, cancel).await
         }
         async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {
             self.store.status(id).await
@@ -730,11 +733,8 @@ mod tests {
         async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
             self.store.request_cancel(id).await
         }
-        fn cancel_requests(&self) -> BoxStream<'static, StreamId> {
-            self.store.cancel_requests()
-        }
-        async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
-            self.store.readers_elsewhere(id).await
+        async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
+            self.store.reader_presence(id).await
         }
         fn release(&self, id: &StreamId) {
             self.store.release(id)

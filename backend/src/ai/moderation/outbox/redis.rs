@@ -8,11 +8,9 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-
 use super::{Delivery, Outbox, OutboxError};
-use crate::redis_connection::{self, COMMAND_TIMEOUT};
+use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
+use async_trait::async_trait;
 
 const CLAIM: &str = r#"
 -- KEYS: due, deliveries. ARGV: lease_ms, max
@@ -42,15 +40,23 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 "#;
 
+const REMOVE: &str = r#"
+-- KEYS: due, deliveries. ARGV: id
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
 /// How long the outbox keys outlive their last write.
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct RedisOutbox {
-    conn: ConnectionManager,
+    conn: RedisConn,
     due: String,
     deliveries: String,
     claim: redis::Script,
     schedule: redis::Script,
+    remove: redis::Script,
 }
 
 fn unavailable(error: redis::RedisError) -> OutboxError {
@@ -58,15 +64,16 @@ fn unavailable(error: redis::RedisError) -> OutboxError {
 }
 
 impl RedisOutbox {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, OutboxError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = redis_connection::connect(client, COMMAND_TIMEOUT).await.map_err(unavailable)?;
+    /// Connects to `target`'s node or cluster (both keys share a slot).
+    pub async fn connect(target: &RedisTarget, prefix: &str) -> Result<Self, OutboxError> {
+        let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(unavailable)?;
         Ok(Self {
             conn,
             due: format!("{prefix}:{{moderation}}:outbox-due"),
             deliveries: format!("{prefix}:{{moderation}}:outbox"),
             claim: redis::Script::new(CLAIM),
             schedule: redis::Script::new(SCHEDULE),
+            remove: redis::Script::new(REMOVE),
         })
     }
 
@@ -119,14 +126,20 @@ impl Outbox for RedisOutbox {
     }
 
     async fn remove(&self, id: &str) -> Result<(), OutboxError> {
-        redis::pipe()
-            .atomic()
-            .hdel(&self.deliveries, id)
-            .ignore()
-            .zrem(&self.due, id)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        // A script, not MULTI: atomic on one node and in a cluster alike.
+        self.remove.key(&self.due).key(&self.deliveries).arg(id).invoke_async::<i64>(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_the_outbox_scripts_touch_is_declared() {
+        for script in [CLAIM, SCHEDULE, REMOVE] {
+            assert_eq!(redis_connection::undeclared_keys(script), Vec::<String>::new(), "{script}");
+        }
     }
 }

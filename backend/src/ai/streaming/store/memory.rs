@@ -24,11 +24,10 @@ use std::time::Duration;
 use async_stream::stream;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{Appender, EventBatch, EventStore, FollowError, FollowFailure, Follower, KeyClaim, LogStatus, StoreError, READ_BATCH};
 use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
@@ -112,6 +111,8 @@ struct Log {
     data: Mutex<LogData>,
     /// Told after every append, for followers waiting on the live tail.
     appended: Notify,
+    /// Its generation's cancel signal.
+    cancel: CancellationToken,
 }
 
 impl Log {
@@ -166,7 +167,6 @@ impl Shared {
 
 pub struct MemoryStore {
     shared: Arc<Shared>,
-    cancels: broadcast::Sender<StreamId>,
 }
 
 /// The writer of one memory log.
@@ -218,7 +218,7 @@ impl MemoryStore {
     /// Starts its sweeper on the current Tokio runtime; it stops with the store.
     pub fn new(retention: Duration, max_finished_bytes: usize, retained_bytes: prometheus::IntGauge) -> Self {
         let shared = Arc::new(Shared { index: Mutex::default(), retention, max_finished_bytes, retained_bytes });
-        let store = Self { shared, cancels: broadcast::channel(1024).0 };
+        let store = Self { shared };
         store.sweep_in_background();
         store
     }
@@ -299,8 +299,8 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
-        let log = Arc::new(Log { owner: owner.into(), data: Mutex::default(), appended: Notify::new() });
+    async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
+        let log = Arc::new(Log { owner: owner.into(), data: Mutex::default(), appended: Notify::new(), cancel });
         self.shared.index.lock().unwrap().logs.insert(id.clone(), log.clone());
         Ok(Box::new(MemoryAppender { id: id.clone(), log, shared: self.shared.clone() }))
     }
@@ -333,7 +333,7 @@ impl EventStore for MemoryStore {
                 };
                 next = last.seq + 1;
                 let terminal = last.is_terminal();
-                yield Ok(EventBatch { events: batch, tail_since });
+                yield Ok(EventBatch::logged(batch, tail_since));
                 if terminal {
                     return;
                 }
@@ -343,18 +343,13 @@ impl EventStore for MemoryStore {
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
-        self.log(id)?;
-        // No receiver only means no generation runs here to cancel.
-        let _ = self.cancels.send(id.clone());
+        // A finished log's generation has ended: cancelling it changes nothing.
+        self.log(id)?.cancel.cancel();
         Ok(())
     }
 
-    fn cancel_requests(&self) -> BoxStream<'static, StreamId> {
-        BroadcastStream::new(self.cancels.subscribe()).filter_map(|r| async move { r.ok() }).boxed()
-    }
-
-    async fn readers_elsewhere(&self, _id: &StreamId) -> Result<Option<Duration>, StoreError> {
-        // One process: there is no elsewhere.
+    async fn reader_presence(&self, _id: &StreamId) -> Result<Option<Duration>, StoreError> {
+        // One process: the manager counts its own readers.
         Ok(None)
     }
 
@@ -435,7 +430,7 @@ mod tests {
     async fn seq_must_be_contiguous_and_nothing_follows_a_terminal() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        let log = store.create(&s, "owner").await.unwrap();
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         assert!(matches!(log.append(2, &chunk()).await, Err(StoreError::OutOfOrder { expected: 1, .. })));
         log.append(1, &end()).await.unwrap();
@@ -447,7 +442,7 @@ mod tests {
     async fn a_follower_starts_after_the_given_seq_and_ends_after_the_terminal_event() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        let log = store.create(&s, "owner").await.unwrap();
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
         for seq in 0..5 {
             log.append(seq, &chunk()).await.unwrap();
         }
@@ -460,7 +455,7 @@ mod tests {
     async fn a_follower_waits_for_the_tail_to_grow() {
         let store = Arc::new(store(Duration::from_secs(60), 1 << 20));
         let s = id(1);
-        let log = store.create(&s, "owner").await.unwrap();
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
         let mut follower = store.follow(&s, None);
         let next = tokio::spawn(async move { follower.next().await });
         tokio::task::yield_now().await;
@@ -490,7 +485,7 @@ mod tests {
     async fn a_retraction_leaves_only_the_first_and_the_terminal_event_for_every_reader() {
         let store = store(Duration::from_secs(60), 1 << 20);
         let s = id(1);
-        let log = store.create(&s, "owner").await.unwrap();
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
         for seq in 0..6 {
             log.append(seq, &chunk()).await.unwrap();
         }
@@ -536,7 +531,7 @@ mod tests {
     /// The bytes a finished log of one chunk holds.
     async fn one_log() -> usize {
         let store = store(Duration::from_secs(60), usize::MAX);
-        let log = store.create(&id(0), "owner").await.unwrap();
+        let log = store.create(&id(0), "owner", CancellationToken::new()).await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         log.append(1, &end()).await.unwrap();
         store.finished_bytes()
@@ -545,7 +540,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_costs_its_text_and_a_few_bytes() {
         let store = store(Duration::from_secs(60), usize::MAX);
-        let log = store.create(&id(1), "owner").await.unwrap();
+        let log = store.create(&id(1), "owner", CancellationToken::new()).await.unwrap();
         let events = 1000;
         let token = "word ";
         for seq in 0..events {
@@ -562,7 +557,7 @@ mod tests {
         let store = store(Duration::from_secs(60), one_log * 3);
         for n in 0..10 {
             let s = id(n);
-            let log = store.create(&s, "owner").await.unwrap();
+            let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
             log.append(0, &chunk()).await.unwrap();
             log.append(1, &end()).await.unwrap();
             assert!(store.finished_bytes() <= one_log * 3);
@@ -577,12 +572,12 @@ mod tests {
         let one_log = one_log().await;
         let store = store(Duration::from_secs(60), one_log);
         let s = id(1);
-        let log = store.create(&s, "owner").await.unwrap();
+        let log = store.create(&s, "owner", CancellationToken::new()).await.unwrap();
         log.append(0, &chunk()).await.unwrap();
         let follower = store.follow(&s, None);
         log.append(1, &end()).await.unwrap();
         for n in 2..4 {
-            let other = store.create(&id(n), "owner").await.unwrap();
+            let other = store.create(&id(n), "owner", CancellationToken::new()).await.unwrap();
             other.append(0, &chunk()).await.unwrap();
             other.append(1, &end()).await.unwrap();
         }
@@ -594,7 +589,10 @@ mod tests {
     async fn finished_logs_expire_after_the_retention_period_but_live_ones_do_not() {
         let store = store(Duration::from_secs(300), usize::MAX);
         let (done, live) = (id(1), id(2));
-        let (done_log, live_log) = (store.create(&done, "owner").await.unwrap(), store.create(&live, "owner").await.unwrap());
+        let (done_log, live_log) = (
+            store.create(&done, "owner", CancellationToken::new()).await.unwrap(),
+            store.create(&live, "owner", CancellationToken::new()).await.unwrap(),
+        );
         for log in [&done_log, &live_log] {
             log.append(0, &chunk()).await.unwrap();
         }

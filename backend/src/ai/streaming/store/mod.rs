@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
 
 use super::events::{EventRecord, LoggedEvent, StreamId};
 
@@ -61,6 +62,9 @@ pub enum FollowFailure {
     Unreachable,
     /// The store answers but no longer has the log (e.g. Redis restarted without persistence).
     LogLost,
+    /// The log ended with `len` events and its retention ran out while it was
+    /// read: the reader learns what a new request would (`stream_not_found`).
+    Expired { len: u64 },
 }
 
 /// Events that were ready together, in seq order.
@@ -71,9 +75,19 @@ pub struct EventBatch {
     /// Redis), if it was the newest event of its log then: the start of the
     /// delay the server adds to the live tail.
     pub tail_since: Option<std::time::Instant>,
+    /// Its events are in no log: a reader's own closing event (its store
+    /// failed). Its seq is only the one the log would have given next, which
+    /// a generator elsewhere may still log, so it must never name a position
+    /// to resume from: SSE frames it without an `id:` line.
+    pub unlogged: bool,
 }
 
 impl EventBatch {
+    /// Events read from a log.
+    pub fn logged(events: Vec<LoggedEvent>, tail_since: Option<std::time::Instant>) -> Self {
+        Self { events, tail_since, unlogged: false }
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.events.last().is_some_and(LoggedEvent::is_terminal)
     }
@@ -97,24 +111,25 @@ pub trait EventStore: Send + Sync + 'static {
     /// Creates an empty log of `owner`'s stream whose generator is this process,
     /// and its writer: the store holds the log's lease (renewing it where several
     /// processes share the store) until the terminal event or
-    /// [`EventStore::release`].
-    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError>;
+    /// [`EventStore::release`]. Until then a cancel request for the stream, made
+    /// through any process, cancels `cancel`: the one way a cancel travels.
+    async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError>;
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError>;
 
     /// Follows a log from the event after `after` (from the first when `None`).
     fn follow(&self, id: &StreamId, after: Option<u64>) -> Follower;
 
-    /// Asks whichever process generates the stream to cancel it. A stream that no
-    /// process generates any more (its generator died) ends `cancelled` here.
+    /// Asks whichever process generates the stream (this one included) to
+    /// cancel it: the `cancel` token given to [`EventStore::create`] is
+    /// cancelled there. A stream that no process generates any more (its
+    /// generator died) ends `cancelled` here.
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError>;
 
-    /// Cancel requests for the generations this process runs.
-    fn cancel_requests(&self) -> BoxStream<'static, StreamId>;
-
-    /// How much longer a reader attached in another process still counts as
-    /// present (`None`: no reader anywhere else within the resume grace).
-    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError>;
+    /// How much longer some process sharing the store (this one included)
+    /// counts a reader of the stream as present: one attached now, or one
+    /// that left less than the resume grace ago. `None`: nobody, anywhere.
+    async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError>;
 
     /// Gives up this process's lease on a log it could not finish.
     fn release(&self, id: &StreamId);

@@ -19,14 +19,29 @@
 //!
 //! Each pipeline must be answered within the command timeout. A connection that
 //! fails or stays silent fails every append it carries (the generators retry,
-//! and find their own entries if they had landed) and is replaced on the next
-//! pipeline; while Redis cannot be reached, an attempt is made at most every
-//! `RECONNECT_DELAY`.
+//! and find their own entries if they had landed) and is replaced at once;
+//! while Redis cannot be reached, an attempt is made every `RECONNECT_DELAY`.
+//!
+//! In a cluster (`REDIS_CLUSTER_URLS`) a pipeline cannot span slots, so the
+//! appends go out one `XADD` each through redis-rs's cluster connection (which
+//! routes each to its slot's node, multiplexes them per node and follows
+//! `MOVED`/`ASK` and failovers); a batch's outcomes are still settled in order,
+//! and its announcements go out in one `SPUBLISH` after it, from a publisher
+//! that sends one message at a time, so they arrive in order.
+//!
+//! The task is supervised: should it panic, what it carried fails (the
+//! generators retry), and it starts again on a fresh connection after
+//! `RECONNECT_DELAY`. While it has no connection, or is restarting, the append
+//! path is down and `Appends::is_up` says so (`/readyz` answers 503).
 
 use std::collections::VecDeque;
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use bytes::{Bytes, BytesMut};
 use redis::ConnectionInfo;
@@ -37,7 +52,7 @@ use tokio::time::Instant;
 use super::announce::{self, MESSAGE_LIMIT};
 use super::wire::{self, Link, Reply};
 use crate::ai::streaming::events::{EventRecord, StreamId};
-use crate::redis_connection::COMMAND_TIMEOUT;
+use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
 
 /// Appends sent in one pipeline at most.
 const PIPELINE_LIMIT: usize = 512;
@@ -72,6 +87,8 @@ struct Pending {
 
 pub struct Appends {
     queue: mpsc::UnboundedSender<Pending>,
+    /// Whether the task runs and holds a connection to Redis.
+    up: Arc<AtomicBool>,
 }
 
 impl Appends {
@@ -79,11 +96,35 @@ impl Appends {
     /// `channel` what `announced` hands over as well as its own appends. The task
     /// ends when the store is dropped, not on a shutdown signal, so a draining
     /// generation can still append and announce.
-    pub async fn start(info: ConnectionInfo, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
-        let link = Link::connect(&info).await?;
+    pub async fn start(target: &RedisTarget, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(Connection::new(info, link, channel), waiting, announced));
-        Ok(Self { queue })
+        let up = Arc::new(AtomicBool::new(true));
+        let url = match target {
+            RedisTarget::Node(url) => url,
+            RedisTarget::Cluster(_) => {
+                let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(io::Error::other)?;
+                tokio::spawn(supervise_in_cluster(conn, channel, waiting, announced, up.clone()));
+                return Ok(Self { queue, up });
+            }
+        };
+        let info = redis::Client::open(url.as_str()).map_err(io::Error::other)?.get_connection_info().clone();
+        let link = Link::connect(&info).await?;
+        tokio::spawn(supervise(Connection::new(info, link, channel, up.clone()), waiting, announced));
+        Ok(Self { queue, up })
+    }
+
+    /// Whether appends can go out now: the task runs and is connected.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Makes the task panic, as a bug would (tests of the supervision).
+    #[cfg(test)]
+    pub fn crash(&self) {
+        let (done, _) = oneshot::channel();
+        let record = EventRecord::new(&crate::ai::streaming::events::EventBody::Chunk { token: String::new() });
+        let crash = Pending { id: StreamId::parse("crash").unwrap(), log: CRASH.into(), seq: 0, record, done };
+        let _ = self.queue.send(crash);
     }
 
     /// Appends `record` at `seq` of `id`'s log (at key `log`), and announces it if it landed.
@@ -97,7 +138,28 @@ impl Appends {
     }
 }
 
-async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
+/// The log key that makes the task panic, in tests only.
+#[cfg(test)]
+const CRASH: &str = "\u{0}crash-the-append-task";
+
+/// Runs the task; after a panic, fails what was on its way and starts it again.
+/// Ends when the store is dropped (both queues closed).
+async fn supervise(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
+    loop {
+        let run = AssertUnwindSafe(send_loop(&mut conn, &mut waiting, &mut announced)).catch_unwind().await;
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("the Redis append task panicked; restarting it on a fresh connection");
+        conn.up.store(false, Ordering::Relaxed);
+        let error = io::Error::other("the append task restarted");
+        conn.fail(&error, &mut BytesMut::new());
+        conn.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<Pending>, announced: &mut mpsc::UnboundedReceiver<Bytes>) {
     let (mut batch, mut message) = (Vec::new(), BytesMut::new());
     let (mut appends_open, mut announced_open) = (true, true);
     let answer_by = tokio::time::sleep(COMMAND_TIMEOUT);
@@ -114,6 +176,7 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
             }
             None => false,
         };
+        let retry_at = conn.retry_at();
         tokio::select! {
             biased;
             read = conn.read(), if answering => match read.and_then(|()| conn.answered(&mut message)) {
@@ -123,6 +186,12 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
             () = &mut answer_by, if answering => {
                 let error = io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer an append pipeline in time");
                 conn.fail(&error, &mut message);
+            }
+            // No connection: make one, so the path is up again (and `/readyz`
+            // says so) without waiting for an append to try.
+            () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && (appends_open || announced_open) => {
+                let _ = conn.connect().await;
+                continue;
             }
             n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open && room => appends_open = n > 0,
             first = announced.recv(), if announced_open && room => match first {
@@ -147,6 +216,10 @@ async fn send_loop(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
         }
         if message.is_empty() && batch.is_empty() {
             continue;
+        }
+        #[cfg(test)]
+        if batch.iter().any(|append| &*append.log == CRASH) {
+            panic!("asked to crash");
         }
         let publishing = (!message.is_empty()).then(|| message.split().freeze());
         conn.send(publishing, std::mem::take(&mut batch), &mut message).await;
@@ -196,10 +269,11 @@ struct Connection {
     in_flight: VecDeque<Sent>,
     /// While Redis cannot be reached: why, and when to try again.
     unreachable: Option<(String, Instant)>,
+    up: Arc<AtomicBool>,
 }
 
 impl Connection {
-    fn new(info: ConnectionInfo, link: Link, channel: String) -> Self {
+    fn new(info: ConnectionInfo, link: Link, channel: String, up: Arc<AtomicBool>) -> Self {
         Self {
             info,
             channel: channel.into(),
@@ -208,6 +282,16 @@ impl Connection {
             write: BytesMut::new(),
             in_flight: VecDeque::new(),
             unreachable: None,
+            up,
+        }
+    }
+
+    /// When to try to connect, while there is no connection.
+    fn retry_at(&self) -> Option<Instant> {
+        match (&self.link, &self.unreachable) {
+            (Some(_), _) => None,
+            (None, Some((_, at))) => Some(*at),
+            (None, None) => Some(Instant::now()),
         }
     }
 
@@ -254,10 +338,12 @@ impl Connection {
             Ok(link) => {
                 self.link = Some(link);
                 self.unreachable = None;
+                self.up.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(error) => {
                 self.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
+                self.up.store(false, Ordering::Relaxed);
                 Err(error)
             }
         }
@@ -295,6 +381,7 @@ impl Connection {
     fn fail(&mut self, error: &io::Error, announcements: &mut BytesMut) {
         tracing::warn!(%error, pipelines = self.in_flight.len(), "lost the Redis append connection");
         self.link = None;
+        self.up.store(false, Ordering::Relaxed);
         self.read.clear();
         for sent in std::mem::take(&mut self.in_flight) {
             sent.fail(error, announcements);
@@ -314,6 +401,117 @@ fn settle(sent: Sent, message: &mut BytesMut) {
     for (append, outcome) in sent.batch.into_iter().zip(sent.outcomes) {
         let _ = append.done.send(outcome);
     }
+}
+
+/// The cluster's send loop, run again after a panic (as `supervise` does).
+async fn supervise_in_cluster(
+    conn: RedisConn,
+    channel: String,
+    mut waiting: mpsc::UnboundedReceiver<Pending>,
+    mut announced: mpsc::UnboundedReceiver<Bytes>,
+    up: Arc<AtomicBool>,
+) {
+    let (publish, to_publish) = mpsc::unbounded_channel();
+    tokio::spawn(publish_in_order(conn.clone(), channel, to_publish));
+    loop {
+        let run = AssertUnwindSafe(send_in_cluster(&conn, &mut waiting, &mut announced, &publish)).catch_unwind().await;
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("the Redis append task panicked; restarting it");
+        up.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RECONNECT_DELAY).await;
+        up.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends each waiting append as its own `XADD` (up to `IN_FLIGHT_LIMIT`
+/// batches on their way), settles each batch in order, and hands what landed
+/// to the publisher.
+async fn send_in_cluster(
+    conn: &RedisConn,
+    waiting: &mut mpsc::UnboundedReceiver<Pending>,
+    announced: &mut mpsc::UnboundedReceiver<Bytes>,
+    publish: &mpsc::UnboundedSender<Bytes>,
+) {
+    use futures::stream::{FuturesOrdered, StreamExt};
+    let mut in_flight = FuturesOrdered::new();
+    let (mut batch, mut open) = (Vec::new(), true);
+    loop {
+        tokio::select! {
+            biased;
+            Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
+                let (batch, outcomes): (Vec<Pending>, Vec<Xadd>) = sent;
+                let mut message = BytesMut::new();
+                settle(Sent { batch, publishing: false, outcomes, at: Instant::now() }, &mut message);
+                if !message.is_empty() {
+                    let _ = publish.send(message.freeze());
+                }
+            }
+            Some(records) = announced.recv() => {
+                let _ = publish.send(records);
+            }
+            n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if open && in_flight.len() < IN_FLIGHT_LIMIT => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                #[cfg(test)]
+                if batch.iter().any(|append| &*append.log == CRASH) {
+                    panic!("asked to crash");
+                }
+                let sending = std::mem::take(&mut batch);
+                let conn = conn.clone();
+                in_flight.push_back(async move {
+                    let outcomes = futures::future::join_all(sending.iter().map(|append| {
+                        let mut conn = conn.clone();
+                        let command = xadd_command(append);
+                        async move {
+                            let reply = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async::<redis::Value>(&mut conn)).await;
+                            match reply {
+                                Ok(Ok(redis::Value::Nil)) => Xadd::NoLog,
+                                Ok(Ok(_)) => Xadd::Appended,
+                                Ok(Err(error)) if error.to_string().contains("equal or smaller") => Xadd::Conflict,
+                                Ok(Err(error)) => Xadd::Failed(format!("Redis: {error}")),
+                                Err(_) => Xadd::Failed("Redis did not answer an append in time".into()),
+                            }
+                        }
+                    }))
+                    .await;
+                    (sending, outcomes)
+                });
+            }
+            else => return,
+        }
+    }
+}
+
+/// Publishes the announcements handed over, one `SPUBLISH` at a time (joining
+/// what waits meanwhile), so they reach the channel's node in order.
+async fn publish_in_order(mut conn: RedisConn, channel: String, mut to_publish: mpsc::UnboundedReceiver<Bytes>) {
+    let mut ready = Vec::new();
+    while to_publish.recv_many(&mut ready, 64).await > 0 {
+        let message: Vec<u8> = ready.drain(..).flat_map(|records| records.to_vec()).collect();
+        let sent = redis::cmd("SPUBLISH").arg(&channel).arg(message).query_async::<()>(&mut conn).await;
+        if let Err(error) = sent {
+            // Lost announcements only make readers read the log: no retry.
+            tracing::debug!(%error, "could not announce appended events");
+        }
+    }
+}
+
+/// The `XADD` of `append` as a redis-rs command, for the cluster.
+fn xadd_command(append: &Pending) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command
+        .arg(&*append.log)
+        .arg("NOMKSTREAM")
+        .arg(format!("{}-1", append.seq))
+        .arg("t")
+        .arg(append.record.event_type.as_str())
+        .arg("j")
+        .arg(&append.record.fields[..]);
+    command
 }
 
 /// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`.
@@ -363,7 +561,7 @@ mod tests {
     async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Bytes>) {
         let client = redis::Client::open(redis.url()).unwrap();
         let (announcer, announced) = mpsc::unbounded_channel();
-        let appends = Appends::start(client.get_connection_info().clone(), CHANNEL.into(), announced).await.unwrap();
+        let appends = Appends::start(&RedisTarget::Node(redis.url()), CHANNEL.into(), announced).await.unwrap();
         (appends, client, announcer)
     }
 
@@ -407,6 +605,35 @@ mod tests {
             }
             tokio::time::sleep(RECONNECT_DELAY / 5).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_append_task_is_down_then_restarted_and_appends_land_again() {
+        let redis = TestServer::start(&[]).await;
+        let (appends, client, _announcer) = appends_on(&redis).await;
+        let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
+        new_log(&client, &log).await;
+        assert!(appends.is_up());
+        // An append on its way when the task dies learns that it failed, not nothing.
+        let one = chunk(1);
+        let mut waiting = Box::pin(appends.xadd(&id, &log, 1, &one));
+        // Polled once, so it is queued ahead of the crash.
+        assert!(futures::poll!(&mut waiting).is_pending());
+        appends.crash();
+        let outcome = tokio::time::timeout(PATIENCE, waiting).await.expect("the append learns its outcome");
+        assert!(matches!(outcome, Xadd::Appended | Xadd::Failed(_)), "{outcome:?}");
+        let deadline = Instant::now() + PATIENCE;
+        while appends.is_up() {
+            assert!(Instant::now() < deadline, "the append path is reported down while the task restarts");
+            tokio::task::yield_now().await;
+        }
+        while !appends.is_up() {
+            assert!(Instant::now() < deadline, "the task is restarted");
+            tokio::time::sleep(RECONNECT_DELAY / 5).await;
+        }
+        let retried = xadd_within(&appends, &id, &log, 1).await;
+        assert!(matches!(retried, Xadd::Appended | Xadd::Conflict), "{retried:?}");
+        assert_eq!(xadd_within(&appends, &id, &log, 2).await, Xadd::Appended);
     }
 
     #[tokio::test]

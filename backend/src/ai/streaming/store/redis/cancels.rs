@@ -1,42 +1,30 @@
-//! Cancel requests from any process, through one pub/sub subscription per
-//! process, resubscribed when Redis comes back. A message lost while the
-//! subscription is down is not lost for good: the request also marks the lease,
-//! which the generator reads on its next renewal (`upkeep.rs`).
+//! Cancel requests from other processes, through one subscription per process
+//! (`subscription.rs`): each cancels the generation's token if it runs here. A
+//! message lost while the subscription is down is not lost for good: the
+//! request also marks the stream's meta, which the generator reads at every
+//! lease renewal (`upkeep.rs`).
 
-use futures::StreamExt;
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use std::sync::Weak;
 
-use super::subscription;
+use super::subscription::{Heard, Subscription};
+use super::Shared;
 use crate::ai::streaming::events::StreamId;
 
-/// Subscribes to `channel` and forwards each stream id to `cancels` until `shutdown`.
-pub async fn listen(
-    client: redis::Client,
-    channel: String,
-    cancels: broadcast::Sender<StreamId>,
-    shutdown: CancellationToken,
-) -> redis::RedisResult<()> {
-    let mut pubsub = subscription::subscribe(&client, &channel).await?;
+/// Cancels each generation named on `subscription` that runs here, until the
+/// subscription's shutdown.
+pub fn listen(mut subscription: Subscription, shared: Weak<Shared>) {
     tokio::spawn(async move {
-        loop {
-            {
-                let mut messages = pubsub.on_message();
-                loop {
-                    let message = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        message = messages.next() => message,
-                    };
-                    let Some(message) = message else { break };
-                    if let Some(id) = message.get_payload::<String>().ok().as_deref().and_then(StreamId::parse) {
-                        let _ = cancels.send(id);
+        while let Some(heard) = subscription.next().await {
+            let Some(shared) = shared.upgrade() else { return };
+            match heard {
+                Heard::Message(payload) => {
+                    if let Some(id) = std::str::from_utf8(&payload).ok().and_then(StreamId::parse) {
+                        shared.cancel_here(&id);
                     }
                 }
+                Heard::Lost => tracing::warn!("lost the Redis cancel subscription; resubscribing"),
+                Heard::Back => {}
             }
-            tracing::warn!("lost the Redis cancel subscription; resubscribing");
-            let Some(fresh) = subscription::resubscribe(&client, &channel, &shutdown).await else { return };
-            pubsub = fresh;
         }
     });
-    Ok(())
 }

@@ -21,6 +21,28 @@
 //! - Every command has a timeout; Redis going away ends open streams with a
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
+//! - One node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`): the
+//!   same commands through `redis_connection::RedisConn`; in a cluster, sharded
+//!   pub/sub and one `XADD` per append instead of one pipeline.
+//!
+//! The ordering rules, each held by a test (in `tests.rs` unless named):
+//! 1. An event is announced only once Redis confirmed its append, each once,
+//!    in append order (`appends.rs` `settle`):
+//!    `every_confirmed_event_and_no_refused_one_is_announced_in_order`,
+//!    `concurrent_streams_each_have_every_event_announced_once_in_order`.
+//! 2. A mirror takes events only in seq order; one past a gap is held until
+//!    the log has been read up to it (`tail.rs`):
+//!    `an_announcement_past_a_gap_is_held_and_asks_for_one_catch_up` (tail.rs),
+//!    `events_whose_announcements_were_lost_still_reach_readers_elsewhere`.
+//! 3. A reader marks itself present before it reads, and presence marks only
+//!    ever extend the key:
+//!    `a_reader_attaching_where_the_stream_is_followed_already_marks_presence_at_once`,
+//!    `a_leaving_reader_never_shortens_the_presence_another_process_marked`.
+//! 4. A cancel mark is read at every lease renewal and removed only by the
+//!    log's end: `a_cancel_whose_message_was_lost_reaches_the_generator_at_its_next_renewal_and_renewals_keep_the_mark`.
+//! 5. The store's listeners stop when the store is dropped, after the HTTP
+//!    drain and the generations' last events: the API test
+//!    `sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_hands_other_readers_off`.
 
 mod announce;
 mod appends;
@@ -36,17 +58,12 @@ mod test_server;
 mod upkeep;
 mod wire;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
-use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
 use self::announce::Announcer;
@@ -54,16 +71,26 @@ use self::appends::{Appends, Xadd};
 use self::entries::events_of;
 use self::keys::{entry_id, Keys};
 use self::scripts::{Finish, FinishTarget, First, Scripts};
+use self::subscription::Subscription;
 use self::tail::Tails;
 use super::{Appender, EventStore, Follower, KeyClaim, LogStatus, StoreError};
 use crate::ai::streaming::events::{CancelReason, EventBody, EventRecord, LoggedEvent, StreamId};
-use crate::redis_connection::{self, COMMAND_TIMEOUT};
+use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
 
 /// How long a lease lives without renewal; its process renews it every second,
 /// so only a process that stopped (or stalled this long) loses it.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// Upper bound on how long an unfinished log is kept if its process vanished.
-const LIVE_TTL: Duration = Duration::from_secs(3600);
+/// How long an unfinished log outlives the longest generation
+/// (`GENERATION_TIMEOUT_SECONDS`), in case its process vanished: set once, at
+/// the log's start, so it must outlast whatever the generation may still write.
+const LIVE_TTL_MARGIN: Duration = Duration::from_secs(3600);
+/// The longest expiry given to a live log, whatever the generation timeout.
+const LIVE_TTL_MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a process's reader counts as present beyond the grace while it is
+/// attached: room for late refreshes (every `upkeep::INTERVAL`), so only a
+/// process that stopped (or stalled this long) stops counting. A generation may
+/// outlive its last reader by up to this, never less than the grace.
+pub const PRESENCE_SLACK: Duration = LEASE_TTL;
 /// How long a finished stream's length outlives its log, so a late reader's
 /// `stream_not_found` takes a seq no event of the log had.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
@@ -77,7 +104,8 @@ type MetaFields = (Option<String>, Option<u64>, Option<String>);
 /// What the store's parts share: the connection, key names, and this process's
 /// identity and leases.
 struct Shared {
-    conn: ConnectionManager,
+    conn: RedisConn,
+    target: RedisTarget,
     keys: Keys,
     scripts: Scripts,
     appends: Appends,
@@ -86,27 +114,60 @@ struct Shared {
     owner: String,
     retention: Duration,
     grace: Duration,
-    leases: Mutex<HashSet<StreamId>>,
+    /// How long an unfinished log is kept: past the longest generation.
+    live_ttl: Duration,
+    /// The logs this process generates, each with its generation's cancel signal.
+    leases: Mutex<HashMap<StreamId, CancellationToken>>,
 }
 
 impl Shared {
     fn holds_lease(&self, id: &StreamId) -> bool {
-        self.leases.lock().unwrap().contains(id)
+        self.leases.lock().unwrap().contains_key(id)
     }
 
-    /// How long a presence mark lasts: the grace, plus room for the refresh
-    /// interval and a late refresh, so a reader that stays is never missed (a
-    /// generation may outlive its last reader by up to that room, never less).
-    fn presence_ttl_ms(&self) -> u64 {
-        (self.grace + upkeep::INTERVAL * 2).as_millis() as u64
+    /// Cancels the generation of `id` if it runs here; whether it does.
+    fn cancel_here(&self, id: &StreamId) -> bool {
+        let token = self.leases.lock().unwrap().get(id).cloned();
+        token.inspect(CancellationToken::cancel).is_some()
     }
 
-    /// Marks a reader of `id` present now, in the background.
-    fn stamp_presence(&self, id: &StreamId) {
-        let (mut conn, key, ttl) = (self.conn.clone(), self.keys.readers(id), self.presence_ttl_ms());
+    /// Marks a reader of `id` present in this process now: the stream's
+    /// presence key lives at least a grace plus [`PRESENCE_SLACK`] more, so a
+    /// reader that stays is counted however late the next refresh comes.
+    async fn mark_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
+        self.extend_presence(id, self.grace + PRESENCE_SLACK).await
+    }
+
+    /// Marks that this process's last reader of `id` left now: the key lives
+    /// at least the grace more. In the background (a reader's drop cannot wait).
+    fn mark_left(self: &Arc<Self>, id: &StreamId) {
+        let (shared, id) = (self.clone(), id.clone());
         tokio::spawn(async move {
-            let _ = conn.pset_ex::<_, _, ()>(key, 1, ttl).await;
+            let _ = shared.extend_presence(&id, shared.grace).await;
         });
+    }
+
+    /// Makes the presence key live at least `ttl` more, never less than any
+    /// process asked before: marks are only ever extended, so no process's
+    /// mark (a leave here) shortens another's (a reader there), in whatever
+    /// order they land.
+    async fn extend_presence(&self, id: &StreamId, ttl: Duration) -> redis::RedisResult<()> {
+        let (key, ttl) = (self.keys.readers(id), ttl.as_millis().max(1) as u64);
+        redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .arg("GT")
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
     }
 
     async fn finish(&self, id: &StreamId, seq: Option<u64>, record: &EventRecord) -> redis::RedisResult<Finish> {
@@ -169,45 +230,65 @@ impl Shared {
 pub struct RedisStore {
     shared: Arc<Shared>,
     tails: Arc<Tails>,
-    cancels: broadcast::Sender<StreamId>,
+    /// Stops the background tasks when the store goes.
+    stop: CancellationToken,
+}
+
+/// The store's listeners (subscriptions, leases, presence) stop when the store
+/// is dropped, never on the process's shutdown signal: that is when the HTTP
+/// server has drained and every generation has written its last event, each of
+/// which may still need them (mini-redis's `shutdown_complete`, dropped last).
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How the store keeps logs: names, and how long.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    pub prefix: String,
+    /// How long finished logs stay resumable.
+    pub retention: Duration,
+    /// The resume grace period.
+    pub grace: Duration,
+    /// The longest a generation may run (`GENERATION_TIMEOUT_SECONDS`).
+    pub generation_timeout: Duration,
 }
 
 impl RedisStore {
     /// Connects; its background tasks (following, leases and presence, cancel
-    /// requests) run until `shutdown`. `grace` is the resume grace period.
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        retention: Duration,
-        grace: Duration,
-        shutdown: CancellationToken,
-    ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = redis_connection::connect(client.clone(), COMMAND_TIMEOUT).await.map_err(unavailable)?;
+    /// requests) run until the store is dropped.
+    pub async fn connect(target: &RedisTarget, config: RedisStoreConfig) -> Result<Self, StoreError> {
+        let stop = CancellationToken::new();
+        let RedisStoreConfig { prefix, retention, grace, generation_timeout } = config;
+        let prefix = prefix.as_str();
+        let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
-        // The hot path gets a connection of its own, so a once-a-second pipeline of
+        // The hot path gets a connection of its own, so a once-a-second round of
         // lease and presence renewals never holds an append up behind it.
         let (announcer, announced) = Announcer::new();
-        let appends = Appends::start(client.get_connection_info().clone(), keys.events_channel(), announced)
-            .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let appends =
+            Appends::start(target, keys.events_channel(), announced).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let shared = Arc::new(Shared {
             appends,
             announcer,
             conn,
+            target: target.clone(),
             keys,
             scripts: Scripts::default(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
             retention,
             grace,
+            live_ttl: (generation_timeout + LIVE_TTL_MARGIN).min(LIVE_TTL_MAX),
             leases: Mutex::default(),
         });
-        let cancels = broadcast::channel(1024).0;
-        cancels::listen(client.clone(), shared.keys.cancel_channel(), cancels.clone(), shutdown.clone()).await.map_err(unavailable)?;
-        let channel = shared.keys.events_channel();
-        let tails = Tails::start(shared.clone(), client, channel, shutdown.clone()).await.map_err(unavailable)?;
-        upkeep::start(shared.clone(), Arc::downgrade(&tails), cancels.clone(), shutdown);
-        Ok(Self { shared, tails, cancels })
+        let cancel_requests = Subscription::open(target, &shared.keys.cancel_channel(), stop.clone()).await.map_err(unavailable)?;
+        cancels::listen(cancel_requests, Arc::downgrade(&shared));
+        let announcements = Subscription::open(target, &shared.keys.events_channel(), stop.clone()).await.map_err(unavailable)?;
+        let tails = Tails::start(shared.clone(), announcements, stop.clone());
+        upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
+        Ok(Self { shared, tails, stop })
     }
 }
 
@@ -255,7 +336,7 @@ impl RedisAppender {
     async fn append_event(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError> {
         let id = &self.id;
         if seq == 0 {
-            let live_ttl = LIVE_TTL.as_millis() as u64;
+            let live_ttl = self.shared.live_ttl.as_millis() as u64;
             let mut conn = self.shared.conn.clone();
             return match self.shared.scripts.first(&mut conn, &self.log, &self.meta, live_ttl, record).await.map_err(unavailable)? {
                 First::Appended => {
@@ -280,7 +361,7 @@ impl RedisAppender {
             Finish::Appended { .. } => Ok(()),
             Finish::Unknown => Err(StoreError::NotFound(id.clone())),
             Finish::AlreadyFinished { len } if len == seq + 1 => self.settle_conflict(seq, record).await,
-            Finish::AlreadyFinished { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
+            Finish::AlreadyFinished { .. } | Finish::Expired { .. } | Finish::Leased => Err(StoreError::Finished(id.clone())),
             Finish::OutOfOrder { len } => Err(StoreError::OutOfOrder { stream_id: id.clone(), expected: len, got: seq }),
         };
         if appended.is_ok() {
@@ -292,21 +373,21 @@ impl RedisAppender {
 
 #[async_trait]
 impl EventStore for RedisStore {
-    async fn create(&self, id: &StreamId, owner: &str) -> Result<Box<dyn Appender>, StoreError> {
+    async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let meta = self.shared.keys.meta(id);
         redis::pipe()
             .atomic()
             .hset_multiple(&meta, &[("state", "live"), ("owner", owner)])
             .ignore()
-            .pexpire(&meta, LIVE_TTL.as_millis() as i64)
+            .pexpire(&meta, self.shared.live_ttl.as_millis() as i64)
             .ignore()
             .pset_ex(self.shared.keys.lease(id), &self.shared.owner, LEASE_TTL.as_millis() as u64)
             .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)?;
-        self.shared.leases.lock().unwrap().insert(id.clone());
+        self.shared.leases.lock().unwrap().insert(id.clone(), cancel);
         let shared = self.shared.clone();
         Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
     }
@@ -320,19 +401,16 @@ impl EventStore for RedisStore {
     }
 
     async fn request_cancel(&self, id: &StreamId) -> Result<(), StoreError> {
+        if self.shared.cancel_here(id) {
+            return Ok(());
+        }
         let mut conn = self.shared.conn.clone();
-        // Marks the lease (if any) so its holder sees the request on its next
-        // renewal even if the message below is lost.
-        let marked: Option<String> = redis::cmd("SET")
-            .arg(self.shared.keys.lease(id))
-            .arg("cancel")
-            .arg("XX")
-            .arg("KEEPTTL")
-            .arg("GET")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if marked.is_none() {
+        // Marks a leased stream's meta, which its generator reads at every lease
+        // renewal and nothing but the log's end removes, so a lost message below
+        // only delays the cancel.
+        let (meta, lease) = (self.shared.keys.meta(id), self.shared.keys.lease(id));
+        let marked = self.shared.scripts.mark_cancel(&mut conn, &meta, &lease).await.map_err(unavailable)?;
+        if !marked {
             // Nobody generates it: end it here, unless it ended already.
             let cancelled = EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested });
             match self.shared.finish(id, None, &cancelled).await.map_err(unavailable)? {
@@ -341,14 +419,15 @@ impl EventStore for RedisStore {
                 _ => return Ok(()),
             }
         }
-        conn.publish::<_, _, ()>(self.shared.keys.cancel_channel(), id.as_str()).await.map_err(unavailable)
+        redis::cmd(self.shared.target.publish_command())
+            .arg(self.shared.keys.cancel_channel())
+            .arg(id.as_str())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
-    fn cancel_requests(&self) -> BoxStream<'static, StreamId> {
-        BroadcastStream::new(self.cancels.subscribe()).filter_map(|r| async move { r.ok() }).boxed()
-    }
-
-    async fn readers_elsewhere(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
+    async fn reader_presence(&self, id: &StreamId) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let left: i64 = conn.pttl(self.shared.keys.readers(id)).await.map_err(unavailable)?;
         Ok((left > 0).then(|| Duration::from_millis(left as u64)))
@@ -398,6 +477,9 @@ impl EventStore for RedisStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
+        if !self.shared.appends.is_up() {
+            return Err(StoreError::Unavailable("the append connection to Redis is down".into()));
+        }
         let mut conn = self.shared.conn.clone();
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
     }

@@ -21,6 +21,10 @@ const FINISH: &str = r#"
 -- KEYS: log, meta, lease. ARGV: mode, seq, type, fields, retention_ms, tombstone_ms, retract
 if ARGV[1] == 'orphan' and redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+-- A finished log whose retention ran out: its meta outlives it, with its length.
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('HGET', KEYS[2], 'state') == 'finished' then
+  return {-2, tonumber(redis.call('HGET', KEYS[2], 'len'))}
+end
 local len = 0
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top > 0 then
@@ -53,6 +57,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+const MARK_CANCEL: &str = r#"
+-- KEYS: meta, lease. Marks a cancel on a stream some process generates.
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', 1)
+return 1
+"#;
+
 /// What the first-event script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum First {
@@ -74,6 +85,8 @@ pub enum Finish {
     Leased,
     /// `owner` mode: the log's length is `len`, not the given seq.
     OutOfOrder { len: u64 },
+    /// The log ended with `len` events and its retention has run out.
+    Expired { len: u64 },
     /// No such stream.
     Unknown,
 }
@@ -81,11 +94,12 @@ pub enum Finish {
 pub struct Scripts {
     first: redis::Script,
     finish: redis::Script,
+    mark_cancel: redis::Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
-        Self { first: redis::Script::new(FIRST), finish: redis::Script::new(FINISH) }
+        Self { first: redis::Script::new(FIRST), finish: redis::Script::new(FINISH), mark_cancel: redis::Script::new(MARK_CANCEL) }
     }
 }
 
@@ -99,10 +113,17 @@ pub struct FinishTarget<'a> {
 }
 
 impl Scripts {
+    /// Marks a cancel on a stream whose generator holds its lease; `false` when
+    /// no process does (nothing was marked).
+    pub async fn mark_cancel(&self, conn: &mut crate::redis_connection::RedisConn, meta: &str, lease: &str) -> redis::RedisResult<bool> {
+        let marked: i64 = self.mark_cancel.key(meta).key(lease).invoke_async(conn).await?;
+        Ok(marked == 1)
+    }
+
     /// Appends `record` as the log's first event (seq 0).
     pub async fn first(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::redis_connection::RedisConn,
         log: &str,
         meta: &str,
         live_ttl_ms: u64,
@@ -129,7 +150,7 @@ impl Scripts {
     /// retracting one redacts the log.
     pub async fn finish(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::redis_connection::RedisConn,
         target: FinishTarget<'_>,
         seq: Option<u64>,
         record: &EventRecord,
@@ -153,7 +174,20 @@ impl Scripts {
             1 => Finish::Leased,
             2 => Finish::AlreadyFinished { len },
             -3 => Finish::OutOfOrder { len },
+            -2 => Finish::Expired { len },
             _ => Finish::Unknown,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_the_scripts_touch_is_declared() {
+        for script in [FIRST, FINISH, MARK_CANCEL] {
+            assert_eq!(crate::redis_connection::undeclared_keys(script), Vec::<String>::new(), "{script}");
+        }
     }
 }

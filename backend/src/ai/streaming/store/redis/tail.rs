@@ -14,7 +14,8 @@
 //! - when its log has been silent for `SILENCE`, and then its generator's lease is
 //!   checked too: a log no process holds a lease on, and not generated here, is
 //!   ended `generation_lost` (the `orphan` script); a log Redis no longer has
-//!   fails (`LogLost`).
+//!   fails (`LogLost`), one that ended and expired before the mirror read its
+//!   end fails `Expired` (its readers get `stream_not_found`).
 //!
 //! A terminal event that retracts its stream is taken wherever it lands (the
 //! log skips from `start` to it): the mirror then serves only those two, so a
@@ -41,7 +42,7 @@ use super::announce;
 use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
-use super::subscription;
+use super::subscription::{Heard, Subscription};
 use super::Shared;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
@@ -125,14 +126,14 @@ impl Mirror {
         let state = self.state.lock().unwrap();
         if let Some(terminal) = state.retracted_at {
             let events = state.events.iter().filter(|e| e.seq >= from && (e.seq == 0 || e.seq == terminal)).cloned().collect();
-            return (EventBatch { events, tail_since: Some(state.arrived_at) }, None);
+            return (EventBatch::logged(events, Some(state.arrived_at)), None);
         }
         let start = usize::try_from(from - self.base).unwrap_or(usize::MAX).min(state.events.len());
         let end = start.saturating_add(READ_BATCH).min(state.events.len());
         let events = state.events[start..end].to_vec();
         let failed = if events.is_empty() { state.failed } else { None };
         let tail_since = (end == state.events.len()).then_some(state.arrived_at);
-        (EventBatch { events, tail_since }, failed)
+        (EventBatch::logged(events, tail_since), failed)
     }
 
     /// Whether a reader at `next` has something to read now: an event, or the
@@ -234,19 +235,13 @@ pub struct Tails {
 }
 
 impl Tails {
-    /// Subscribes to the announcements on `channel`, then keeps the subscription
-    /// and the mirrors' watch going until `shutdown`.
-    pub async fn start(
-        shared: Arc<Shared>,
-        client: redis::Client,
-        channel: String,
-        shutdown: CancellationToken,
-    ) -> redis::RedisResult<Arc<Self>> {
-        let pubsub = subscription::subscribe(&client, &channel).await?;
+    /// Feeds the mirrors from `announcements` (the subscription to appended
+    /// events), and watches over them, until `shutdown`.
+    pub fn start(shared: Arc<Shared>, announcements: Subscription, shutdown: CancellationToken) -> Arc<Self> {
         let tails = Arc::new(Self { shared, mirrors: Mutex::default(), outage_since: Mutex::default() });
-        tokio::spawn(listen(Arc::downgrade(&tails), pubsub, client, channel, shutdown.clone()));
+        tokio::spawn(listen(Arc::downgrade(&tails), announcements));
         tokio::spawn(watch_over(Arc::downgrade(&tails), shutdown));
-        Ok(tails)
+        tails
     }
 
     /// As if the subscription had been down since `since` (tests).
@@ -266,6 +261,12 @@ impl Tails {
         let first = after.map_or(0, |seq| seq.saturating_add(1));
         stream! {
             let guard = tails.attach(&id, first);
+            // Every reader marks itself present, also on a mirror that has
+            // readers already (whose last refresh may be a second old), before
+            // it reads: a generator looking now counts it.
+            if let Err(error) = tails.shared.mark_reading(&id).await {
+                tracing::debug!(stream_id = %id, %error, "could not mark a reader present");
+            }
             let mirror = guard.mirror.clone();
             let mut next = first;
             loop {
@@ -274,13 +275,13 @@ impl Tails {
                     // rest comes from the mirror), or its retraction.
                     match tails.read_range(&mirror.log_key, next).await {
                         Ok(events) if events.first().is_some_and(|e| e.seq != next && e.is_terminal() && e.retracts()) => {
-                            yield Ok(EventBatch { events: events[..1].to_vec(), tail_since: None });
+                            yield Ok(EventBatch::logged(events[..1].to_vec(), None));
                             return;
                         }
                         Ok(mut events) if events.first().is_some_and(|e| e.seq == next) => {
                             events.retain(|e| e.seq < mirror.base);
                             next = events.last().expect("the first is before the base").seq + 1;
-                            let batch = EventBatch { events, tail_since: None };
+                            let batch = EventBatch::logged(events, None);
                             let terminal = batch.is_terminal();
                             yield Ok(batch);
                             if terminal {
@@ -340,7 +341,6 @@ impl Tails {
             (mirror, created)
         };
         if created {
-            self.shared.stamp_presence(id);
             // Whatever the log holds from `first` on, announced before the mirror existed.
             tokio::spawn(self.clone().catch_up(mirror.clone()));
         }
@@ -468,6 +468,8 @@ impl Tails {
                 tracing::warn!(stream_id = %mirror.id, "Redis no longer has this stream's log");
                 mirror.fail(FollowFailure::LogLost);
             }
+            // The rest of a finished log expired before this mirror read it.
+            Ok(Finish::Expired { len }) => mirror.fail(FollowFailure::Expired { len }),
             Ok(_) => {}
             Err(error) => tracing::debug!(stream_id = %mirror.id, %error, "could not check a silent stream's generator"),
         }
@@ -485,29 +487,24 @@ impl Tails {
     }
 }
 
-/// Feeds announcements to the mirrors; resubscribes after losing the connection.
-async fn listen(tails: Weak<Tails>, mut pubsub: redis::aio::PubSub, client: redis::Client, channel: String, shutdown: CancellationToken) {
-    loop {
-        {
-            let mut messages = pubsub.on_message();
-            loop {
-                let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    message = messages.next() => message,
-                };
-                let Some(message) = message else { break };
-                let Some(tails) = tails.upgrade() else { return };
-                tails.deliver(Bytes::copy_from_slice(message.get_payload_bytes()));
+/// Feeds announcements to the mirrors; while the subscription is lost the
+/// mirrors poll their logs, and once it is back each reads what it missed.
+async fn listen(tails: Weak<Tails>, mut announcements: Subscription) {
+    while let Some(heard) = announcements.next().await {
+        let Some(tails) = tails.upgrade() else { return };
+        match heard {
+            Heard::Message(message) => tails.deliver(message),
+            Heard::Lost => {
+                tracing::warn!("lost the Redis subscription to appended events; resubscribing");
+                tails.outage_since.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+            Heard::Back => {
+                if let Some(since) = tails.outage_since.lock().unwrap().take() {
+                    tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
+                }
+                tails.catch_up_all();
             }
         }
-        tracing::warn!("lost the Redis subscription to appended events; resubscribing");
-        let Some(since) = tails.upgrade().map(|t| *t.outage_since.lock().unwrap().insert(Instant::now())) else { return };
-        let Some(fresh) = subscription::resubscribe(&client, &channel, &shutdown).await else { return };
-        pubsub = fresh;
-        let Some(tails) = tails.upgrade() else { return };
-        tracing::info!(down_for_ms = since.elapsed().as_millis() as u64, "resubscribed to appended events");
-        *tails.outage_since.lock().unwrap() = None;
-        tails.catch_up_all();
     }
 }
 
@@ -564,7 +561,7 @@ impl Drop for MirrorGuard {
             }
             drop(mirrors);
             // The grace starts now, not at the last refresh.
-            self.tails.shared.stamp_presence(&self.mirror.id);
+            self.tails.shared.mark_left(&self.mirror.id);
         }
     }
 }

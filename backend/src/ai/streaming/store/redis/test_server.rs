@@ -175,3 +175,118 @@ impl TestCertificates {
         self.dir.path().join(name).to_str().unwrap().to_owned()
     }
 }
+
+/// A Redis Cluster of the tests' own: three primaries and three replicas of
+/// Debian's `redis-server` on free loopback ports (each with its cluster bus on
+/// another free port, `--cluster-port`), joined by `redis-cli --cluster create`.
+/// Nodes notice a dead primary within a second (`cluster-node-timeout`), so a
+/// failover takes a few. Each node runs under a watchdog shell that stops it
+/// once the test process is gone, so a cluster kept in a `static` never
+/// outlives its tests.
+pub struct TestCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ports: Vec<u16> = (0..6).map(|_| free()).collect();
+        let watched = std::process::id().to_string();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let (port, bus) = (port.to_string(), free().to_string());
+                let config = dir.path().join(format!("nodes-{port}.conf"));
+                Command::new("sh")
+                    .args(["-c", "redis-server \"$@\" & node=$!; while kill -0 $WATCHED 2>/dev/null && kill -0 $node 2>/dev/null; do sleep 0.5; done; kill $node 2>/dev/null", "sh"])
+                    .args(["--bind", "127.0.0.1", "--port", &port, "--cluster-enabled", "yes", "--cluster-port", &bus])
+                    .args(["--cluster-config-file", config.to_str().unwrap(), "--cluster-node-timeout", "1000"])
+                    .args(["--save", "", "--appendonly", "no", "--dir", dir.path().to_str().unwrap()])
+                    .env("WATCHED", &watched)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (make test installs it)")
+            })
+            .collect();
+        for port in &ports {
+            Self::wait_for(*port, "PING", "PONG");
+        }
+        let addresses: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli is installed (make test installs it)");
+        assert!(created.success(), "redis-cli --cluster create");
+        let cluster = Self { ports, nodes, _dir: dir };
+        for port in &cluster.ports {
+            Self::wait_for(*port, "CLUSTER INFO", "cluster_state:ok");
+        }
+        for port in cluster.replicas() {
+            Self::wait_for(port, "INFO replication", "master_link_status:up");
+        }
+        cluster
+    }
+
+    /// `REDIS_CLUSTER_URLS` for it: two of its nodes, as seeds.
+    pub fn urls(&self) -> String {
+        format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", self.ports[0], self.ports[1])
+    }
+
+    /// What `redis-cli` says to `command` on the node at `port`.
+    pub fn ask(port: u16, command: &str) -> String {
+        let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(command.split(' ')).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn wait_for(port: u16, command: &str, answer: &str) {
+        for _ in 0..200 {
+            if Self::ask(port, command).contains(answer) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {port} never answered {command} with {answer}");
+    }
+
+    /// The ports of the nodes that are replicas now.
+    pub fn replicas(&self) -> Vec<u16> {
+        self.ports.iter().copied().filter(|port| Self::ask(*port, "ROLE").starts_with("slave")).collect()
+    }
+
+    /// The port of the primary serving `key`'s slot now.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let slot: u16 = Self::ask(self.ports[0], &format!("CLUSTER KEYSLOT {key}")).trim().parse().unwrap();
+        let shards = Self::ask(self.ports[0], "CLUSTER SLOTS");
+        // `redis-cli` prints CLUSTER SLOTS flat: start, end, then the primary's ip, port, id, …
+        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+        for (at, line) in lines.iter().enumerate() {
+            let (Ok(start), Some(end)) = (line.parse::<u16>(), lines.get(at + 1).and_then(|l| l.parse::<u16>().ok())) else { continue };
+            if lines.get(at + 2) == Some(&"127.0.0.1") && (start..=end).contains(&slot) {
+                return lines[at + 3].parse().unwrap();
+            }
+        }
+        panic!("no primary for slot {slot}: {shards}");
+    }
+
+    /// Kills the node at `port`, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        let at = self.ports.iter().position(|p| *p == port).unwrap();
+        let _ = Command::new("sh").args(["-c", &format!("kill -9 $(pgrep -P {} redis-server)", self.nodes[at].id())]).status();
+        let _ = self.nodes[at].wait();
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = Command::new("sh").args(["-c", &format!("kill $(pgrep -P {} redis-server) 2>/dev/null", node.id())]).status();
+            let _ = node.wait();
+        }
+    }
+}

@@ -19,10 +19,12 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+fn config(prefix: &str, grace: Duration) -> RedisStoreConfig {
+    RedisStoreConfig { prefix: prefix.into(), retention: Duration::from_secs(60), grace, generation_timeout: Duration::from_secs(600) }
+}
+
 async fn store_on(prefix: &str, grace: Duration) -> RedisStore {
-    RedisStore::connect(&redis_url(), prefix, Duration::from_secs(60), grace, CancellationToken::new())
-        .await
-        .expect("Redis runs for the tests")
+    RedisStore::connect(&RedisTarget::Node(redis_url()), config(prefix, grace)).await.expect("Redis runs for the tests")
 }
 
 /// Two processes of one deployment.
@@ -39,7 +41,7 @@ fn end() -> EventRecord {
     EventRecord::new(&EventBody::Cancelled { reason: CancelReason::Requested })
 }
 
-async fn raw(store: &RedisStore) -> ConnectionManager {
+async fn raw(store: &RedisStore) -> RedisConn {
     store.shared.conn.clone()
 }
 
@@ -60,7 +62,7 @@ async fn drain(follower: Follower) -> (Vec<LoggedEvent>, Option<FollowError>) {
 async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_end() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    let log = store.create(&id, "owner").await.unwrap();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &chunk(1)).await.unwrap();
@@ -83,7 +85,7 @@ async fn appends_are_contiguous_retries_are_recognised_and_nothing_follows_the_e
 async fn a_follower_in_another_process_gets_history_then_the_live_tail() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
-    let log = writer.create(&id, "owner").await.unwrap();
+    let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
     for seq in 0..3 {
         log.append(seq, &chunk(seq)).await.unwrap();
     }
@@ -115,7 +117,7 @@ fn retraction() -> EventRecord {
 async fn a_retraction_leaves_only_the_first_and_the_terminal_event_in_redis_and_in_every_mirror() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
-    let log = writer.create(&id, "owner").await.unwrap();
+    let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
     for seq in 0..5 {
         log.append(seq, &chunk(seq)).await.unwrap();
     }
@@ -151,10 +153,10 @@ async fn a_retraction_leaves_only_the_first_and_the_terminal_event_in_redis_and_
 }
 
 #[tokio::test]
-async fn events_whose_announcements_were_lost_still_reach_readers_elsewhere() {
+async fn events_whose_announcements_were_lost_still_reach_reader_presence() {
     let (writer, reader) = pair().await;
     let id = StreamId::generate();
-    let log = writer.create(&id, "owner").await.unwrap();
+    let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     let mut follower = reader.follow(&id, None);
     let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
@@ -196,7 +198,7 @@ async fn a_reader_that_attaches_while_the_subscription_is_down_follows_the_log_w
     // after a Redis restart, before the subscription's next attempt).
     reader.tails.lost_subscription_at(tokio::time::Instant::now() - tail::OUTAGE_LIMIT * 2);
     let id = StreamId::generate();
-    let log = writer.create(&id, "owner").await.unwrap();
+    let log = writer.create(&id, "owner", CancellationToken::new()).await.unwrap();
     let mut follower = reader.follow(&id, None);
     log.append(0, &chunk(0)).await.unwrap();
     let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
@@ -217,7 +219,7 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
     assert!(matches!(store.status(&id).await, Err(StoreError::NotFound(_))));
-    let log = store.create(&id, "owner").await.unwrap();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
     assert_eq!(store.status(&id).await.unwrap(), LogStatus { len: 0, finished: false, owner: "owner".into() });
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &end()).await.unwrap();
@@ -231,7 +233,7 @@ async fn status_tells_live_finished_expired_and_unknown_logs_apart() {
 async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id, "owner").await.unwrap();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     // The generating process dies: it stops renewing, and its lease lapses.
     generator.release(&id);
@@ -248,7 +250,7 @@ async fn a_silent_log_whose_generator_died_ends_generation_lost_for_its_readers(
 async fn a_process_never_declares_its_own_running_generation_lost() {
     let (store, _) = pair().await;
     let id = StreamId::generate();
-    let log = store.create(&id, "owner").await.unwrap();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     // A stall longer than the lease: it lapses although the generation runs here.
     raw(&store).await.del::<_, ()>(store.shared.keys.lease(&id)).await.unwrap();
@@ -264,25 +266,73 @@ async fn a_process_never_declares_its_own_running_generation_lost() {
 }
 
 #[tokio::test]
-async fn a_cancel_reaches_the_generating_process_by_message_and_by_its_lease() {
+async fn a_cancel_reaches_the_generating_process_by_message() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    let _log = generator.create(&id, "owner").await.unwrap();
-    let mut requests = generator.cancel_requests();
+    let cancel = CancellationToken::new();
+    let _log = generator.create(&id, "owner", cancel.clone()).await.unwrap();
     other.request_cancel(&id).await.unwrap();
-    let first = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
-    assert_eq!(first, Some(id.clone()));
-    // Even with the message lost, the mark left on the lease reaches the generator
-    // on its next renewal.
-    let second = tokio::time::timeout(PATIENCE, requests.next()).await.unwrap();
-    assert_eq!(second, Some(id));
+    tokio::time::timeout(PATIENCE, cancel.cancelled()).await.expect("the generation is told");
+}
+
+#[tokio::test]
+async fn a_cancel_whose_message_was_lost_reaches_the_generator_at_its_next_renewal_and_renewals_keep_the_mark() {
+    let (generator, other) = pair().await;
+    let id = StreamId::generate();
+    let cancel = CancellationToken::new();
+    let _log = generator.create(&id, "owner", cancel.clone()).await.unwrap();
+    // The mark alone, as if the message had been lost.
+    let (meta, lease) = (other.shared.keys.meta(&id), other.shared.keys.lease(&id));
+    assert!(other.shared.scripts.mark_cancel(&mut raw(&other).await, &meta, &lease).await.unwrap());
+    tokio::time::timeout(PATIENCE, cancel.cancelled()).await.expect("the renewal finds the mark");
+    // Renewals go on while the generation winds down; they never clear the mark,
+    // so a renewal whose reply was lost would find it again.
+    tokio::time::sleep(upkeep::INTERVAL * 2).await;
+    let mark: Option<String> = raw(&generator).await.hget(&meta, "cancel").await.unwrap();
+    assert_eq!(mark.as_deref(), Some("1"));
+    let holder: Option<String> = raw(&generator).await.get(&lease).await.unwrap();
+    assert_eq!(holder.as_deref(), Some(generator.shared.owner.as_str()), "the lease is still its generator's");
+}
+
+#[tokio::test]
+async fn a_burst_of_cancels_from_another_process_reaches_every_generation() {
+    // More than any bounded queue of cancel requests held (the old broadcast channel
+    // held 1,024 and dropped the rest when its reader lagged).
+    const STREAMS: usize = 1_100;
+    let (generator, other) = pair().await;
+    let ids: Vec<StreamId> = (0..STREAMS).map(|_| StreamId::generate()).collect();
+    let mut cancels = Vec::new();
+    for id in &ids {
+        let cancel = CancellationToken::new();
+        generator.create(id, "owner", cancel.clone()).await.unwrap();
+        cancels.push(cancel);
+    }
+    futures::future::try_join_all(ids.iter().map(|id| other.request_cancel(id))).await.unwrap();
+    for cancel in cancels {
+        tokio::time::timeout(PATIENCE, cancel.cancelled()).await.expect("every generation is told");
+    }
+}
+
+#[tokio::test]
+async fn a_live_log_expires_only_after_the_longest_generation_could_have_ended() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let two_hours = Duration::from_secs(7200);
+    let config = RedisStoreConfig { generation_timeout: two_hours, ..config(&prefix, Duration::from_secs(30)) };
+    let store = RedisStore::connect(&RedisTarget::Node(redis_url()), config).await.unwrap();
+    let id = StreamId::generate();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    for key in [store.shared.keys.log(&id), store.shared.keys.meta(&id)] {
+        let left: i64 = raw(&store).await.pttl(&key).await.unwrap();
+        assert!(left > two_hours.as_millis() as i64, "{key} expires in {left} ms, before a generation of two hours could end");
+    }
 }
 
 #[tokio::test]
 async fn cancelling_a_stream_nobody_generates_ends_it_cancelled_at_once() {
     let (generator, other) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id, "owner").await.unwrap();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     generator.release(&id);
     raw(&generator).await.del::<_, ()>(generator.shared.keys.lease(&id)).await.unwrap();
@@ -297,24 +347,63 @@ async fn a_reader_in_another_process_counts_until_the_grace_after_it_left() {
     let grace = Duration::from_millis(1500);
     let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
     let id = StreamId::generate();
-    let _log = generator.create(&id, "owner").await.unwrap();
-    assert_eq!(generator.readers_elsewhere(&id).await.unwrap(), None);
+    let _log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    assert_eq!(generator.reader_presence(&id).await.unwrap(), None);
     let follower = reader.follow(&id, None);
     let mut follower = follower;
     // Attaching happens on the first poll.
     let _ = tokio::time::timeout(Duration::from_millis(50), follower.next()).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while generator.readers_elsewhere(&id).await.unwrap().is_none() {
+    while generator.reader_presence(&id).await.unwrap().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "the reader's presence shows");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(follower);
     // Left, but within the grace: still counted; then not.
-    assert!(generator.readers_elsewhere(&id).await.unwrap().is_some());
-    while generator.readers_elsewhere(&id).await.unwrap().is_some() {
+    assert!(generator.reader_presence(&id).await.unwrap().is_some());
+    while generator.reader_presence(&id).await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "presence lapses after the grace");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_reader_attaching_where_the_stream_is_followed_already_marks_presence_at_once() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(1);
+    let (generator, reader) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut first = reader.follow(&id, None);
+    tokio::time::timeout(PATIENCE, first.next()).await.unwrap().unwrap().unwrap();
+    // The mark lapsed (a refresh came late, say) while the mirror had its reader.
+    raw(&reader).await.del::<_, ()>(reader.shared.keys.readers(&id)).await.unwrap();
+    assert_eq!(generator.reader_presence(&id).await.unwrap(), None);
+    // A second reader on that process: present before it is handed an event.
+    let mut second = reader.follow(&id, None);
+    tokio::time::timeout(PATIENCE, second.next()).await.unwrap().unwrap().unwrap();
+    let left = generator.reader_presence(&id).await.unwrap().expect("the new reader is counted");
+    assert!(left > grace, "counted for the grace and the refresh slack ({left:?})");
+}
+
+#[tokio::test]
+async fn a_leaving_reader_never_shortens_the_presence_another_process_marked() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(1);
+    let (generator, stays, leaves) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut staying = stays.follow(&id, None);
+    tokio::time::timeout(PATIENCE, staying.next()).await.unwrap().unwrap().unwrap();
+    let mut leaving = leaves.follow(&id, None);
+    tokio::time::timeout(PATIENCE, leaving.next()).await.unwrap().unwrap().unwrap();
+    drop(leaving);
+    // What the leave writes (in the background, from the drop), awaited here.
+    leaves.shared.extend_presence(&id, grace).await.unwrap();
+    let left = generator.reader_presence(&id).await.unwrap().expect("the staying reader counts");
+    assert!(left > grace, "the leave did not cut the mark to the grace ({left:?})");
 }
 
 #[tokio::test]
@@ -353,7 +442,7 @@ async fn a_pending_claim_lapses_and_a_held_one_stays_across_processes() {
 async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     let (generator, reader) = pair().await;
     let id = StreamId::generate();
-    let log = generator.create(&id, "owner").await.unwrap();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     let mut follower = reader.follow(&id, None);
     let first = tokio::time::timeout(PATIENCE, follower.next()).await.unwrap().unwrap().unwrap();
@@ -366,6 +455,32 @@ async fn a_log_redis_lost_fails_its_followers_as_lost_not_as_unknown() {
     assert!(events.is_empty());
     assert_eq!(failure, Some(FollowError { next_seq: 1, cause: FollowFailure::LogLost }));
     assert!(matches!(log.append(1, &chunk(1)).await, Err(StoreError::NotFound(_))), "a vanished log is not re-created");
+}
+
+#[tokio::test]
+async fn a_reader_of_a_log_that_expired_before_it_was_read_learns_it_expired_and_nothing_rewrites_the_log() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let short = RedisStoreConfig { retention: Duration::from_millis(200), ..config(&prefix, Duration::from_secs(30)) };
+    let generator = RedisStore::connect(&RedisTarget::Node(redis_url()), short).await.unwrap();
+    let reader = store_on(&prefix, Duration::from_secs(30)).await;
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    for seq in 0..3 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    log.append(3, &end()).await.unwrap();
+    let log_key = generator.shared.keys.log(&id);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while raw(&generator).await.exists::<_, bool>(&log_key).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the finished log expires");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // As a reader that found the log a moment before it expired: its mirror reads nothing.
+    let (events, failure) = drain(reader.follow(&id, Some(1))).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(failure, Some(FollowError { next_seq: 2, cause: FollowFailure::Expired { len: 4 } }));
+    assert!(!raw(&generator).await.exists::<_, bool>(&log_key).await.unwrap(), "no generation_lost re-created the log");
+    assert!(matches!(generator.status(&id).await, Err(StoreError::Expired { len: 4, .. })));
 }
 
 /// The announcements one message on the events channel carries.
@@ -381,7 +496,7 @@ async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut pubsub = subscription::subscribe(&client, &store.shared.keys.events_channel()).await.unwrap();
     let id = StreamId::generate();
-    let log = store.create(&id, "owner").await.unwrap();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &chunk(1)).await.unwrap();
     assert!(log.append(1, &chunk(9)).await.is_err(), "another event at a taken seq is refused");
@@ -417,7 +532,7 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     for id in &ids {
         let (store, id) = (store.clone(), id.clone());
         appenders.push(tokio::spawn(async move {
-            let log = store.create(&id, "owner").await.unwrap();
+            let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
             for seq in 0..CHUNKS {
                 log.append(seq, &chunk(seq)).await.unwrap();
             }

@@ -71,7 +71,7 @@ pub fn take_reply(buf: &mut BytesMut) -> Result<Option<Reply>, Malformed> {
 
 /// The reply starting at `at` and its length, if whole.
 fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, Malformed> {
-    let Some((kind, line, next)) = line_at(buf, at) else { return Ok(None) };
+    let Some((kind, line, next)) = line_at(buf, at)? else { return Ok(None) };
     match kind {
         b'+' | b':' => Ok(Some((Reply::Value, next - at))),
         b'-' => Ok(Some((Reply::Error(String::from_utf8_lossy(line).into_owned()), next - at))),
@@ -79,11 +79,10 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, M
             None => Ok(Some((Reply::Nil, next - at))),
             Some(n) => {
                 let end = next.checked_add(n).and_then(|end| end.checked_add(2)).ok_or(Malformed)?;
-                if buf.len() < end {
-                    return Ok(None);
-                }
-                if &buf[end - 2..end] != b"\r\n" {
-                    return Err(Malformed);
+                match buf.get(end - 2..end) {
+                    None => return Ok(None),
+                    Some(b"\r\n") => {}
+                    Some(_) => return Err(Malformed),
                 }
                 Ok(Some((Reply::Value, end - at)))
             }
@@ -95,7 +94,7 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, M
                 let mut end = next;
                 for _ in 0..n {
                     let Some((_, len)) = scan(buf, end, depth + 1)? else { return Ok(None) };
-                    end += len;
+                    end = end.checked_add(len).ok_or(Malformed)?;
                 }
                 Ok(Some((Reply::Value, end - at)))
             }
@@ -104,11 +103,17 @@ fn scan(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Reply, usize)>, M
     }
 }
 
-/// The type byte, the rest of the line, and where the next line starts.
-fn line_at(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
-    let rest = buf.get(at..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    Some((*rest.first()?, &rest[1..end], at + end + 2))
+/// A line's type byte, the rest of it, and where the next line starts.
+type Line<'a> = (u8, &'a [u8], usize);
+
+/// The type byte, the rest of the line, and where the next line starts; `None`
+/// until the line is whole. A line with no type byte (`\r\n` alone) is
+/// `Malformed`: every slice is taken with `get`, so no input can panic here.
+fn line_at(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, Malformed> {
+    let Some(rest) = buf.get(at..) else { return Ok(None) };
+    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let (Some(&kind), Some(line)) = (rest.first(), rest.get(1..end)) else { return Err(Malformed) };
+    Ok(Some((kind, line, at + end + 2)))
 }
 
 /// A length line's value; `None` for `-1` (nil).
@@ -296,6 +301,37 @@ mod tests {
         }
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1) + ":1\r\n";
         assert_eq!(take_reply(&mut BytesMut::from(deep.as_bytes())), Err(Malformed));
+    }
+
+    #[test]
+    fn a_line_with_no_type_byte_is_refused_not_a_panic() {
+        // `line_at` once sliced `[1..0]` here.
+        assert_eq!(take_reply(&mut BytesMut::from(&b"\r\n"[..])), Err(Malformed));
+        assert_eq!(take_reply(&mut BytesMut::from(&b"*1\r\n\r\n"[..])), Err(Malformed));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Any bytes at all: a reply, a need for more, or `Malformed`, never a
+        /// panic; and a reply taken consumes what it was made of, no more.
+        #[test]
+        fn any_bytes_give_a_reply_more_to_wait_for_or_malformed(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = take_reply(&mut buf) {}
+            proptest::prop_assert!(buf.len() <= bytes.len());
+        }
+
+        /// Bytes built from RESP's own pieces, which reach the deeper branches
+        /// that uniformly random bytes rarely do.
+        #[test]
+        fn resp_like_bytes_never_panic(pieces in proptest::collection::vec(proptest::sample::select(vec![
+            &b"*"[..], b"$", b"+", b"-", b":", b"\r\n", b"\r", b"\n", b"-1", b"0", b"1", b"2", b"3", b"99", b"OK", b"x",
+        ]), 0..40)) {
+            let bytes: Vec<u8> = pieces.concat();
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = take_reply(&mut buf) {}
+        }
     }
 
     /// Sends `args` on `link` and returns the reply.
