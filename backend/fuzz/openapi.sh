@@ -6,7 +6,10 @@
 # invalid ones refused, response bodies matching their schemas.
 #
 # The server runs with AUTH_MODE=api_key (so credentials are exercised) and no
-# per-principal limits (a 429 would hide what the request itself deserves).
+# per-principal limits (a 429 would hide what the request itself deserves), and no
+# moderation: the word filter rightly refuses some of the random text the fuzzer
+# writes (look-alike letters spell "hoe"), which the fuzzer would take for a valid
+# request refused; moderation's answers are tested in tests/api/moderation.rs.
 # Usage: backend/fuzz/openapi.sh [EXAMPLES_PER_OPERATION]   (default 300; or FUZZ_EXAMPLES)
 # FUZZ_PHASES and FUZZ_PATHS (a path regex) narrow a run while investigating.
 set -euo pipefail
@@ -26,7 +29,7 @@ printf 'fuzzer:%s\n' "$(printf %s "$key" | sha256sum | cut -d' ' -f1)" > "$work/
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 AUTH_MODE=api_key AUTH_API_KEYS_FILE="$work/keys" AI_STREAMING_ENABLED=true HOST=127.0.0.1 PORT=$port \
   DEMO_TOKENS_PER_SECOND=0 DEMO_FIRST_TOKEN_MS=0 STATIC_DIR="$work/no-frontend" \
-  LIMIT_CONCURRENT_STREAMS=unlimited LIMIT_STARTS_PER_MINUTE=unlimited RUST_LOG=warn \
+  LIMIT_CONCURRENT_STREAMS=unlimited LIMIT_STARTS_PER_MINUTE=unlimited MODERATION=off RUST_LOG=warn \
   backend/target/debug/live-ai > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT

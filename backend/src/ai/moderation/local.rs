@@ -53,27 +53,38 @@ static TRIE: LazyLock<Trie> = LazyLock::new(|| {
     trie
 });
 
-/// `text` as the filter should read it: markdown marks and stand-alone numbers as spaces.
+/// `text` as the filter should read it: markdown marks, stand-alone numbers and
+/// stand-alone punctuation as spaces.
 fn plain(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.chars().any(char::is_alphabetic) {
-            out.push_str(word);
+    let mut at = 0;
+    while let Some(&first) = chars.get(at) {
+        let run_end = |inside: fn(char) -> bool| chars[at..].iter().position(|c| !inside(*c)).map_or(chars.len(), |n| at + n);
+        if first.is_whitespace() {
+            out.push(first);
+            at += 1;
+        } else if first.is_alphanumeric() {
+            let end = run_end(char::is_alphanumeric);
+            let word = &chars[at..end];
+            if word.iter().any(|c| c.is_alphabetic()) {
+                out.extend(word);
+            } else {
+                out.extend(word.iter().map(|_| ' '));
+            }
+            at = end;
         } else {
-            out.extend(word.chars().map(|_| ' '));
+            // A symbol inside a word may stand for a letter ("sh!t"); one beside a
+            // gap cannot, yet rustrict reads "(" as a "c": "(*]*), that" was sexual.
+            let end = run_end(|c| !c.is_alphanumeric() && !c.is_whitespace());
+            let inside_a_word =
+                at > 0 && chars.get(at - 1).is_some_and(|c| c.is_alphanumeric()) && chars.get(end).is_some_and(|c| c.is_alphanumeric());
+            for &c in &chars[at..end] {
+                out.push(if inside_a_word && !matches!(c, '*' | '_' | '`' | '~') { c } else { ' ' });
+            }
+            at = end;
         }
-        word.clear();
-    };
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            word.push(c);
-            continue;
-        }
-        flush(&mut word, &mut out);
-        out.push(if matches!(c, '*' | '_' | '`' | '~') { ' ' } else { c });
     }
-    flush(&mut word, &mut out);
     out
 }
 
@@ -145,6 +156,14 @@ mod tests {
     fn markdown_emphasis_is_not_read_as_a_censored_word() {
         assert_eq!(judge("Notice where *colour* appears, and ask what it changes."), Verdict::Allowed);
         assert_ne!(judge("what the f*ck"), Verdict::Allowed);
+    }
+
+    #[test]
+    fn punctuation_beside_a_gap_is_not_read_as_a_letter() {
+        // The demo model's answer to a question whose context was "]" (found by the OpenAPI fuzz).
+        assert_eq!(judge("In this lesson's context (*]*), that is the part to focus on."), Verdict::Allowed);
+        assert_ne!(judge("what the sh!t"), Verdict::Allowed);
+        assert_ne!(judge("(shit)"), Verdict::Allowed);
     }
 
     #[test]
