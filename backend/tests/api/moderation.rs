@@ -343,6 +343,17 @@ async fn a_moderator_that_cannot_be_reached_fails_closed_or_open_as_configured()
 }
 
 #[tokio::test]
+async fn a_question_the_local_filter_flags_at_once_still_begins_with_start() {
+    // The local filter answers before the engine's first event: the stream
+    // must still begin with `start`, then end `input_flagged`.
+    let app = spawn_app(&[]).await;
+    let id = app.create_stream("explain-eli10", json!({"topic": "f u c k this"})).await;
+    let events = events_in(&raw_sse(&app, &format!("/api/streams/{id}/events"), &[]).await);
+    assert_eq!(types(&events), ["start", "error"]);
+    assert_eq!((events[1]["code"].as_str(), events[1]["retryable"].as_bool()), (Some("input_flagged"), Some(false)));
+}
+
+#[tokio::test]
 async fn a_flagged_whole_response_request_is_refused_naming_the_categories() {
     let app = spawn_app(&[]).await;
     let response = app.post_json("/api/ai-block/explain-eli10", &json!({"topic": "f u c k this"})).await;

@@ -54,8 +54,17 @@ enum Decision {
     Stop(EventBody),
 }
 
-pub(super) fn guard(inner: Arc<Inner>, mut events: EventStream, exchange: Exchange, mode: OutputMode) -> EventStream {
+pub(super) fn guard(inner: Arc<Inner>, events: EventStream, exchange: Exchange, mode: OutputMode) -> EventStream {
     Box::pin(stream! {
+        // The engine's `start` goes first, whatever the checks decide: an
+        // instant verdict (the local filter) must not end a stream that never
+        // began, which a reader would take for a gap.
+        let mut events = events;
+        match events.next().await {
+            Some(body @ EventBody::Start { .. }) => yield body,
+            Some(other) => events = Box::pin(futures::stream::iter([other]).chain(events)),
+            None => return,
+        }
         let check_output = inner.stages.output();
         let mut input_check: Option<Pending<Result<Verdict, ModerationError>>> =
             inner.stages.input().then(|| check(&inner, Stage::Input, exchange.input.to_string(), &exchange));
