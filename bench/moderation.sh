@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 21: what moderation costs. A release live-ai per mode (off, local
-# buffered, a 50 ms remote moderator buffered and async), 1,000 paced streams;
+# buffered, a 50 ms remote moderator buffered with checks batched and unbatched,
+# and async), 1,000 paced streams;
 # then unpaced events/s of off against local. Loopback only; every server is
 # stopped when its measurement ends. Usage: bench/moderation.sh [STREAMS] [TPS] [RUNS]
 set -euo pipefail

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Checks by stage and outcome (`allowed`, `flagged`, `failed_closed`, `failed_open`).
     pub moderation_checks: IntCounterVec,
     pub moderation_check_seconds: HistogramVec,
+    /// Inputs per batched moderation request; its count is the batched requests sent.
+    pub moderation_batch_size: prometheus::Histogram,
     /// Webhook attempts by outcome (`delivered`, `failed`, `abandoned`, `lost`).
     pub moderation_webhooks: IntCounterVec,
     /// Sockets open now, lingering closes included (bounded by `MAX_CONNECTIONS`).
@@ -62,6 +64,15 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(moderation_check_seconds.clone())).expect("registered once");
+        let moderation_batch_size = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "moderation_batch_size",
+                "Inputs per batched moderation request (MODERATION_PROVIDER=openai, MODERATION_BATCH_WAIT_MS above 0); its count is the batched requests sent.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(moderation_batch_size.clone())).expect("registered once");
         let connections_open = gauge("connections_open", "Open client connections (bounded by MAX_CONNECTIONS).");
         let connections_closed = counters(
             "connections_closed_total",
@@ -99,6 +110,7 @@ impl Metrics {
             moderation_flags,
             moderation_checks,
             moderation_check_seconds,
+            moderation_batch_size,
             moderation_webhooks,
             connections_open,
             connections_closed,

@@ -4,12 +4,16 @@
 //! - `off`: `MODERATION=off`;
 //! - `local`: the default, the local word filter, buffered;
 //! - `remote-buffered` / `remote-async`: `MODERATION_PROVIDER=openai` against a
-//!   moderation server in this process that answers every check after 50 ms
-//!   (OpenAI's clean answer, byte for byte), on loopback, keep-alive.
+//!   moderation server in this process that answers every request after 50 ms
+//!   (OpenAI's clean answer, byte for byte; to an array `input`, one clean
+//!   entry per text), on loopback, keep-alive; checks batched as by default
+//!   (`MODERATION_BATCH_WAIT_MS=5`, `MODERATION_BATCH_MAX=32`);
+//! - `remote-buffered-unbatched`: the same, buffered, with
+//!   `MODERATION_BATCH_WAIT_MS=0` (one request per check).
 //!
 //! Paced: N one-shot streams of the demo model at TPS tokens/s: time from the
-//! request to the first visible chunk (p50/p99), events/s delivered, and the
-//! server's CPU per event. Unpaced (`off` and `local` only): events/s of
+//! request to the first visible chunk (p50/p99), events/s delivered, the
+//! server's CPU per event and the requests the moderator received. Unpaced (`off` and `local` only): events/s of
 //! back-to-back streams with no pacing (the demo model as fast as it goes), and
 //! the server's CPU per event — where a filter's cost shows, since paced load
 //! leaves the machine idle.
@@ -17,8 +21,11 @@
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 
@@ -30,32 +37,58 @@ use super::stats::{median, quantile, sorted};
 use super::unpaced::{self, UnpacedConfig};
 use super::{warn_if_few_files, Flags};
 
-const MODES: [&str; 4] = ["off", "local", "remote-buffered", "remote-async"];
+const MODES: [&str; 5] = ["off", "local", "remote-buffered", "remote-buffered-unbatched", "remote-async"];
 
 /// OpenAI's answer for harmless text, as the tests replay it.
 const CLEAN: &str = include_str!("../../backend/tests/fixtures/moderation/openai_moderation_clean.json");
 
-/// A moderation API that answers every request with [`CLEAN`] after `delay`, on
-/// a runtime of its own (its own thread), so the load generator's work on a
-/// thousand streams does not delay its answers.
-async fn slow_moderator(delay: Duration) -> SocketAddr {
+/// A moderation API on loopback, with the requests it received.
+#[derive(Clone)]
+struct Moderator {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+}
+
+/// A moderation API that answers every request with [`CLEAN`] after `delay`
+/// (to an array `input`, one clean entry per text), on a runtime of its own
+/// (its own thread), so the load generator's work on a thousand streams does
+/// not delay its answers.
+async fn slow_moderator(delay: Duration) -> Moderator {
+    let requests = Arc::new(AtomicU64::new(0));
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let counted = requests.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         runtime.block_on(async move {
-            let _ = tx.send(serve_moderator(delay).await);
+            let _ = tx.send(serve_moderator(delay, counted).await);
             futures::future::pending::<()>().await;
         });
     });
-    rx.await.expect("the moderator starts")
+    Moderator { addr: rx.await.expect("the moderator starts"), requests }
 }
 
-async fn serve_moderator(delay: Duration) -> SocketAddr {
+/// OpenAI's clean answer, or for `texts` inputs an answer of that shape with
+/// its one entry repeated, one per input.
+fn clean_answer(texts: Option<usize>) -> String {
+    let Some(texts) = texts else { return CLEAN.to_owned() };
+    let mut answer: serde_json::Value = serde_json::from_str(CLEAN).expect("the fixture is JSON");
+    let entry = answer["results"][0].clone();
+    answer["results"] = serde_json::Value::Array(vec![entry; texts]);
+    answer.to_string()
+}
+
+async fn serve_moderator(delay: Duration, requests: Arc<AtomicU64>) -> SocketAddr {
     let app = Router::new().route(
         "/v1/moderations",
-        post(move || async move {
-            tokio::time::sleep(delay).await;
-            ([(axum::http::header::CONTENT_TYPE, "application/json")], CLEAN)
+        post(move |body: Bytes| {
+            let requests = requests.clone();
+            async move {
+                requests.fetch_add(1, Ordering::Relaxed);
+                let texts =
+                    serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|request| request["input"].as_array().map(Vec::len));
+                tokio::time::sleep(delay).await;
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], clean_answer(texts))
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
@@ -79,6 +112,9 @@ fn env(mode: &str, tps: f64, streams: usize, moderator: SocketAddr) -> Vec<(Stri
             vars.push(("MODERATION_PROVIDER", "openai".into()));
             vars.push(("MODERATION_BASE_URL", format!("http://{moderator}/v1")));
             vars.push(("MODERATION_OUTPUT_MODE", if remote == "remote-async" { "async" } else { "buffered" }.into()));
+            if remote == "remote-buffered-unbatched" {
+                vars.push(("MODERATION_BATCH_WAIT_MS", "0".into()));
+            }
         }
     }
     vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -92,6 +128,8 @@ struct Paced {
     cpu_us_per_event: f64,
     /// Mean time of one moderation check as the server measured it (retries included).
     check_ms_mean: f64,
+    /// Requests the moderator received during the run.
+    moderator_requests: u64,
     completed: usize,
     failed: usize,
 }
@@ -126,8 +164,9 @@ async fn one_stream(address: SocketAddr, n: usize) -> Result<(f64, u64, bool), S
     Ok((first.ok_or("no chunk")?, events, complete))
 }
 
-async fn paced(server: &Server, streams: usize) -> Paced {
+async fn paced(server: &Server, streams: usize, moderator: &Moderator) -> Paced {
     let address = address(&server.base);
+    let requests0 = moderator.requests.load(Ordering::Relaxed);
     let (cpu0, started) = (cpu_seconds_of(server.pid()), Instant::now());
     let tasks: Vec<_> = (0..streams).map(|n| tokio::spawn(one_stream(address, n))).collect();
     let (mut firsts, mut events, mut result) = (Vec::new(), 0u64, Paced::default());
@@ -156,6 +195,7 @@ async fn paced(server: &Server, streams: usize) -> Paced {
     let sum = metric(&http, &server.base, "live_ai_moderation_check_seconds_sum").await;
     let count = metric(&http, &server.base, "live_ai_moderation_check_seconds_count").await;
     result.check_ms_mean = if count > 0.0 { sum / count * 1000.0 } else { 0.0 };
+    result.moderator_requests = moderator.requests.load(Ordering::Relaxed) - requests0;
     result
 }
 
@@ -175,15 +215,15 @@ pub async fn main(args: &[String]) {
         // Rotate the order each run.
         for k in 0..MODES.len() {
             let mode = MODES[(k + run) % MODES.len()];
-            let server = Server::start("live-ai", &binary, &env(mode, tps, streams, moderator)).await;
-            let result = paced(&server, streams).await;
+            let server = Server::start("live-ai", &binary, &env(mode, tps, streams, moderator.addr)).await;
+            let result = paced(&server, streams, &moderator).await;
             println!("run {run} {mode:>15} paced: {result:?}");
             results.push((mode, result));
             server.stop(Duration::from_secs(10)).await;
         }
         for k in 0..2 {
             let mode = ["off", "local"][(k + run) % 2];
-            let server = Server::start("live-ai", &binary, &env(mode, 0.0, 64, moderator)).await;
+            let server = Server::start("live-ai", &binary, &env(mode, 0.0, 64, moderator.addr)).await;
             let config = UnpacedConfig {
                 connections: 64,
                 warmup: Duration::from_secs(2),
@@ -197,19 +237,38 @@ pub async fn main(args: &[String]) {
         }
     }
     println!("\nmedians over {runs} runs:");
-    println!("| mode | first visible chunk p50 (ms) | p99 (ms) | events/s | server CPU µs/event | mean check (ms) | completed |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| mode | first visible chunk p50 (ms) | p99 (ms) | events/s | server CPU µs/event | mean check (ms) | moderator requests | completed |");
+    println!("|---|---|---|---|---|---|---|---|");
     for mode in MODES {
         let of = |f: fn(&Paced) -> f64| median(&results.iter().filter(|(m, _)| *m == mode).map(|(_, r)| f(r)).collect::<Vec<_>>());
         let completed = of(|r| r.completed as f64);
         println!(
-            "| {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {completed:.0}/{streams} |",
+            "| {mode} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {completed:.0}/{streams} |",
             of(|r| r.first_chunk_ms_p50),
             of(|r| r.first_chunk_ms_p99),
             of(|r| r.events_per_second),
             of(|r| r.cpu_us_per_event),
-            of(|r| r.check_ms_mean)
+            of(|r| r.check_ms_mean),
+            of(|r| r.moderator_requests as f64)
         );
+    }
+    // What a remote moderator adds beyond the window's own fill time (local
+    // buffered, whose check takes microseconds), within each run, then the median.
+    println!("\n| beyond local buffered, per run | p50 (ms) | p99 (ms) | runs' p99 deltas (ms) |");
+    println!("|---|---|---|---|");
+    for mode in ["remote-buffered", "remote-buffered-unbatched"] {
+        let deltas = |f: fn(&Paced) -> f64| -> Vec<f64> {
+            results
+                .chunks(MODES.len())
+                .map(|run| {
+                    let of = |wanted: &str| run.iter().find(|(m, _)| *m == wanted).map(|(_, r)| f(r)).expect("every mode ran");
+                    of(mode) - of("local")
+                })
+                .collect()
+        };
+        let p99s = deltas(|r| r.first_chunk_ms_p99);
+        let listed: Vec<String> = p99s.iter().map(|d| format!("{d:+.0}")).collect();
+        println!("| {mode} | {:+.0} | {:+.0} | {} |", median(&deltas(|r| r.first_chunk_ms_p50)), median(&p99s), listed.join(", "));
     }
     println!("\n| unpaced | events/s | server CPU µs/event |");
     println!("|---|---|---|");

@@ -1,7 +1,7 @@
 //! Moderation settings (`MODERATION*`): which stages are checked, by which
 //! moderator, how streamed output is held back, what happens when the moderator
-//! fails, and where flags are reported. Read with the other settings, failing
-//! fast with the variable's name.
+//! fails, how checks to a remote moderator are batched, and where flags are
+//! reported. Read with the other settings, failing fast with the variable's name.
 
 use std::time::Duration;
 
@@ -118,14 +118,24 @@ pub struct ModerationSettings {
     /// About how many characters of output one check covers.
     pub window_chars: usize,
     pub fail_mode: FailMode,
-    /// Bound on one attempt of one check.
+    /// Bound on one attempt of one request (a check, or a batch of them).
     pub timeout: Duration,
+    /// `openai`: how long a check waits for others to share its request (zero: one request each).
+    pub batch_wait: Duration,
+    /// `openai`: inputs per request at most.
+    pub batch_max: usize,
     pub webhook: Option<WebhookSettings>,
 }
 
 /// The shortest and longest window: shorter ones cost a check per few words,
 /// longer ones hold a screenful back.
 const WINDOW_CHARS: std::ops::RangeInclusive<usize> = 20..=20_000;
+/// Up to a second of waiting for company: a longer wait costs more than the
+/// requests it saves.
+const BATCH_WAIT_MS: std::ops::RangeInclusive<u64> = 0..=1000;
+/// OpenAI's own documentation shows small arrays; a few hundred inputs keep a
+/// request well under its body limits.
+const BATCH_MAX: std::ops::RangeInclusive<usize> = 1..=256;
 /// Standard Webhooks: secrets of 24 to 64 bytes.
 const WEBHOOK_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
@@ -181,6 +191,22 @@ impl ModerationSettings {
         if timeout_ms == 0 {
             return Err(error("MODERATION_TIMEOUT_MS", "0".into(), "at least 1 millisecond"));
         }
+        let batch_wait_ms: u64 = src.parse("MODERATION_BATCH_WAIT_MS", 5, "milliseconds")?;
+        if !BATCH_WAIT_MS.contains(&batch_wait_ms) {
+            return Err(error(
+                "MODERATION_BATCH_WAIT_MS",
+                batch_wait_ms.to_string(),
+                &format!("from {} (no batching) to {} milliseconds", BATCH_WAIT_MS.start(), BATCH_WAIT_MS.end()),
+            ));
+        }
+        let batch_max: usize = src.parse("MODERATION_BATCH_MAX", 32, "a number of inputs per request")?;
+        if !BATCH_MAX.contains(&batch_max) {
+            return Err(error(
+                "MODERATION_BATCH_MAX",
+                batch_max.to_string(),
+                &format!("from {} to {} inputs per request", BATCH_MAX.start(), BATCH_MAX.end()),
+            ));
+        }
         Ok(Self {
             stages: src.choice(
                 "MODERATION",
@@ -200,6 +226,8 @@ impl ModerationSettings {
             window_chars,
             fail_mode: src.choice("MODERATION_FAIL_MODE", FailMode::Closed, &[("closed", FailMode::Closed), ("open", FailMode::Open)])?,
             timeout: Duration::from_millis(timeout_ms),
+            batch_wait: Duration::from_millis(batch_wait_ms),
+            batch_max,
             webhook: webhook(src)?,
         })
     }
@@ -254,4 +282,42 @@ fn webhook(src: &Source<'_>) -> Result<Option<WebhookSettings>, SettingsError> {
         ));
     }
     Ok(Some(WebhookSettings { url, secret, include_text }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::settings::{Settings, SettingsError};
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_map(&vars)
+    }
+
+    #[test]
+    fn batching_waits_5_ms_for_up_to_32_inputs_unless_told_otherwise() {
+        let moderation = settings(&[]).unwrap().moderation;
+        assert_eq!((moderation.batch_wait, moderation.batch_max), (Duration::from_millis(5), 32));
+        let moderation = settings(&[("MODERATION_BATCH_WAIT_MS", "0"), ("MODERATION_BATCH_MAX", "256")]).unwrap().moderation;
+        assert_eq!((moderation.batch_wait, moderation.batch_max), (Duration::ZERO, 256));
+        let moderation = settings(&[("MODERATION_BATCH_WAIT_MS", "1000"), ("MODERATION_BATCH_MAX", "1")]).unwrap().moderation;
+        assert_eq!((moderation.batch_wait, moderation.batch_max), (Duration::from_secs(1), 1));
+    }
+
+    #[test]
+    fn a_batch_setting_out_of_range_names_its_variable() {
+        for (variable, value) in [
+            ("MODERATION_BATCH_WAIT_MS", "1001"),
+            ("MODERATION_BATCH_WAIT_MS", "-1"),
+            ("MODERATION_BATCH_WAIT_MS", "soon"),
+            ("MODERATION_BATCH_MAX", "0"),
+            ("MODERATION_BATCH_MAX", "257"),
+            ("MODERATION_BATCH_MAX", "many"),
+        ] {
+            let error = settings(&[(variable, value)]).unwrap_err();
+            assert_eq!((error.variable, error.value.as_str()), (variable, value));
+            assert!(error.to_string().contains(variable), "{error}");
+        }
+    }
 }

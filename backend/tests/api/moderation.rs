@@ -235,16 +235,104 @@ async fn assert_retraction_reaches_both_and_redacts_the_log(a: &LiveAiProcess, b
 }
 
 /// A fake OpenAI moderation API: `flagged` for input containing `word`, clean otherwise, after `delay`.
+/// A string `input` gets OpenAI's single answer byte for byte; an array (batched checks) gets
+/// one entry per text, in order, taken from the two-input answer
+/// (`openai_moderation_batch.json`: clean, then flagged).
 async fn openai_moderation(word: &'static str, delay: Duration) -> FakeUpstream {
     let clean = String::from_utf8(fixture_in("moderation", "openai_moderation_clean.json")).unwrap();
     let flagged = String::from_utf8(fixture_in("moderation", "openai_moderation_flagged.json")).unwrap();
+    let [clean_entry, flagged_entry] = batch_entries();
     FakeUpstream::start_with(Arc::new(move |request: &RecordedRequest| {
         let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        let text = body["input"].as_str().unwrap_or_default();
-        let reply = if text.contains(word) { flagged.clone() } else { clean.clone() };
+        let reply = match &body["input"] {
+            Value::Array(texts) => batch_answer(
+                texts
+                    .iter()
+                    .map(|text| if text.as_str().unwrap().contains(word) { &flagged_entry } else { &clean_entry })
+                    .cloned()
+                    .collect(),
+            ),
+            text if text.as_str().unwrap_or_default().contains(word) => flagged.clone(),
+            _ => clean.clone(),
+        };
         Reply::status(200, &[], reply).after(delay)
     }))
     .await
+}
+
+/// The two `results` entries of OpenAI's two-input answer: clean, then flagged.
+fn batch_entries() -> [Value; 2] {
+    let answer: Value = serde_json::from_slice(&fixture_in("moderation", "openai_moderation_batch.json")).unwrap();
+    answer["results"].as_array().unwrap().clone().try_into().unwrap()
+}
+
+/// An answer to an array `input`, in the shape of OpenAI's.
+fn batch_answer(results: Vec<Value>) -> String {
+    json!({"id": "modr-5c2e9a1d7b3f4e608a9d1c2b3e4f5a6b", "model": "omni-moderation-latest", "results": results}).to_string()
+}
+
+/// Settings of a server that checks only input through `moderator`, gathering
+/// up to `max` checks for as long as a second: a full batch leaves at once, so
+/// the test never waits the second out.
+fn batching_input_checks(moderator: &FakeUpstream, max: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("MODERATION", "input".into()),
+        ("MODERATION_PROVIDER", "openai".into()),
+        ("MODERATION_BASE_URL", format!("{}/v1", moderator.url())),
+        ("MODERATION_BATCH_WAIT_MS", "1000".into()),
+        ("MODERATION_BATCH_MAX", max.into()),
+    ]
+}
+
+#[tokio::test]
+async fn checks_of_streams_started_together_share_one_moderation_request_and_each_stream_gets_its_own_verdict() {
+    let moderator = openai_moderation("kill", Duration::ZERO).await;
+    let vars = batching_input_checks(&moderator, "3");
+    let app = spawn_app(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let questions = ["Why is the sky blue?", "I want to kill them.", "How do bees make honey?"];
+    let ids = join_all(questions.map(|question| app.create_stream("ask-question", json!({"question": question})))).await;
+    let endings = join_all(ids.iter().map(|id| async { app.events_of(id).await.until_terminal().await })).await;
+    for (question, events) in questions.iter().zip(&endings) {
+        let last = &events.last().unwrap().data;
+        if question.contains("kill") {
+            assert_eq!(
+                (last["code"].as_str(), &last["categories"]),
+                (Some("input_flagged"), &json!(["harassment", "harassment/threatening", "violence", "violence/graphic"])),
+                "{question}"
+            );
+        } else {
+            assert_eq!(last["type"], "complete", "{question}: {last}");
+        }
+    }
+    // Every check was answered, so every request the server made has been seen.
+    assert_eq!(moderator.connections(), 1, "one request for the three checks");
+    let body: Value = serde_json::from_slice(&moderator.request(0).await.body).unwrap();
+    let inputs: Vec<&str> = body["input"].as_array().expect("an array input").iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(inputs.len(), 3, "{inputs:?}");
+    for question in questions {
+        assert!(inputs.iter().any(|input| input.contains(question)), "{question} in {inputs:?}");
+    }
+    assert_eq!(app.metric("live_ai_moderation_batch_size_count", &[]).await, 1.0);
+    assert_eq!(app.metric("live_ai_moderation_batch_size_sum", &[]).await, 3.0);
+}
+
+#[tokio::test]
+async fn a_moderation_answer_with_fewer_results_than_inputs_fails_every_stream_of_its_batch() {
+    // One result, whatever was asked: no check can tell which verdict is its own.
+    let [clean_entry, _] = batch_entries();
+    let moderator = FakeUpstream::start(vec![Reply::status(200, &[], batch_answer(vec![clean_entry]))]).await;
+    let vars = batching_input_checks(&moderator, "2");
+    let app = spawn_app(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let questions = ["Why is the sky blue?", "How do bees make honey?"];
+    let ids = join_all(questions.map(|question| app.create_stream("ask-question", json!({"question": question})))).await;
+    for id in &ids {
+        let events = app.events_of(id).await.until_terminal().await;
+        assert_eq!(kinds(&events), ["start", "error"], "no answer passes an unchecked question");
+        let error = &events[1].data;
+        assert_eq!((error["code"].as_str(), error["retryable"].as_bool()), (Some("moderation_unavailable"), Some(true)));
+    }
+    assert_eq!(moderator.connections(), 1, "an answer that cannot be read is not retried");
+    assert_eq!(app.metric("live_ai_moderation_checks_total", &["outcome=\"failed_closed\""]).await, 2.0);
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 //! - `moderator.rs`: the trait (text → allowed / flagged with categories), with
 //!   timeouts and retries; `local.rs` (word filter), `openai.rs`
 //!   (`/v1/moderations`), `llama_guard.rs` (Llama Guard over a chat server).
+//! - `batch.rs`: checks of all streams that arrive within
+//!   `MODERATION_BATCH_WAIT_MS` sent to `openai` in one request.
 //! - `window.rs`: output cut into windows at sentence ends.
 //! - `stage.rs`: the stream wrapper — input checked alongside the provider
 //!   call, output held back per window (`buffered`) or checked behind the
@@ -14,6 +16,7 @@
 //!   Standard Webhooks, retried for hours from an outbox (in Redis with
 //!   `STREAM_STORE=redis`, so deliveries outlive a restart).
 
+mod batch;
 pub mod category;
 mod http;
 pub mod llama_guard;
@@ -29,7 +32,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use self::moderator::{Checker, Flag, Moderator, Stage};
+use self::batch::Batching;
+use self::moderator::{Checker, Flag, Stage};
 use self::webhook::{Flagged, Webhooks};
 use crate::ai::blocks::BlockType;
 use crate::ai::runtime::engine::EventStream;
@@ -83,27 +87,38 @@ pub struct Moderation {
 impl Moderation {
     /// `webhooks` delivers flags to the host app, when one is configured.
     pub fn new(settings: &ModerationSettings, max_retries: u32, webhooks: Option<Webhooks>, metrics: Metrics) -> Self {
-        let moderator: Arc<dyn Moderator> = match settings.provider {
+        let checker = match settings.provider {
             ModeratorKind::Local => {
                 local::warm_up();
-                Arc::new(local::LocalFilter)
+                Checker::new(Arc::new(local::LocalFilter), settings.timeout, max_retries)
             }
-            ModeratorKind::OpenAi => Arc::new(openai::OpenAiModeration::new(
-                &settings.base_url,
-                settings.api_key.clone(),
-                settings.model.clone(),
-                settings.thresholds.clone(),
-            )),
-            ModeratorKind::LlamaGuard => {
-                Arc::new(llama_guard::LlamaGuard::new(&settings.base_url, settings.api_key.clone(), settings.model.clone()))
+            ModeratorKind::OpenAi => {
+                let openai = Arc::new(openai::OpenAiModeration::new(
+                    &settings.base_url,
+                    settings.api_key.clone(),
+                    settings.model.clone(),
+                    settings.thresholds.clone(),
+                ));
+                let batching = Batching { wait: settings.batch_wait, max: settings.batch_max };
+                Checker::new(openai.clone(), settings.timeout, max_retries).batching(
+                    openai,
+                    batching,
+                    metrics.moderation_batch_size.clone(),
+                )
             }
+            // Llama Guard judges one conversation per chat request: no batching.
+            ModeratorKind::LlamaGuard => Checker::new(
+                Arc::new(llama_guard::LlamaGuard::new(&settings.base_url, settings.api_key.clone(), settings.model.clone())),
+                settings.timeout,
+                max_retries,
+            ),
         };
         let inner = Inner {
             stages: settings.stages,
             output_mode: settings.output_mode,
             window_chars: settings.window_chars,
             fail_mode: settings.fail_mode,
-            checker: Checker::new(moderator, settings.timeout, max_retries),
+            checker,
             webhooks,
             metrics,
         };

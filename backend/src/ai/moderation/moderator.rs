@@ -1,14 +1,20 @@
 //! What every moderator is: text in, a typed verdict out (allowed, or flagged
-//! with categories), or a typed failure. [`Checker`] bounds each attempt by
+//! with categories), or a typed failure; a [`BatchModerator`] also takes many
+//! texts in one request. [`Attempts`] bounds each request by
 //! `MODERATION_TIMEOUT_MS` and retries failures the way the engine retries a
 //! provider (`PROVIDER_MAX_RETRIES`, doubling backoff, a short `Retry-After`
-//! honoured), so the stage above only sees verdicts and final failures.
+//! honoured); [`Checker`] applies it to each check, or hands checks to a
+//! [`Batcher`], which applies it to each batch. The stage above only sees
+//! verdicts and final failures.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use super::batch::{Batcher, Batching};
 
 /// Which side of the exchange a check looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,21 +97,82 @@ pub trait Moderator: Send + Sync {
     async fn check(&self, check: &Check) -> Result<Verdict, ModerationError>;
 }
 
+/// A moderator whose API judges many texts in one request.
+#[async_trait]
+pub trait BatchModerator: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// One verdict per text, in the texts' order. A count that differs is the
+    /// caller's to refuse: it cannot tell which verdict is whose.
+    async fn check_batch(&self, texts: &[&str]) -> Result<Vec<Verdict>, ModerationError>;
+}
+
 /// The longest `Retry-After` waited for; a longer one fails the check.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
-/// A moderator with its timeout and retries.
-#[derive(Clone)]
-pub struct Checker {
-    moderator: Arc<dyn Moderator>,
+/// How one request to a moderator is bounded and retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts {
     timeout: Duration,
     max_retries: u32,
     retry_base: Duration,
 }
 
+impl Attempts {
+    pub fn new(timeout: Duration, max_retries: u32) -> Self {
+        Self { timeout, max_retries, retry_base: Duration::from_millis(250) }
+    }
+
+    /// `request` until it answers, fails for good or runs out of retries;
+    /// `what` names it in the logs (never its text).
+    pub async fn run<T, F, Fut>(&self, moderator: &'static str, what: &str, mut request: F) -> Result<T, ModerationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ModerationError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let outcome = match tokio::time::timeout(self.timeout, request()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ModerationError::Timeout { moderator, limit: self.timeout }),
+            };
+            let error = match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            let wait = error.retry_after().unwrap_or(self.retry_base * 2u32.pow(attempt));
+            if !error.retryable() || attempt >= self.max_retries || wait > MAX_RETRY_WAIT {
+                return Err(error);
+            }
+            tracing::warn!(%error, attempt, ?wait, what, "moderation request failed; retrying");
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A moderator with its timeout and retries, asked one check at a time or in batches.
+#[derive(Clone)]
+pub struct Checker {
+    moderator: Arc<dyn Moderator>,
+    attempts: Attempts,
+    batcher: Option<Batcher>,
+}
+
 impl Checker {
     pub fn new(moderator: Arc<dyn Moderator>, timeout: Duration, max_retries: u32) -> Self {
-        Self { moderator, timeout, max_retries, retry_base: Duration::from_millis(250) }
+        Self { moderator, attempts: Attempts::new(timeout, max_retries), batcher: None }
+    }
+
+    /// Checks that arrive within `batching.wait` of each other go to `batch`
+    /// together, each batch timed and retried as one request. A wait of zero
+    /// keeps one request per check, through [`Moderator::check`]. Starts a
+    /// task: call within a tokio runtime.
+    pub fn batching(self, batch: Arc<dyn BatchModerator>, batching: Batching, batch_size: prometheus::Histogram) -> Self {
+        if batching.wait.is_zero() {
+            return self;
+        }
+        let batcher = Batcher::start(batch, self.attempts, batching, batch_size);
+        Self { batcher: Some(batcher), ..self }
     }
 
     pub fn moderator(&self) -> &dyn Moderator {
@@ -113,24 +180,10 @@ impl Checker {
     }
 
     pub async fn check(&self, check: Check) -> Result<Verdict, ModerationError> {
-        let mut attempt = 0;
-        loop {
-            let outcome = match tokio::time::timeout(self.timeout, self.moderator.check(&check)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ModerationError::Timeout { moderator: self.moderator.name(), limit: self.timeout }),
-            };
-            let error = match outcome {
-                Ok(verdict) => return Ok(verdict),
-                Err(error) => error,
-            };
-            let wait = error.retry_after().unwrap_or(self.retry_base * 2u32.pow(attempt));
-            if !error.retryable() || attempt >= self.max_retries || wait > MAX_RETRY_WAIT {
-                return Err(error);
-            }
-            tracing::warn!(%error, attempt, ?wait, stage = check.stage.as_str(), "moderation check failed; retrying");
-            attempt += 1;
-            tokio::time::sleep(wait).await;
+        if let Some(batcher) = &self.batcher {
+            return batcher.check(check).await;
         }
+        self.attempts.run(self.moderator.name(), check.stage.as_str(), || self.moderator.check(&check)).await
     }
 }
 

@@ -5,6 +5,9 @@
 //! `MODERATION_THRESHOLDS` (e.g. `self-harm=0.2,sexual/minors=0.01`: stricter
 //! than OpenAI's own cut-offs, for children), and otherwise when OpenAI's own
 //! `categories` says so. The verdict carries every score OpenAI returned.
+//!
+//! It also judges many texts in one request (`input` an array, `results` in
+//! the same order), which the batcher uses (`batch.rs`).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::JsonPost;
-use super::moderator::{Check, Flag, ModerationError, Moderator, Verdict};
+use super::moderator::{BatchModerator, Check, Flag, ModerationError, Moderator, Verdict};
 use crate::config::settings::Secret;
 
 pub struct OpenAiModeration {
@@ -40,12 +43,14 @@ impl OpenAiModeration {
         Self { post: JsonPost::new("openai", base_url, "moderations", key), model, thresholds }
     }
 
-    /// The verdict of an answer's body.
-    fn verdict(&self, body: &[u8]) -> Result<Verdict, ModerationError> {
-        let malformed = |message: String| ModerationError::Malformed { moderator: "openai", message };
+    /// The results of an answer's body, in the order of the inputs.
+    fn results(body: &[u8]) -> Result<Vec<ModerationResult>, ModerationError> {
         let response: Response = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
-        let [result] =
-            <[ModerationResult; 1]>::try_from(response.results).map_err(|r| malformed(format!("{} results for one input", r.len())))?;
+        Ok(response.results)
+    }
+
+    /// The verdict of one result, with the thresholds applied to its scores.
+    fn verdict(&self, result: ModerationResult) -> Verdict {
         let scores: BTreeMap<String, f64> = result.category_scores.into_iter().filter_map(|(name, score)| Some((name, score?))).collect();
         let mut categories: Vec<String> = Vec::new();
         for (name, flagged) in &result.categories {
@@ -64,8 +69,16 @@ impl OpenAiModeration {
                 categories.push(name.clone());
             }
         }
-        Ok(if categories.is_empty() { Verdict::Allowed } else { Verdict::Flagged(Flag { categories, scores }) })
+        if categories.is_empty() {
+            Verdict::Allowed
+        } else {
+            Verdict::Flagged(Flag { categories, scores })
+        }
     }
+}
+
+fn malformed(message: String) -> ModerationError {
+    ModerationError::Malformed { moderator: "openai", message }
 }
 
 #[async_trait]
@@ -80,7 +93,22 @@ impl Moderator for OpenAiModeration {
 
     async fn check(&self, check: &Check) -> Result<Verdict, ModerationError> {
         let body = self.post.send(&json!({"model": self.model, "input": check.text})).await?;
-        self.verdict(&body)
+        let [result] = <[ModerationResult; 1]>::try_from(Self::results(&body)?)
+            .map_err(|r| malformed(format!("{} results for one input", r.len())))?;
+        Ok(self.verdict(result))
+    }
+}
+
+/// `input` as an array: one result per text, in order (`MODERATION_BATCH_WAIT_MS`).
+#[async_trait]
+impl BatchModerator for OpenAiModeration {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    async fn check_batch(&self, texts: &[&str]) -> Result<Vec<Verdict>, ModerationError> {
+        let body = self.post.send(&json!({"model": self.model, "input": texts})).await?;
+        Ok(Self::results(&body)?.into_iter().map(|result| self.verdict(result)).collect())
     }
 }
 
@@ -134,6 +162,36 @@ mod tests {
         let lenient = moderation(&format!("{}/v1", upstream.url()), &[("harassment", 0.9), ("harassment/threatening", 0.9)]);
         let Ok(Verdict::Flagged(flag)) = lenient.check(&check("x")).await else { panic!("violence still flags") };
         assert_eq!(flag.categories, ["violence", "violence/graphic"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_sends_its_texts_as_an_array_and_maps_each_result_to_its_text_in_order() {
+        let upstream = FakeUpstream::start(vec![Reply::status(200, &[], fixture("openai_moderation_batch.json"))]).await;
+        let verdicts =
+            moderation(&format!("{}/v1", upstream.url()), &[]).check_batch(&["Volcanoes erupt.", "I want to kill them."]).await.unwrap();
+        let [clean, Verdict::Flagged(flag)] = verdicts.as_slice() else { panic!("allowed, then flagged: {verdicts:?}") };
+        assert_eq!(*clean, Verdict::Allowed);
+        assert_eq!(flag.categories, ["harassment", "harassment/threatening", "violence", "violence/graphic"]);
+        let body: serde_json::Value = serde_json::from_slice(&upstream.request(0).await.body).unwrap();
+        assert_eq!(body, json!({"model": "omni-moderation-latest", "input": ["Volcanoes erupt.", "I want to kill them."]}));
+    }
+
+    #[tokio::test]
+    async fn thresholds_apply_to_each_result_of_a_batch() {
+        let upstream = FakeUpstream::start(vec![Reply::status(200, &[], fixture("openai_moderation_batch.json"))]).await;
+        let strict = moderation(&format!("{}/v1", upstream.url()), &[("illicit", 0.000001), ("harassment", 0.9)]);
+        let verdicts = strict.check_batch(&["a", "b"]).await.unwrap();
+        let categories: Vec<Vec<String>> = verdicts
+            .into_iter()
+            .map(|v| match v {
+                Verdict::Flagged(flag) => flag.categories,
+                Verdict::Allowed => vec![],
+            })
+            .collect();
+        // The clean text's `illicit` (about 3e-6) reaches its threshold; the threat's
+        // harassment (0.82) no longer does, its violence still flags.
+        assert_eq!(categories[0], ["illicit"]);
+        assert!(!categories[1].contains(&"harassment".to_owned()) && categories[1].contains(&"violence".to_owned()), "{categories:?}");
     }
 
     #[tokio::test]
