@@ -15,8 +15,14 @@
 //!
 //! A stream belongs to the principal that started it: to anyone else it does not
 //! exist (`NotFound`, exactly as for an unknown id, so ids cannot be probed), and
-//! idempotency keys are scoped per principal. A generation carries the limits
+//! idempotency keys are scoped per principal. A stream carries the limits
 //! [`Reservation`] it was admitted with and settles it when it ends.
+//!
+//! With coalescing (`super::coalesce`), a start whose request may be shared
+//! gets a stream fed by a relay of a shared generation — one it starts, joins
+//! or replays — instead of a generation of its own. The relay runs exactly as a
+//! generation does here (same cancel, grace, terminal and settlement rules);
+//! only its events come from the shared log instead of the engine.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -32,12 +38,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::coalesce::{self, CoalesceConfig, RequestKey, Sharing, Source, SHARED_OWNER};
 use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, LoggedEvent, StreamId};
 use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
 use crate::ai::moderation::{Exchange, Moderation};
-use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
+use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
 
@@ -57,6 +64,7 @@ pub struct ManagerConfig {
     pub resume_grace: Duration,
     pub retention: Duration,
     pub max_concurrent_streams: usize,
+    pub coalesce: CoalesceConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,11 +220,15 @@ impl StreamManager {
     /// key claimed follows the claim until its stream exists (or the key is given
     /// back, and it starts itself), so it never answers with an id that does not
     /// exist yet.
+    ///
+    /// `sharing` says with whom the answer may be shared (coalescing); a
+    /// shared start is admitted like any other.
     pub async fn start<E, F>(
         &self,
         input: BlockInput,
         key: Option<String>,
         owner: &str,
+        sharing: &Sharing,
         admit: impl FnOnce() -> F,
     ) -> Result<Started, StartError<E>>
     where
@@ -228,7 +240,7 @@ impl StreamManager {
         let id = StreamId::generate();
         let Some(key) = key.map(|key| scoped_key(owner, &key)) else {
             let reservation = admit().await.map_err(StartError::Refused)?;
-            return Ok(self.launch(id, input, owner, reservation).await?);
+            return Ok(self.launch(id, input, owner, sharing, reservation).await?);
         };
         let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
         if let Some(existing) = self.follow_key(&key, &claim).await? {
@@ -237,7 +249,7 @@ impl StreamManager {
         // The key is ours until the start is decided: given back if it is dropped.
         let pending = PendingKey { store: Some(self.inner.store.clone()), key, id: id.clone() };
         let reservation = admit().await.map_err(StartError::Refused)?;
-        let started = self.launch(id, input, owner, reservation).await?;
+        let started = self.launch(id, input, owner, sharing, reservation).await?;
         pending.hold(self.inner.config.retention).await;
         Ok(started)
     }
@@ -271,23 +283,133 @@ impl StreamManager {
         }
     }
 
-    async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
+    /// Starts stream `id`: a generation of its own, or a relay of a shared one
+    /// when coalescing is on and the request may be shared.
+    async fn launch(
+        &self,
+        id: StreamId,
+        input: BlockInput,
+        owner: &str,
+        sharing: &Sharing,
+        reservation: Reservation,
+    ) -> Result<Started, ManagerError> {
+        let coalesce = &self.inner.config.coalesce;
+        let request = coalesce.enabled.then(|| RequestKey::of(&sharing.scope, &input, self.inner.engine.provider())).flatten();
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let cancel = self.inner.shutdown.child_token();
-        let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
-        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
-        let writer = LogWriter { appender, next_seq: 0 };
-        let exchange = Exchange {
-            stream_id: Some(id.clone()),
-            principal: owner.to_owned(),
-            block: input.block_type(),
-            input: input.learner_text().into(),
+        let work = match request {
+            None => {
+                let exchange = exchange_of(&id, &input, owner);
+                Work::Generate { input, exchange, answers: None }
+            }
+            Some(request) => self.shared_source(&id, input, owner, request, sharing.fresh).await?,
         };
-        let run = run_generation(self.inner.clone(), id.clone(), input, exchange, generation, writer, permit, reservation);
+        let (block, generation, writer) = self.create(&id, work.block(), owner).await?;
+        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str());
+        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, Some(permit), Some(reservation));
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
+    }
+
+    /// Creates the log of stream `id` and registers its generation here.
+    async fn create(
+        &self,
+        id: &StreamId,
+        block: crate::ai::blocks::BlockType,
+        owner: &str,
+    ) -> Result<(crate::ai::blocks::BlockType, Arc<Generation>, LogWriter), ManagerError> {
+        let cancel = self.inner.shutdown.child_token();
+        let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
+        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
+        Ok((block, generation, LogWriter { appender, next_seq: 0 }))
+    }
+
+    /// The relay feeding `owner`'s coalesced stream `learner`: of the shared
+    /// generation answering `request`, which this start claims and launches,
+    /// joins, or replays.
+    async fn shared_source(
+        &self,
+        learner: &StreamId,
+        input: BlockInput,
+        owner: &str,
+        request: RequestKey,
+        fresh: bool,
+    ) -> Result<Work, ManagerError> {
+        let inner = &self.inner;
+        let block = input.block_type();
+        let candidate = StreamId::generate();
+        let source = coalesce::find_or_claim(inner.store.as_ref(), &request, &candidate, fresh, inner.config.coalesce.live_ttl).await?;
+        let (shared, cached) = match &source {
+            Source::Claimed(id) => {
+                match self.launch_shared(id, input, (learner, owner), &request).await {
+                    // Read from before it runs, so it never runs without a reader.
+                    Ok(reader) => {
+                        inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
+                        return Ok(self.relay(block, reader, false, false));
+                    }
+                    Err(error) => {
+                        let _ = inner.store.release_request(request.as_str(), id).await;
+                        return Err(error);
+                    }
+                }
+            }
+            Source::Joined(_) => {
+                inner.metrics.coalesce_joins.with_label_values(&[block.as_str()]).inc();
+                (true, false)
+            }
+            Source::Cached(_) => {
+                inner.metrics.coalesce_cache_hits.with_label_values(&[block.as_str()]).inc();
+                (false, true)
+            }
+        };
+        let (Source::Claimed(shared_id) | Source::Joined(shared_id) | Source::Cached(shared_id)) = &source;
+        tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
+        Ok(self.relay(block, self.read_shared(shared_id).await?, shared, cached))
+    }
+
+    /// A reader of a shared generation's log from its first event.
+    async fn read_shared(&self, id: &StreamId) -> Result<EventReader, ManagerError> {
+        match self.open(id, None, SHARED_OWNER).await? {
+            Opened::Events(reader) => Ok(reader),
+            Opened::UpToDate => unreachable!("a reader from the first event is never up to date"),
+        }
+    }
+
+    /// A learner's stream made of a shared generation's log.
+    fn relay(&self, block: crate::ai::blocks::BlockType, reader: EventReader, shared: bool, cached: bool) -> Work {
+        let (provider, metrics) = (self.inner.engine.provider(), &self.inner.metrics);
+        let start = EventBody::Start {
+            block_type: block,
+            provider: provider.name().to_owned(),
+            model: provider.model().to_owned(),
+            shared,
+            cached,
+        };
+        let saved = (shared || cached).then(|| metrics.coalesce_tokens_saved.with_label_values(&[block.as_str()]));
+        Work::Relay { block, events: coalesce::relayed(start, reader, saved) }
+    }
+
+    /// Launches the shared generation `id` answering `request`, moderated once
+    /// for all; returns the first learner's reader of it, attached before it
+    /// runs. Moderation's reports name the `originator` (the stream and
+    /// principal that asked first): the ids a host app knows.
+    async fn launch_shared(
+        &self,
+        id: &StreamId,
+        input: BlockInput,
+        originator: (&StreamId, &str),
+        request: &RequestKey,
+    ) -> Result<EventReader, ManagerError> {
+        let exchange = exchange_of(originator.0, &input, originator.1);
+        let work = Work::Generate { input, exchange, answers: Some(request.clone()) };
+        let (block, generation, writer) = self.create(id, work.block(), SHARED_OWNER).await?;
+        let reader = self.read_shared(id).await;
+        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str(), shared = true);
+        // No permit and no reservation: each learner's stream holds its own.
+        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, None, None);
+        // Spawned whatever happened to the reader: a log that exists gets its terminal event.
+        self.inner.tasks.spawn(run.instrument(span));
+        reader
     }
 
     /// Opens a reader on `owner`'s stream: the events after `after` (all when
@@ -498,6 +620,21 @@ fn follow_failure_event(id: &StreamId, error: &FollowError) -> LoggedEvent {
     LoggedEvent::new(error.next_seq, &EventBody::error(ErrorCode::GenerationLost, message, true))
 }
 
+/// A shared generation that ended: a complete answer is served again for the
+/// cache window; any other end (error, flagged, cancelled, lost) never is.
+async fn keep_or_release(inner: &Inner, request: &RequestKey, id: &StreamId, complete: bool) {
+    let cache = inner.config.coalesce.cache;
+    let kept = if complete && !cache.is_zero() {
+        inner.store.hold_request(request.as_str(), id, cache).await
+    } else {
+        inner.store.release_request(request.as_str(), id).await
+    };
+    if let Err(error) = kept {
+        // The key lapses by itself; until then starts find this log and judge it.
+        tracing::warn!(stream_id = %id, %error, "could not update the request index");
+    }
+}
+
 /// Counts a reader on a live generation for as long as it is held.
 struct ReaderGuard {
     generation: Arc<Generation>,
@@ -594,31 +731,71 @@ enum Ending {
     StoreLost(StoreError),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an exchange with moderation names for stream `id`.
+fn exchange_of(id: &StreamId, input: &BlockInput, principal: &str) -> Exchange {
+    Exchange { stream_id: Some(id.clone()), principal: principal.to_owned(), block: input.block_type(), input: input.learner_text().into() }
+}
+
+/// Where a stream's events come from.
+enum Work {
+    /// The engine, through moderation. A shared generation `answers` a request
+    /// key: it keeps it for the cache window when it completes, and gives it
+    /// back otherwise.
+    Generate { input: BlockInput, exchange: Exchange, answers: Option<RequestKey> },
+    /// A relay of a shared generation (coalescing), already moderated there.
+    Relay { block: crate::ai::blocks::BlockType, events: EventStream },
+}
+
+impl Work {
+    fn block(&self) -> crate::ai::blocks::BlockType {
+        match self {
+            Self::Generate { input, .. } => input.block_type(),
+            Self::Relay { block, .. } => *block,
+        }
+    }
+}
+
+/// Runs one stream into its log until its terminal event. The permit and the
+/// reservation are a learner's stream's; a shared generation holds neither.
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
-    input: BlockInput,
-    exchange: Exchange,
+    work: Work,
     generation: Arc<Generation>,
     mut writer: LogWriter,
-    _permit: OwnedSemaphorePermit,
-    reservation: Reservation,
+    _permit: Option<OwnedSemaphorePermit>,
+    reservation: Option<Reservation>,
 ) {
-    let block = input.block_type();
+    let block = work.block();
     let provider = inner.engine.provider().name().to_owned();
-    inner.metrics.active_streams.inc();
+    // Metrics of generations count what reached the provider: a relay is none.
+    let generates = matches!(work, Work::Generate { .. });
+    if generates {
+        inner.metrics.active_streams.inc();
+    }
     let started = Instant::now();
-    // Metered before moderation: the learner is charged what the provider
-    // produced, held back or not.
-    let metered = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
-    let mut events = inner.moderation.guard(metered, exchange);
+    let meter = |events: EventStream| match &reservation {
+        Some(reservation) => reservation.meter(events, inner.engine.token_counter()),
+        None => events,
+    };
+    let (mut events, answers) = match work {
+        // Metered before moderation: the learner is charged what the provider
+        // produced, held back or not.
+        Work::Generate { input, exchange, answers } => (inner.moderation.guard(meter(inner.engine.stream(input)), exchange), answers),
+        // A relay's learner is charged what they were sent, as if they had
+        // generated it alone.
+        Work::Relay { events, .. } => (meter(events), None),
+    };
+    // A shared generation's readers are learners' relays, which each outlive
+    // their learner's last reader by the grace already: once none is left, no
+    // learner can come back to it, so it stops at once (its upstream closed as a
+    // cancel of a stream of one's own would).
+    let grace = if answers.is_some() { Duration::ZERO } else { inner.config.resume_grace };
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
-    let mut abandoned =
-        PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace));
+    let mut abandoned = PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), grace));
     let mut cancelled = PolledWhenWoken::new(generation.cancel.clone().cancelled_owned());
-    let mut first_chunk = true;
+    let mut first_chunk = generates;
     let ending = loop {
         let next = tokio::select! {
             biased;
@@ -686,10 +863,17 @@ async fn run_generation(
         }
     }
     inner.store.release(&id);
-    reservation.settle().await;
-    inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+    if let Some(request) = answers {
+        keep_or_release(&inner, &request, &id, outcome == "complete").await;
+    }
+    if let Some(reservation) = reservation {
+        reservation.settle().await;
+    }
     inner.live.lock().unwrap().remove(&id);
-    inner.metrics.active_streams.dec();
+    if generates {
+        inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+        inner.metrics.active_streams.dec();
+    }
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
 }
 
@@ -715,6 +899,25 @@ mod tests {
         store: MemoryStore,
         entered: Notify,
         proceed: Notify,
+    }
+
+    #[async_trait]
+    impl crate::ai::streaming::store::RequestIndex for SlowCreate {
+        async fn claim_request(
+            &self,
+            key: &str,
+            id: &StreamId,
+            ttl: Duration,
+            claim: crate::ai::streaming::store::Claim<'_>,
+        ) -> Result<Option<StreamId>, StoreError> {
+            self.store.claim_request(key, id, ttl, claim).await
+        }
+        async fn hold_request(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+            self.store.hold_request(key, id, ttl).await
+        }
+        async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+            self.store.release_request(key, id).await
+        }
     }
 
     #[async_trait]
@@ -769,8 +972,14 @@ mod tests {
             retry_base: Duration::ZERO,
         };
         let engine = Engine::new(Arc::new(DemoProvider::new(demo)), config);
-        let config =
-            ManagerConfig { resume_grace: Duration::from_secs(30), retention: Duration::from_secs(300), max_concurrent_streams: 10 };
+        // Coalescing off: these tests are about one learner's starts.
+        let coalesce = CoalesceConfig { enabled: false, cache: Duration::ZERO, live_ttl: Duration::from_secs(60) };
+        let config = ManagerConfig {
+            resume_grace: Duration::from_secs(30),
+            retention: Duration::from_secs(300),
+            max_concurrent_streams: 10,
+            coalesce,
+        };
         // The manager's own behaviour, without moderation's (tested in ai::moderation and the API tests).
         let vars = [("MODERATION".to_owned(), "off".to_owned())].into_iter().collect();
         let settings = crate::config::settings::Settings::from_map(&vars).expect("valid settings");
@@ -798,13 +1007,17 @@ mod tests {
         let (limits, ada) = (limits(), Principal::learner("ada"));
         let first = {
             let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
-            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+            tokio::spawn(async move {
+                manager.start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400)).await
+            })
         };
         // The first start holds the key and is creating its stream.
         tokio::time::timeout(Duration::from_secs(5), store.entered.notified()).await.expect("the first start creates its stream");
         let retry = {
             let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
-            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+            tokio::spawn(async move {
+                manager.start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400)).await
+            })
         };
         // While no stream exists, the retry has no id to give.
         tokio::time::sleep(KEY_FOLLOW_PAUSE * 10).await;
@@ -822,12 +1035,17 @@ mod tests {
     async fn a_known_key_is_answered_without_asking_admission_and_a_refused_start_frees_its_key() {
         let manager = manager(Arc::new(memory()));
         let refuse = || async { Err::<Reservation, _>(LimitError::Unavailable("refused in this test".into())) };
-        let refused = manager.start(eli10(), Some("k".into()), "jwt:ada", refuse).await;
+        let alone = Sharing { scope: "principal:jwt:ada".into(), fresh: false };
+        let refused = manager.start(eli10(), Some("k".into()), "jwt:ada", &alone, refuse).await;
         assert!(matches!(refused, Err(StartError::Refused(_))));
         let (limits, ada) = (limits(), Principal::learner("ada"));
-        let started = manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await.map_err(|_| ()).unwrap();
+        let started = manager
+            .start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400))
+            .await
+            .map_err(|_| ())
+            .unwrap();
         assert!(matches!(started, Started::New(_)), "the refused start gave its key back");
-        let again = manager.start(eli10(), Some("k".into()), ada.id(), refuse).await.map_err(|_| ()).unwrap();
+        let again = manager.start(eli10(), Some("k".into()), ada.id(), &alone, refuse).await.map_err(|_| ()).unwrap();
         assert_eq!(again, Started::Existing(started.stream_id().clone()), "the limits were not asked");
     }
 }
