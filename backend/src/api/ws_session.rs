@@ -3,6 +3,9 @@
 //! streams it reads (one reader per stream, each forwarding log events into the
 //! socket's outbox), and how each client message changes that.
 //!
+//! A `start` may carry `fresh: true` (coalescing: a new answer, never a shared
+//! or replayed one).
+//!
 //! Deliberate rules, relied on by `@live-ai/client`:
 //! - One reader per stream. A `resume` (or a retried `start`) of a stream the
 //!   socket already reads restarts that reader only when it asks for earlier

@@ -153,6 +153,9 @@ pub type EventReader = BoxStream<'static, EventBatch>;
 struct Generation {
     cancel: CancellationToken,
     readers: watch::Sender<usize>,
+    /// Cancelled once its events' source is dropped: for a generation, its
+    /// provider request is closed.
+    upstream_closed: CancellationToken,
 }
 
 struct Inner {
@@ -319,7 +322,7 @@ impl StreamManager {
     ) -> Result<(crate::ai::blocks::BlockType, Arc<Generation>, LogWriter), ManagerError> {
         let cancel = self.inner.shutdown.child_token();
         let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0, upstream_closed: CancellationToken::new() });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         Ok((block, generation, LogWriter { appender, next_seq: 0 }))
     }
@@ -345,7 +348,7 @@ impl StreamManager {
                     // Read from before it runs, so it never runs without a reader.
                     Ok(reader) => {
                         inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
-                        return Ok(self.relay(block, reader, false, false));
+                        return Ok(self.relay(block, id, reader, false, false));
                     }
                     Err(error) => {
                         let _ = inner.store.release_request(request.as_str(), id).await;
@@ -364,19 +367,19 @@ impl StreamManager {
         };
         let (Source::Claimed(shared_id) | Source::Joined(shared_id) | Source::Cached(shared_id)) = &source;
         tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
-        Ok(self.relay(block, self.read_shared(shared_id).await?, shared, cached))
+        Ok(self.relay(block, shared_id, self.read_shared(shared_id).await?, shared, cached))
     }
 
     /// A reader of a shared generation's log from its first event.
     async fn read_shared(&self, id: &StreamId) -> Result<EventReader, ManagerError> {
-        match self.open(id, None, SHARED_OWNER).await? {
+        match self.open_as(id, None, SHARED_OWNER, Reading::Relay).await? {
             Opened::Events(reader) => Ok(reader),
             Opened::UpToDate => unreachable!("a reader from the first event is never up to date"),
         }
     }
 
-    /// A learner's stream made of a shared generation's log.
-    fn relay(&self, block: crate::ai::blocks::BlockType, reader: EventReader, shared: bool, cached: bool) -> Work {
+    /// A learner's stream made of the log of shared generation `id`.
+    fn relay(&self, block: crate::ai::blocks::BlockType, id: &StreamId, reader: EventReader, shared: bool, cached: bool) -> Work {
         let (provider, metrics) = (self.inner.engine.provider(), &self.inner.metrics);
         let start = EventBody::Start {
             block_type: block,
@@ -386,7 +389,8 @@ impl StreamManager {
             cached,
         };
         let saved = (shared || cached).then(|| metrics.coalesce_tokens_saved.with_label_values(&[block.as_str()]));
-        Work::Relay { block, events: coalesce::relayed(start, reader, saved) }
+        let generation = self.inner.live.lock().unwrap().get(id).map(|generation| (id.clone(), generation.clone()));
+        Work::Relay { block, events: coalesce::relayed(start, reader, saved), generation }
     }
 
     /// Launches the shared generation `id` answering `request`, moderated once
@@ -417,6 +421,12 @@ impl StreamManager {
     /// stream has no event at is refused, except the terminal event's own
     /// (`UpToDate`).
     pub async fn open(&self, id: &StreamId, after: Option<u64>, owner: &str) -> Result<Opened, ManagerError> {
+        self.open_as(id, after, owner, Reading::Client).await
+    }
+
+    /// [`open`](Self::open), for a client or for a relay (which keeps a shared
+    /// generation going like any reader, but is no client in the metrics).
+    async fn open_as(&self, id: &StreamId, after: Option<u64>, owner: &str, reading: Reading) -> Result<Opened, ManagerError> {
         let status = match self.inner.store.status(id).await {
             Ok(status) if *status.owner == *owner => status,
             Err(StoreError::Expired { len, owner: expired_owner, .. }) if *expired_owner == *owner => {
@@ -444,7 +454,8 @@ impl StreamManager {
                 return Ok(Opened::UpToDate);
             }
         }
-        let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        let gauge = (reading == Reading::Client).then(|| self.inner.metrics.attached_readers.clone());
+        let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), gauge));
         // A generation running here ends with a terminal event on shutdown; a
         // reader of one running elsewhere is handed what this process has, then
         // ends without one, so its client resumes on another process.
@@ -635,24 +646,38 @@ async fn keep_or_release(inner: &Inner, request: &RequestKey, id: &StreamId, com
     }
 }
 
-/// Counts a reader on a live generation for as long as it is held.
+/// Who reads a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A client (SSE or WebSocket), counted in `attached_readers`.
+    Client,
+    /// A coalesced stream's relay of its shared generation.
+    Relay,
+}
+
+/// Counts a reader on a live generation for as long as it is held (and, for a
+/// client, in `gauge`).
 struct ReaderGuard {
     generation: Arc<Generation>,
-    gauge: prometheus::IntGauge,
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl ReaderGuard {
-    fn attach(generation: Arc<Generation>, metrics: &Metrics) -> Self {
+    fn attach(generation: Arc<Generation>, gauge: Option<prometheus::IntGauge>) -> Self {
         generation.readers.send_modify(|n| *n += 1);
-        metrics.attached_readers.inc();
-        Self { generation, gauge: metrics.attached_readers.clone() }
+        if let Some(gauge) = &gauge {
+            gauge.inc();
+        }
+        Self { generation, gauge }
     }
 }
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
         self.generation.readers.send_modify(|n| *n -= 1);
-        self.gauge.dec();
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
@@ -742,8 +767,9 @@ enum Work {
     /// key: it keeps it for the cache window when it completes, and gives it
     /// back otherwise.
     Generate { input: BlockInput, exchange: Exchange, answers: Option<RequestKey> },
-    /// A relay of a shared generation (coalescing), already moderated there.
-    Relay { block: crate::ai::blocks::BlockType, events: EventStream },
+    /// A relay of a shared generation (coalescing), already moderated there;
+    /// the `generation`'s own state when it runs in this process.
+    Relay { block: crate::ai::blocks::BlockType, events: EventStream, generation: Option<(StreamId, Arc<Generation>)> },
 }
 
 impl Work {
@@ -778,13 +804,13 @@ async fn run_generation(
         Some(reservation) => reservation.meter(events, inner.engine.token_counter()),
         None => events,
     };
-    let (mut events, answers) = match work {
+    let (mut events, answers, source) = match work {
         // Metered before moderation: the learner is charged what the provider
         // produced, held back or not.
-        Work::Generate { input, exchange, answers } => (inner.moderation.guard(meter(inner.engine.stream(input)), exchange), answers),
+        Work::Generate { input, exchange, answers } => (inner.moderation.guard(meter(inner.engine.stream(input)), exchange), answers, None),
         // A relay's learner is charged what they were sent, as if they had
         // generated it alone.
-        Work::Relay { events, .. } => (meter(events), None),
+        Work::Relay { events, generation, .. } => (meter(events), None, generation),
     };
     // A shared generation's readers are learners' relays, which each outlive
     // their learner's last reader by the grace already: once none is left, no
@@ -829,8 +855,21 @@ async fn run_generation(
             Err(AppendFailed::Store(error)) => break Ending::StoreLost(error),
         }
     };
-    // Dropping the engine's stream closes the provider request.
+    // Dropping the engine's stream closes the provider request; dropping a
+    // relay's, its reader of the shared generation.
     drop(events);
+    generation.upstream_closed.cancel();
+    if let (Ending::Cancelled(_), Some((shared_id, shared))) = (&ending, &source) {
+        // The last learner of a shared generation here: it stops now, and
+        // its provider request is closed by the time this cancel is answered,
+        // as a stream's own generation's would be.
+        // (Where other processes may read it, the store counts their readers
+        // for a grace more: not waited for.)
+        let unread = *shared.readers.borrow() == 0;
+        if unread && matches!(inner.store.reader_presence(shared_id).await, Ok(None)) {
+            let _ = tokio::time::timeout(CANCEL_WAIT, shared.upstream_closed.cancelled()).await;
+        }
+    }
     let (terminal, outcome) = match ending {
         Ending::Finished(outcome) => (None, outcome.to_owned()),
         Ending::Cancelled(reason) => (
