@@ -390,11 +390,12 @@ async fn with_coalesce_off_every_start_generates() {
     assert_eq!(upstream.connections(), 3);
 }
 
-#[tokio::test]
-async fn thirty_starts_over_three_processes_on_redis_make_one_provider_request() {
+/// Thirty learners of one class start at once, spread over three processes on
+/// the Redis of `store` (settings), each reading on another process than the
+/// one it started on: one provider request.
+async fn thirty_starts_over_three_processes(store: Vec<(&'static str, String)>) {
     let upstream = slow_model(Duration::from_millis(1500)).await;
-    let prefix = fresh_prefix();
-    let mut vars: Vec<(&str, String)> = redis_deployment(&prefix);
+    let mut vars = store;
     vars.extend(openai_settings(&upstream));
     vars.extend(class_settings(&[]).into_iter().map(|(k, v)| (k, v.to_owned())));
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -402,16 +403,67 @@ async fn thirty_starts_over_three_processes_on_redis_make_one_provider_request()
     let learners: Vec<String> = (0..30).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
     let starts = learners.iter().enumerate().map(|(n, token)| start(&processes[n % 3].api, token, topic(), json!({}), &[]));
     let created = join_all(starts).await;
-    // Each reads on another process than the one it started on.
-    let reads = learners
-        .iter()
-        .zip(&created)
-        .enumerate()
-        .map(|(n, (token, created))| read_all(&processes[(n + 1) % 3].api, token, created["stream_id"].as_str().unwrap()));
+    let reads =
+        learners.iter().zip(&created).enumerate().map(|(n, (token, created))| read_all(&processes[(n + 1) % 3].api, token, id_of(created)));
     let all = join_all(reads).await;
     assert!(all.iter().all(|events| events.last().unwrap().kind() == "complete"), "every learner got the answer");
     let text = text_of(&all[0]);
     assert!(!text.is_empty() && all.iter().all(|events| text_of(events) == text));
     assert_eq!(all.iter().filter(|events| marks(events) == (false, false)).count(), 1, "one learner's start generated");
     assert_eq!(upstream.connections(), 1, "thirty starts, three processes, one provider request");
+}
+
+#[tokio::test]
+async fn thirty_starts_over_three_processes_on_redis_make_one_provider_request() {
+    thirty_starts_over_three_processes(redis_deployment(&fresh_prefix())).await;
+}
+
+#[tokio::test]
+async fn thirty_starts_over_three_processes_on_a_redis_cluster_make_one_provider_request() {
+    let store = vec![
+        ("STREAM_STORE", "redis".to_owned()),
+        ("REDIS_CLUSTER_URLS", crate::cluster::cluster().urls()),
+        ("REDIS_KEY_PREFIX", fresh_prefix()),
+    ];
+    thirty_starts_over_three_processes(store).await;
+}
+
+#[tokio::test]
+async fn when_the_process_generating_a_shared_answer_dies_every_joined_learner_elsewhere_gets_generation_lost() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
+    let prefix = fresh_prefix();
+    let mut vars: Vec<(&str, String)> = redis_deployment(&prefix);
+    vars.extend(openai_settings(&upstream));
+    // Async moderation: the chunks before the stall reach the readers.
+    vars.extend(class_settings(&[("MODERATION_OUTPUT_MODE", "async")]).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let generator = LiveAiProcess::spawn(&vars).await;
+    let [b, c]: [LiveAiProcess; 2] = join_all((0..2).map(|_| LiveAiProcess::spawn(&vars))).await.try_into().ok().unwrap();
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("7b")));
+    start(&generator, &ada, topic(), json!({}), &[]).await;
+    let joined = [start(&b, &bo, topic(), json!({}), &[]).await, start(&c, &cy, topic(), json!({}), &[]).await];
+    let mut readers = vec![reader(&b, &bo, id_of(&joined[0])).await, reader(&c, &cy, id_of(&joined[1])).await];
+    let mut received = Vec::new();
+    for reader in &mut readers {
+        let opening = reader.take(2).await;
+        assert_eq!((kinds(&opening), marks(&opening)), (vec!["start".to_owned(), "chunk".to_owned()], (true, false)));
+        received.push(opening);
+    }
+    generator.kill().await;
+    for (reader, mut events) in readers.iter_mut().zip(received) {
+        events.extend(reader.until_terminal().await);
+        assert_contiguous(&events, 0);
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.data["code"].as_str(), last.data["retryable"].as_bool()),
+            (Some("generation_lost"), Some(true)),
+            "{:?}",
+            last.data
+        );
+    }
+    // The lost answer is not served again: the next start generates anew.
+    let again = start(&b, &bo, topic(), json!({}), &[]).await;
+    let opening = reader(&b, &bo, id_of(&again)).await.take(2).await;
+    assert_eq!(marks(&opening), (false, false));
+    assert_eq!(upstream.connections(), 2);
 }
