@@ -104,3 +104,61 @@ impl RequestIndex for RedisStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::super::{RedisStoreConfig, RedisTarget};
+    use super::*;
+
+    /// Two processes of one deployment on the machine's Redis (`REDIS_URL`, default local).
+    async fn pair() -> (RedisStore, RedisStore) {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+        let config = || RedisStoreConfig {
+            prefix: prefix.clone(),
+            retention: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+            generation_timeout: Duration::from_secs(600),
+        };
+        let target = RedisTarget::Node(url);
+        let a = RedisStore::connect(&target, config()).await.expect("Redis runs for the tests");
+        (a, RedisStore::connect(&target, config()).await.expect("Redis runs for the tests"))
+    }
+
+    fn id(name: &str) -> StreamId {
+        StreamId::parse(name).unwrap()
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn processes_agree_on_one_generation_per_request_and_only_its_own_holder_changes_it() {
+        let (a, b) = pair().await;
+        assert_eq!(a.claim_request("k", &id("g1"), TTL, Claim::Vacant).await.unwrap(), None);
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Vacant).await.unwrap(), Some(id("g1")));
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Replacing(&id("g0"))).await.unwrap(), Some(id("g1")));
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Replacing(&id("g1"))).await.unwrap(), None);
+        // g1's process learns late that its answer ended: it no longer names the key.
+        a.release_request("k", &id("g1")).await.unwrap();
+        a.hold_request("k", &id("g1"), Duration::from_millis(1)).await.unwrap();
+        assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Vacant).await.unwrap(), Some(id("g2")));
+        assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Always).await.unwrap(), None, "fresh");
+        b.release_request("k", &id("g3")).await.unwrap();
+        assert_eq!(a.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), None, "released");
+    }
+
+    #[tokio::test]
+    async fn a_request_key_expires_by_itself_and_is_tagged_by_its_own_digest() {
+        let (a, _) = pair().await;
+        a.claim_request("abc", &id("g1"), TTL, Claim::Vacant).await.unwrap();
+        let name = a.shared.keys.request("abc");
+        assert!(name.ends_with(":request:{abc}"), "{name}");
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0 && left <= TTL.as_millis() as i64, "{left}");
+        a.hold_request("abc", &id("g1"), Duration::from_secs(5)).await.unwrap();
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0 && left <= 5000, "held for the cache window: {left}");
+    }
+}
