@@ -341,33 +341,39 @@ impl StreamManager {
         let inner = &self.inner;
         let block = input.block_type();
         let candidate = StreamId::generate();
-        let source = coalesce::find_or_claim(inner.store.as_ref(), &request, &candidate, fresh, inner.config.coalesce.live_ttl).await?;
-        let (shared, cached) = match &source {
-            Source::Claimed(id) => {
-                match self.launch_shared(id, input, (learner, owner), &request).await {
-                    // Read from before it runs, so it never runs without a reader.
-                    Ok(reader) => {
-                        inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
-                        return Ok(self.relay(block, id, reader, false, false));
-                    }
-                    Err(error) => {
-                        let _ = inner.store.release_request(request.as_str(), id).await;
-                        return Err(error);
-                    }
+        // A second look only when the log found went away before it was read
+        // (its retention ran out in between): the index then gets replaced.
+        let mut looks = 0;
+        loop {
+            looks += 1;
+            let live_ttl = inner.config.coalesce.live_ttl;
+            let source = coalesce::find_or_claim(inner.store.as_ref(), &request, &candidate, fresh, live_ttl).await?;
+            let (shared_id, shared, cached, counter) = match &source {
+                Source::Claimed(id) => {
+                    return match self.launch_shared(id, input, (learner, owner), &request).await {
+                        // Read from before it runs, so it never runs without a reader.
+                        Ok(reader) => {
+                            inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
+                            Ok(self.relay(block, id, reader, false, false))
+                        }
+                        Err(error) => {
+                            let _ = inner.store.release_request(request.as_str(), id).await;
+                            Err(error)
+                        }
+                    };
                 }
-            }
-            Source::Joined(_) => {
-                inner.metrics.coalesce_joins.with_label_values(&[block.as_str()]).inc();
-                (true, false)
-            }
-            Source::Cached(_) => {
-                inner.metrics.coalesce_cache_hits.with_label_values(&[block.as_str()]).inc();
-                (false, true)
-            }
-        };
-        let (Source::Claimed(shared_id) | Source::Joined(shared_id) | Source::Cached(shared_id)) = &source;
-        tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
-        Ok(self.relay(block, shared_id, self.read_shared(shared_id).await?, shared, cached))
+                Source::Joined(id) => (id, true, false, &inner.metrics.coalesce_joins),
+                Source::Cached(id) => (id, false, true, &inner.metrics.coalesce_cache_hits),
+            };
+            let reader = match self.read_shared(shared_id).await {
+                Ok(reader) => reader,
+                Err(ManagerError::NotFound { .. }) if looks < 2 => continue,
+                Err(error) => return Err(error),
+            };
+            counter.with_label_values(&[block.as_str()]).inc();
+            tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
+            return Ok(self.relay(block, shared_id, reader, shared, cached));
+        }
     }
 
     /// A reader of a shared generation's log from its first event.
