@@ -263,10 +263,6 @@ async fn flagged_input_closes_the_provider_request_it_ran_alongside_and_logs_not
         ("MODERATION_BASE_URL", &moderator_url),
         ("MODERATION_API_KEY", "sk-moderation"),
         ("LIMIT_TOKENS_PER_DAY", "100000"),
-        // Coalescing off: this is about a learner's own generation, charged what
-        // its provider produced before it was closed; a shared answer charges
-        // each learner what it was sent.
-        ("COALESCE", "off"),
     ])
     .await;
     let id = app.create_stream("ask-question", json!({"question": "I want to kill them."})).await;

@@ -156,6 +156,10 @@ struct Generation {
     /// Cancelled once its events' source is dropped: for a generation, its
     /// provider request is closed.
     upstream_closed: CancellationToken,
+    /// Output tokens its provider produced so far, held back by moderation or
+    /// not (counted for shared generations only: what their learners here are
+    /// charged when the answer does not complete).
+    produced: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -322,7 +326,12 @@ impl StreamManager {
     ) -> Result<(crate::ai::blocks::BlockType, Arc<Generation>, LogWriter), ManagerError> {
         let cancel = self.inner.shutdown.child_token();
         let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0, upstream_closed: CancellationToken::new() });
+        let generation = Arc::new(Generation {
+            cancel,
+            readers: watch::channel(0).0,
+            upstream_closed: CancellationToken::new(),
+            produced: Default::default(),
+        });
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         Ok((block, generation, LogWriter { appender, next_seq: 0 }))
     }
@@ -762,6 +771,16 @@ enum Ending {
     StoreLost(StoreError),
 }
 
+/// Passes a shared generation's events through, counting the output tokens its
+/// provider produced into `generation`.
+fn counted(events: EventStream, generation: Arc<Generation>, counter: crate::ai::providers::TokenCounter) -> EventStream {
+    Box::pin(events.inspect(move |body| {
+        if let EventBody::Chunk { token } = body {
+            generation.produced.fetch_add(counter.chunk(token), std::sync::atomic::Ordering::Relaxed);
+        }
+    }))
+}
+
 /// What an exchange with moderation names for stream `id`.
 fn exchange_of(id: &StreamId, input: &BlockInput, principal: &str) -> Exchange {
     Exchange { stream_id: Some(id.clone()), principal: principal.to_owned(), block: input.block_type(), input: input.learner_text().into() }
@@ -813,7 +832,13 @@ async fn run_generation(
     let (mut events, answers, source) = match work {
         // Metered before moderation: the learner is charged what the provider
         // produced, held back or not.
-        Work::Generate { input, exchange, answers } => (inner.moderation.guard(meter(inner.engine.stream(input)), exchange), answers, None),
+        Work::Generate { input, exchange, answers } => {
+            let mut produced = inner.engine.stream(input);
+            if answers.is_some() {
+                produced = counted(produced, generation.clone(), inner.engine.token_counter());
+            }
+            (inner.moderation.guard(meter(produced), exchange), answers, None)
+        }
         // A relay's learner is charged what they were sent, as if they had
         // generated it alone.
         Work::Relay { events, generation, .. } => (meter(events), None, generation),
@@ -912,7 +937,18 @@ async fn run_generation(
         keep_or_release(&inner, &request, &id, outcome == "complete").await;
     }
     if let Some(reservation) = reservation {
-        reservation.settle().await;
+        match &source {
+            // A learner of a shared answer that did not complete is charged
+            // what the provider produced until then, as if they had generated
+            // it alone, not only what moderation let through to them. (A
+            // generation in another process: what they were sent.)
+            Some((_, shared)) if outcome != "complete" => {
+                let produced = shared.produced.load(std::sync::atomic::Ordering::Relaxed);
+                let used = reservation.used().max(produced);
+                reservation.settle_to(used).await;
+            }
+            _ => reservation.settle().await,
+        }
     }
     inner.live.lock().unwrap().remove(&id);
     if generates {
