@@ -24,6 +24,7 @@ use crate::ai::moderation::webhook::Webhooks;
 use crate::ai::moderation::Moderation;
 use crate::ai::providers;
 use crate::ai::runtime::engine::{Engine, EngineConfig};
+use crate::ai::streaming::coalesce::CoalesceConfig;
 use crate::ai::streaming::store::memory::MemoryStore;
 use crate::ai::streaming::store::redis::{RedisStore, RedisStoreConfig};
 use crate::ai::streaming::store::{EventStore, StoreError};
@@ -110,6 +111,14 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
             resume_grace: settings.resume_grace,
             retention: settings.retention,
             max_concurrent_streams: settings.max_concurrent_streams,
+            coalesce: CoalesceConfig {
+                enabled: settings.coalesce.enabled,
+                cache: settings.coalesce.cache,
+                // A request key names a running generation for at most as long
+                // as the generation may run, plus the grace it may outlive its
+                // last reader by, plus a minute of slack.
+                live_ttl: settings.generation_timeout + settings.resume_grace + std::time::Duration::from_secs(60),
+            },
         },
         metrics.clone(),
         shutdown.clone(),

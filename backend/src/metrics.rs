@@ -29,6 +29,13 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections the server ended itself, by why.
     pub connections_closed: IntCounterVec,
+    /// Coalescing, by block: shared generations started, starts that joined
+    /// one, starts served a finished answer, and the provider tokens those
+    /// joined and replayed answers did not cost.
+    pub shared_generations: IntCounterVec,
+    pub coalesce_joins: IntCounterVec,
+    pub coalesce_cache_hits: IntCounterVec,
+    pub coalesce_tokens_saved: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,6 +86,19 @@ impl Metrics {
             "Connections the server closed itself: send_timeout, header_timeout, or at_capacity (refused over MAX_CONNECTIONS).",
             &["reason"],
         );
+        let shared_generations = counters(
+            "shared_generations_total",
+            "Generations started for a request that identical requests in its scope may join (COALESCE).",
+            &["block"],
+        );
+        let coalesce_joins = counters("coalesce_joins_total", "Starts that joined a generation already running.", &["block"]);
+        let coalesce_cache_hits =
+            counters("coalesce_cache_hits_total", "Starts served a finished answer without asking the model.", &["block"]);
+        let coalesce_tokens_saved = counters(
+            "coalesce_tokens_saved_total",
+            "Provider tokens (prompt and completion) of the complete answers that joined or cached streams got without a generation of their own.",
+            &["block"],
+        );
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -114,6 +134,10 @@ impl Metrics {
             moderation_webhooks,
             connections_open,
             connections_closed,
+            shared_generations,
+            coalesce_joins,
+            coalesce_cache_hits,
+            coalesce_tokens_saved,
         }
     }
 

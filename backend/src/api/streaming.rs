@@ -7,6 +7,11 @@
 //! `Idempotency-Key` names a stream already started, which gets that stream
 //! whatever the limits; a stream read, resumed or cancelled by anyone but its
 //! owner answers exactly as an unknown one.
+//!
+//! With coalescing on, a start may join an identical request's generation in
+//! the principal's scope, or replay its finished answer; `fresh: true` in the
+//! body, or `Cache-Control: no-cache` on either start route, asks for a new
+//! answer instead.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -21,6 +26,7 @@ use super::error::{ApiError, JsonBody, QueryParams};
 use super::origin::SameSiteStart;
 use super::{sse, AppState};
 use crate::ai::blocks::{BlockInput, BlockType};
+use crate::ai::streaming::coalesce::Sharing;
 use crate::ai::streaming::events::StreamId;
 use crate::ai::streaming::stream_manager::{CancelOutcome, ManagerError, StartError, Started};
 use crate::auth::principal::Reader;
@@ -61,12 +67,31 @@ fn parse_stream_id(raw: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(raw).ok_or_else(|| ApiError::bad_request("stream_id", "stream_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ or -"))
 }
 
-/// Starts a generation for `principal`, admitted by its limits; a known
-/// idempotency key returns its stream without asking the limits.
-pub async fn start(state: &AppState, principal: &Principal, input: BlockInput, key: Option<String>) -> Result<Started, ApiError> {
+/// Whether the request asks for a new answer with `Cache-Control: no-cache`
+/// (the way browsers and HTTP caches ask a server to revalidate).
+pub fn wants_fresh(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
+}
+
+/// Starts a stream for `principal`, admitted by its limits; a known
+/// idempotency key returns its stream without asking the limits. `fresh`
+/// asks for a new answer rather than a shared or cached one.
+pub async fn start(
+    state: &AppState,
+    principal: &Principal,
+    input: BlockInput,
+    key: Option<String>,
+    fresh: bool,
+) -> Result<Started, ApiError> {
     let tokens = input.prompt().max_tokens.into();
     let admit = || state.limits.admit(principal, tokens);
-    state.manager.start(input, key, principal.id(), admit).await.map_err(|error| match error {
+    let sharing = Sharing::of(principal, fresh);
+    state.manager.start(input, key, principal.id(), &sharing, admit).await.map_err(|error| match error {
         StartError::Refused(refused) => ApiError::from(refused),
         StartError::Manager(error) => error.into(),
     })
@@ -106,6 +131,7 @@ async fn attach(
         ("block_type" = String, Path, description = "ask-question, explain-eli10, quiz or diagram"),
         ("Last-Event-ID" = Option<String>, Header, description = "`<stream_id>:<seq>`: resume that stream after that event instead of starting one"),
         ("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key attaches to the same generation"),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache`: a new answer, never one shared with an identical request or replayed (COALESCE)"),
     ),
     description = "Starts a generation with the block input as query parameters (e.g. `?topic=volcanoes&count=3`) and streams its events as SSE.",
     responses(
@@ -141,7 +167,7 @@ pub async fn stream_block(
     if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
         return attach(&state, &principal, stream_id, Some(seq), ResumeFrom::LastEventId).await;
     }
-    let started = start(&state, &principal, input, key).await?;
+    let started = start(&state, &principal, input, key, wants_fresh(&headers)).await?;
     attach(&state, &principal, started.stream_id().clone(), None, ResumeFrom::Start).await
 }
 
@@ -153,6 +179,11 @@ pub struct CreateStream {
     /// The block input, e.g. `{"topic": "volcanoes", "count": 3}`.
     #[schema(value_type = Object)]
     input: Map<String, Value>,
+    /// true: always generate anew; never join a running generation for an
+    /// identical request or replay a finished answer (COALESCE). Same as
+    /// `Cache-Control: no-cache`.
+    #[serde(default)]
+    fresh: Option<bool>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -167,7 +198,10 @@ pub struct StreamCreated {
 
 #[utoipa::path(
     post, path = "/api/streams", request_body = CreateStream,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key returns the same stream")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key returns the same stream"),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache`: as `fresh: true`"),
+    ),
     responses(
         (status = 201, body = StreamCreated, description = "A new generation"),
         (status = 200, body = StreamCreated, description = "The generation this Idempotency-Key started (whatever the limits: a retry is not a new start)"),
@@ -187,7 +221,8 @@ pub async fn create_stream(
         ApiError::bad_request("block_type", format!("unknown block type `{}`", request.block_type.chars().take(64).collect::<String>()))
     })?;
     let input = BlockInput::parse(block_type, &request.input)?;
-    let started = start(&state, &principal, input, idempotency_key(&headers)?).await?;
+    let fresh = request.fresh.unwrap_or(false) || wants_fresh(&headers);
+    let started = start(&state, &principal, input, idempotency_key(&headers)?, fresh).await?;
     let status = match started {
         Started::New(_) => StatusCode::CREATED,
         Started::Existing(_) => StatusCode::OK,
@@ -281,6 +316,22 @@ mod tests {
     fn after_of(query: &str) -> Option<Result<Option<u64>, ()>> {
         let uri: Uri = format!("/api/streams/x/events?{query}").parse().ok()?;
         Some(Query::<EventsQuery>::try_from_uri(&uri).map(|q| q.0.after).map_err(|_| ()))
+    }
+
+    #[test]
+    fn no_cache_among_any_cache_control_directives_asks_for_a_fresh_answer() {
+        let fresh = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(axum::http::header::CACHE_CONTROL, value.parse().unwrap());
+            }
+            wants_fresh(&headers)
+        };
+        assert!(fresh(&["no-cache"]));
+        assert!(fresh(&["max-age=0, No-Cache"]));
+        assert!(fresh(&["max-age=0", "no-cache"]));
+        assert!(!fresh(&[]));
+        assert!(!fresh(&["max-age=0", "no-store"]));
     }
 
     proptest! {

@@ -21,6 +21,8 @@ pub enum ClientMessage {
         input: Map<String, Value>,
         #[serde(rename = "ref")]
         reference: Option<String>,
+        /// Always generate anew (coalescing joins and replays nothing).
+        fresh: Option<bool>,
     },
     Resume {
         stream_id: String,
@@ -136,7 +138,7 @@ mod tests {
             ]
         });
         let kind = prop::sample::select(vec!["auth", "start", "resume", "cancel", "detach", "dance", ""]);
-        let name = prop::sample::select(vec!["token", "block_type", "input", "ref", "stream_id", "after", "extra"]);
+        let name = prop::sample::select(vec!["token", "block_type", "input", "ref", "fresh", "stream_id", "after", "extra"]);
         (kind, prop::collection::btree_map(name, value, 0..4)).prop_map(|(kind, fields)| {
             let mut object: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             object.insert("type".into(), json!(kind));
@@ -163,10 +165,11 @@ mod tests {
             let is = |key: &str, check: fn(&Value) -> bool| message.get(key).is_none_or(check);
             let expected = match message["type"].as_str().unwrap() {
                 "auth" => has(&["token"], &["token"]) && is("token", Value::is_string),
-                "start" => has(&["block_type", "input", "ref"], &["block_type", "input"])
+                "start" => has(&["block_type", "input", "ref", "fresh"], &["block_type", "input"])
                     && is("block_type", Value::is_string)
                     && is("input", Value::is_object)
-                    && is("ref", |v| v.is_string() || v.is_null()),
+                    && is("ref", |v| v.is_string() || v.is_null())
+                    && is("fresh", |v| v.is_boolean() || v.is_null()),
                 "resume" => has(&["stream_id", "after"], &["stream_id"])
                     && is("stream_id", Value::is_string)
                     && is("after", |v| v.is_u64() || v.is_null()),

@@ -3,6 +3,9 @@
 //! streams it reads (one reader per stream, each forwarding log events into the
 //! socket's outbox), and how each client message changes that.
 //!
+//! A `start` may carry `fresh: true` (coalescing: a new answer, never a shared
+//! or replayed one).
+//!
 //! Deliberate rules, relied on by `@live-ai/client`:
 //! - One reader per stream. A `resume` (or a retried `start`) of a stream the
 //!   socket already reads restarts that reader only when it asks for earlier
@@ -34,6 +37,7 @@ use super::ws::close;
 use super::ws_messages::{decode, text, with_ref, ClientMessage, ProtocolError};
 use super::AppState;
 use crate::ai::blocks::{BlockInput, BlockType};
+use crate::ai::streaming::coalesce::Sharing;
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventType, LoggedEvent, StreamId};
 use crate::ai::streaming::stream_manager::{ManagerError, Opened, StartError};
 use crate::auth::Credential;
@@ -142,7 +146,9 @@ impl Session {
         };
         match message {
             ClientMessage::Auth { token } => return self.authenticate(&token).await,
-            ClientMessage::Start { block_type, input, reference } => self.start(block_type, input, reference).await,
+            ClientMessage::Start { block_type, input, reference, fresh } => {
+                self.start(block_type, input, reference, fresh.unwrap_or(false)).await
+            }
             ClientMessage::Resume { stream_id, after } => self.resume(stream_id, after).await,
             ClientMessage::Cancel { stream_id } => self.cancel(stream_id).await,
             ClientMessage::Detach { stream_id } => self.detach(stream_id).await,
@@ -203,7 +209,7 @@ impl Session {
         id.is_some_and(|id| self.readers.contains_key(id)) || self.readers.len() < self.state.settings.limits.streams_per_socket
     }
 
-    async fn start(&mut self, block_type: String, input: Map<String, Value>, reference: Option<String>) {
+    async fn start(&mut self, block_type: String, input: Map<String, Value>, reference: Option<String>, fresh: bool) {
         let fail = |error: ProtocolError| ProtocolError { reference: reference.clone(), ..error };
         if reference.as_ref().is_some_and(|r| r.len() > 128) {
             return self
@@ -247,7 +253,8 @@ impl Session {
                 }
             })
         };
-        let started = self.state.manager.start(input, reference.clone(), principal.id(), admit).await;
+        let sharing = Sharing::of(principal, fresh);
+        let started = self.state.manager.start(input, reference.clone(), principal.id(), &sharing, admit).await;
         match started {
             Ok(started) => self.read(started.stream_id().clone(), None, reference).await,
             Err(StartError::Refused(error)) => self.reply(fail(error)).await,

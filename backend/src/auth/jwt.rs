@@ -24,6 +24,8 @@ pub struct JwtVerifier {
     keys: Vec<Key>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// The claim naming the learner's sharing scope (`COALESCE_SCOPE_CLAIM`).
+    scope_claim: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -32,12 +34,19 @@ struct Claims {
     /// Required by the validation; optional here so a token without it is refused
     /// as lacking a claim, not as malformed.
     exp: Option<u64>,
+    /// Every other claim, where the scope claim is looked up.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
-/// What a verified token says: who, and until when it may be used.
+/// What a verified token says: who, in which sharing scope, and until when it may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub sub: String,
+    /// The scope claim's value: a string, or a number as written. Absent, empty,
+    /// of another type or longer than a principal name: no scope (the learner
+    /// shares only with itself, never with a class it might not be in).
+    pub scope: Option<String>,
     /// The token's `exp` plus the tolerated clock skew: from then on it is refused.
     pub usable_until: std::time::SystemTime,
 }
@@ -45,7 +54,7 @@ pub struct Verified {
 impl JwtVerifier {
     pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
         let key = Key { kid: None, algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret) };
-        Self { keys: vec![key], issuer: issuer.map(str::to_owned), audience: audience.map(str::to_owned) }
+        Self { keys: vec![key], issuer: issuer.map(str::to_owned), audience: audience.map(str::to_owned), scope_claim: None }
     }
 
     /// Reads the RS256 / ES256 signing keys of a JWKS document; keys for other
@@ -72,7 +81,12 @@ impl JwtVerifier {
         if keys.is_empty() {
             return Err("no RS256 or ES256 signing key in the JWKS document".into());
         }
-        Ok(Self { keys, issuer: issuer.map(str::to_owned), audience: audience.map(str::to_owned) })
+        Ok(Self { keys, issuer: issuer.map(str::to_owned), audience: audience.map(str::to_owned), scope_claim: None })
+    }
+
+    /// Reads each token's sharing scope from `claim`.
+    pub fn with_scope_claim(self, claim: Option<&str>) -> Self {
+        Self { scope_claim: claim.map(str::to_owned), ..self }
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -108,13 +122,24 @@ impl JwtVerifier {
                 Ok(data) => {
                     let usable_until =
                         std::time::UNIX_EPOCH + std::time::Duration::from_secs(data.claims.exp.unwrap_or(0).saturating_add(LEEWAY_SECONDS));
-                    return check_subject(data.claims.sub).map(|sub| Verified { sub, usable_until });
+                    let scope = self.scope_claim.as_ref().and_then(|claim| scope_of(data.claims.rest.get(claim)?));
+                    return check_subject(data.claims.sub).map(|sub| Verified { sub, scope, usable_until });
                 }
                 Err(error) => Err(AuthError::Invalid(reason(&error))),
             };
         }
         outcome
     }
+}
+
+/// A scope claim's value as a scope, when it is one.
+fn scope_of(value: &serde_json::Value) -> Option<String> {
+    let scope = match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Number(number) => number.to_string(),
+        _ => return None,
+    };
+    (!scope.trim().is_empty() && scope.len() <= MAX_NAME_LEN && !scope.chars().any(char::is_control)).then_some(scope)
 }
 
 fn check_subject(sub: String) -> Result<String, AuthError> {
@@ -152,6 +177,26 @@ mod tests {
 
     fn hs256(claims: serde_json::Value, secret: &[u8]) -> String {
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    #[test]
+    fn the_scope_claim_names_the_learners_sharing_scope_when_it_is_a_plain_value() {
+        let verifier = JwtVerifier::hs256(SECRET, None, None).with_scope_claim(Some("class_id"));
+        let scope = |value: serde_json::Value| {
+            let mut claims = json!({"sub": "s", "exp": now() + 60});
+            if !value.is_null() {
+                claims["class_id"] = value;
+            }
+            verifier.verify(&hs256(claims, SECRET)).unwrap().scope
+        };
+        assert_eq!(scope(json!("7b")), Some("7b".into()));
+        assert_eq!(scope(json!(42)), Some("42".into()));
+        for none in [json!(null), json!(""), json!(["7b"]), json!({"id": "7b"}), json!("x".repeat(300))] {
+            assert_eq!(scope(none.clone()), None, "{none}");
+        }
+        let unscoped = JwtVerifier::hs256(SECRET, None, None);
+        let token = hs256(json!({"sub": "s", "exp": now() + 60, "class_id": "7b"}), SECRET);
+        assert_eq!(unscoped.verify(&token).unwrap().scope, None, "without COALESCE_SCOPE_CLAIM, no scope");
     }
 
     #[test]

@@ -70,12 +70,15 @@ impl Authenticator {
             AuthMode::None => Verifier::Anonymous,
             AuthMode::Jwt => {
                 let (issuer, audience) = (auth.jwt_issuer.as_deref(), auth.jwt_audience.as_deref());
-                Verifier::Jwt(match (&auth.jwt_secret, &auth.jwks_file) {
-                    (Some(secret), _) => JwtVerifier::hs256(secret.expose().as_bytes(), issuer, audience),
-                    (None, Some(path)) => JwtVerifier::from_jwks(&read_file("AUTH_JWKS_FILE", path)?, issuer, audience)
-                        .map_err(|problem| AuthSetupError { variable: "AUTH_JWKS_FILE", problem })?,
-                    (None, None) => unreachable!("settings require a JWT key source with AUTH_MODE=jwt"),
-                })
+                Verifier::Jwt(
+                    match (&auth.jwt_secret, &auth.jwks_file) {
+                        (Some(secret), _) => JwtVerifier::hs256(secret.expose().as_bytes(), issuer, audience),
+                        (None, Some(path)) => JwtVerifier::from_jwks(&read_file("AUTH_JWKS_FILE", path)?, issuer, audience)
+                            .map_err(|problem| AuthSetupError { variable: "AUTH_JWKS_FILE", problem })?,
+                        (None, None) => unreachable!("settings require a JWT key source with AUTH_MODE=jwt"),
+                    }
+                    .with_scope_claim(settings.coalesce.scope_claim.as_deref()),
+                )
             }
             AuthMode::ApiKey => {
                 let path = auth.api_keys_file.as_ref().expect("settings require AUTH_API_KEYS_FILE with AUTH_MODE=api_key");
@@ -117,9 +120,10 @@ impl Authenticator {
     pub fn verify(&self, bearer: Option<&str>, client_ip: IpAddr) -> Result<Credential, AuthError> {
         match &self.verifier {
             Verifier::Anonymous => Ok(Credential { principal: Principal::anonymous(client_ip), usable_until: None }),
-            Verifier::Jwt(verifier) => verifier
-                .verify(bearer.ok_or(AuthError::Missing)?)
-                .map(|token| Credential { principal: Principal::learner(&token.sub), usable_until: Some(token.usable_until) }),
+            Verifier::Jwt(verifier) => verifier.verify(bearer.ok_or(AuthError::Missing)?).map(|token| Credential {
+                principal: Principal::learner(&token.sub).in_scope(token.scope.as_deref()),
+                usable_until: Some(token.usable_until),
+            }),
             Verifier::ApiKeys(keys) => keys
                 .verify(bearer.ok_or(AuthError::Missing)?)
                 .map(|name| Credential { principal: Principal::api_client(name), usable_until: None })

@@ -16,8 +16,27 @@ pub const MAX_NAME_LEN: usize = 256;
 
 /// A principal id, namespaced by how it was proven: `jwt:<sub>`, `key:<name>` or
 /// `ip:<address>` (`ip:<network>/64` for IPv6). Streams, idempotency keys and limits belong to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal(Arc<str>);
+///
+/// It may also carry a sharing scope (the `COALESCE_SCOPE_CLAIM` of its JWT, a
+/// class say): identical requests within one scope may share a generation. The
+/// scope is not part of who the principal is: equality and hashing go by the id
+/// alone, so a refreshed token naming another class is the same learner.
+#[derive(Debug, Clone)]
+pub struct Principal(Arc<str>, Option<Arc<str>>);
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Principal {}
+
+impl std::hash::Hash for Principal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Principal {
     /// The anonymous principal of a client address (`AUTH_MODE=none`): an IPv4
@@ -26,32 +45,47 @@ impl Principal {
     /// let it multiply every limit by picking new ones.
     pub fn anonymous(ip: IpAddr) -> Self {
         match ip {
-            IpAddr::V4(v4) => Self(format!("ip:{v4}").into()),
+            IpAddr::V4(v4) => Self(format!("ip:{v4}").into(), None),
             IpAddr::V6(v6) => {
                 let network = Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64));
-                Self(format!("ip:{network}/64").into())
+                Self(format!("ip:{network}/64").into(), None)
             }
         }
     }
 
     /// A learner, by the `sub` of the host app's JWT.
     pub fn learner(sub: &str) -> Self {
-        Self(format!("jwt:{sub}").into())
+        Self(format!("jwt:{sub}").into(), None)
     }
 
     /// A server-to-server caller, by its name in the API key file.
     pub fn api_client(name: &str) -> Self {
-        Self(format!("key:{name}").into())
+        Self(format!("key:{name}").into(), None)
     }
 
     /// A principal as carried by a token this server signed.
     pub(crate) fn from_id(id: &str) -> Option<Self> {
         let known = ["jwt:", "key:", "ip:"].iter().any(|kind| id.starts_with(kind));
-        (known && id.len() <= MAX_NAME_LEN + 4).then(|| Self(id.into()))
+        (known && id.len() <= MAX_NAME_LEN + 4).then(|| Self(id.into(), None))
     }
 
     pub fn id(&self) -> &str {
         &self.0
+    }
+
+    /// The same principal in a sharing scope (the value of its token's scope claim).
+    pub fn in_scope(self, scope: Option<&str>) -> Self {
+        Self(self.0, scope.map(Arc::from))
+    }
+
+    /// Whom this principal's identical requests may be shared with: its scope,
+    /// or, without one, itself alone. Both kinds are tagged, so no scope value
+    /// can be mistaken for a principal.
+    pub fn sharing_scope(&self) -> String {
+        match &self.1 {
+            Some(scope) => format!("scope:{scope}"),
+            None => format!("principal:{}", self.0),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::coalesce::CoalesceSettings;
 use super::moderation::ModerationSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,8 @@ pub struct Settings {
     pub provider_max_retries: u32,
     pub demo: DemoSettings,
     pub moderation: ModerationSettings,
+    /// Identical requests sharing one generation (`COALESCE*`).
+    pub coalesce: CoalesceSettings,
     pub store: StoreKind,
     /// The Redis of `STREAM_STORE=redis`: `REDIS_URL`'s node, or the cluster of
     /// `REDIS_CLUSTER_URLS` when that is set.
@@ -410,6 +413,7 @@ impl Settings {
                 inject_after_tokens: src.parse("DEMO_INJECT_AFTER_TOKENS", 0, "a number of tokens")?,
             },
             moderation: ModerationSettings::read(&src)?,
+            coalesce: CoalesceSettings::read(&src)?,
             store: src.choice("STREAM_STORE", StoreKind::Memory, &[("memory", StoreKind::Memory), ("redis", StoreKind::Redis)])?,
             redis: match src.raw("REDIS_CLUSTER_URLS").filter(|urls| !urls.trim().is_empty()) {
                 Some(urls) => {
@@ -485,7 +489,8 @@ impl Settings {
         };
         settings.check_provider_credentials()?;
         settings.check_auth(src.raw("AUTH_JWT_AUDIENCE").is_some())?;
-        Ok(settings)
+        let coalesce = settings.coalesce.clone().bounded_by(&settings);
+        Ok(Self { coalesce, ..settings })
     }
 
     /// The auth mode has what it needs, and no deployment is open by accident.

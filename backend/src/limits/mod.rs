@@ -233,6 +233,11 @@ impl Reservation {
         }))
     }
 
+    /// What the metered events used so far.
+    pub fn used(&self) -> u64 {
+        self.meter.used()
+    }
+
     /// Settles to what the metered events used.
     pub async fn settle(self) {
         let used = self.meter.used();

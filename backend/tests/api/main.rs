@@ -15,6 +15,7 @@ mod test_server;
 
 mod auth;
 mod cluster;
+mod coalesce;
 mod connections;
 mod contract;
 mod errors;

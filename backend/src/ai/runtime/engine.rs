@@ -98,6 +98,8 @@ impl Engine {
                 block_type: input.block_type(),
                 provider: provider.name().to_owned(),
                 model: provider.model().to_owned(),
+                shared: false,
+                cached: false,
             };
             let started = Instant::now();
             let deadline = started + config.max_duration;

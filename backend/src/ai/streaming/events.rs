@@ -116,6 +116,14 @@ pub enum EventBody {
         block_type: BlockType,
         provider: String,
         model: String,
+        /// This stream joined a generation already running for an identical
+        /// request in its scope (coalescing); only written when true.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        shared: bool,
+        /// This stream replays a finished answer to an identical request in its
+        /// scope, without asking the model; only written when true.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     Chunk {
         token: String,
@@ -245,6 +253,12 @@ impl EventRecord {
         Self { event_type, fields: fields.slice(..fields.len() - 1) }
     }
 
+    /// The record of an event read from a log, to put it in another log
+    /// (coalescing's relay): the same bytes, at the other log's seq.
+    pub fn of(event: &LoggedEvent) -> Self {
+        Self { event_type: event.event_type, fields: event.fields.clone() }
+    }
+
     pub fn at(self, seq: u64) -> LoggedEvent {
         LoggedEvent { seq, event_type: self.event_type, fields: self.fields }
     }
@@ -300,6 +314,18 @@ impl LoggedEvent {
         retracts(self.event_type, &self.fields)
     }
 
+    /// The typed event, read back from its bytes (`None` if they are not one,
+    /// which a log written by this server never holds).
+    pub fn body(&self) -> Option<EventBody> {
+        let mut json = Vec::with_capacity(self.fields.len() + 32);
+        json.extend_from_slice(br#"{"type":""#);
+        json.extend_from_slice(self.event_type.as_str().as_bytes());
+        json.extend_from_slice(b"\",");
+        json.extend_from_slice(&self.fields);
+        json.push(b'}');
+        serde_json::from_slice(&json).ok()
+    }
+
     /// Appends the event's JSON, `{"stream_id":…,"seq":…,"type":…,…}`, to `out`.
     pub fn write_json(&self, stream_id: &StreamId, out: &mut BytesMut) {
         out.reserve(48 + stream_id.as_str().len() + self.fields.len());
@@ -338,7 +364,20 @@ mod tests {
     fn a_record_rendered_at_a_seq_is_the_serialised_event() {
         let id = StreamId::parse("s-1").unwrap();
         let bodies = [
-            EventBody::Start { block_type: BlockType::Quiz, provider: "demo".into(), model: "demo-model".into() },
+            EventBody::Start {
+                block_type: BlockType::Quiz,
+                provider: "demo".into(),
+                model: "demo-model".into(),
+                shared: false,
+                cached: false,
+            },
+            EventBody::Start {
+                block_type: BlockType::Quiz,
+                provider: "demo".into(),
+                model: "demo-model".into(),
+                shared: true,
+                cached: true,
+            },
             EventBody::Chunk { token: "a \"quoted\" token\n".into() },
             EventBody::Part { kind: PartKind::QuizQuestion, index: 0, data: serde_json::json!({"question": "Why?"}) },
             EventBody::error(ErrorCode::GenerationLost, "lost", true),
@@ -354,8 +393,21 @@ mod tests {
         for (seq, body) in bodies.into_iter().enumerate() {
             let seq = seq as u64 + u64::from(u32::MAX);
             let expected = serde_json::to_string(&Event { stream_id: id.clone(), seq, body: body.clone() }).unwrap();
-            assert_eq!(LoggedEvent::new(seq, &body).json(&id), expected.as_bytes());
+            let logged = LoggedEvent::new(seq, &body);
+            assert_eq!(logged.json(&id), expected.as_bytes());
+            assert_eq!(logged.body(), Some(body), "read back from its bytes");
         }
+    }
+
+    #[test]
+    fn a_start_says_shared_or_cached_only_when_it_is() {
+        let id = StreamId::parse("abc").unwrap();
+        let start =
+            |shared, cached| EventBody::Start { block_type: BlockType::Quiz, provider: "demo".into(), model: "m".into(), shared, cached };
+        let plain = LoggedEvent::new(0, &start(false, false)).json(&id);
+        assert_eq!(plain, r#"{"stream_id":"abc","seq":0,"type":"start","block_type":"quiz","provider":"demo","model":"m"}"#);
+        let shared = LoggedEvent::new(0, &start(true, false)).json(&id);
+        assert_eq!(shared, r#"{"stream_id":"abc","seq":0,"type":"start","block_type":"quiz","provider":"demo","model":"m","shared":true}"#);
     }
 
     #[test]

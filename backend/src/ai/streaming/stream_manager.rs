@@ -15,8 +15,14 @@
 //!
 //! A stream belongs to the principal that started it: to anyone else it does not
 //! exist (`NotFound`, exactly as for an unknown id, so ids cannot be probed), and
-//! idempotency keys are scoped per principal. A generation carries the limits
+//! idempotency keys are scoped per principal. A stream carries the limits
 //! [`Reservation`] it was admitted with and settles it when it ends.
+//!
+//! With coalescing (`super::coalesce`), a start whose request may be shared
+//! gets a stream fed by a relay of a shared generation — one it starts, joins
+//! or replays — instead of a generation of its own. The relay runs exactly as a
+//! generation does here (same cancel, grace, terminal and settlement rules);
+//! only its events come from the shared log instead of the engine.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -32,12 +38,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::coalesce::{self, CoalesceConfig, RequestKey, Sharing, Source, SHARED_OWNER};
 use super::events::{CancelReason, ErrorCode, EventBody, EventRecord, EventType, LoggedEvent, StreamId};
 use super::polled_when_woken::PolledWhenWoken;
 use super::store::{Appender, EventBatch, EventStore, FollowError, FollowFailure, KeyClaim, StoreError};
 use crate::ai::blocks::BlockInput;
 use crate::ai::moderation::{Exchange, Moderation};
-use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
+use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
 
@@ -57,6 +64,7 @@ pub struct ManagerConfig {
     pub resume_grace: Duration,
     pub retention: Duration,
     pub max_concurrent_streams: usize,
+    pub coalesce: CoalesceConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +153,13 @@ pub type EventReader = BoxStream<'static, EventBatch>;
 struct Generation {
     cancel: CancellationToken,
     readers: watch::Sender<usize>,
+    /// Cancelled once its events' source is dropped: for a generation, its
+    /// provider request is closed.
+    upstream_closed: CancellationToken,
+    /// Output tokens its provider produced so far, held back by moderation or
+    /// not (counted for shared generations only: what their learners here are
+    /// charged when the answer does not complete).
+    produced: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -212,11 +227,15 @@ impl StreamManager {
     /// key claimed follows the claim until its stream exists (or the key is given
     /// back, and it starts itself), so it never answers with an id that does not
     /// exist yet.
+    ///
+    /// `sharing` says with whom the answer may be shared (coalescing); a
+    /// shared start is admitted like any other.
     pub async fn start<E, F>(
         &self,
         input: BlockInput,
         key: Option<String>,
         owner: &str,
+        sharing: &Sharing,
         admit: impl FnOnce() -> F,
     ) -> Result<Started, StartError<E>>
     where
@@ -228,7 +247,7 @@ impl StreamManager {
         let id = StreamId::generate();
         let Some(key) = key.map(|key| scoped_key(owner, &key)) else {
             let reservation = admit().await.map_err(StartError::Refused)?;
-            return Ok(self.launch(id, input, owner, reservation).await?);
+            return Ok(self.launch(id, input, owner, sharing, reservation).await?);
         };
         let claim = KeyClaim { stream_id: id.clone(), fingerprint: input.fingerprint() };
         if let Some(existing) = self.follow_key(&key, &claim).await? {
@@ -237,7 +256,7 @@ impl StreamManager {
         // The key is ours until the start is decided: given back if it is dropped.
         let pending = PendingKey { store: Some(self.inner.store.clone()), key, id: id.clone() };
         let reservation = admit().await.map_err(StartError::Refused)?;
-        let started = self.launch(id, input, owner, reservation).await?;
+        let started = self.launch(id, input, owner, sharing, reservation).await?;
         pending.hold(self.inner.config.retention).await;
         Ok(started)
     }
@@ -271,23 +290,145 @@ impl StreamManager {
         }
     }
 
-    async fn launch(&self, id: StreamId, input: BlockInput, owner: &str, reservation: Reservation) -> Result<Started, ManagerError> {
+    /// Starts stream `id`: a generation of its own, or a relay of a shared one
+    /// when coalescing is on and the request may be shared.
+    async fn launch(
+        &self,
+        id: StreamId,
+        input: BlockInput,
+        owner: &str,
+        sharing: &Sharing,
+        reservation: Reservation,
+    ) -> Result<Started, ManagerError> {
+        let coalesce = &self.inner.config.coalesce;
+        let request = coalesce.enabled.then(|| RequestKey::of(&sharing.scope, &input, self.inner.engine.provider())).flatten();
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let cancel = self.inner.shutdown.child_token();
-        let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
-        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
-        let writer = LogWriter { appender, next_seq: 0 };
-        let exchange = Exchange {
-            stream_id: Some(id.clone()),
-            principal: owner.to_owned(),
-            block: input.block_type(),
-            input: input.learner_text().into(),
+        let work = match request {
+            None => {
+                let exchange = exchange_of(&id, &input, owner);
+                Work::Generate { input, exchange, answers: None }
+            }
+            Some(request) => self.shared_source(&id, input, owner, request, sharing.fresh).await?,
         };
-        let run = run_generation(self.inner.clone(), id.clone(), input, exchange, generation, writer, permit, reservation);
+        let (block, generation, writer) = self.create(&id, work.block(), owner).await?;
+        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str());
+        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, Some(permit), Some(reservation));
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
+    }
+
+    /// Creates the log of stream `id` and registers its generation here.
+    async fn create(
+        &self,
+        id: &StreamId,
+        block: crate::ai::blocks::BlockType,
+        owner: &str,
+    ) -> Result<(crate::ai::blocks::BlockType, Arc<Generation>, LogWriter), ManagerError> {
+        let cancel = self.inner.shutdown.child_token();
+        let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
+        let generation = Arc::new(Generation {
+            cancel,
+            readers: watch::channel(0).0,
+            upstream_closed: CancellationToken::new(),
+            produced: Default::default(),
+        });
+        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
+        Ok((block, generation, LogWriter { appender, next_seq: 0 }))
+    }
+
+    /// The relay feeding `owner`'s coalesced stream `learner`: of the shared
+    /// generation answering `request`, which this start claims and launches,
+    /// joins, or replays.
+    async fn shared_source(
+        &self,
+        learner: &StreamId,
+        input: BlockInput,
+        owner: &str,
+        request: RequestKey,
+        fresh: bool,
+    ) -> Result<Work, ManagerError> {
+        let inner = &self.inner;
+        let block = input.block_type();
+        let candidate = StreamId::generate();
+        // A second look only when the log found went away before it was read
+        // (its retention ran out in between): the index then gets replaced.
+        let mut looks = 0;
+        loop {
+            looks += 1;
+            let live_ttl = inner.config.coalesce.live_ttl;
+            let source = coalesce::find_or_claim(inner.store.as_ref(), &request, &candidate, fresh, live_ttl).await?;
+            let (shared_id, shared, cached, counter) = match &source {
+                Source::Claimed(id) => {
+                    return match self.launch_shared(id, input, (learner, owner), &request).await {
+                        // Read from before it runs, so it never runs without a reader.
+                        Ok(reader) => {
+                            inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
+                            Ok(self.relay(block, id, reader, false, false))
+                        }
+                        Err(error) => {
+                            let _ = inner.store.release_request(request.as_str(), id).await;
+                            Err(error)
+                        }
+                    };
+                }
+                Source::Joined(id) => (id, true, false, &inner.metrics.coalesce_joins),
+                Source::Cached(id) => (id, false, true, &inner.metrics.coalesce_cache_hits),
+            };
+            let reader = match self.read_shared(shared_id).await {
+                Ok(reader) => reader,
+                Err(ManagerError::NotFound { .. }) if looks < 2 => continue,
+                Err(error) => return Err(error),
+            };
+            counter.with_label_values(&[block.as_str()]).inc();
+            tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
+            return Ok(self.relay(block, shared_id, reader, shared, cached));
+        }
+    }
+
+    /// A reader of a shared generation's log from its first event.
+    async fn read_shared(&self, id: &StreamId) -> Result<EventReader, ManagerError> {
+        match self.open_as(id, None, SHARED_OWNER, Reading::Relay).await? {
+            Opened::Events(reader) => Ok(reader),
+            Opened::UpToDate => unreachable!("a reader from the first event is never up to date"),
+        }
+    }
+
+    /// A learner's stream made of the log of shared generation `id`.
+    fn relay(&self, block: crate::ai::blocks::BlockType, id: &StreamId, reader: EventReader, shared: bool, cached: bool) -> Work {
+        let (provider, metrics) = (self.inner.engine.provider(), &self.inner.metrics);
+        let start = EventBody::Start {
+            block_type: block,
+            provider: provider.name().to_owned(),
+            model: provider.model().to_owned(),
+            shared,
+            cached,
+        };
+        let saved = (shared || cached).then(|| metrics.coalesce_tokens_saved.with_label_values(&[block.as_str()]));
+        let generation = self.inner.live.lock().unwrap().get(id).map(|generation| (id.clone(), generation.clone()));
+        Work::Relay { block, events: coalesce::relayed(start, reader, saved), generation }
+    }
+
+    /// Launches the shared generation `id` answering `request`, moderated once
+    /// for all; returns the first learner's reader of it, attached before it
+    /// runs. Moderation's reports name the `originator` (the stream and
+    /// principal that asked first): the ids a host app knows.
+    async fn launch_shared(
+        &self,
+        id: &StreamId,
+        input: BlockInput,
+        originator: (&StreamId, &str),
+        request: &RequestKey,
+    ) -> Result<EventReader, ManagerError> {
+        let exchange = exchange_of(originator.0, &input, originator.1);
+        let work = Work::Generate { input, exchange, answers: Some(request.clone()) };
+        let (block, generation, writer) = self.create(id, work.block(), SHARED_OWNER).await?;
+        let reader = self.read_shared(id).await;
+        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str(), shared = true);
+        // No permit and no reservation: each learner's stream holds its own.
+        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, None, None);
+        // Spawned whatever happened to the reader: a log that exists gets its terminal event.
+        self.inner.tasks.spawn(run.instrument(span));
+        reader
     }
 
     /// Opens a reader on `owner`'s stream: the events after `after` (all when
@@ -295,6 +436,12 @@ impl StreamManager {
     /// stream has no event at is refused, except the terminal event's own
     /// (`UpToDate`).
     pub async fn open(&self, id: &StreamId, after: Option<u64>, owner: &str) -> Result<Opened, ManagerError> {
+        self.open_as(id, after, owner, Reading::Client).await
+    }
+
+    /// [`open`](Self::open), for a client or for a relay (which keeps a shared
+    /// generation going like any reader, but is no client in the metrics).
+    async fn open_as(&self, id: &StreamId, after: Option<u64>, owner: &str, reading: Reading) -> Result<Opened, ManagerError> {
         let status = match self.inner.store.status(id).await {
             Ok(status) if *status.owner == *owner => status,
             Err(StoreError::Expired { len, owner: expired_owner, .. }) if *expired_owner == *owner => {
@@ -322,7 +469,8 @@ impl StreamManager {
                 return Ok(Opened::UpToDate);
             }
         }
-        let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        let gauge = (reading == Reading::Client).then(|| self.inner.metrics.attached_readers.clone());
+        let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), gauge));
         // A generation running here ends with a terminal event on shutdown; a
         // reader of one running elsewhere is handed what this process has, then
         // ends without one, so its client resumes on another process.
@@ -498,24 +646,53 @@ fn follow_failure_event(id: &StreamId, error: &FollowError) -> LoggedEvent {
     LoggedEvent::new(error.next_seq, &EventBody::error(ErrorCode::GenerationLost, message, true))
 }
 
-/// Counts a reader on a live generation for as long as it is held.
+/// A shared generation that ended: a complete answer is served again for the
+/// cache window; any other end (error, flagged, cancelled, lost) never is.
+async fn keep_or_release(inner: &Inner, request: &RequestKey, id: &StreamId, complete: bool) {
+    let cache = inner.config.coalesce.cache;
+    let kept = if complete && !cache.is_zero() {
+        inner.store.hold_request(request.as_str(), id, cache).await
+    } else {
+        inner.store.release_request(request.as_str(), id).await
+    };
+    if let Err(error) = kept {
+        // The key lapses by itself; until then starts find this log and judge it.
+        tracing::warn!(stream_id = %id, %error, "could not update the request index");
+    }
+}
+
+/// Who reads a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A client (SSE or WebSocket), counted in `attached_readers`.
+    Client,
+    /// A coalesced stream's relay of its shared generation.
+    Relay,
+}
+
+/// Counts a reader on a live generation for as long as it is held (and, for a
+/// client, in `gauge`).
 struct ReaderGuard {
     generation: Arc<Generation>,
-    gauge: prometheus::IntGauge,
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl ReaderGuard {
-    fn attach(generation: Arc<Generation>, metrics: &Metrics) -> Self {
+    fn attach(generation: Arc<Generation>, gauge: Option<prometheus::IntGauge>) -> Self {
         generation.readers.send_modify(|n| *n += 1);
-        metrics.attached_readers.inc();
-        Self { generation, gauge: metrics.attached_readers.clone() }
+        if let Some(gauge) = &gauge {
+            gauge.inc();
+        }
+        Self { generation, gauge }
     }
 }
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
         self.generation.readers.send_modify(|n| *n -= 1);
-        self.gauge.dec();
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
@@ -594,31 +771,88 @@ enum Ending {
     StoreLost(StoreError),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Passes a shared generation's events through, counting the output tokens its
+/// provider produced into `generation`.
+fn counted(events: EventStream, generation: Arc<Generation>, counter: crate::ai::providers::TokenCounter) -> EventStream {
+    Box::pin(events.inspect(move |body| {
+        if let EventBody::Chunk { token } = body {
+            generation.produced.fetch_add(counter.chunk(token), std::sync::atomic::Ordering::Relaxed);
+        }
+    }))
+}
+
+/// What an exchange with moderation names for stream `id`.
+fn exchange_of(id: &StreamId, input: &BlockInput, principal: &str) -> Exchange {
+    Exchange { stream_id: Some(id.clone()), principal: principal.to_owned(), block: input.block_type(), input: input.learner_text().into() }
+}
+
+/// Where a stream's events come from.
+enum Work {
+    /// The engine, through moderation. A shared generation `answers` a request
+    /// key: it keeps it for the cache window when it completes, and gives it
+    /// back otherwise.
+    Generate { input: BlockInput, exchange: Exchange, answers: Option<RequestKey> },
+    /// A relay of a shared generation (coalescing), already moderated there;
+    /// the `generation`'s own state when it runs in this process.
+    Relay { block: crate::ai::blocks::BlockType, events: EventStream, generation: Option<(StreamId, Arc<Generation>)> },
+}
+
+impl Work {
+    fn block(&self) -> crate::ai::blocks::BlockType {
+        match self {
+            Self::Generate { input, .. } => input.block_type(),
+            Self::Relay { block, .. } => *block,
+        }
+    }
+}
+
+/// Runs one stream into its log until its terminal event. The permit and the
+/// reservation are a learner's stream's; a shared generation holds neither.
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
-    input: BlockInput,
-    exchange: Exchange,
+    work: Work,
     generation: Arc<Generation>,
     mut writer: LogWriter,
-    _permit: OwnedSemaphorePermit,
-    reservation: Reservation,
+    _permit: Option<OwnedSemaphorePermit>,
+    reservation: Option<Reservation>,
 ) {
-    let block = input.block_type();
+    let block = work.block();
     let provider = inner.engine.provider().name().to_owned();
-    inner.metrics.active_streams.inc();
+    // Metrics of generations count what reached the provider: a relay is none.
+    let generates = matches!(work, Work::Generate { .. });
+    if generates {
+        inner.metrics.active_streams.inc();
+    }
     let started = Instant::now();
-    // Metered before moderation: the learner is charged what the provider
-    // produced, held back or not.
-    let metered = reservation.meter(inner.engine.stream(input), inner.engine.token_counter());
-    let mut events = inner.moderation.guard(metered, exchange);
+    let meter = |events: EventStream| match &reservation {
+        Some(reservation) => reservation.meter(events, inner.engine.token_counter()),
+        None => events,
+    };
+    let (mut events, answers, source) = match work {
+        // Metered before moderation: the learner is charged what the provider
+        // produced, held back or not.
+        Work::Generate { input, exchange, answers } => {
+            let mut produced = inner.engine.stream(input);
+            if answers.is_some() {
+                produced = counted(produced, generation.clone(), inner.engine.token_counter());
+            }
+            (inner.moderation.guard(meter(produced), exchange), answers, None)
+        }
+        // A relay's learner is charged what they were sent, as if they had
+        // generated it alone.
+        Work::Relay { events, generation, .. } => (meter(events), None, generation),
+    };
+    // A shared generation's readers are learners' relays, which each outlive
+    // their learner's last reader by the grace already: once none is left, no
+    // learner can come back to it, so it stops at once (its upstream closed as a
+    // cancel of a stream of one's own would).
+    let grace = if answers.is_some() { Duration::ZERO } else { inner.config.resume_grace };
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
-    let mut abandoned =
-        PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), inner.config.resume_grace));
+    let mut abandoned = PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), grace));
     let mut cancelled = PolledWhenWoken::new(generation.cancel.clone().cancelled_owned());
-    let mut first_chunk = true;
+    let mut first_chunk = generates;
     let ending = loop {
         let next = tokio::select! {
             biased;
@@ -652,8 +886,21 @@ async fn run_generation(
             Err(AppendFailed::Store(error)) => break Ending::StoreLost(error),
         }
     };
-    // Dropping the engine's stream closes the provider request.
+    // Dropping the engine's stream closes the provider request; dropping a
+    // relay's, its reader of the shared generation.
     drop(events);
+    generation.upstream_closed.cancel();
+    if let (Ending::Cancelled(_), Some((shared_id, shared))) = (&ending, &source) {
+        // The last learner of a shared generation here: it stops now, and
+        // its provider request is closed by the time this cancel is answered,
+        // as a stream's own generation's would be.
+        // (Where other processes may read it, the store counts their readers
+        // for a grace more: not waited for.)
+        let unread = *shared.readers.borrow() == 0;
+        if unread && matches!(inner.store.reader_presence(shared_id).await, Ok(None)) {
+            let _ = tokio::time::timeout(CANCEL_WAIT, shared.upstream_closed.cancelled()).await;
+        }
+    }
     let (terminal, outcome) = match ending {
         Ending::Finished(outcome) => (None, outcome.to_owned()),
         Ending::Cancelled(reason) => (
@@ -686,10 +933,28 @@ async fn run_generation(
         }
     }
     inner.store.release(&id);
-    reservation.settle().await;
-    inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+    if let Some(request) = answers {
+        keep_or_release(&inner, &request, &id, outcome == "complete").await;
+    }
+    if let Some(reservation) = reservation {
+        match &source {
+            // A learner of a shared answer that did not complete is charged
+            // what the provider produced until then, as if they had generated
+            // it alone, not only what moderation let through to them. (A
+            // generation in another process: what they were sent.)
+            Some((_, shared)) if outcome != "complete" => {
+                let produced = shared.produced.load(std::sync::atomic::Ordering::Relaxed);
+                let used = reservation.used().max(produced);
+                reservation.settle_to(used).await;
+            }
+            _ => reservation.settle().await,
+        }
+    }
     inner.live.lock().unwrap().remove(&id);
-    inner.metrics.active_streams.dec();
+    if generates {
+        inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+        inner.metrics.active_streams.dec();
+    }
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
 }
 
@@ -715,6 +980,25 @@ mod tests {
         store: MemoryStore,
         entered: Notify,
         proceed: Notify,
+    }
+
+    #[async_trait]
+    impl crate::ai::streaming::store::RequestIndex for SlowCreate {
+        async fn claim_request(
+            &self,
+            key: &str,
+            id: &StreamId,
+            ttl: Duration,
+            claim: crate::ai::streaming::store::Claim<'_>,
+        ) -> Result<Option<StreamId>, StoreError> {
+            self.store.claim_request(key, id, ttl, claim).await
+        }
+        async fn hold_request(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+            self.store.hold_request(key, id, ttl).await
+        }
+        async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+            self.store.release_request(key, id).await
+        }
     }
 
     #[async_trait]
@@ -769,8 +1053,14 @@ mod tests {
             retry_base: Duration::ZERO,
         };
         let engine = Engine::new(Arc::new(DemoProvider::new(demo)), config);
-        let config =
-            ManagerConfig { resume_grace: Duration::from_secs(30), retention: Duration::from_secs(300), max_concurrent_streams: 10 };
+        // Coalescing off: these tests are about one learner's starts.
+        let coalesce = CoalesceConfig { enabled: false, cache: Duration::ZERO, live_ttl: Duration::from_secs(60) };
+        let config = ManagerConfig {
+            resume_grace: Duration::from_secs(30),
+            retention: Duration::from_secs(300),
+            max_concurrent_streams: 10,
+            coalesce,
+        };
         // The manager's own behaviour, without moderation's (tested in ai::moderation and the API tests).
         let vars = [("MODERATION".to_owned(), "off".to_owned())].into_iter().collect();
         let settings = crate::config::settings::Settings::from_map(&vars).expect("valid settings");
@@ -798,13 +1088,17 @@ mod tests {
         let (limits, ada) = (limits(), Principal::learner("ada"));
         let first = {
             let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
-            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+            tokio::spawn(async move {
+                manager.start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400)).await
+            })
         };
         // The first start holds the key and is creating its stream.
         tokio::time::timeout(Duration::from_secs(5), store.entered.notified()).await.expect("the first start creates its stream");
         let retry = {
             let (manager, limits, ada) = (manager.clone(), limits.clone(), ada.clone());
-            tokio::spawn(async move { manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await })
+            tokio::spawn(async move {
+                manager.start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400)).await
+            })
         };
         // While no stream exists, the retry has no id to give.
         tokio::time::sleep(KEY_FOLLOW_PAUSE * 10).await;
@@ -822,12 +1116,17 @@ mod tests {
     async fn a_known_key_is_answered_without_asking_admission_and_a_refused_start_frees_its_key() {
         let manager = manager(Arc::new(memory()));
         let refuse = || async { Err::<Reservation, _>(LimitError::Unavailable("refused in this test".into())) };
-        let refused = manager.start(eli10(), Some("k".into()), "jwt:ada", refuse).await;
+        let alone = Sharing { scope: "principal:jwt:ada".into(), fresh: false };
+        let refused = manager.start(eli10(), Some("k".into()), "jwt:ada", &alone, refuse).await;
         assert!(matches!(refused, Err(StartError::Refused(_))));
         let (limits, ada) = (limits(), Principal::learner("ada"));
-        let started = manager.start(eli10(), Some("k".into()), ada.id(), || limits.admit(&ada, 400)).await.map_err(|_| ()).unwrap();
+        let started = manager
+            .start(eli10(), Some("k".into()), ada.id(), &Sharing::of(&ada, false), || limits.admit(&ada, 400))
+            .await
+            .map_err(|_| ())
+            .unwrap();
         assert!(matches!(started, Started::New(_)), "the refused start gave its key back");
-        let again = manager.start(eli10(), Some("k".into()), ada.id(), refuse).await.map_err(|_| ()).unwrap();
+        let again = manager.start(eli10(), Some("k".into()), ada.id(), &alone, refuse).await.map_err(|_| ()).unwrap();
         assert_eq!(again, Started::Existing(started.stream_id().clone()), "the limits were not asked");
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::requests::{Claim, RequestIndex, RequestTable};
 use super::{Appender, EventBatch, EventStore, FollowError, FollowFailure, Follower, KeyClaim, LogStatus, StoreError, READ_BATCH};
 use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
 
@@ -167,6 +168,7 @@ impl Shared {
 
 pub struct MemoryStore {
     shared: Arc<Shared>,
+    requests: RequestTable,
 }
 
 /// The writer of one memory log.
@@ -218,7 +220,7 @@ impl MemoryStore {
     /// Starts its sweeper on the current Tokio runtime; it stops with the store.
     pub fn new(retention: Duration, max_finished_bytes: usize, retained_bytes: prometheus::IntGauge) -> Self {
         let shared = Arc::new(Shared { index: Mutex::default(), retention, max_finished_bytes, retained_bytes });
-        let store = Self { shared };
+        let store = Self { shared, requests: RequestTable::default() };
         store.sweep_in_background();
         store
     }
@@ -294,6 +296,23 @@ fn evict(index: &mut Index, retention: Duration, max_bytes: usize) {
             index.tombstones.insert(id.clone(), tombstone);
             index.tombstone_order.push_back(id);
         }
+    }
+}
+
+#[async_trait]
+impl RequestIndex for MemoryStore {
+    async fn claim_request(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Result<Option<StreamId>, StoreError> {
+        Ok(self.requests.claim(key, id, ttl, claim))
+    }
+
+    async fn hold_request(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        self.requests.hold(key, id, ttl);
+        Ok(())
+    }
+
+    async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+        self.requests.release(key, id);
+        Ok(())
     }
 }
 

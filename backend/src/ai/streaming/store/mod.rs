@@ -10,6 +10,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod requests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{EventRecord, LoggedEvent, StreamId};
+pub use requests::{Claim, RequestIndex};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
@@ -106,8 +108,10 @@ pub trait Appender: Send + Sync {
     async fn append(&self, seq: u64, record: &EventRecord) -> Result<(), StoreError>;
 }
 
+/// Logs, and the request index of coalescing ([`RequestIndex`]), which lives
+/// where the logs do so every process sharing them agrees on it.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventStore: RequestIndex + Send + Sync + 'static {
     /// Creates an empty log of `owner`'s stream whose generator is this process,
     /// and its writer: the store holds the log's lease (renewing it where several
     /// processes share the store) until the terminal event or

@@ -10,6 +10,9 @@
 //!   `cancel` once a cancel was asked for and not yet seen);
 //! - `<prefix>:{<id>}:readers`: present while some process serves a reader, and
 //!   for the resume grace after the last one left.
+//!
+//! Besides streams, `<prefix>:request:{<digest>}` names the shared generation
+//! answering a request (coalescing), hash-tagged by its own digest.
 
 use std::sync::Arc;
 
@@ -47,6 +50,12 @@ impl Keys {
 
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}:idempotency:{key}", self.prefix)
+    }
+
+    /// A request key of coalescing (`requests.rs`): its digest is its hash tag,
+    /// so a cluster spreads requests over its slots; each is used alone.
+    pub fn request(&self, digest: &str) -> String {
+        format!("{}:request:{{{digest}}}", self.prefix)
     }
 
     /// Where confirmed events are announced (`announce.rs`).

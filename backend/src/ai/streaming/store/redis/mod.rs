@@ -49,6 +49,7 @@ mod appends;
 mod cancels;
 mod entries;
 mod keys;
+mod requests;
 mod scripts;
 mod subscription;
 mod tail;

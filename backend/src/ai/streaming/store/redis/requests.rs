@@ -1,0 +1,164 @@
+//! The request index of coalescing in Redis (see `store/requests.rs`): one key
+//! per request, `<prefix>:request:{<digest>}`, holding the id of the shared
+//! generation that answers it, with an expiry. Each decision is one command or
+//! one script on that one key, so it is atomic across every process and needs
+//! no cross-slot access in a cluster:
+//! - a claim of a vacant key is `SET NX GET PX` (Redis ≥ 7.0): the previous
+//!   holder comes back when there was one;
+//! - replacing a generation found unusable, holding (extending) and releasing
+//!   compare the value first, so a process never touches a key another
+//!   generation has taken since.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+
+use super::super::requests::{Claim, RequestIndex};
+use super::super::StoreError;
+use super::{unavailable, RedisStore};
+use crate::ai::streaming::events::StreamId;
+
+/// Takes the key if it is vacant or names ARGV[2]; else returns what it names.
+static REPLACE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+-- KEYS: request. ARGV: new id, stale id, ttl_ms
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[2] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return false
+",
+    )
+});
+
+/// Extends the key's expiry if it names ARGV[1].
+static HOLD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+",
+    )
+});
+
+/// Deletes the key if it names ARGV[1].
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+fn millis(ttl: Duration) -> u64 {
+    ttl.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+#[async_trait]
+impl RequestIndex for RedisStore {
+    async fn claim_request(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Result<Option<StreamId>, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let name = self.shared.keys.request(key);
+        let held: Option<String> = match claim {
+            Claim::Vacant => {
+                let options = redis::SetOptions::default()
+                    .conditional_set(redis::ExistenceCheck::NX)
+                    .get(true)
+                    .with_expiration(redis::SetExpiry::PX(millis(ttl)));
+                conn.set_options(&name, id.as_str(), options).await.map_err(unavailable)?
+            }
+            Claim::Replacing(stale) => REPLACE
+                .key(&name)
+                .arg(id.as_str())
+                .arg(stale.as_str())
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?,
+            Claim::Always => {
+                conn.pset_ex::<_, _, ()>(&name, id.as_str(), millis(ttl)).await.map_err(unavailable)?;
+                None
+            }
+        };
+        held.map(|held| StreamId::parse(&held).ok_or_else(|| StoreError::Unavailable(format!("request key {name} holds no stream id"))))
+            .transpose()
+    }
+
+    async fn hold_request(&self, key: &str, id: &StreamId, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        HOLD.key(self.shared.keys.request(key))
+            .arg(id.as_str())
+            .arg(millis(ttl))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        RELEASE.key(self.shared.keys.request(key)).arg(id.as_str()).invoke_async::<i64>(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::super::{RedisStoreConfig, RedisTarget};
+    use super::*;
+
+    /// Two processes of one deployment on the machine's Redis (`REDIS_URL`, default local).
+    async fn pair() -> (RedisStore, RedisStore) {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+        let config = || RedisStoreConfig {
+            prefix: prefix.clone(),
+            retention: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+            generation_timeout: Duration::from_secs(600),
+        };
+        let target = RedisTarget::Node(url);
+        let a = RedisStore::connect(&target, config()).await.expect("Redis runs for the tests");
+        (a, RedisStore::connect(&target, config()).await.expect("Redis runs for the tests"))
+    }
+
+    fn id(name: &str) -> StreamId {
+        StreamId::parse(name).unwrap()
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn processes_agree_on_one_generation_per_request_and_only_its_own_holder_changes_it() {
+        let (a, b) = pair().await;
+        assert_eq!(a.claim_request("k", &id("g1"), TTL, Claim::Vacant).await.unwrap(), None);
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Vacant).await.unwrap(), Some(id("g1")));
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Replacing(&id("g0"))).await.unwrap(), Some(id("g1")));
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Replacing(&id("g1"))).await.unwrap(), None);
+        // g1's process learns late that its answer ended: it no longer names the key.
+        a.release_request("k", &id("g1")).await.unwrap();
+        a.hold_request("k", &id("g1"), Duration::from_millis(1)).await.unwrap();
+        assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Vacant).await.unwrap(), Some(id("g2")));
+        assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Always).await.unwrap(), None, "fresh");
+        b.release_request("k", &id("g3")).await.unwrap();
+        assert_eq!(a.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), None, "released");
+    }
+
+    #[tokio::test]
+    async fn a_request_key_expires_by_itself_and_is_tagged_by_its_own_digest() {
+        let (a, _) = pair().await;
+        a.claim_request("abc", &id("g1"), TTL, Claim::Vacant).await.unwrap();
+        let name = a.shared.keys.request("abc");
+        assert!(name.ends_with(":request:{abc}"), "{name}");
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0 && left <= TTL.as_millis() as i64, "{left}");
+        a.hold_request("abc", &id("g1"), Duration::from_secs(5)).await.unwrap();
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0 && left <= 5000, "held for the cache window: {left}");
+    }
+}

@@ -1,0 +1,469 @@
+//! A class asks at once (coalescing): identical requests in one scope share one
+//! generation, and a finished answer is served again without the model — each
+//! learner keeping a stream of their own. Real servers, real HTTP/SSE/WebSocket
+//! clients; the model is a fake OpenAI server replaying a byte-exact transcript
+//! (its connections are the provider requests made), or the paced demo model.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use crate::fake_upstream::{fixture, FakeUpstream, Reply};
+use crate::helpers::*;
+
+/// The JWT claim naming a learner's class, as the host app mints it.
+const SCOPE_CLAIM: &str = "class_id";
+
+/// A learner's token in class `class` (no class claim when `None`).
+fn learner_in(sub: &str, class: Option<&str>) -> String {
+    let mut claims = json!({"sub": sub, "exp": now_secs() + 600, "iss": "https://learn.example", "aud": "live-ai"});
+    if let Some(class) = class {
+        claims[SCOPE_CLAIM] = json!(class);
+    }
+    sign_hs256(&claims, JWT_SECRET)
+}
+
+/// Settings of a server whose learners share answers within their class.
+fn class_settings<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut vars = jwt_mode();
+    vars.push(("COALESCE_SCOPE_CLAIM", SCOPE_CLAIM));
+    vars.extend_from_slice(extra);
+    vars
+}
+
+/// A fake OpenAI server whose every answer begins after `delay`: a generation
+/// stays in flight that long, so the starts a test makes meanwhile find it running.
+async fn slow_model(delay: Duration) -> FakeUpstream {
+    FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).after(delay)]).await
+}
+
+fn openai_settings(upstream: &FakeUpstream) -> Vec<(&'static str, String)> {
+    vec![
+        ("AI_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", format!("{}/v1", upstream.url()).leak()),
+        ("OPENAI_API_KEY", "sk-test-0123456789abcdef"),
+        ("AI_MODEL", "gpt-test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
+
+/// A server of learners in classes, answering with the fake model `upstream`.
+async fn class_app(upstream: &FakeUpstream, extra: &[(&str, &str)]) -> TestApp {
+    let openai = openai_settings(upstream);
+    let mut vars: Vec<(&str, &str)> = openai.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend_from_slice(extra);
+    spawn_app(&class_settings(&vars)).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `POST /api/streams` as `token`'s learner with `extra` body fields and headers; the 201 body.
+async fn start(api: &ApiClient, token: &str, input: Value, extra: Value, headers: &[(&str, &str)]) -> Value {
+    let mut body = json!({"block_type": "explain-eli10", "input": input});
+    body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    let mut request = api.http.post(api.url("/api/streams")).bearer_auth(token).json(&body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+/// The whole stream `id` as `token`'s learner reads it, checked contiguous from 0.
+async fn read_all(api: &ApiClient, token: &str, id: &str) -> Vec<Received> {
+    let events = reader(api, token, id).await.until_terminal().await;
+    assert_contiguous(&events, 0);
+    events
+}
+
+async fn reader(api: &ApiClient, token: &str, id: &str) -> SseReader {
+    api.sse(&format!("/api/streams/{id}/events"), &[("authorization", &bearer(token))]).await
+}
+
+fn topic() -> Value {
+    json!({"topic": "why the sea is salty"})
+}
+
+fn id_of(created: &Value) -> &str {
+    created["stream_id"].as_str().unwrap()
+}
+
+/// The `shared` and `cached` marks of a stream's `start` (absent counts as false).
+fn marks(events: &[Received]) -> (bool, bool) {
+    let start = &events[0].data;
+    assert_eq!(start["type"], "start");
+    (start["shared"] == true, start["cached"] == true)
+}
+
+async fn cancel(api: &ApiClient, token: &str, id: &str) {
+    let response = api.http.delete(api.url(&format!("/api/streams/{id}"))).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test]
+async fn two_learners_of_one_class_asking_at_once_get_one_provider_request_and_the_same_answer() {
+    let upstream = slow_model(Duration::from_millis(500)).await;
+    let app = class_app(&upstream, &[]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, json!({"topic": "  why the sea   is salty "}), json!({}), &[]).await;
+    assert_ne!(first["stream_id"], second["stream_id"], "each learner has a stream of their own");
+    assert_ne!(first["read_token"], second["read_token"]);
+    let (a, b) = tokio::join!(read_all(&app, &ada, id_of(&first)), read_all(&app, &bo, id_of(&second)));
+    assert_eq!(marks(&a), (false, false), "the first learner's generation is their own");
+    assert_eq!(marks(&b), (true, false), "the second joined it");
+    assert_eq!((a.last().unwrap().kind(), b.last().unwrap().kind()), ("complete", "complete"));
+    assert!(!text_of(&a).is_empty());
+    assert_eq!(text_of(&a), text_of(&b));
+    assert_eq!(a.last().unwrap().data["result"], b.last().unwrap().data["result"]);
+    assert_eq!(upstream.connections(), 1, "one provider request for both");
+    assert_eq!(app.metric("live_ai_coalesce_joins_total", &["block=\"explain-eli10\""]).await, 1.0);
+    assert_eq!(app.metric("live_ai_shared_generations_total", &["block=\"explain-eli10\""]).await, 1.0);
+    // Each stream is its learner's alone: the other learner cannot read it.
+    let foreign = reader(&app, &ada, id_of(&second)).await.until_terminal().await;
+    assert_eq!(foreign[0].data["code"], "stream_not_found");
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_the_answer_from_its_first_chunk_then_the_live_tail_on_sse_and_websocket() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60")])).await;
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let mut first_reader = reader(&app, &ada, id_of(&first)).await;
+    // The shared answer is under way before the others ask.
+    let opening = first_reader.take(4).await;
+    assert_eq!(kinds(&opening), ["start", "chunk", "chunk", "chunk"]);
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let mut ws = app.ws_with(&[("authorization", &bearer(&cy))]).await.unwrap();
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": topic(), "ref": "cy-1"})).await;
+    let ws_start = ws.next().await;
+    assert_eq!(
+        (ws_start["type"].as_str(), ws_start["ref"].as_str(), ws_start["shared"].as_bool()),
+        (Some("start"), Some("cy-1"), Some(true))
+    );
+    let ws_id = ws_start["stream_id"].as_str().unwrap().to_owned();
+    let mut ws_events = vec![Received { id: String::new(), data: ws_start }];
+    ws_events.extend(ws.until_terminal(&ws_id, &mut Vec::new()).await);
+    let mut a = opening;
+    a.extend(first_reader.until_terminal().await);
+    let b = read_all(&app, &bo, id_of(&second)).await;
+    assert_contiguous(&a, 0);
+    assert_contiguous(&ws_events, 0);
+    assert_eq!(marks(&b), (true, false));
+    assert_eq!(text_of(&b), text_of(&a), "from the first chunk, no gap, no duplicate");
+    assert_eq!(text_of(&ws_events), text_of(&a));
+    assert_eq!(app.metric("live_ai_stream_outcomes_total", &[]).await, 1.0, "one generation in all");
+    assert_eq!(app.metric("live_ai_coalesce_joins_total", &[]).await, 2.0);
+}
+
+#[tokio::test]
+async fn learners_of_other_classes_without_a_class_or_asking_with_a_context_get_generations_of_their_own() {
+    let upstream = slow_model(Duration::from_millis(500)).await;
+    let app = class_app(&upstream, &[]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let (cy, dee, eve) = (learner_in("cy", Some("8a")), learner_in("dee", None), learner_in("eve", None));
+    let ask = |question: &str, context: Option<&str>| {
+        let mut input = json!({"question": question});
+        if let Some(context) = context {
+            input["context"] = json!(context);
+        }
+        json!({"block_type": "ask-question", "input": input})
+    };
+    let question = "Why is the sea salty?";
+    let starts = [
+        (&ada, ask(question, None)),
+        (&bo, ask(question, None)),              // joins ada: same class
+        (&cy, ask(question, None)),              // another class
+        (&dee, ask(question, None)),             // no class: alone
+        (&eve, ask(question, None)),             // no class: alone, not with dee
+        (&ada, ask(question, Some("Lesson 3"))), // a context is never shared
+        (&bo, ask(question, Some("Lesson 3"))),
+    ];
+    let mut streams = Vec::new();
+    for (token, body) in &starts {
+        let response = app.http.post(app.url("/api/streams")).bearer_auth(token).json(body).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let created: Value = response.json().await.unwrap();
+        streams.push(((*token).clone(), id_of(&created).to_owned()));
+    }
+    let read = streams.iter().map(|(token, id)| read_all(&app, token, id));
+    let all = join_all(read).await;
+    let shared: Vec<bool> = all.iter().map(|events| marks(events).0).collect();
+    assert_eq!(shared, [false, true, false, false, false, false, false]);
+    assert!(all.iter().all(|events| events.last().unwrap().kind() == "complete"));
+    assert_eq!(upstream.connections(), 6, "one request per scope and per question with a context");
+}
+
+#[tokio::test]
+async fn a_learner_who_cancels_stops_only_their_own_view_of_a_shared_answer() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60")])).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let mut a = reader(&app, &ada, id_of(&first)).await;
+    let mut b = reader(&app, &bo, id_of(&second)).await;
+    let b_opening = b.take(3).await;
+    assert_eq!(marks(&b_opening), (true, false));
+    a.take(3).await;
+    cancel(&app, &ada, id_of(&first)).await;
+    let a_rest = a.until_terminal().await;
+    assert_eq!(a_rest.last().unwrap().data["reason"], "requested");
+    let mut b_events = b_opening;
+    b_events.extend(b.until_terminal().await);
+    assert_contiguous(&b_events, 0);
+    assert_eq!(b_events.last().unwrap().kind(), "complete", "the other learner's stream went on to the end");
+    assert_eq!(app.metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""]).await, 1.0, "the one generation completed");
+}
+
+#[tokio::test]
+async fn when_every_learner_has_cancelled_the_shared_generation_stops_and_its_upstream_request_closes() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
+    // Async moderation: the chunks before the stall reach the readers.
+    let app = class_app(&upstream, &[("MODERATION_OUTPUT_MODE", "async")]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let (mut a, mut b) = (reader(&app, &ada, id_of(&first)).await, reader(&app, &bo, id_of(&second)).await);
+    assert_eq!(kinds(&a.take(2).await), ["start", "chunk"]);
+    assert_eq!(kinds(&b.take(2).await), ["start", "chunk"]);
+    cancel(&app, &ada, id_of(&first)).await;
+    assert_eq!(a.until_terminal().await.last().unwrap().kind(), "cancelled");
+    cancel(&app, &bo, id_of(&second)).await;
+    assert_eq!(b.until_terminal().await.last().unwrap().kind(), "cancelled");
+    tokio::time::timeout(PATIENCE, upstream.closed(0)).await.expect("the upstream request is closed once nobody reads the answer");
+    app.wait_for_metric("live_ai_provider_streams_open", &[], |open| open == 0.0).await;
+    assert_eq!(upstream.connections(), 1, "the two learners shared one request");
+}
+
+#[tokio::test]
+async fn a_finished_answer_is_replayed_to_an_identical_request_without_asking_the_model() {
+    let upstream = slow_model(Duration::ZERO).await;
+    let app = class_app(&upstream, &[]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let a = read_all(&app, &ada, id_of(&first)).await;
+    assert_eq!(a.last().unwrap().kind(), "complete");
+    let again = start(&app, &bo, topic(), json!({}), &[]).await;
+    let b = read_all(&app, &bo, id_of(&again)).await;
+    assert_eq!(marks(&b), (false, true));
+    assert_eq!(kinds(&b), kinds(&a), "the whole answer, event for event");
+    assert_eq!(text_of(&b), text_of(&a));
+    assert_eq!(b.last().unwrap().data["usage"], a.last().unwrap().data["usage"]);
+    assert_eq!(upstream.connections(), 1, "no provider request for the replay");
+    assert_eq!(app.metric("live_ai_coalesce_cache_hits_total", &["block=\"explain-eli10\""]).await, 1.0);
+    let total = a.last().unwrap().data["usage"]["total_tokens"].as_f64().unwrap();
+    assert!(total > 0.0);
+    assert_eq!(app.metric("live_ai_coalesce_tokens_saved_total", &["block=\"explain-eli10\""]).await, total);
+    // Its own stream: resumable from the middle like any other.
+    let resumed = app.sse(&format!("/api/streams/{}/events?after=2", id_of(&again)), &[("authorization", &bearer(&bo))]).await;
+    let resumed = { resumed }.until_terminal().await;
+    assert_eq!(resumed[0].seq(), 3);
+}
+
+#[tokio::test]
+async fn a_fresh_start_or_no_cache_asks_the_model_again_over_http_and_websocket() {
+    let upstream = slow_model(Duration::ZERO).await;
+    let app = class_app(&upstream, &[]).await;
+    let ada = learner_in("ada", Some("7b"));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    read_all(&app, &ada, id_of(&first)).await;
+    // The control: without asking for a fresh answer, the finished one is replayed.
+    let cached = start(&app, &ada, topic(), json!({}), &[]).await;
+    assert_eq!(marks(&read_all(&app, &ada, id_of(&cached)).await), (false, true));
+    assert_eq!(upstream.connections(), 1);
+    let fresh = start(&app, &ada, topic(), json!({"fresh": true}), &[]).await;
+    let events = read_all(&app, &ada, id_of(&fresh)).await;
+    assert_eq!((marks(&events), events.last().unwrap().kind()), ((false, false), "complete"));
+    assert_eq!(upstream.connections(), 2, "fresh: true asked the model");
+    let no_cache = start(&app, &ada, topic(), json!({}), &[("cache-control", "no-cache")]).await;
+    assert_eq!(marks(&read_all(&app, &ada, id_of(&no_cache)).await), (false, false));
+    assert_eq!(upstream.connections(), 3, "Cache-Control: no-cache asked the model");
+    let one_shot = app
+        .sse(
+            &format!("/api/stream/ai-block/explain-eli10?{}", as_query(&topic())),
+            &[("authorization", &bearer(&ada)), ("cache-control", "no-cache")],
+        )
+        .await;
+    assert_eq!(marks(&{ one_shot }.until_terminal().await), (false, false));
+    assert_eq!(upstream.connections(), 4, "so did the one-shot GET with no-cache");
+    let mut ws = app.ws_with(&[("authorization", &bearer(&ada))]).await.unwrap();
+    ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": topic(), "ref": "r1", "fresh": true})).await;
+    let ws_start = ws.next().await;
+    assert_eq!((ws_start["type"].as_str(), ws_start.get("cached")), (Some("start"), None));
+    ws.until_terminal(ws_start["stream_id"].as_str().unwrap(), &mut Vec::new()).await;
+    assert_eq!(upstream.connections(), 5, "so did a WebSocket start with fresh: true");
+    // A fresh answer becomes the one served next.
+    let after = start(&app, &ada, topic(), json!({}), &[]).await;
+    assert_eq!(marks(&read_all(&app, &ada, id_of(&after)).await), (false, true));
+    assert_eq!(upstream.connections(), 5);
+}
+
+#[tokio::test]
+async fn a_failed_answer_is_never_served_again() {
+    let failure = r#"{"error":{"message":"The server had an error","type":"server_error"}}"#;
+    let upstream = FakeUpstream::start(vec![Reply::status(500, &[], failure.into()), Reply::sse(fixture("openai_chat_stream.sse"))]).await;
+    let app = class_app(&upstream, &[]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let failed = read_all(&app, &ada, id_of(&first)).await;
+    assert_eq!((failed.last().unwrap().kind(), failed.last().unwrap().data["code"].as_str()), ("error", Some("provider_error")));
+    let retry = start(&app, &bo, topic(), json!({}), &[]).await;
+    let answered = read_all(&app, &bo, id_of(&retry)).await;
+    assert_eq!((marks(&answered), answered.last().unwrap().kind()), ((false, false), "complete"));
+    assert_eq!(upstream.connections(), 2, "the error was not replayed: the model was asked again");
+    // The control: the complete answer is what is served next.
+    let third = start(&app, &ada, topic(), json!({}), &[]).await;
+    assert_eq!(marks(&read_all(&app, &ada, id_of(&third)).await), (false, true));
+}
+
+#[tokio::test]
+async fn a_question_the_local_filter_flags_at_once_ends_input_flagged_for_every_learner_asking_it_and_is_never_replayed() {
+    let app = spawn_app(&class_settings(&[])).await;
+    let learners: Vec<String> = (0..4).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
+    let flagged = json!({"topic": "f u c k this"});
+    let starts = learners.iter().map(|token| start(&app, token, flagged.clone(), json!({}), &[]));
+    let created = join_all(starts).await;
+    let reads = learners.iter().zip(&created).map(|(token, created)| read_all(&app, token, created["stream_id"].as_str().unwrap()));
+    for events in join_all(reads).await {
+        assert_eq!(kinds(&events), ["start", "error"], "each stream begins with its own start");
+        let error = &events[1].data;
+        assert_eq!((error["code"].as_str(), error["retryable"].as_bool()), (Some("input_flagged"), Some(false)));
+    }
+    // Asked again afterwards: checked again (a new generation), never a replay.
+    let again = start(&app, &learners[0], flagged, json!({}), &[]).await;
+    let events = read_all(&app, &learners[0], id_of(&again)).await;
+    assert_eq!((marks(&events), events[1].data["code"].as_str()), ((false, false), Some("input_flagged")));
+    let generations = app.metric("live_ai_shared_generations_total", &[]).await;
+    let checked = app.metric("live_ai_moderation_checks_total", &["stage=\"input\""]).await;
+    assert_eq!(checked, generations, "moderation ran once per shared generation, not once per learner");
+    assert!((2.0..=5.0).contains(&generations), "{generations}");
+}
+
+#[tokio::test]
+async fn a_joined_stream_counts_against_the_learners_limits_and_budget_as_if_generated_alone() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60"), ("LIMIT_CONCURRENT_STREAMS", "1")])).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let joined = start(&app, &bo, topic(), json!({}), &[]).await;
+    // Bo's joined stream holds Bo's one slot, as any start does.
+    let refused = app.start_as(&bo, "explain-eli10", topic()).await;
+    let problem = assert_problem(refused, 429, "rate_limited").await;
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("at once") || problem.to_string().contains("at once"), "{problem}");
+    let (a, b) = tokio::join!(read_all(&app, &ada, id_of(&first)), read_all(&app, &bo, id_of(&joined)));
+    assert_eq!(marks(&b), (true, false));
+    let used = a.last().unwrap().data["usage"]["completion_tokens"].as_u64().unwrap();
+    for token in [&ada, &bo] {
+        let usage = usage_of(&app, token, |u| u["active_streams"] == 0).await;
+        assert_eq!(usage["tokens_used_today"].as_u64(), Some(used), "each charged the whole answer: {usage}");
+    }
+}
+
+/// `GET /api/usage` as `token`'s learner, once `ready` holds for it.
+async fn usage_of(api: &ApiClient, token: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let usage: Value = api.http.get(api.url("/api/usage")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        if ready(&usage) {
+            return usage;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "usage never settled: {usage}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_coalesce_off_every_start_generates() {
+    let upstream = slow_model(Duration::from_millis(300)).await;
+    let app = class_app(&upstream, &[("COALESCE", "off")]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let (first, second) = tokio::join!(start(&app, &ada, topic(), json!({}), &[]), start(&app, &bo, topic(), json!({}), &[]));
+    let (a, b) = tokio::join!(read_all(&app, &ada, id_of(&first)), read_all(&app, &bo, id_of(&second)));
+    assert_eq!((marks(&a), marks(&b)), ((false, false), (false, false)));
+    let again = start(&app, &ada, topic(), json!({}), &[]).await;
+    assert_eq!(marks(&read_all(&app, &ada, id_of(&again)).await), (false, false));
+    assert_eq!(upstream.connections(), 3);
+}
+
+/// Thirty learners of one class start at once, spread over three processes on
+/// the Redis of `store` (settings), each reading on another process than the
+/// one it started on: one provider request.
+async fn thirty_starts_over_three_processes(store: Vec<(&'static str, String)>) {
+    let upstream = slow_model(Duration::from_millis(1500)).await;
+    let mut vars = store;
+    vars.extend(openai_settings(&upstream));
+    vars.extend(class_settings(&[]).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processes = join_all((0..3).map(|_| LiveAiProcess::spawn(&vars))).await;
+    let learners: Vec<String> = (0..30).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
+    let starts = learners.iter().enumerate().map(|(n, token)| start(&processes[n % 3].api, token, topic(), json!({}), &[]));
+    let created = join_all(starts).await;
+    let reads =
+        learners.iter().zip(&created).enumerate().map(|(n, (token, created))| read_all(&processes[(n + 1) % 3].api, token, id_of(created)));
+    let all = join_all(reads).await;
+    assert!(all.iter().all(|events| events.last().unwrap().kind() == "complete"), "every learner got the answer");
+    let text = text_of(&all[0]);
+    assert!(!text.is_empty() && all.iter().all(|events| text_of(events) == text));
+    assert_eq!(all.iter().filter(|events| marks(events) == (false, false)).count(), 1, "one learner's start generated");
+    assert_eq!(upstream.connections(), 1, "thirty starts, three processes, one provider request");
+}
+
+#[tokio::test]
+async fn thirty_starts_over_three_processes_on_redis_make_one_provider_request() {
+    thirty_starts_over_three_processes(redis_deployment(&fresh_prefix())).await;
+}
+
+#[tokio::test]
+async fn thirty_starts_over_three_processes_on_a_redis_cluster_make_one_provider_request() {
+    let store = vec![
+        ("STREAM_STORE", "redis".to_owned()),
+        ("REDIS_CLUSTER_URLS", crate::cluster::cluster().urls()),
+        ("REDIS_KEY_PREFIX", fresh_prefix()),
+    ];
+    thirty_starts_over_three_processes(store).await;
+}
+
+#[tokio::test]
+async fn when_the_process_generating_a_shared_answer_dies_every_joined_learner_elsewhere_gets_generation_lost() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
+    let prefix = fresh_prefix();
+    let mut vars: Vec<(&str, String)> = redis_deployment(&prefix);
+    vars.extend(openai_settings(&upstream));
+    // Async moderation: the chunks before the stall reach the readers.
+    vars.extend(class_settings(&[("MODERATION_OUTPUT_MODE", "async")]).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let generator = LiveAiProcess::spawn(&vars).await;
+    let [b, c]: [LiveAiProcess; 2] = join_all((0..2).map(|_| LiveAiProcess::spawn(&vars))).await.try_into().ok().unwrap();
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("7b")));
+    start(&generator, &ada, topic(), json!({}), &[]).await;
+    let joined = [start(&b, &bo, topic(), json!({}), &[]).await, start(&c, &cy, topic(), json!({}), &[]).await];
+    let mut readers = vec![reader(&b, &bo, id_of(&joined[0])).await, reader(&c, &cy, id_of(&joined[1])).await];
+    let mut received = Vec::new();
+    for reader in &mut readers {
+        let opening = reader.take(2).await;
+        assert_eq!((kinds(&opening), marks(&opening)), (vec!["start".to_owned(), "chunk".to_owned()], (true, false)));
+        received.push(opening);
+    }
+    generator.kill().await;
+    for (reader, mut events) in readers.iter_mut().zip(received) {
+        events.extend(reader.until_terminal().await);
+        assert_contiguous(&events, 0);
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.data["code"].as_str(), last.data["retryable"].as_bool()),
+            (Some("generation_lost"), Some(true)),
+            "{:?}",
+            last.data
+        );
+    }
+    // The lost answer is not served again: the next start generates anew.
+    let again = start(&b, &bo, topic(), json!({}), &[]).await;
+    let opening = reader(&b, &bo, id_of(&again)).await.take(2).await;
+    assert_eq!(marks(&opening), (false, false));
+    assert_eq!(upstream.connections(), 2);
+}
