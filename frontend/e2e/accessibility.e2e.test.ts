@@ -75,7 +75,9 @@ describe("the demo page, streaming normally", () => {
   beforeAll(async () => {
     // Slow enough to be seen streaming; a paragraph every second or so.
     // Async moderation, so the page is checked while output arrives token by token.
-    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "80", DEMO_FIRST_TOKEN_MS: "100", MODERATION_OUTPUT_MODE: "async" });
+    // No coalescing: both tests ask the same, and the second must watch its answer being written,
+    // not a replay of the first's (which arrives at once).
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "80", DEMO_FIRST_TOKEN_MS: "100", MODERATION_OUTPUT_MODE: "async", COALESCE: "off" });
   });
   afterAll(async () => {
     await server?.stop();

@@ -1,6 +1,6 @@
 // The built demo page in Chromium against the real live-ai server: every block streams
-// visibly, cancel, the quiz, the diagram, recovery from a connection cut mid-stream, and the
-// same stream picked up again after a reload.
+// visibly, cancel, the quiz, the diagram, recovery from a connection cut mid-stream, the
+// same stream picked up again after a reload, and a class asking the same question.
 import { mkdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +8,7 @@ import type { Page } from "playwright-core";
 import { block, launchBrowser, outputText, recordStatuses, startBlock, startBlocks, statusHistory, waitForIntermediateOutput, waitForStatus, watchErrors, type BlockName, type Browser } from "./browser";
 import { startCutProxy, type CutProxy } from "./cut-proxy";
 import { startLiveAi, type LiveAiServer } from "./live-ai-server";
+import { metricSum } from "./metrics";
 import { untilLogEndsWith } from "./server-log";
 
 const RESULTS_DIR = fileURLToPath(new URL("../test-results", import.meta.url));
@@ -21,7 +22,10 @@ beforeAll(async () => {
   // Slow enough that a stream lasts a few seconds and can be watched, cancelled and cut.
   // Async moderation: output shows token by token (buffered mode shows a short answer, such as
   // a diagram, only once all of it passed, and these tests watch output arrive).
-  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async" });
+  // No coalescing: these tests ask the same questions again and again (a reference run, then one
+  // that is cut, cancelled or reloaded) and each must be a generation of its own, written at the
+  // model's pace; the class's shared answers have their own server below.
+  server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", SSE_KEEPALIVE_SECONDS: "1", MODERATION_OUTPUT_MODE: "async", COALESCE: "off" });
   proxy = await startCutProxy(server.port);
   browser = await launchBrowser();
 });
@@ -226,5 +230,61 @@ describe("demo page", () => {
     // Its text alternative says what it shows.
     expect(await block(page, "diagram").locator(".diagram-svg").getAttribute("aria-label")).toMatch(/^Flowchart: .+ leads to .+\.$/);
     await page.close();
+  });
+});
+
+describe("a class asking the same question (coalescing on, as by default)", () => {
+  let classServer: LiveAiServer;
+  beforeAll(async () => {
+    // The main server's pace: an answer takes seconds, so a second learner can ask while the
+    // first's is still being written. Async moderation: output shows as it is written.
+    classServer = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "100", MODERATION_OUTPUT_MODE: "async" });
+  });
+  afterAll(async () => {
+    await classServer?.stop();
+  });
+
+  /** A learner's tab. All of them are one anonymous principal (one address): one scope. */
+  async function learner(): Promise<{ page: Page; errors: string[] }> {
+    const page = await browser.context.newPage();
+    const errors = watchErrors(page);
+    await page.goto(`${classServer.url}/?transport=sse`);
+    await page.getByRole("heading", { name: "Live AI Blocks" }).waitFor();
+    return { page, errors };
+  }
+  const label = (page: Page) => block(page, "explain-eli10").locator(".shared-label");
+
+  it("joins one generation while it is written, replays it once finished, and says so to all but the first learner", async () => {
+    const [first, second] = [await learner(), await learner()];
+    await startBlock(first.page, "explain-eli10");
+    await waitForIntermediateOutput(first.page, "explain-eli10");
+    await startBlock(second.page, "explain-eli10");
+    await label(second.page).waitFor();
+    expect(await label(second.page).textContent()).toBe("answered for your class");
+    await waitForStatus(first.page, "explain-eli10", "complete");
+    await waitForStatus(second.page, "explain-eli10", "complete");
+    const answer = await outputText(first.page, "explain-eli10");
+    expect(answer.length).toBeGreaterThan(100);
+    expect(await outputText(second.page, "explain-eli10")).toBe(answer);
+    // The first learner's answer is their own generation: no label.
+    expect(await label(first.page).count()).toBe(0);
+
+    const third = await learner();
+    await startBlock(third.page, "explain-eli10");
+    await label(third.page).waitFor();
+    await waitForStatus(third.page, "explain-eli10", "complete");
+    expect(await outputText(third.page, "explain-eli10")).toBe(answer);
+
+    // On the server: one generation shared, one learner joined it, one got it replayed.
+    const counts = await Promise.all(
+      ["live_ai_shared_generations_total", "live_ai_coalesce_joins_total", "live_ai_coalesce_cache_hits_total"].map((name) =>
+        metricSum(classServer.url, name, { block: "explain-eli10" }),
+      ),
+    );
+    expect(counts).toEqual([1, 1, 1]);
+    for (const { page, errors } of [first, second, third]) {
+      expect(errors).toEqual([]);
+      await page.close();
+    }
   });
 });

@@ -49,6 +49,8 @@ function run<B extends BlockType>(
   blockType: B,
   mode: TransportKind | "whole",
   onEvent?: (event: StreamEvent, handle: { cancel(): void }) => void,
+  /** Generate anew, where a coalescing server (the default) would join or replay an identical earlier request. */
+  fresh = false,
 ): Promise<Run> {
   const events: StreamEvent[] = [];
   const statuses: string[] = [];
@@ -70,7 +72,7 @@ function run<B extends BlockType>(
     onError: (_error, event) => event && seen(event),
     onCancelled: (event) => event && seen(event),
   };
-  const handle = client.start(blockType, INPUTS[blockType], handlers, { mode });
+  const handle = client.start(blockType, INPUTS[blockType], handlers, { mode, fresh });
   handleRef = handle;
   return handle.done.then((outcome) => ({ events, text, statuses, outcome, streamId: handle.streamId }));
 }
@@ -118,8 +120,9 @@ describe("stream client against live-ai (fast demo model)", () => {
   }
 
   it("gives the same output over both transports (the demo model is deterministic)", async () => {
-    const sse = await run(client, "explain-eli10", "sse");
-    const ws = await run(client, "explain-eli10", "websocket");
+    // fresh: two generations of their own; a replay of the first answer would prove nothing about the model.
+    const sse = await run(client, "explain-eli10", "sse", undefined, true);
+    const ws = await run(client, "explain-eli10", "websocket", undefined, true);
     expect(ws.text).toBe(sse.text);
   });
 
@@ -287,10 +290,18 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
       };
       const client = newClient(proxy.url, countingFetch);
       let cuts = 0;
-      const result = await run(client, "ask-question", transport, (event) => {
-        // Cut twice: once early, once later, each while tokens are flowing.
-        if (event.type === "chunk" && (event.seq === 5 || event.seq === 25)) cuts += proxy.cutAll() > 0 ? 1 : 0;
-      });
+      const result = await run(
+        client,
+        "ask-question",
+        transport,
+        (event) => {
+          // Cut twice: once early, once later, each while tokens are flowing.
+          if (event.type === "chunk" && (event.seq === 5 || event.seq === 25)) cuts += proxy.cutAll() > 0 ? 1 : 0;
+        },
+        // fresh: the reference asked the same; its finished answer, replayed, would arrive at once,
+        // not while tokens flow at the model's pace.
+        true,
+      );
       client.dispose();
       expect(cuts).toBe(2);
       expect(result.outcome.status).toBe("complete");
@@ -316,6 +327,41 @@ describe("stream client against live-ai (slow demo model, flaky network)", () =>
       expect(replay.filter((e) => e.type === "chunk").length).toBeLessThan(40);
     });
   }
+});
+
+describe("stream client against live-ai, a class asking the same question (coalescing on, as by default)", () => {
+  let server: LiveAiServer;
+  beforeAll(async () => {
+    // Slow enough that a second start comes while the first answer is still being written.
+    server = await startLiveAi({ DEMO_TOKENS_PER_SECOND: "60", DEMO_FIRST_TOKEN_MS: "50", MODERATION_OUTPUT_MODE: "async" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it("marks a start that joined a running generation shared and a replayed one cached, each field only when true, as the unit fakes build them; fresh asks anew", async () => {
+    const client = newClient(server.url);
+    let joining: Promise<Run> | undefined;
+    const first = await run(client, "diagram", "sse", (event) => {
+      if (event.type === "chunk" && !joining) joining = run(client, "diagram", "websocket");
+    });
+    const joined = await joining!;
+    const replayed = await run(client, "diagram", "sse");
+    const fresh = await run(client, "diagram", "websocket", undefined, true);
+    client.dispose();
+    for (const each of [first, joined, replayed, fresh]) expect(each.outcome.status).toBe("complete");
+    const starts = [first, joined, replayed, fresh].map((each) => each.events[0]!);
+    const marks = starts.map((start) => ({ shared: "shared" in start ? start.shared : "absent", cached: "cached" in start ? start.cached : "absent" }));
+    expect(marks).toEqual([
+      { shared: "absent", cached: "absent" },
+      { shared: true, cached: "absent" },
+      { shared: "absent", cached: true },
+      { shared: "absent", cached: "absent" },
+    ]);
+    // Each learner's stream is their own, with the one answer.
+    expect(new Set([first, joined, replayed, fresh].map((each) => each.streamId)).size).toBe(4);
+    for (const each of [joined, replayed, fresh]) expect(each.text).toBe(first.text);
+  });
 });
 
 describe("the WebSocket against live-ai, as good as SSE", () => {
@@ -386,7 +432,8 @@ describe("stream client against live-ai with a slow first token", () => {
   for (const transport of TRANSPORTS) {
     it(`keeps a quiet ${transport} connection alive through its keep-alives, without reconnecting`, async () => {
       const client = newClient(server.url);
-      const result = await run(client, "explain-eli10", transport);
+      // fresh: the other transport's run asked the same; a replay of its answer has no slow first token.
+      const result = await run(client, "explain-eli10", transport, undefined, true);
       client.dispose();
       expect(result.outcome.status).toBe("complete");
       expect(result.statuses).toEqual(["connecting", "streaming", "complete"]);

@@ -66,7 +66,10 @@ async function firstEvent(url: string, headers: Record<string, string>): Promise
 }
 
 function start(client: StreamClient, mode: TransportKind, topic: string) {
-  const handle = client.start("explain-eli10", { topic }, {}, { mode });
+  // fresh: each test runs over SSE, then over the WebSocket, with the same learner and topic; a
+  // coalescing server (the default) would replay the SSE run's finished answer to the WebSocket
+  // run, which would end before the account switch it is there to outlive.
+  const handle = client.start("explain-eli10", { topic }, {}, { mode, fresh: true });
   return {
     handle,
     named: new Promise<string>((resolve, reject) => {

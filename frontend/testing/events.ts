@@ -8,7 +8,11 @@ export function streamEvents(streamId: string) {
   let seq = 0;
   const valid = (event: StreamEvent): StreamEvent => checkStreamEvent(event);
   return {
-    start: (blockType: BlockType = "ask-question", provider = "demo", ref?: string): StreamEvent =>
+    /**
+     * `coalesced`: the stream joined a running generation ("shared") or replays a finished one
+     * ("cached"); live-ai then sets that one field to true, and otherwise sends neither.
+     */
+    start: (blockType: BlockType = "ask-question", provider = "demo", ref?: string, coalesced?: "shared" | "cached"): StreamEvent =>
       valid({
         type: "start",
         stream_id: streamId,
@@ -17,6 +21,7 @@ export function streamEvents(streamId: string) {
         provider,
         model: provider === "demo" ? "demo-model (offline)" : "gpt-test",
         ...(ref === undefined ? {} : { ref }),
+        ...(coalesced === undefined ? {} : { [coalesced]: true }),
       }),
     chunk: (token: string): StreamEvent => valid({ type: "chunk", stream_id: streamId, seq: seq++, token }),
     part: (index: number, data: QuizQuestion): StreamEvent =>

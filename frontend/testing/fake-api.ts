@@ -1,7 +1,8 @@
 // A scriptable in-memory stand-in for the live-ai HTTP API, for unit tests: the test
 // decides which bytes each SSE response carries, where they split, and when a link drops.
 // Events go through the contract's validators on the way out (`sendEvents`), and its answers
-// follow the server's: problem+json bodies, 201/200 for idempotent starts, 202 for cancel,
+// follow the server's: problem+json bodies, a start body with only the fields live-ai takes (422
+// otherwise), 201/200 for idempotent starts, 202 for cancel,
 // 204 for a resume from a finished stream's terminal event (`finished`), and, with
 // `requireToken`, 401 + `WWW-Authenticate: Bearer` for a missing or wrong token.
 import { checkStreamEvent, type AIConfig, type StreamEvent } from "@live-ai/client";
@@ -105,6 +106,8 @@ export class FakeApi {
     }
     if (path === "/api/ai/config") return json(200, this.config);
     if (path === "/api/streams" && request.method === "POST") {
+      const refused = refusedStart(request.body);
+      if (refused) return refused;
       const key = request.headers.get("idempotency-key") ?? `anon-${this.nextStream}`;
       const known = this.keys.get(key);
       if (known) return json(200, { stream_id: known });
@@ -151,6 +154,29 @@ export class FakeApi {
   requestsTo(method: string, pathPattern: RegExp): RecordedRequest[] {
     return this.requests.filter((r) => r.method === method && pathPattern.test(r.url.pathname));
   }
+}
+
+/** The fields of a `POST /api/streams` body; live-ai refuses any other (serde's deny_unknown_fields). */
+const CREATE_STREAM_FIELDS = new Set(["block_type", "input", "fresh"]);
+
+/**
+ * live-ai's refusal of a start body it cannot take, as axum's JSON extractor words it (422,
+ * `bad_request`): an unknown field, or a `fresh` that is not a boolean. The block's input is
+ * checked by the server too, but unit tests send valid ones.
+ */
+function refusedStart(body: string | undefined): Response | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body ?? "");
+  } catch {
+    return problem(400, "bad_request", "Failed to parse the request body as JSON");
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return problem(422, "bad_request", "invalid type: expected struct CreateStream");
+  const unknown = Object.keys(parsed).find((field) => !CREATE_STREAM_FIELDS.has(field));
+  if (unknown !== undefined) return problem(422, "bad_request", `Failed to deserialize the JSON body into the target type: unknown field \`${unknown}\``);
+  const fresh = (parsed as { fresh?: unknown }).fresh;
+  if (fresh !== undefined && typeof fresh !== "boolean") return problem(422, "bad_request", "Failed to deserialize the JSON body into the target type: fresh: invalid type, expected a boolean");
+  return undefined;
 }
 
 export function json(status: number, body: unknown, contentType = "application/json"): Response {

@@ -21,6 +21,7 @@ export function AskQuestionBlock(props: BlockProps<"ask-question"> & { initialQu
       title="Ask a question"
       stream={stream}
       errorMessages={props.errorMessages}
+      labels={props.labels}
       form={
         <form onSubmit={submit}>
           <label>

@@ -1,5 +1,6 @@
 "use client";
-// The frame every AI block shares: title, live status, demo-model label, cancel while
+// The frame every AI block shares: title, live status, demo-model label, the label of an answer
+// written for the whole class (a shared generation or a replayed one), cancel while
 // streaming, error with retry, "paused" with resume after a detach, and the accessible
 // plumbing: a polite announcement of status changes, the output marked aria-busy while it is
 // written (its finished pieces are announced by the block's Announcer, never each token), ids
@@ -8,6 +9,8 @@ import { useId, useRef, type FocusEvent, type ReactNode } from "react";
 import { useIsomorphicLayoutEffect } from "./layout-effect.js";
 import { isLoadingStatus, type StreamState } from "@live-ai/client";
 import { Announcer } from "./a11y/Announcer.js";
+import type { BlockLabels } from "./block-labels.js";
+import { useBlockLabels } from "./BlockLabelsProvider.js";
 import type { ErrorMessages } from "./error-text.js";
 import { ErrorNotice } from "./ErrorNotice.js";
 
@@ -36,12 +39,15 @@ interface BlockFrameProps {
   form: ReactNode;
   /** Rewords error codes for this block (over an ErrorMessagesProvider's table). */
   errorMessages?: ErrorMessages;
+  /** Rewords the block's labels (over a BlockLabelsProvider's table). */
+  labels?: Partial<BlockLabels>;
   /** The block's output. */
   children?: ReactNode;
 }
 
-export function BlockFrame({ blockType, title, stream: state, form, errorMessages, children }: BlockFrameProps) {
+export function BlockFrame({ blockType, title, stream: state, form, errorMessages, labels, children }: BlockFrameProps) {
   const active = isActive(state.status);
+  const words = useBlockLabels(labels);
   const headingId = `${useId()}-title`;
   const focus = useKeyboardFocusFlow(active);
   return (
@@ -61,6 +67,8 @@ export function BlockFrame({ blockType, title, stream: state, form, errorMessage
             demo model
           </span>
         )}
+        {/* Plain text, read in the header after the title: no live region, it is not news on its own. */}
+        {(state.shared || state.cached) && <span className="shared-label">{words.sharedAnswer}</span>}
         <span className={`status status-${state.status}`} data-testid="status">
           {STATUS_TEXT[state.status]}
         </span>

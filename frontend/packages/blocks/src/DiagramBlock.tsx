@@ -25,6 +25,7 @@ export function DiagramBlock(props: BlockProps<"diagram"> & { initialDescription
       title="Diagram"
       stream={stream}
       errorMessages={props.errorMessages}
+      labels={props.labels}
       form={
         <form onSubmit={submit}>
           <label>

@@ -20,6 +20,7 @@ export function ExplainELI10Block(props: BlockProps<"explain-eli10"> & { initial
       title="Explain like I am 10"
       stream={stream}
       errorMessages={props.errorMessages}
+      labels={props.labels}
       form={
         <form onSubmit={submit}>
           <label>

@@ -26,6 +26,7 @@ export function QuizBlock(props: BlockProps<"quiz"> & { initialTopic?: string })
       title="Quiz"
       stream={stream}
       errorMessages={props.errorMessages}
+      labels={props.labels}
       form={
         <form onSubmit={submit}>
           <label>

@@ -3,6 +3,7 @@
 // host wants the start() promise, the callbacks or the state itself) or its own.
 import { useAIBlockStreaming, type AIBlockStreaming } from "@live-ai/react";
 import type { BlockStreamOptions, BlockType } from "@live-ai/client";
+import type { BlockLabels } from "./block-labels.js";
 import type { ErrorMessages } from "./error-text.js";
 
 export interface BlockProps<B extends BlockType> {
@@ -12,6 +13,8 @@ export interface BlockProps<B extends BlockType> {
   stream?: AIBlockStreaming<B>;
   /** Rewords error codes for this block, over an `ErrorMessagesProvider`'s table. */
   errorMessages?: ErrorMessages;
+  /** Rewords this block's labels ("answered for your class"), over a `BlockLabelsProvider`'s table. */
+  labels?: Partial<BlockLabels>;
 }
 
 export function useBlockStreamOf<B extends BlockType>(blockType: B, props: BlockProps<B>): AIBlockStreaming<B> {

@@ -17,7 +17,7 @@ import { forgetStream, loadStream, saveStream, type StoredStream } from "./resum
 import type { StreamError } from "./stream-error.js";
 import type { StreamHandlers } from "./stream-session.js";
 import { StreamStore, type StreamState } from "./stream-store.js";
-import type { DeliveryMode, StreamClient, StreamHandle } from "./stream-client.js";
+import type { DeliveryMode, StartOptions, StreamClient, StreamHandle } from "./stream-client.js";
 
 export interface BlockStreamOptions<B extends BlockType = BlockType> {
   /** Overrides the delivery mode the server's config picks (read at each start). */
@@ -42,6 +42,9 @@ export interface BlockStreamOptions<B extends BlockType = BlockType> {
   /** Replaces the publication schedule entirely (tests). */
   scheduler?: FrameScheduler;
 }
+
+/** How `start()` asks (the delivery mode is the block's, in its options). */
+export type BlockStartOptions = Pick<StartOptions, "fresh">;
 
 interface Run<B extends BlockType> {
   /** The block, when known (a stream resumed by id names it in its start event). */
@@ -75,7 +78,7 @@ function rejected<T>(error: AIBlockError): Promise<T> {
 export class BlockStream<B extends BlockType = BlockType> {
   readonly store: StreamStore;
   private current: Run<B> | undefined;
-  private last: { blockType: B; input: BlockInputs[B] } | undefined;
+  private last: { blockType: B; input: BlockInputs[B]; options?: BlockStartOptions } | undefined;
   private parked: Run<B> | undefined;
   private detached: Detached<B> | undefined;
   /** The start made in the current task, by request: a second identical one joins it. */
@@ -102,23 +105,26 @@ export class BlockStream<B extends BlockType = BlockType> {
   readonly getSnapshot = (): StreamState => this.store.getSnapshot();
 
   /**
-   * Starts a new generation (cancelling one still running); resolves with its final result. The
-   * same request made again in the same task joins the first instead (StrictMode's double mount).
+   * Starts a stream (cancelling one still running); resolves with its final result. The same
+   * request made again in the same task joins the first instead (StrictMode's double mount). On a
+   * server that coalesces, an identical request of a classmate may answer it (`shared` or `cached`
+   * in the state) unless `fresh: true`.
    */
-  start(blockType: B, input: BlockInputs[B]): Promise<BlockResults[B]> {
-    const request = JSON.stringify([blockType, input]);
+  start(blockType: B, input: BlockInputs[B], options: BlockStartOptions = {}): Promise<BlockResults[B]> {
+    const fresh = options.fresh === true;
+    const request = JSON.stringify([blockType, input, fresh]);
     const joined = this.startedThisTask;
     if (joined?.request === request && this.current === joined.run) return joined.run.promise;
     this.stopCurrent("cancel");
     this.detached = undefined;
-    this.last = { blockType, input };
+    this.last = { blockType, input, options };
     this.store.reset({ blockType, status: "connecting" });
     const run = this.newRun(blockType, input, -1);
     this.startedThisTask = { request, run };
     queueMicrotask(() => {
       if (this.startedThisTask?.run === run) this.startedThisTask = undefined;
     });
-    this.follow(run, this.client.start(blockType, input, this.handlersFor(run), { mode: this.options().mode }));
+    this.follow(run, this.client.start(blockType, input, this.handlersFor(run), { mode: this.options().mode, fresh }));
     return run.promise;
   }
 
@@ -169,10 +175,13 @@ export class BlockStream<B extends BlockType = BlockType> {
     return run.promise;
   }
 
-  /** Starts the last request again, as a new generation. */
+  /**
+   * Starts the last request again, as it was asked (`fresh` included): a new stream, which on a
+   * coalescing server may join the class's retry of the same request rather than run alone.
+   */
   retry(): Promise<BlockResults[B]> {
     if (!this.last) return rejected(new AIBlockError("bad_request", "nothing to retry: no stream was started"));
-    return this.start(this.last.blockType, this.last.input);
+    return this.start(this.last.blockType, this.last.input, this.last.options);
   }
 
   /**
@@ -205,6 +214,8 @@ export class BlockStream<B extends BlockType = BlockType> {
       provider: stored.provider,
       model: stored.model,
       isDemo: stored.provider === "demo",
+      shared: stored.shared === true,
+      cached: stored.cached === true,
       text: stored.text,
       parts: stored.parts,
       status: "reconnecting",
@@ -307,6 +318,8 @@ export class BlockStream<B extends BlockType = BlockType> {
           provider: event.provider,
           model: event.model,
           isDemo: event.provider === "demo",
+          shared: event.shared === true,
+          cached: event.cached === true,
         });
         if (this.resumable) this.persist();
       },
@@ -407,6 +420,8 @@ export class BlockStream<B extends BlockType = BlockType> {
       parts: state.parts,
       provider: state.provider,
       model: state.model,
+      shared: state.shared,
+      cached: state.cached,
     };
     saveStream(this.fixedKey, stored);
   };

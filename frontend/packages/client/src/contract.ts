@@ -10,6 +10,7 @@ import type {
   ClientCancel,
   ClientDetach,
   ClientResume,
+  ClientStart,
   CompleteEvent,
   DiagramInput,
   DiagramResult,
@@ -89,9 +90,9 @@ export interface BlockParts {
 /** Blocks whose stream carries `part` events. */
 export type BlockTypeWithParts = { [B in BlockType]: BlockParts[B] extends never ? never : B }[BlockType];
 
-/** A client `start` over the WebSocket, with the input typed for its block. */
+/** A client `start` over the WebSocket (the contract's ClientStart), with the input typed for its block. */
 export type ClientStartMessage = {
-  [B in BlockType]: { type: "start"; block_type: B; input: BlockInputs[B]; ref?: string };
+  [B in BlockType]: Omit<ClientStart, "block_type" | "input"> & { block_type: B; input: BlockInputs[B] };
 }[BlockType];
 
 export type ClientMessage = ClientStartMessage | ClientResume | ClientCancel | ClientAuth | ClientDetach;
@@ -101,6 +102,14 @@ export type ServerMessage =
   | { kind: "event"; event: StreamEvent }
   | { kind: "protocol_error"; error: ProtocolError }
   | { kind: "keep_alive" };
+
+/**
+ * `POST /api/streams`: the HTTP start, the same request as the WebSocket's start (its `ref` goes
+ * in the Idempotency-Key header instead).
+ */
+export type CreateStreamRequest = {
+  [B in BlockType]: Pick<ClientStart, "fresh"> & { block_type: B; input: BlockInputs[B] };
+}[BlockType];
 
 /** `GET /api/ai/config`. */
 export interface AIConfig {

@@ -4,7 +4,7 @@
 export { StreamClient, getDefaultStreamClient } from "./stream-client.js";
 export type { DeliveryMode, StartOptions, StreamClientOptions, StreamHandle } from "./stream-client.js";
 export { BlockStream } from "./block-stream.js";
-export type { BlockStreamOptions } from "./block-stream.js";
+export type { BlockStartOptions, BlockStreamOptions } from "./block-stream.js";
 export { StreamStore, INITIAL_STREAM_STATE, isLoadingStatus } from "./stream-store.js";
 export type { BlockStreamState, StreamState } from "./stream-store.js";
 export { AIBlockError } from "./block-error.js";

@@ -15,6 +15,9 @@ export interface StoredStream {
   parts: QuizQuestion[];
   provider?: string;
   model?: string;
+  /** What the start event said, which a resume after it does not repeat. */
+  shared?: boolean;
+  cached?: boolean;
 }
 
 const PREFIX = "live-ai:stream:";

@@ -3,7 +3,7 @@
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import type { EventSourceMessage } from "eventsource-parser";
 import type { ApiHttp } from "./api-http.js";
-import type { StreamEvent } from "./contract.js";
+import type { CreateStreamRequest, StreamEvent } from "./contract.js";
 import { ContractError, parseStreamEvent } from "./contract-validator.js";
 import { cancelOverHttp } from "./http-cancel.js";
 import {
@@ -119,7 +119,7 @@ export class SseTransport implements StreamTransport {
     const response = await this.http.request("/api/streams", {
       method: "POST",
       headers: { "content-type": "application/json", "idempotency-key": target.idempotencyKey },
-      body: JSON.stringify({ block_type: target.blockType, input: target.input }),
+      body: JSON.stringify(createStreamRequest(target)),
       signal,
     });
     if (!response.ok) return { streamId: null, after: await failureFromResponse(response) };
@@ -136,6 +136,14 @@ export class SseTransport implements StreamTransport {
     const query = after === null ? "" : `?after=${after}`;
     return `/api/streams/${encodeURIComponent(streamId)}/events${query}`;
   }
+}
+
+/**
+ * The start's body. `fresh` goes only when true: a server from before coalescing refuses fields
+ * it does not know (422), and `false` asks for nothing anyway.
+ */
+export function createStreamRequest(target: Extract<ConnectTarget, { kind: "start" }>): CreateStreamRequest {
+  return { block_type: target.blockType, input: target.input, ...(target.fresh ? { fresh: true } : {}) } as CreateStreamRequest;
 }
 
 /** The boundary check as a stream stage: SSE messages in, contract-valid events of one stream out. */

@@ -8,7 +8,7 @@ import type { AIConfig, BlockInputs, BlockType } from "./contract.js";
 import { checkConfig } from "./contract-validator.js";
 import { cancelOverHttp } from "./http-cancel.js";
 import { SseTransport } from "./sse-transport.js";
-import { StreamSession, type ResumeRequest, type StreamHandlers, type StreamOutcome, type StreamStatus } from "./stream-session.js";
+import { StreamSession, type ResumeRequest, type StartRequest, type StreamHandlers, type StreamOutcome, type StreamStatus } from "./stream-session.js";
 import { idleTimeoutFor, type StreamTransport, type TransportKind } from "./transport.js";
 import { WholeResponseRun } from "./whole-response.js";
 import { startFrame, WebSocketTransport } from "./ws-transport.js";
@@ -38,8 +38,15 @@ export interface StreamClientOptions {
 export interface StartOptions {
   /** Overrides the mode the server's config picks (`streaming_backend`, or whole when off). */
   mode?: DeliveryMode;
-  /** Reuse a key to attach to a start already made with it; a fresh one by default. */
+  /** Reuse a key to attach to a start already made with it; a new one by default. */
   idempotencyKey?: string;
+  /**
+   * Generate anew. By default (a server with `COALESCE=on`), a start identical to a classmate's
+   * joins that generation while it runs (its `start` event says `shared: true`) or gets its
+   * finished answer replayed (`cached: true`). Streaming modes only: the whole response has no
+   * such field.
+   */
+  fresh?: boolean;
 }
 
 export interface StreamHandle {
@@ -112,10 +119,11 @@ export class StreamClient {
     return this.launch(handlers, (config, handlers) => {
       let mode = options.mode ?? (config.streaming_enabled ? config.streaming_backend : "whole");
       if (mode === "whole") return new WholeResponseRun(this.http, blockType, input, handlers);
+      const target: StartRequest = { kind: "start", blockType, input, idempotencyKey, fresh: options.fresh === true };
       // A start too big for a WebSocket frame goes over SSE when the server's config chose the
       // transport; one the caller forced onto the WebSocket is refused there (too_large).
-      if (mode === "websocket" && !options.mode && "tooLarge" in startFrame({ kind: "start", blockType, input, idempotencyKey })) mode = "sse";
-      return this.session(mode, config, { kind: "start", blockType, input, idempotencyKey }, handlers);
+      if (mode === "websocket" && !options.mode && "tooLarge" in startFrame(target)) mode = "sse";
+      return this.session(mode, config, target, handlers);
     });
   }
 

@@ -67,6 +67,8 @@ export interface StartRequest<B extends BlockType = BlockType> {
   blockType: B;
   input: BlockInputs[B];
   idempotencyKey: string;
+  /** Generate anew rather than join a classmate's identical request (COALESCE); a retried start asks the same. */
+  fresh: boolean;
 }
 
 /** Re-attaches to a stream started earlier (another page load, another session). */
@@ -147,7 +149,13 @@ export class StreamSession {
   private connect(): void {
     const target: ConnectTarget =
       this.streamId === undefined && this.request.kind === "start"
-        ? { kind: "start", blockType: this.request.blockType, input: this.request.input, idempotencyKey: this.request.idempotencyKey }
+        ? {
+            kind: "start",
+            blockType: this.request.blockType,
+            input: this.request.input,
+            idempotencyKey: this.request.idempotencyKey,
+            fresh: this.request.fresh,
+          }
         : { kind: "resume", streamId: this.streamId!, after: this.resumeAfter() };
     let current = true;
     const connection = this.transport.connect(target, {

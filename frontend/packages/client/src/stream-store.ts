@@ -14,6 +14,14 @@ export interface StreamState {
   model: string | undefined;
   /** The demo model answered (its start event said provider `demo`). */
   isDemo: boolean;
+  /**
+   * This stream joined a generation already running for a classmate's identical request (its
+   * start event said `shared: true`): the answer is written for the whole class. The stream, its
+   * cancel and its resume are still this learner's own.
+   */
+  shared: boolean;
+  /** This stream replays a classmate's finished answer to the same request (`cached: true`); no model was asked. */
+  cached: boolean;
   /** The output text so far: every chunk's token, in seq order. */
   text: string;
   /** Structured parts so far (quiz questions), by their index. */
@@ -41,6 +49,8 @@ export const INITIAL_STREAM_STATE: StreamState = Object.freeze({
   provider: undefined,
   model: undefined,
   isDemo: false,
+  shared: false,
+  cached: false,
   text: "",
   parts: [],
   result: undefined,

@@ -12,6 +12,8 @@ export type ConnectTarget =
       input: BlockInputs[BlockType];
       /** Sent as Idempotency-Key (SSE) or ref (WebSocket): a retried start reuses it. */
       idempotencyKey: string;
+      /** Generate anew: never join a classmate's generation in flight or replay a finished answer (COALESCE). */
+      fresh?: boolean;
     }
   | {
       kind: "resume";

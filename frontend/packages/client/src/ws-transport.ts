@@ -56,7 +56,14 @@ export function utf8Length(text: string): number {
 
 /** A start's frame, or why it cannot be sent. */
 export function startFrame(target: Extract<ConnectTarget, { kind: "start" }>): { frame: ClientMessage } | { tooLarge: TransportFailure } {
-  const frame = { type: "start", block_type: target.blockType, input: target.input, ref: target.idempotencyKey } as ClientMessage;
+  const frame = {
+    type: "start",
+    block_type: target.blockType,
+    input: target.input,
+    ref: target.idempotencyKey,
+    // Only when true, as over SSE: a server from before coalescing refuses unknown fields.
+    ...(target.fresh ? { fresh: true } : {}),
+  } as ClientMessage;
   const bytes = utf8Length(JSON.stringify(frame));
   if (bytes <= MAX_CLIENT_MESSAGE_BYTES) return { frame };
   const field = largestField(target.input as unknown as Record<string, unknown>);

@@ -363,6 +363,60 @@ describe("useAIStreaming", () => {
   });
 });
 
+describe("a class's answer (coalescing)", () => {
+  function Explain() {
+    const eli10 = useAIBlockStreaming("explain-eli10");
+    return (
+      <div>
+        <span data-testid="coalesced">{`shared:${eli10.shared} cached:${eli10.cached}`}</span>
+        <button onClick={() => eli10.start({ topic: "rain" })}>ask</button>
+        <button onClick={() => eli10.start({ topic: "rain" }, { fresh: true })}>ask anew</button>
+      </div>
+    );
+  }
+  function AnyBlock() {
+    const stream = useAIStreaming();
+    return (
+      <div>
+        <span data-testid="coalesced">{`shared:${stream.shared} cached:${stream.cached}`}</span>
+        <button onClick={() => stream.start("quiz", { topic: "rain" })}>ask</button>
+        <button onClick={() => stream.start("quiz", { topic: "rain" }, { fresh: true })}>ask anew</button>
+      </div>
+    );
+  }
+
+  for (const [name, Component, blockType] of [
+    ["useAIBlockStreaming", Explain, "explain-eli10"],
+    ["useAIStreaming", AnyBlock, "quiz"],
+  ] as const) {
+    it(`${name} shows shared and cached from the start event, and start(input, { fresh: true }) asks for a generation of its own`, async () => {
+      const api = new FakeApi();
+      render(
+        <StreamClientProvider client={new StreamClient({ fetch: api.fetch })}>
+          <Component />
+        </StreamClientProvider>,
+      );
+      expect(text("coalesced")).toBe("shared:false cached:false");
+      act(() => screen.getByText("ask").click());
+      const joined = streamEvents("s1");
+      (await api.eventResponse(0)).sendEvents(joined.start(blockType, "demo", undefined, "shared"));
+      await waitFor(() => expect(text("coalesced")).toBe("shared:true cached:false"));
+
+      act(() => screen.getByText("ask").click());
+      const replayed = streamEvents("s2");
+      (await api.eventResponse(1)).sendEvents(replayed.start(blockType, "demo", undefined, "cached"));
+      await waitFor(() => expect(text("coalesced")).toBe("shared:false cached:true"));
+
+      act(() => screen.getByText("ask anew").click());
+      const own = streamEvents("s3");
+      (await api.eventResponse(2)).sendEvents(own.start(blockType), own.chunk("Rain"));
+      await waitFor(() => expect(text("coalesced")).toBe("shared:false cached:false"));
+      const bodies = api.requestsTo("POST", /^\/api\/streams$/).map((request) => JSON.parse(request.body!) as { fresh?: boolean });
+      expect(bodies.map((body) => body.fresh)).toEqual([undefined, undefined, true]);
+    });
+  }
+});
+
 describe("useAIBlockStreaming promise and resume", () => {
   function Diagram(props: { onResult(kind: string): void; resume?: boolean }) {
     const diagram = useAIBlockStreaming("diagram", { resume: props.resume });
