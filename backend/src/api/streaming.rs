@@ -10,8 +10,10 @@
 //!
 //! With coalescing on, a start may join an identical request's generation in
 //! the principal's scope, or replay its finished answer; `fresh: true` in the
-//! body, or `Cache-Control: no-cache` on either start route, asks for a new
-//! answer instead.
+//! body or `Cache-Control: no-cache` (`POST /api/streams`), or `fresh=true` in
+//! the query (the one-shot GET), asks for a new answer instead. The GET ignores
+//! `Cache-Control`: a native `EventSource` sends `no-cache` on every request, so
+//! honouring it there would keep every browser learner from sharing.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -131,9 +133,9 @@ async fn attach(
         ("block_type" = String, Path, description = "ask-question, explain-eli10, quiz or diagram"),
         ("Last-Event-ID" = Option<String>, Header, description = "`<stream_id>:<seq>`: resume that stream after that event instead of starting one"),
         ("Idempotency-Key" = Option<String>, Header, description = "A retried start with the same key attaches to the same generation"),
-        ("Cache-Control" = Option<String>, Header, description = "`no-cache`: a new answer, never one shared with an identical request or replayed (COALESCE)"),
+        ("fresh" = Option<bool>, Query, description = "`true`: a new answer, never one shared with an identical request or replayed (COALESCE). `Cache-Control` is not read here: a native EventSource sends `no-cache` on every request"),
     ),
-    description = "Starts a generation with the block input as query parameters (e.g. `?topic=volcanoes&count=3`) and streams its events as SSE.",
+    description = "Starts a generation with the block input as query parameters (e.g. `?topic=volcanoes&count=3`, and `fresh=true` for a new answer) and streams its events as SSE.",
     responses(
         (status = 200, description = "SSE stream of contract events", content_type = "text/event-stream"),
         (status = 204, description = "Resumed a finished stream whose terminal event the client holds"),
@@ -158,6 +160,12 @@ pub async fn stream_block(
             return Err(ApiError::bad_request("query", format!("`{name}` is given more than once")));
         }
     }
+    let fresh = match fields.remove("fresh") {
+        None => false,
+        Some(Value::String(value)) if value == "true" => true,
+        Some(Value::String(value)) if value == "false" => false,
+        Some(_) => return Err(ApiError::bad_request("fresh", "fresh must be true or false")),
+    };
     // The URL is checked on a reconnect too: the same request is valid or not,
     // whatever its headers say.
     let input = BlockInput::parse_query(block_type, &fields)?;
@@ -167,7 +175,7 @@ pub async fn stream_block(
     if let Some((stream_id, seq)) = sse::last_event_id(&headers)? {
         return attach(&state, &principal, stream_id, Some(seq), ResumeFrom::LastEventId).await;
     }
-    let started = start(&state, &principal, input, key, wants_fresh(&headers)).await?;
+    let started = start(&state, &principal, input, key, fresh).await?;
     attach(&state, &principal, started.stream_id().clone(), None, ResumeFrom::Start).await
 }
 

@@ -284,14 +284,21 @@ async fn a_fresh_start_or_no_cache_asks_the_model_again_over_http_and_websocket(
     let no_cache = start(&app, &ada, topic(), json!({}), &[("cache-control", "no-cache")]).await;
     assert_eq!(marks(&read_all(&app, &ada, id_of(&no_cache)).await), (false, false));
     assert_eq!(upstream.connections(), 3, "Cache-Control: no-cache asked the model");
+    // The one-shot GET ignores Cache-Control, which every native EventSource sends:
+    // with it the answer is still replayed; `fresh=true` in the query asks anew.
     let one_shot = app
         .sse(
             &format!("/api/stream/ai-block/explain-eli10?{}", as_query(&topic())),
             &[("authorization", &bearer(&ada)), ("cache-control", "no-cache")],
         )
         .await;
+    assert_eq!(marks(&{ one_shot }.until_terminal().await), (false, true));
+    assert_eq!(upstream.connections(), 3, "an EventSource's no-cache did not ask the model");
+    let one_shot = app
+        .sse(&format!("/api/stream/ai-block/explain-eli10?{}&fresh=true", as_query(&topic())), &[("authorization", &bearer(&ada))])
+        .await;
     assert_eq!(marks(&{ one_shot }.until_terminal().await), (false, false));
-    assert_eq!(upstream.connections(), 4, "so did the one-shot GET with no-cache");
+    assert_eq!(upstream.connections(), 4, "the one-shot GET with fresh=true did");
     let mut ws = app.ws_with(&[("authorization", &bearer(&ada))]).await.unwrap();
     ws.send(json!({"type": "start", "block_type": "explain-eli10", "input": topic(), "ref": "r1", "fresh": true})).await;
     let ws_start = ws.next().await;
