@@ -178,9 +178,10 @@ impl Shared {
         }
     }
 
-    /// Stops the announcements of `id` to this process.
+    /// Stops the announcements of `id` to this process: at once when it is (or
+    /// was) generated here, else through a notice to its generator.
     fn leave_here(&self, id: &StreamId) {
-        if self.routes.is_open(id) {
+        if self.routes.knows(id) {
             self.routes.leave(id, &self.channel);
         } else {
             self.notices.send(Notice::Leave(id.clone()));

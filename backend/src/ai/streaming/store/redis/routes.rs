@@ -55,8 +55,9 @@ impl Routes {
         }
     }
 
-    pub fn is_open(&self, id: &StreamId) -> bool {
-        self.streams.lock().unwrap().get(id).is_some_and(|route| route.closed_at.is_none())
+    /// Whether `id` is generated here, or was a moment ago.
+    pub fn knows(&self, id: &StreamId) -> bool {
+        self.streams.lock().unwrap().contains_key(id)
     }
 
     /// The process of `channel` follows `id`.
