@@ -48,7 +48,7 @@
 //! `client-output-buffer-limit pubsub`: past it Redis drops the connection,
 //! the subscription comes back by itself and every mirror reads what it missed
 //! from the log (`tail.rs`), as after any loss; readers see a delay, never a
-//! gap.
+//! gap (`a_process_too_slow_for_its_pubsub_buffer_is_dropped_by_redis_and_reads_what_it_missed_from_the_log`).
 //!
 //! The ordering rules, each held by a test (in `tests.rs` unless named):
 //! 1. An event is announced only once Redis confirmed its append, each once,

@@ -765,3 +765,62 @@ async fn a_follow_notice_lost_on_the_way_is_sent_again_once_the_log_seems_silent
     let next = tokio::time::timeout(tail::SILENCE / 2, follower.next()).await.expect("announced, not found by silence").unwrap().unwrap();
     assert_eq!(next.events[0].seq, 2);
 }
+
+/// The ids of the pub/sub clients of the Redis at `url`.
+fn pubsub_clients(url: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query(&mut conn).unwrap();
+    let mut ids: Vec<String> =
+        list.lines().filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")).map(str::to_owned)).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_process_too_slow_for_its_pubsub_buffer_is_dropped_by_redis_and_reads_what_it_missed_from_the_log() {
+    // A small buffer, so a process that stops reading its channel for a moment overflows it.
+    let redis = test_server::TestServer::start(&["--client-output-buffer-limit", "pubsub 16kb 0 0"]).await;
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let target = RedisTarget::Node(redis.url());
+    let generator = RedisStore::connect(&target, config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let reader = RedisStore::connect(&target, config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut follower = reader.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 0).await, [0]);
+    log.append(1, &chunk(1)).await.unwrap();
+    assert_eq!(read_until(&mut follower, 1).await, [1]);
+    let before = pubsub_clients(&redis.url());
+
+    // With the test's thread (and so the reader's runtime) busy, blocking calls
+    // append events without announcements and fill the reader's channel with
+    // more than its buffer takes (records of a stream it does not follow).
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    for seq in 2..5 {
+        let _: String = redis::cmd("XADD")
+            .arg(generator.shared.keys.log(&id))
+            .arg(entry_id(seq))
+            .arg("t")
+            .arg("chunk")
+            .arg("j")
+            .arg(&chunk(seq).fields[..])
+            .query(&mut raw)
+            .unwrap();
+    }
+    let mut junk = bytes::BytesMut::new();
+    announce::encode(&mut junk, &StreamId::generate(), 0, &EventRecord::new(&EventBody::Chunk { token: "x".repeat(64 * 1024) }));
+    // More than the kernel's socket buffers hold, so Redis's own buffer fills.
+    for _ in 0..512 {
+        let _: i64 = redis::cmd("PUBLISH").arg(&*reader.shared.channel).arg(&junk[..]).query(&mut raw).unwrap();
+    }
+    let after = pubsub_clients(&redis.url());
+    assert!(before.iter().any(|id| !after.contains(id)), "Redis dropped the reader's subscription: {before:?} → {after:?}");
+
+    // Back: the subscription returns, the mirror reads 2..4 from the log, and the rest is announced.
+    log.append(5, &chunk(5)).await.unwrap();
+    log.append(6, &end()).await.unwrap();
+    let (events, failure) = drain(follower).await;
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4, 5, 6]);
+}
