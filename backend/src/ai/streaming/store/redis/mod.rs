@@ -16,8 +16,9 @@
 //!   events of the streams it serves readers of.
 //! - Leases: the generating process renews `lease` with its id (`SET … PX`,
 //!   re-taken if it lapsed under a stall); a cancel from anywhere marks it
-//!   `cancel` and publishes on `<prefix>:cancel`, so the generator learns of it on
-//!   the next renewal even if the message is lost.
+//!   `cancel` and publishes on `<prefix>:cancel` (the control channel,
+//!   `control.rs`), so the generator learns of it on the next renewal even if
+//!   the message is lost.
 //! - Presence: every process serving a reader of a stream refreshes `readers`
 //!   (expiring after the resume grace plus two refresh intervals), so the
 //!   generator abandons a stream only when no process anywhere had a reader for
