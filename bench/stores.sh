@@ -4,6 +4,8 @@
 # another, both on the Redis at REDIS_URL (default 127.0.0.1:6379) under a fresh key
 # prefix that is deleted afterwards. Prints Markdown tables (see bench/RESULTS.md).
 # Usage: bench/stores.sh [RUNS] [STREAMS] [TPS]; more knobs: bench/load.rs `stores`.
+# `bench/stores.sh 3 1000 50 --spread 4`: four processes share the streams (each
+# starts and reads a quarter), and each one's bytes received from Redis are shown.
 # Seven runs by default: on a shared 2-core box the ratio moves 2-3x between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

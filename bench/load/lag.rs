@@ -38,8 +38,33 @@ pub struct LagConfig {
 /// Where streams are started and where they are read.
 #[derive(Debug, Clone)]
 pub enum Route {
-    OneShot { base: String },
-    Split { create: String, read: String },
+    OneShot {
+        base: String,
+    },
+    Split {
+        create: String,
+        read: String,
+    },
+    /// Stream n starts on `bases[n % k]` and is read on another of them, each
+    /// reading a k-th of the streams, started evenly on the others.
+    Spread {
+        bases: Vec<String>,
+    },
+}
+
+impl Route {
+    /// Where stream `n` goes.
+    fn for_stream(&self, n: usize) -> Route {
+        match self {
+            Route::Spread { bases } if bases.len() > 1 => {
+                let k = bases.len();
+                let read = (n + 1 + (n / k) % (k - 1)) % k;
+                Route::Split { create: bases[n % k].clone(), read: bases[read].clone() }
+            }
+            Route::Spread { bases } => Route::Split { create: bases[0].clone(), read: bases[0].clone() },
+            other => other.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -115,6 +140,7 @@ async fn one_stream(
             let response = connection.get(&question_path(n), &[]).await.map_err(|e| format!("read: {e}"))?;
             (anchor, connection, response)
         }
+        Route::Spread { .. } => unreachable!("spread into a split route per stream"),
         Route::Split { create, read } => {
             let creator = Connection::connect(address(create)).await;
             let reader = Connection::connect(address(read)).await;
@@ -167,7 +193,7 @@ async fn one_stream(
 pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
     let ready = Arc::new((Barrier::new(config.streams), OnceLock::new()));
     let tasks: Vec<_> = (0..config.streams)
-        .map(|n| tokio::spawn(one_stream(route.clone(), ready.clone(), n, config.tokens_per_second, config.first_token)))
+        .map(|n| tokio::spawn(one_stream(route.for_stream(n), ready.clone(), n, config.tokens_per_second, config.first_token)))
         .collect();
     let deadline = tokio::time::Instant::now() + config.patience;
     let mut result = LagResult::default();

@@ -20,6 +20,14 @@
 //! the lag ratio means little once a mode needs nearly all the cores, because the
 //! extra processes of Redis mode then wait for a core at every hop.
 //!
+//! With `--spread K` the Redis runs use K processes instead, each starting a
+//! K-th of the streams and reading a K-th, started on the others (issue 22,
+//! item 2): each process's bytes received from Redis are read from the kernel's
+//! TCP counters (`ss -tin`, `bytes_received` of its connections to Redis's port;
+//! Redis 7.0's `CLIENT LIST` does not count them), and shown as a share of all
+//! the processes' bytes — with every stream read on one process, about what one
+//! process received when every process was sent every event.
+//!
 //! The stream resume grace stays at its default (30 s); B's readers keep A's
 //! generations alive through the presence keys, and the endings column would show
 //! a generation cancelled as abandoned.
@@ -46,6 +54,128 @@ struct StoresConfig {
     /// Tokio workers of each Redis-mode process (`TOKIO_WORKER_THREADS`); 0 keeps
     /// tokio's default, one per core.
     redis_workers: usize,
+    /// Processes sharing the streams (`--spread K`); 0 for the A → B runs.
+    spread: usize,
+}
+
+/// One run of `--spread K`.
+#[derive(Default)]
+struct SpreadRun {
+    lag: LagResult,
+    machine: Machine,
+    commands: BTreeMap<String, u64>,
+    /// Bytes each process received from Redis during the run.
+    received: Vec<u64>,
+    redis_cpu_seconds: f64,
+    live_ai_cpu_seconds: f64,
+}
+
+impl SpreadRun {
+    fn commands_per_event(&self) -> f64 {
+        self.commands.values().sum::<u64>() as f64 / self.lag.events.max(1) as f64
+    }
+
+    /// Each process's share of the bytes all of them received.
+    fn shares(&self) -> Vec<f64> {
+        let total = self.received.iter().sum::<u64>().max(1) as f64;
+        self.received.iter().map(|bytes| *bytes as f64 / total).collect()
+    }
+}
+
+/// Bytes received so far, per process id, over its TCP connections to `port`,
+/// from the kernel's counters (`ss -tinp`).
+fn received_from_port(port: u16) -> BTreeMap<u32, u64> {
+    let output = std::process::Command::new("ss")
+        .args(["-tinpH", "state", "established", &format!("( dport = :{port} )")])
+        .output()
+        .expect("ss (iproute2) is installed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut received = BTreeMap::new();
+    let mut pid = None;
+    for line in text.lines() {
+        if let Some(at) = line.find("pid=") {
+            pid = line[at + 4..].split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse::<u32>().ok());
+        } else if let (Some(pid), Some(at)) = (pid, line.find("bytes_received:")) {
+            let bytes = line[at + 15..].split(' ').next().and_then(|b| b.parse::<u64>().ok()).unwrap_or(0);
+            *received.entry(pid).or_insert(0) += bytes;
+        }
+    }
+    received
+}
+
+async fn spread_run(config: &StoresConfig, label: &str) -> SpreadRun {
+    let prefix = prefix(label);
+    let mut conn = redis_connection(&config.redis_url).await;
+    let env = redis_env(config, &prefix);
+    let mut servers = Vec::new();
+    for _ in 0..config.spread {
+        servers.push(Server::start("live-ai (spread)", &config.live_ai, &env).await);
+    }
+    let port: u16 = config.redis_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379);
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("CONFIG RESETSTAT answers");
+    let cpu_before = redis_cpu(&info(&mut conn, "cpu").await);
+    let cpu: f64 = servers.iter().map(Server::cpu_seconds).sum();
+    let before = received_from_port(port);
+    let route = Route::Spread { bases: servers.iter().map(|s| s.base.clone()).collect() };
+    let (lag, machine) = streams(&route, &config.lag).await;
+    let after = received_from_port(port);
+    let live_ai_cpu_seconds = servers.iter().map(Server::cpu_seconds).sum::<f64>() - cpu;
+    let commands = command_calls(&info(&mut conn, "commandstats").await);
+    let redis_cpu_seconds = redis_cpu(&info(&mut conn, "cpu").await) - cpu_before;
+    let received = servers
+        .iter()
+        .map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)))
+        .collect();
+    for server in servers {
+        server.stop(Duration::from_secs(10)).await;
+    }
+    clean_up(&mut conn, &prefix).await;
+    SpreadRun { lag, machine, commands, received, redis_cpu_seconds, live_ai_cpu_seconds }
+}
+
+fn report_spread(config: &StoresConfig, runs: &[SpreadRun]) {
+    let n = runs.len();
+    println!();
+    for (i, r) in runs.iter().enumerate() {
+        println!("- run {}: endings {:?}; bytes received per process {:?}", i + 1, r.lag.endings, r.received);
+        for error in &r.lag.first_errors {
+            println!("  - error: {error}");
+        }
+    }
+    println!();
+    let headers: Vec<String> = (1..=n).map(|i| format!("run {i}")).collect();
+    println!("| measure ({} processes) | {} | median |", config.spread, headers.join(" | "));
+    println!("|---|{}---|", "---|".repeat(n));
+    let row = |label: &str, digits: usize, f: &dyn Fn(&SpreadRun) -> f64| {
+        let values: Vec<f64> = runs.iter().map(f).collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.digits$}")).collect();
+        println!("| {label} | {} | **{:.digits$}** |", cells.join(" | "), median(&values));
+    };
+    row("completed streams", 0, &|r| r.lag.completed as f64);
+    row("events/s", 0, &|r| r.lag.events_per_second());
+    row("client lag p50 (ms)", 2, &|r| r.lag.lag_ms_p50);
+    row("client lag p99 (ms)", 2, &|r| r.lag.lag_ms_p99);
+    row("largest share of all processes' received bytes (%)", 1, &|r| 100.0 * r.shares().iter().cloned().fold(0.0, f64::max));
+    row("smallest share (%)", 1, &|r| 100.0 * r.shares().iter().cloned().fold(1.0, f64::min));
+    row("bytes received per process (MB, mean)", 2, &|r| r.received.iter().sum::<u64>() as f64 / r.received.len().max(1) as f64 / 1e6);
+    row("live-ai CPU seconds (all processes)", 2, &|r| r.live_ai_cpu_seconds);
+    row("Redis CPU seconds", 2, &|r| r.redis_cpu_seconds);
+    row("CPU µs per event (all processes + Redis)", 1, &|r| {
+        1e6 * (r.live_ai_cpu_seconds + r.redis_cpu_seconds) / r.lag.events.max(1) as f64
+    });
+    row("machine busy while streaming (% of all cores)", 0, &|r| r.machine.busy_percent);
+    row("Redis commands per appended event (INFO commandstats)", 2, &|r| r.commands_per_event());
+    println!();
+    let mut names: Vec<&String> = runs.iter().flat_map(|r| r.commands.keys()).collect();
+    names.sort();
+    names.dedup();
+    println!("| command, per appended event | {} | median |", headers.join(" | "));
+    println!("|---|{}---|", "---|".repeat(n));
+    for name in names {
+        let values: Vec<f64> = runs.iter().map(|r| *r.commands.get(name).unwrap_or(&0) as f64 / r.lag.events.max(1) as f64).collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+        println!("| {name} | {} | {:.3} |", cells.join(" | "), median(&values));
+    }
 }
 
 /// The machine around one mode's streams: how near its two cores were to full,
@@ -288,6 +418,12 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory.live_ai_cpu_seconds);
     row("live-ai CPU seconds (all processes)", "redis (A → B)", 2, &|r| r.redis.live_ai_cpu_seconds);
     row("Redis CPU seconds", "redis (A → B)", 2, &|r| r.redis.redis_cpu_seconds);
+    row("CPU µs per event (live-ai processes + Redis)", "memory (1 process)", 1, &|r| {
+        1e6 * r.memory.live_ai_cpu_seconds / r.memory.lag.events.max(1) as f64
+    });
+    row("CPU µs per event (live-ai processes + Redis)", "redis (A → B)", 1, &|r| {
+        1e6 * (r.redis.live_ai_cpu_seconds + r.redis.redis_cpu_seconds) / r.redis.lag.events.max(1) as f64
+    });
     row("load generator CPU seconds", "memory (1 process)", 2, &|r| r.memory.machine.client_cpu_seconds);
     row("load generator CPU seconds", "redis (A → B)", 2, &|r| r.redis.machine.client_cpu_seconds);
     row("machine busy while streaming (% of all cores)", "memory (1 process)", 0, &|r| r.memory.machine.busy_percent);
@@ -331,7 +467,7 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
 
 /// `load stores --live-ai BIN [--runs 3] [--streams 1000] [--tps 50]
 /// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]
-/// [--redis-workers 0]`
+/// [--redis-workers 0] [--spread 0]`
 pub async fn main(args: &[String]) {
     let flags = Flags::parse(args);
     let config = StoresConfig {
@@ -346,6 +482,7 @@ pub async fn main(args: &[String]) {
         live_ai: flags.path("live-ai"),
         monitor_streams: flags.get("monitor-streams", 100),
         redis_workers: flags.get("redis-workers", 0),
+        spread: flags.get("spread", 0),
     };
     let host = config.redis_url.trim_start_matches("redis://");
     assert!(
@@ -363,6 +500,17 @@ pub async fn main(args: &[String]) {
         config.redis_url,
         if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() }
     );
+    if config.spread > 0 {
+        let mut runs = Vec::new();
+        for index in 0..config.runs {
+            eprintln!("spread run {} of {} (load {})", index + 1, config.runs, load_average());
+            let run = spread_run(&config, &format!("spread{index}")).await;
+            eprintln!("  {:?} received {:?} commands {:?}", run.lag, run.received, run.commands);
+            runs.push(run);
+        }
+        report_spread(&config, &runs);
+        return;
+    }
     let mut runs = Vec::new();
     for index in 0..config.runs {
         eprintln!("run {} of {} (load {})", index + 1, config.runs, load_average());

@@ -145,6 +145,32 @@ async fn a_primary_killed_mid_stream_fails_over_and_streams_go_on_or_end_retryab
     );
 }
 
+#[tokio::test]
+async fn on_a_cluster_a_streams_events_are_announced_only_on_the_channel_of_the_process_serving_its_reader() {
+    let deployment = Deployment::on_cluster(&cluster().urls(), 100);
+    let prefix = deployment_prefix(&deployment);
+    let urls: Vec<String> = cluster().urls().split(',').map(str::to_owned).collect();
+    let watch = || async move {
+        // Each process's channel, found on the node its slot lives on.
+        let channels: Vec<String> = cluster()
+            .ports
+            .iter()
+            .flat_map(|port| {
+                TestCluster::ask(*port, &format!("PUBSUB SHARDCHANNELS {prefix}:events:*")).lines().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .filter(|line| !line.trim().is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(channels.len(), 3, "one channel per process: {channels:?}");
+        AnnouncementWatch::on_cluster(&urls, &channels).await
+    };
+    let (read, later) = announce_only_where_read(&deployment, watch).await;
+    assert_eq!(read.len(), 1, "one process read the first stream: {read:?}");
+    assert_eq!(later.len(), 1, "one process read the second stream: {later:?}");
+    assert_ne!(read, later, "the process reading only the second stream was sent none of the first");
+}
+
 /// The key prefix of a deployment.
 fn deployment_prefix(deployment: &Deployment) -> String {
     deployment.var("REDIS_KEY_PREFIX").expect("every deployment has its prefix")

@@ -509,3 +509,139 @@ async fn sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_h
     assert_contiguous(&other_events, 0);
     assert_eq!(other_events.last().unwrap().kind(), "complete");
 }
+
+/// What each process's announcement channel carried, as a raw subscriber saw
+/// it: `(channel, stream id, seq)` in arrival order.
+pub struct AnnouncementWatch {
+    messages: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    pub seen: Vec<(String, String, u64)>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+impl AnnouncementWatch {
+    /// Every process channel of the deployment under `prefix` on one node (a pattern subscription).
+    pub async fn on_node(url: &str, prefix: &str) -> Self {
+        let mut pubsub = redis::Client::open(url).unwrap().get_async_pubsub().await.unwrap();
+        pubsub.psubscribe(format!("{prefix}:events:*")).await.unwrap();
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stream = pubsub.on_message();
+            while let Some(message) = stream.next().await {
+                let _ = tx.send((message.get_channel_name().to_owned(), message.get_payload_bytes().to_vec()));
+            }
+        });
+        Self { messages, seen: Vec::new(), _keep: Box::new(AbortOnDrop(task)) }
+    }
+
+    /// The given channels of a cluster (sharded pub/sub cannot match patterns).
+    pub async fn on_cluster(urls: &[String], channels: &[String]) -> Self {
+        let (push, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .build()
+            .unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        for channel in channels {
+            conn.ssubscribe(channel).await.unwrap();
+        }
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(push) = pushes.recv().await {
+                if push.kind != redis::PushKind::SMessage {
+                    continue;
+                }
+                if let [redis::Value::BulkString(channel), redis::Value::BulkString(payload)] = &push.data[..] {
+                    let _ = tx.send((String::from_utf8_lossy(channel).into_owned(), payload.clone()));
+                }
+            }
+        });
+        Self { messages, seen: Vec::new(), _keep: Box::new((AbortOnDrop(task), conn)) }
+    }
+
+    /// Reads until `channel_of` some record is `(stream, seq)`; returns the channel.
+    pub async fn until(&mut self, stream: &str, seq: u64) -> String {
+        loop {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(15), self.messages.recv()).await.expect("announced").unwrap();
+            let mut found = false;
+            for (id, at) in announced_records(&payload) {
+                found |= id == stream && at == seq;
+                self.seen.push((channel.clone(), id, at));
+            }
+            if found {
+                return channel;
+            }
+        }
+    }
+
+    /// The channels that carried events of `stream`.
+    pub fn channels_of(&self, stream: &str) -> std::collections::BTreeSet<String> {
+        self.seen.iter().filter(|(_, id, _)| id == stream).map(|(channel, _, _)| channel.clone()).collect()
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `(stream id, seq)` of each event record of an announcement message (the
+/// store's `announce.rs` format); nudges are left out.
+fn announced_records(mut rest: &[u8]) -> Vec<(String, u64)> {
+    let mut records = Vec::new();
+    while let Some(&id_len) = rest.first() {
+        let id = String::from_utf8_lossy(&rest[1..1 + id_len as usize]).into_owned();
+        rest = &rest[1 + id_len as usize..];
+        let seq = u64::from_be_bytes(rest[..8].try_into().unwrap());
+        let type_len = rest[8] as usize;
+        let kind = &rest[9..9 + type_len];
+        rest = &rest[9 + type_len..];
+        let fields_len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        rest = &rest[4 + fields_len..];
+        if !kind.starts_with(b"+") {
+            records.push((id, seq));
+        }
+    }
+    records
+}
+
+/// Runs the scenario on a deployment of three processes: one generates two
+/// streams, another reads the first, the third only the second, at the same
+/// time; the third's channel is watched until the second stream's end, after
+/// anything of the first that could have been sent to it. Returns the channels
+/// each stream's events went to.
+pub async fn announce_only_where_read<F: std::future::Future<Output = AnnouncementWatch>>(
+    deployment: &Deployment,
+    watch: impl FnOnce() -> F,
+) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
+    let [generator, reading, idle]: [LiveAiProcess; 3] = deployment.processes(3).await.try_into().ok().unwrap();
+    let mut watch = watch().await;
+    let other = generator.create_stream("explain-eli10", json!({"topic": "moons"})).await;
+    let mut other_reader = idle.events_of(&other).await;
+    let mut other_events = other_reader.take(1).await;
+    let read = generator.create_stream("explain-eli10", json!({"topic": "tides"})).await;
+    let events = tokio::spawn(async move { reading.events_of(&read).await.until_terminal().await });
+    other_events.extend(other_reader.until_terminal().await);
+    watch.until(&other, other_events.len() as u64 - 1).await;
+    let events = events.await.unwrap();
+    assert_eq!(events.last().unwrap().kind(), "complete");
+    let read = events[0].data["stream_id"].as_str().unwrap().to_owned();
+    watch.until(&read, events.len() as u64 - 1).await;
+    (watch.channels_of(&read), watch.channels_of(&other))
+}
+
+#[tokio::test]
+async fn a_streams_events_are_announced_only_on_the_channel_of_the_process_serving_its_reader() {
+    // Streams of about 1.3 s each, so the two overlap.
+    let deployment = Deployment::new(&redis_url(), 100);
+    let prefix = deployment.var("REDIS_KEY_PREFIX").unwrap();
+    let url = redis_url();
+    let (read, later) = announce_only_where_read(&deployment, || AnnouncementWatch::on_node(&url, &prefix)).await;
+    assert_eq!(read.len(), 1, "one process read the first stream: {read:?}");
+    assert_eq!(later.len(), 1, "one process read the second stream: {later:?}");
+    assert_ne!(read, later, "the process reading only the second stream was sent none of the first");
+}

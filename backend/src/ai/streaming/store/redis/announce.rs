@@ -1,64 +1,148 @@
-//! Appended events, announced to every process: after Redis confirmed an append,
-//! the event itself goes out on the `<prefix>:events` channel, so a process
-//! serving readers learns of it from one message and never asks Redis for it.
-//! The append pipeline (`appends.rs`) publishes whatever is ready in one
-//! `PUBLISH`, sent with its next `XADD`s, so the channel costs a command per
-//! batch, not per event, and no round trip of its own.
+//! Appended events, announced to the processes that serve their readers: after
+//! Redis confirmed an append, the event itself goes out on the channel of each
+//! process following its stream (`routes.rs` says which), so such a process
+//! learns of it from one message and never asks Redis for it, and a process
+//! without readers of the stream hears nothing of it. The append pipeline
+//! (`appends.rs`) publishes whatever is ready for a process in one `PUBLISH`,
+//! sent with its next `XADD`s, so announcing costs a command per batch and
+//! following process, not per event, and no round trip of its own.
 //!
-//! Only confirmed events are announced, each once, in the order of their appends,
-//! so a reader never sees an event the log does not hold. Pub/sub may still drop
-//! messages (a subscription reconnecting): readers notice the gap, or the silence,
-//! and read the log itself (`tail.rs`).
+//! Only confirmed events are announced, each once to each follower, in the
+//! order of their appends, so a reader never sees an event the log does not
+//! hold. Pub/sub may still drop messages (a subscription reconnecting): readers
+//! notice the gap, or the silence, and read the log itself (`tail.rs`).
 //!
 //! A message is a run of records: `id_len: u8, id, seq: u64 BE, type_len: u8,
-//! type, fields_len: u32 BE, fields`.
+//! type, fields_len: u32 BE, fields`. A record of type `+nudge` (no event type
+//! starts with `+`) tells a follower to read the stream's log now: its
+//! generator has just learnt of it, and events confirmed before then were
+//! announced to others only.
+
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::routes::Routes;
 use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
 
-/// Records joined into one message at most; more wait for the next `PUBLISH`.
+/// Records joined into one round of messages at most; more wait for the next.
 pub const MESSAGE_LIMIT: usize = 256 * 1024;
 
-/// Hands events confirmed outside the append pipeline (a log's first and
-/// terminal events) to it, to be published in their order.
+const NUDGE: &[u8] = b"+nudge";
+
+/// A record for the channels of `to`.
+pub struct Outgoing {
+    pub to: Vec<Arc<str>>,
+    pub record: Bytes,
+}
+
+/// Hands records confirmed outside the append pipeline (a log's first and
+/// terminal events) and nudges to it, to be published in their order.
 #[derive(Clone)]
 pub struct Announcer {
-    records: mpsc::UnboundedSender<Bytes>,
+    routes: Arc<Routes>,
+    records: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Announcer {
     /// The handle and the queue the append pipeline publishes from.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Bytes>) {
+    pub fn new(routes: Arc<Routes>) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
         let (records, ready) = mpsc::unbounded_channel();
-        (Self { records }, ready)
+        (Self { routes, records }, ready)
     }
 
-    /// Announces `record`, confirmed at `seq` of `id`'s log.
+    /// Announces `record`, confirmed at `seq` of `id`'s log, to the processes
+    /// following `id` now.
     pub fn announce(&self, id: &StreamId, seq: u64, record: &EventRecord) {
+        let to = self.routes.readers_of(id);
+        if to.is_empty() {
+            return;
+        }
         let mut out = BytesMut::new();
         encode(&mut out, id, seq, record);
-        let _ = self.records.send(out.freeze());
+        let _ = self.records.send(Outgoing { to, record: out.freeze() });
+    }
+
+    /// Tells the process of `channel` to read `id`'s log now.
+    pub fn nudge(&self, channel: Arc<str>, id: &StreamId) {
+        let mut out = BytesMut::new();
+        encode_record(&mut out, id, 0, NUDGE, &[]);
+        let _ = self.records.send(Outgoing { to: vec![channel], record: out.freeze() });
+    }
+}
+
+/// Announcements waiting to go out, per channel, each channel's in order.
+#[derive(Default)]
+pub struct Outbox {
+    waiting: Vec<(Arc<str>, BytesMut)>,
+    bytes: usize,
+}
+
+impl Outbox {
+    pub fn push(&mut self, to: &Arc<str>, record: &[u8]) {
+        let at = match self.waiting.iter().position(|(channel, _)| channel == to) {
+            Some(at) => at,
+            None => {
+                self.waiting.push((to.clone(), BytesMut::new()));
+                self.waiting.len() - 1
+            }
+        };
+        self.waiting[at].1.extend_from_slice(record);
+        self.bytes += record.len();
+    }
+
+    pub fn push_outgoing(&mut self, outgoing: &Outgoing) {
+        for to in &outgoing.to {
+            self.push(to, &outgoing.record);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Bytes waiting, over every channel.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// One message per channel, and empties the box.
+    pub fn take(&mut self) -> Vec<(Arc<str>, Bytes)> {
+        self.bytes = 0;
+        self.waiting.drain(..).map(|(channel, records)| (channel, records.freeze())).collect()
     }
 }
 
 pub fn encode(out: &mut BytesMut, id: &StreamId, seq: u64, record: &EventRecord) {
-    let (id, event_type) = (id.as_str().as_bytes(), record.event_type.as_str().as_bytes());
-    out.reserve(1 + id.len() + 8 + 1 + event_type.len() + 4 + record.fields.len());
+    encode_record(out, id, seq, record.event_type.as_str().as_bytes(), &record.fields);
+}
+
+fn encode_record(out: &mut BytesMut, id: &StreamId, seq: u64, kind: &[u8], fields: &[u8]) {
+    let id = id.as_str().as_bytes();
+    out.reserve(1 + id.len() + 8 + 1 + kind.len() + 4 + fields.len());
     // Stream ids are at most 64 bytes (`StreamId::parse`), type names a few.
     out.put_u8(id.len() as u8);
     out.put_slice(id);
     out.put_u64(seq);
-    out.put_u8(event_type.len() as u8);
-    out.put_slice(event_type);
-    out.put_u32(record.fields.len() as u32);
-    out.put_slice(&record.fields);
+    out.put_u8(kind.len() as u8);
+    out.put_slice(kind);
+    out.put_u32(fields.len() as u32);
+    out.put_slice(fields);
 }
 
-/// The records of one message, as `(stream id, event)`; `None` at the first
-/// malformed record (the rest of that message is skipped).
-pub fn decode(message: Bytes) -> impl Iterator<Item = Option<(Bytes, LoggedEvent)>> {
+/// One record of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// An event of the stream of that id.
+    Event(Bytes, LoggedEvent),
+    /// Read the log of the stream of that id.
+    Nudge(Bytes),
+}
+
+/// The records of one message; `None` at the first malformed record (the rest
+/// of that message is skipped).
+pub fn decode(message: Bytes) -> impl Iterator<Item = Option<Record>> {
     let mut rest = message;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -72,20 +156,23 @@ pub fn decode(message: Bytes) -> impl Iterator<Item = Option<(Bytes, LoggedEvent
     })
 }
 
-fn decode_one(rest: &mut Bytes) -> Option<(Bytes, LoggedEvent)> {
+fn decode_one(rest: &mut Bytes) -> Option<Record> {
     let id = take(rest, usize::from(*rest.first()?), 1)?;
     if rest.remaining() < 8 {
         return None;
     }
     let seq = rest.get_u64();
-    let event_type = take(rest, usize::from(*rest.first()?), 1)?;
-    let event_type = EventType::parse(std::str::from_utf8(&event_type).ok()?)?;
+    let kind = take(rest, usize::from(*rest.first()?), 1)?;
     if rest.remaining() < 4 {
         return None;
     }
     let len = rest.get_u32() as usize;
     let fields = take(rest, len, 0)?;
-    Some((id, LoggedEvent { seq, event_type, fields }))
+    if &kind[..] == NUDGE {
+        return Some(Record::Nudge(id));
+    }
+    let event_type = EventType::parse(std::str::from_utf8(&kind).ok()?)?;
+    Some(Record::Event(id, LoggedEvent { seq, event_type, fields }))
 }
 
 /// Skips `header` bytes, then takes `len`.
@@ -110,11 +197,28 @@ mod tests {
         let mut message = BytesMut::new();
         encode(&mut message, &a, 7, &chunk);
         encode(&mut message, &b, u64::MAX - 1, &complete);
+        encode_record(&mut message, &a, 0, NUDGE, &[]);
         let records: Vec<_> = decode(message.freeze()).collect::<Option<_>>().unwrap();
-        assert_eq!(&records[0].0[..], b"a1");
-        assert_eq!(records[0].1, chunk.clone().at(7));
-        assert_eq!(&records[1].0[..], b"b2");
-        assert_eq!(records[1].1, complete.at(u64::MAX - 1));
+        assert_eq!(
+            records,
+            [
+                Record::Event(Bytes::from_static(b"a1"), chunk.at(7)),
+                Record::Event(Bytes::from_static(b"b2"), complete.at(u64::MAX - 1)),
+                Record::Nudge(Bytes::from_static(b"a1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_outbox_keeps_one_message_per_channel_in_order() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut outbox = Outbox::default();
+        outbox.push(&a, b"1");
+        outbox.push(&b, b"2");
+        outbox.push(&a, b"3");
+        assert_eq!(outbox.bytes(), 3);
+        assert_eq!(outbox.take(), [(a, Bytes::from_static(b"13")), (b, Bytes::from_static(b"2"))]);
+        assert!(outbox.is_empty());
     }
 
     #[test]

@@ -13,9 +13,10 @@
 //!
 //! The same task publishes the announcements (`announce.rs`): the events that
 //! landed, and whatever the other paths confirmed meanwhile, go out as one
-//! `PUBLISH` at the head of the next pipeline, sent as soon as a pipeline may go
-//! even if no append waits. An announcement costs no task hand-off and no round
-//! trip of its own.
+//! `PUBLISH` per following process (`routes.rs`, read as each batch settles)
+//! at the head of the next pipeline, sent as soon as a pipeline may go even if
+//! no append waits. An announcement costs no task hand-off and no round trip of
+//! its own.
 //!
 //! Each pipeline must be answered within the command timeout. A connection that
 //! fails or stays silent fails every append it carries (the generators retry,
@@ -26,8 +27,9 @@
 //! appends go out one `XADD` each through redis-rs's cluster connection (which
 //! routes each to its slot's node, multiplexes them per node and follows
 //! `MOVED`/`ASK` and failovers); a batch's outcomes are still settled in order,
-//! and its announcements go out in one `SPUBLISH` after it, from a publisher
-//! that sends one message at a time, so they arrive in order.
+//! and its announcements go out in one `SPUBLISH` per following process after
+//! it, each to its channel's node, from a publisher that sends one round of
+//! messages at a time, so each channel's arrive in order.
 //!
 //! The task is supervised: should it panic, what it carried fails (the
 //! generators retry), and it starts again on a fresh connection after
@@ -49,7 +51,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::announce::{self, MESSAGE_LIMIT};
+use super::announce::{self, Outbox, Outgoing, MESSAGE_LIMIT};
+use super::routes::Routes;
 use super::wire::{self, Link, Reply};
 use crate::ai::streaming::events::{EventRecord, StreamId};
 use crate::redis_connection::{self, RedisConn, RedisTarget, COMMAND_TIMEOUT};
@@ -92,24 +95,24 @@ pub struct Appends {
 }
 
 impl Appends {
-    /// Connects to the Redis of `info` and starts the sending task, publishing on
-    /// `channel` what `announced` hands over as well as its own appends. The task
-    /// ends when the store is dropped, not on a shutdown signal, so a draining
-    /// generation can still append and announce.
-    pub async fn start(target: &RedisTarget, channel: String, announced: mpsc::UnboundedReceiver<Bytes>) -> io::Result<Self> {
+    /// Connects to `target` and starts the sending task, publishing what
+    /// `announced` hands over as well as its own appends, these to the channels
+    /// `routes` names. The task ends when the store is dropped, not on a
+    /// shutdown signal, so a draining generation can still append and announce.
+    pub async fn start(target: &RedisTarget, routes: Arc<Routes>, announced: mpsc::UnboundedReceiver<Outgoing>) -> io::Result<Self> {
         let (queue, waiting) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(true));
         let url = match target {
             RedisTarget::Node(url) => url,
             RedisTarget::Cluster(_) => {
                 let conn = redis_connection::open(target, COMMAND_TIMEOUT).await.map_err(io::Error::other)?;
-                tokio::spawn(supervise_in_cluster(conn, channel, waiting, announced, up.clone()));
+                tokio::spawn(supervise_in_cluster(conn, routes, waiting, announced, up.clone()));
                 return Ok(Self { queue, up });
             }
         };
         let info = redis::Client::open(url.as_str()).map_err(io::Error::other)?.get_connection_info().clone();
         let link = Link::connect(&info).await?;
-        tokio::spawn(supervise(Connection::new(info, link, channel, up.clone()), waiting, announced));
+        tokio::spawn(supervise(Connection::new(info, link, routes, up.clone()), waiting, announced));
         Ok(Self { queue, up })
     }
 
@@ -144,7 +147,7 @@ const CRASH: &str = "\u{0}crash-the-append-task";
 
 /// Runs the task; after a panic, fails what was on its way and starts it again.
 /// Ends when the store is dropped (both queues closed).
-async fn supervise(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Bytes>) {
+async fn supervise(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pending>, mut announced: mpsc::UnboundedReceiver<Outgoing>) {
     loop {
         let run = AssertUnwindSafe(send_loop(&mut conn, &mut waiting, &mut announced)).catch_unwind().await;
         if run.is_ok() {
@@ -153,14 +156,18 @@ async fn supervise(mut conn: Connection, mut waiting: mpsc::UnboundedReceiver<Pe
         tracing::error!("the Redis append task panicked; restarting it on a fresh connection");
         conn.up.store(false, Ordering::Relaxed);
         let error = io::Error::other("the append task restarted");
-        conn.fail(&error, &mut BytesMut::new());
+        conn.fail(&error, &mut Outbox::default());
         conn.unreachable = Some((error.to_string(), Instant::now() + RECONNECT_DELAY));
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
 
-async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<Pending>, announced: &mut mpsc::UnboundedReceiver<Bytes>) {
-    let (mut batch, mut message) = (Vec::new(), BytesMut::new());
+async fn send_loop(
+    conn: &mut Connection,
+    waiting: &mut mpsc::UnboundedReceiver<Pending>,
+    announced: &mut mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let (mut batch, mut message) = (Vec::new(), Outbox::default());
     let (mut appends_open, mut announced_open) = (true, true);
     let answer_by = tokio::time::sleep(COMMAND_TIMEOUT);
     tokio::pin!(answer_by);
@@ -195,7 +202,7 @@ async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<
             }
             n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if appends_open && room => appends_open = n > 0,
             first = announced.recv(), if announced_open && room => match first {
-                Some(records) => message.extend_from_slice(&records),
+                Some(records) => message.push_outgoing(&records),
                 None => announced_open = false,
             },
             else => return,
@@ -210,9 +217,9 @@ async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<
             let Ok(append) = waiting.try_recv() else { break };
             batch.push(append);
         }
-        while message.len() < MESSAGE_LIMIT {
+        while message.bytes() < MESSAGE_LIMIT {
             let Ok(records) = announced.try_recv() else { break };
-            message.extend_from_slice(&records);
+            message.push_outgoing(&records);
         }
         if message.is_empty() && batch.is_empty() {
             continue;
@@ -221,7 +228,7 @@ async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<
         if batch.iter().any(|append| &*append.log == CRASH) {
             panic!("asked to crash");
         }
-        let publishing = (!message.is_empty()).then(|| message.split().freeze());
+        let publishing = message.take();
         conn.send(publishing, std::mem::take(&mut batch), &mut message).await;
     }
 }
@@ -229,19 +236,20 @@ async fn send_loop(conn: &mut Connection, waiting: &mut mpsc::UnboundedReceiver<
 /// A pipeline on its way: its appends, and their outcomes as replies arrive.
 struct Sent {
     batch: Vec<Pending>,
-    /// Whether the reply to the `PUBLISH` at its head is still to come.
-    publishing: bool,
+    /// How many replies to the `PUBLISH`es at its head are still to come.
+    publishing: usize,
     outcomes: Vec<Xadd>,
     at: Instant,
 }
 
 impl Sent {
     fn is_answered(&self) -> bool {
-        !self.publishing && self.outcomes.len() == self.batch.len()
+        self.publishing == 0 && self.outcomes.len() == self.batch.len()
     }
 
     fn take(&mut self, reply: Reply) {
-        if std::mem::take(&mut self.publishing) {
+        if self.publishing > 0 {
+            self.publishing -= 1;
             if let Reply::Error(error) = reply {
                 // Lost announcements only make readers read the log: no retry.
                 tracing::debug!(%error, "could not announce appended events");
@@ -252,17 +260,17 @@ impl Sent {
     }
 
     /// Fails whatever has no outcome yet.
-    fn fail(mut self, error: &io::Error, message: &mut BytesMut) {
+    fn fail(mut self, error: &io::Error, message: &mut Outbox, routes: &Routes) {
         let why = Xadd::Failed(format!("Redis: {error}"));
         self.outcomes.resize(self.batch.len(), why);
-        settle(self, message);
+        settle(self, message, routes);
     }
 }
 
 /// The append connection, its buffers and its pipelines on their way.
 struct Connection {
     info: ConnectionInfo,
-    channel: Arc<str>,
+    routes: Arc<Routes>,
     link: Option<Link>,
     read: BytesMut,
     write: BytesMut,
@@ -273,10 +281,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(info: ConnectionInfo, link: Link, channel: String, up: Arc<AtomicBool>) -> Self {
+    fn new(info: ConnectionInfo, link: Link, routes: Arc<Routes>, up: Arc<AtomicBool>) -> Self {
         Self {
             info,
-            channel: channel.into(),
+            routes,
             link: Some(link),
             read: BytesMut::with_capacity(READ_SIZE),
             write: BytesMut::new(),
@@ -295,31 +303,31 @@ impl Connection {
         }
     }
 
-    /// Writes one pipeline: `PUBLISH` of `message` (if any), then the `XADD`s of
+    /// Writes one pipeline: a `PUBLISH` of each message, then the `XADD`s of
     /// `batch`. If it cannot go out, its appends (and any on their way) fail.
-    async fn send(&mut self, message: Option<Bytes>, batch: Vec<Pending>, announcements: &mut BytesMut) {
+    async fn send(&mut self, messages: Vec<(Arc<str>, Bytes)>, batch: Vec<Pending>, announcements: &mut Outbox) {
         self.write.clear();
-        if let Some(message) = &message {
-            wire::command(&mut self.write, &[b"PUBLISH", self.channel.as_bytes(), message]);
+        for (channel, message) in &messages {
+            wire::command(&mut self.write, &[b"PUBLISH", channel.as_bytes(), message]);
         }
         for append in &batch {
             xadd(&mut self.write, append);
         }
-        let sent = Sent { outcomes: Vec::with_capacity(batch.len()), batch, publishing: message.is_some(), at: Instant::now() };
+        let sent = Sent { outcomes: Vec::with_capacity(batch.len()), batch, publishing: messages.len(), at: Instant::now() };
         if let Err(error) = self.connect().await {
-            return sent.fail(&error, announcements);
+            return sent.fail(&error, announcements, &self.routes);
         }
         let link = self.link.as_mut().expect("connected above");
         match tokio::time::timeout(COMMAND_TIMEOUT, link.send(&self.write)).await {
             Ok(Ok(())) => self.in_flight.push_back(sent),
             Ok(Err(error)) => {
                 self.fail(&error, announcements);
-                sent.fail(&error, announcements);
+                sent.fail(&error, announcements, &self.routes);
             }
             Err(_) => {
                 let error = io::Error::new(io::ErrorKind::TimedOut, "Redis did not take an append pipeline in time");
                 self.fail(&error, announcements);
-                sent.fail(&error, announcements);
+                sent.fail(&error, announcements, &self.routes);
             }
         }
     }
@@ -360,10 +368,10 @@ impl Connection {
     }
 
     /// Settles, oldest first, every pipeline whose replies have all arrived.
-    fn answered(&mut self, announcements: &mut BytesMut) -> io::Result<()> {
+    fn answered(&mut self, announcements: &mut Outbox) -> io::Result<()> {
         while let Some(oldest) = self.in_flight.front_mut() {
             if oldest.is_answered() {
-                settle(self.in_flight.pop_front().expect("looked at above"), announcements);
+                settle(self.in_flight.pop_front().expect("looked at above"), announcements, &self.routes);
                 continue;
             }
             match wire::take_reply(&mut self.read).map_err(|_| wire::not_resp())? {
@@ -378,26 +386,35 @@ impl Connection {
     }
 
     /// Drops the link and fails every pipeline on its way.
-    fn fail(&mut self, error: &io::Error, announcements: &mut BytesMut) {
+    fn fail(&mut self, error: &io::Error, announcements: &mut Outbox) {
         tracing::warn!(%error, pipelines = self.in_flight.len(), "lost the Redis append connection");
         self.link = None;
         self.up.store(false, Ordering::Relaxed);
         self.read.clear();
         for sent in std::mem::take(&mut self.in_flight) {
-            sent.fail(error, announcements);
+            sent.fail(error, announcements, &self.routes);
         }
     }
 }
 
-/// Queues the announcements of what landed, then tells each append's generator
-/// its outcome: in that order, so a stream's next event (its terminal one,
-/// announced through the queue) is never announced first.
-fn settle(sent: Sent, message: &mut BytesMut) {
+/// Queues the announcements of what landed, each for the processes following
+/// its stream now, then tells each append's generator its outcome: in that
+/// order, so a stream's next event (its terminal one, announced through the
+/// queue) is never announced first.
+fn settle(sent: Sent, message: &mut Outbox, routes: &Routes) {
+    let routes = routes.lock();
+    let mut record = BytesMut::new();
     for (append, outcome) in sent.batch.iter().zip(&sent.outcomes) {
+        let Some(route) = routes.get(&append.id).filter(|route| !route.readers.is_empty()) else { continue };
         if *outcome == Xadd::Appended {
-            announce::encode(message, &append.id, append.seq, &append.record);
+            record.clear();
+            announce::encode(&mut record, &append.id, append.seq, &append.record);
+            for to in &route.readers {
+                message.push(to, &record);
+            }
         }
     }
+    drop(routes);
     for (append, outcome) in sent.batch.into_iter().zip(sent.outcomes) {
         let _ = append.done.send(outcome);
     }
@@ -406,15 +423,15 @@ fn settle(sent: Sent, message: &mut BytesMut) {
 /// The cluster's send loop, run again after a panic (as `supervise` does).
 async fn supervise_in_cluster(
     conn: RedisConn,
-    channel: String,
+    routes: Arc<Routes>,
     mut waiting: mpsc::UnboundedReceiver<Pending>,
-    mut announced: mpsc::UnboundedReceiver<Bytes>,
+    mut announced: mpsc::UnboundedReceiver<Outgoing>,
     up: Arc<AtomicBool>,
 ) {
     let (publish, to_publish) = mpsc::unbounded_channel();
-    tokio::spawn(publish_in_order(conn.clone(), channel, to_publish));
+    tokio::spawn(publish_in_order(conn.clone(), to_publish));
     loop {
-        let run = AssertUnwindSafe(send_in_cluster(&conn, &mut waiting, &mut announced, &publish)).catch_unwind().await;
+        let run = AssertUnwindSafe(send_in_cluster(&conn, &routes, &mut waiting, &mut announced, &publish)).catch_unwind().await;
         if run.is_ok() {
             return;
         }
@@ -430,9 +447,10 @@ async fn supervise_in_cluster(
 /// to the publisher.
 async fn send_in_cluster(
     conn: &RedisConn,
+    routes: &Routes,
     waiting: &mut mpsc::UnboundedReceiver<Pending>,
-    announced: &mut mpsc::UnboundedReceiver<Bytes>,
-    publish: &mpsc::UnboundedSender<Bytes>,
+    announced: &mut mpsc::UnboundedReceiver<Outgoing>,
+    publish: &mpsc::UnboundedSender<Outbox>,
 ) {
     use futures::stream::{FuturesOrdered, StreamExt};
     let mut in_flight = FuturesOrdered::new();
@@ -442,14 +460,16 @@ async fn send_in_cluster(
             biased;
             Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
                 let (batch, outcomes): (Vec<Pending>, Vec<Xadd>) = sent;
-                let mut message = BytesMut::new();
-                settle(Sent { batch, publishing: false, outcomes, at: Instant::now() }, &mut message);
+                let mut message = Outbox::default();
+                settle(Sent { batch, publishing: 0, outcomes, at: Instant::now() }, &mut message, routes);
                 if !message.is_empty() {
-                    let _ = publish.send(message.freeze());
+                    let _ = publish.send(message);
                 }
             }
             Some(records) = announced.recv() => {
-                let _ = publish.send(records);
+                let mut message = Outbox::default();
+                message.push_outgoing(&records);
+                let _ = publish.send(message);
             }
             n = waiting.recv_many(&mut batch, PIPELINE_LIMIT), if open && in_flight.len() < IN_FLIGHT_LIMIT => {
                 if n == 0 {
@@ -486,16 +506,28 @@ async fn send_in_cluster(
     }
 }
 
-/// Publishes the announcements handed over, one `SPUBLISH` at a time (joining
-/// what waits meanwhile), so they reach the channel's node in order.
-async fn publish_in_order(mut conn: RedisConn, channel: String, mut to_publish: mpsc::UnboundedReceiver<Bytes>) {
+/// Publishes the announcements handed over a round at a time (joining what
+/// waits meanwhile): one `SPUBLISH` per channel, all at once, each to its
+/// channel's node; the next round waits for them, so each channel's messages
+/// arrive in order.
+async fn publish_in_order(conn: RedisConn, mut to_publish: mpsc::UnboundedReceiver<Outbox>) {
     let mut ready = Vec::new();
     while to_publish.recv_many(&mut ready, 64).await > 0 {
-        let message: Vec<u8> = ready.drain(..).flat_map(|records| records.to_vec()).collect();
-        let sent = redis::cmd("SPUBLISH").arg(&channel).arg(message).query_async::<()>(&mut conn).await;
-        if let Err(error) = sent {
-            // Lost announcements only make readers read the log: no retry.
-            tracing::debug!(%error, "could not announce appended events");
+        let mut round = Outbox::default();
+        for mut outbox in ready.drain(..) {
+            for (channel, records) in outbox.take() {
+                round.push(&channel, &records);
+            }
+        }
+        let sends = round.take().into_iter().map(|(channel, message)| {
+            let mut conn = conn.clone();
+            async move { redis::cmd("SPUBLISH").arg(&*channel).arg(&message[..]).query_async::<()>(&mut conn).await }
+        });
+        for sent in futures::future::join_all(sends).await {
+            if let Err(error) = sent {
+                // Lost announcements only make readers read the log: no retry.
+                tracing::debug!(%error, "could not announce appended events");
+            }
         }
     }
 }
@@ -557,11 +589,15 @@ mod tests {
         EventRecord::new(&EventBody::Chunk { token: format!("t{n} ") })
     }
 
-    /// The pipeline on `redis`, and a client to look with.
-    async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Bytes>) {
+    /// The pipeline on `redis`, announcing stream `s1` on `CHANNEL`, and a client to look with.
+    async fn appends_on(redis: &TestServer) -> (Appends, redis::Client, mpsc::UnboundedSender<Outgoing>) {
         let client = redis::Client::open(redis.url()).unwrap();
         let (announcer, announced) = mpsc::unbounded_channel();
-        let appends = Appends::start(&RedisTarget::Node(redis.url()), CHANNEL.into(), announced).await.unwrap();
+        let routes = Arc::new(Routes::default());
+        let s1 = StreamId::parse("s1").unwrap();
+        routes.open(&s1);
+        routes.follow(&s1, &CHANNEL.into());
+        let appends = Appends::start(&RedisTarget::Node(redis.url()), routes, announced).await.unwrap();
         (appends, client, announcer)
     }
 
@@ -586,7 +622,7 @@ mod tests {
         assert_eq!(xadd_within(&appends, &StreamId::parse("s2").unwrap(), &"nolog".into(), 1).await, Xadd::NoLog);
         let message = pubsub.on_message().next().await.unwrap();
         let announced: Vec<_> = announce::decode(Bytes::copy_from_slice(message.get_payload_bytes())).collect::<Option<_>>().unwrap();
-        assert_eq!(announced, vec![(Bytes::from_static(b"s1"), chunk(1).at(1))]);
+        assert_eq!(announced, vec![announce::Record::Event(Bytes::from_static(b"s1"), chunk(1).at(1))]);
 
         redis.stop().await;
         match xadd_within(&appends, &id, &log, 2).await {

@@ -13,6 +13,14 @@
 //!
 //! Besides streams, `<prefix>:request:{<digest>}` names the shared generation
 //! answering a request (coalescing), hash-tagged by its own digest.
+//!
+//! And two kinds of pub/sub channel (`routes.rs`):
+//! - `<prefix>:events:<process id>`: one per process, the announcements of the
+//!   streams it serves readers of; without a hash tag, so in a cluster the
+//!   processes' channels spread over the nodes by their own slots;
+//! - `<prefix>:cancel`: every process's control channel, cancels and which
+//!   process follows which stream (named for what it first carried: processes
+//!   of the previous release, during a rolling deploy, still cancel through it).
 
 use std::sync::Arc;
 
@@ -58,12 +66,14 @@ impl Keys {
         format!("{}:request:{{{digest}}}", self.prefix)
     }
 
-    /// Where confirmed events are announced (`announce.rs`).
-    pub fn events_channel(&self) -> String {
-        format!("{}:events", self.prefix)
+    /// Where the process `owner` is sent the announcements of the streams it
+    /// follows (`announce.rs`).
+    pub fn process_channel(&self, owner: &str) -> String {
+        format!("{}:events:{owner}", self.prefix)
     }
 
-    pub fn cancel_channel(&self) -> String {
+    /// Cancels, and follow and leave notices (`control.rs`), heard by every process.
+    pub fn control_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
     }
 }
@@ -90,6 +100,7 @@ mod tests {
         assert_eq!(keys.log(&id), "live-ai:{abc}:log");
         assert_eq!(keys.lease(&id), "live-ai:{abc}:lease");
         assert_eq!(keys.readers(&id), "live-ai:{abc}:readers");
+        assert_eq!(keys.process_channel("p1"), "live-ai:events:p1");
     }
 
     #[test]

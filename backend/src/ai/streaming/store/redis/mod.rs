@@ -7,13 +7,18 @@
 //!   retried after a lost reply finds its own entry and succeeds. Ordinary
 //!   appends of all the process's logs go out together as one pipeline
 //!   (`appends.rs`), on a connection that speaks RESP itself (`wire.rs`).
-//! - Follow: every confirmed event is announced on a pub/sub channel
-//!   (`announce.rs`); one subscription per process feeds local mirrors, which
-//!   read the log itself only to catch up (`tail.rs`).
+//! - Follow: every confirmed event is announced to the processes serving its
+//!   stream's readers, on each one's own channel (`announce.rs`); that one
+//!   subscription per process feeds local mirrors, which read the log itself
+//!   only to catch up (`tail.rs`). A process says which streams it follows
+//!   with follow and leave notices to their generators (`control.rs`), which
+//!   keep each stream's followers (`routes.rs`): a process hears only the
+//!   events of the streams it serves readers of.
 //! - Leases: the generating process renews `lease` with its id (`SET … PX`,
 //!   re-taken if it lapsed under a stall); a cancel from anywhere marks it
-//!   `cancel` and publishes on `<prefix>:cancel`, so the generator learns of it on
-//!   the next renewal even if the message is lost.
+//!   `cancel` and publishes on `<prefix>:cancel` (the control channel,
+//!   `control.rs`), so the generator learns of it on the next renewal even if
+//!   the message is lost.
 //! - Presence: every process serving a reader of a stream refreshes `readers`
 //!   (expiring after the resume grace plus two refresh intervals), so the
 //!   generator abandons a stream only when no process anywhere had a reader for
@@ -24,6 +29,27 @@
 //! - One node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`): the
 //!   same commands through `redis_connection::RedisConn`; in a cluster, sharded
 //!   pub/sub and one `XADD` per append instead of one pipeline.
+//!
+//! Why a channel per following process, not per bucket of streams: readers
+//! land on processes at random (any load balancer), so a process serving a
+//! quarter of 1,000 streams' readers has one in nearly every bucket unless
+//! there are more buckets than streams (for it to hear at most a third of the
+//! events, about 600 buckets or more), and every bucket a batch of appends
+//! touches costs a `PUBLISH`: about one per event, against the goal of at most
+//! 1.5 commands per appended event in all. Routed by follower, a batch costs
+//! one `PUBLISH` per process that follows any of its streams, however many
+//! streams and readers, and a process receives exactly its streams' events.
+//! The price is a notice per stream and process when its first reader comes
+//! and when its last leaves. In a cluster the process channels, untagged,
+//! spread over the nodes; a stream's channel could not sit on its stream's
+//! slot anyway once it carries several streams.
+//!
+//! A slow process is never sent other processes' traffic, so it is never
+//! disconnected for it. Its own subscription is bounded by Redis's
+//! `client-output-buffer-limit pubsub`: past it Redis drops the connection,
+//! the subscription comes back by itself and every mirror reads what it missed
+//! from the log (`tail.rs`), as after any loss; readers see a delay, never a
+//! gap (`a_process_too_slow_for_its_pubsub_buffer_is_dropped_by_redis_and_reads_what_it_missed_from_the_log`).
 //!
 //! The ordering rules, each held by a test (in `tests.rs` unless named):
 //! 1. An event is announced only once Redis confirmed its append, each once,
@@ -43,13 +69,25 @@
 //! 5. The store's listeners stop when the store is dropped, after the HTTP
 //!    drain and the generations' last events: the API test
 //!    `sigterm_in_redis_mode_ends_its_generations_for_readers_everywhere_and_hands_other_readers_off`.
+//! 6. A process is announced a stream's events only between its follow notice
+//!    reaching the generator and its leave notice doing so; a mirror created
+//!    before its generator knew of it reads the log after the generator's
+//!    nudge, so it misses nothing, and its notices go out in the order its
+//!    mirrors came and went:
+//!    `a_process_without_readers_of_a_stream_receives_none_of_its_announcements`,
+//!    `a_reader_arriving_while_its_follow_notice_is_on_its_way_gets_every_event_without_gap_or_duplicate`,
+//!    `a_reader_arriving_later_on_a_process_gets_every_event_without_gap_or_duplicate`,
+//!    `a_process_whose_last_reader_left_is_sent_nothing_more_of_that_stream`.
+//! 7. A mirror whose log grew while no announcement came follows again:
+//!    `a_follow_notice_lost_on_the_way_is_sent_again_once_the_log_seems_silent`.
 
 mod announce;
 mod appends;
-mod cancels;
+mod control;
 mod entries;
 mod keys;
 mod requests;
+mod routes;
 mod scripts;
 mod subscription;
 mod tail;
@@ -69,8 +107,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::announce::Announcer;
 use self::appends::{Appends, Xadd};
+use self::control::Notice;
 use self::entries::events_of;
 use self::keys::{entry_id, Keys};
+use self::routes::{Followed, Routes};
 use self::scripts::{Finish, FinishTarget, First, Scripts};
 use self::subscription::Subscription;
 use self::tail::Tails;
@@ -111,6 +151,12 @@ struct Shared {
     scripts: Scripts,
     appends: Appends,
     announcer: Announcer,
+    /// Where the announcements of the streams generated here go.
+    routes: Arc<Routes>,
+    /// This process's channel: the announcements of the streams it follows.
+    channel: Arc<str>,
+    /// Follow and leave notices, sent in order (`control.rs`).
+    notices: control::Notices,
     /// This process's id, the value of the leases it holds.
     owner: String,
     retention: Duration,
@@ -124,6 +170,24 @@ struct Shared {
 impl Shared {
     fn holds_lease(&self, id: &StreamId) -> bool {
         self.leases.lock().unwrap().contains_key(id)
+    }
+
+    /// Has the announcements of `id` sent to this process from now on: at once
+    /// when it is generated here, else through a notice to its generator.
+    fn follow_here(&self, id: &StreamId) {
+        if self.routes.follow(id, &self.channel) == Followed::Unknown {
+            self.notices.send(Notice::Follow(id.clone()));
+        }
+    }
+
+    /// Stops the announcements of `id` to this process: at once when it is (or
+    /// was) generated here, else through a notice to its generator.
+    fn leave_here(&self, id: &StreamId) {
+        if self.routes.knows(id) {
+            self.routes.leave(id, &self.channel);
+        } else {
+            self.notices.send(Notice::Leave(id.clone()));
+        }
     }
 
     /// Cancels the generation of `id` if it runs here; whether it does.
@@ -268,25 +332,31 @@ impl RedisStore {
         let keys = Keys::new(prefix);
         // The hot path gets a connection of its own, so a once-a-second round of
         // lease and presence renewals never holds an append up behind it.
-        let (announcer, announced) = Announcer::new();
+        let routes = Arc::new(Routes::default());
+        let (announcer, announced) = Announcer::new(routes.clone());
         let appends =
-            Appends::start(target, keys.events_channel(), announced).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            Appends::start(target, routes.clone(), announced).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let notices = control::send(conn.clone(), target, keys.control_channel(), owner.clone());
         let shared = Arc::new(Shared {
             appends,
             announcer,
+            routes,
+            channel: keys.process_channel(&owner).into(),
+            notices,
             conn,
             target: target.clone(),
             keys,
             scripts: Scripts::default(),
-            owner: uuid::Uuid::new_v4().simple().to_string(),
+            owner,
             retention,
             grace,
             live_ttl: (generation_timeout + LIVE_TTL_MARGIN).min(LIVE_TTL_MAX),
             leases: Mutex::default(),
         });
-        let cancel_requests = Subscription::open(target, &shared.keys.cancel_channel(), stop.clone()).await.map_err(unavailable)?;
-        cancels::listen(cancel_requests, Arc::downgrade(&shared));
-        let announcements = Subscription::open(target, &shared.keys.events_channel(), stop.clone()).await.map_err(unavailable)?;
+        let control = Subscription::open(target, &shared.keys.control_channel(), stop.clone()).await.map_err(unavailable)?;
+        control::listen(control, Arc::downgrade(&shared));
+        let announcements = Subscription::open(target, &shared.channel, stop.clone()).await.map_err(unavailable)?;
         let tails = Tails::start(shared.clone(), announcements, stop.clone());
         upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
         Ok(Self { shared, tails, stop })
@@ -367,6 +437,7 @@ impl RedisAppender {
         };
         if appended.is_ok() {
             self.shared.leases.lock().unwrap().remove(id);
+            self.shared.routes.close(id);
         }
         appended
     }
@@ -389,6 +460,7 @@ impl EventStore for RedisStore {
             .await
             .map_err(unavailable)?;
         self.shared.leases.lock().unwrap().insert(id.clone(), cancel);
+        self.shared.routes.open(id);
         let shared = self.shared.clone();
         Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
     }
@@ -421,7 +493,7 @@ impl EventStore for RedisStore {
             }
         }
         redis::cmd(self.shared.target.publish_command())
-            .arg(self.shared.keys.cancel_channel())
+            .arg(self.shared.keys.control_channel())
             .arg(id.as_str())
             .query_async::<()>(&mut conn)
             .await
@@ -436,6 +508,7 @@ impl EventStore for RedisStore {
 
     fn release(&self, id: &StreamId) {
         self.shared.leases.lock().unwrap().remove(id);
+        self.shared.routes.close(id);
     }
 
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {

@@ -1,18 +1,24 @@
-//! Following logs in Redis: one subscription per process to the announcements of
-//! appended events (`announce.rs`) feeds a local mirror of every log that has
-//! readers here; readers follow the mirror the way they follow a memory log (a
-//! `Notify` wakes them). So an appended event costs this process one share of a
-//! message, whatever the number of its readers, and no command at all.
+//! Following logs in Redis: one subscription per process, to its own channel,
+//! feeds a local mirror of every log that has readers here; readers follow the
+//! mirror the way they follow a memory log (a `Notify` wakes them). A mirror
+//! asks the stream's generator for its announcements when it is created and
+//! tells it when its last reader leaves (`control.rs`), so the channel carries
+//! only the events of the streams read here, and an appended event costs this
+//! process one share of a message, whatever the number of its readers, and no
+//! command at all.
 //!
 //! The log in Redis stays the truth; a mirror reads it with `XRANGE` (a
 //! catch-up) only when it may have missed something:
-//! - when it starts (the events from before its first announcement);
+//! - when it starts (the events from before its first announcement), and when
+//!   its generator's nudge says the announcements now come (the events
+//!   confirmed while the follow notice was on its way);
 //! - on a gap (an announcement ahead of the next seq is held until the catch-up
 //!   has filled in what came before it);
 //! - while the subscription is down (every `WATCH_INTERVAL`), and once more when
 //!   it is back;
-//! - when its log has been silent for `SILENCE`, and then its generator's lease is
-//!   checked too: a log no process holds a lease on, and not generated here, is
+//! - when its log has been silent for `SILENCE`; if the log had grown, the
+//!   announcements are not coming (a follow notice was lost): it follows again.
+//!   If not, its generator's lease is checked too: a log no process holds a lease on, and not generated here, is
 //!   ended `generation_lost` (the `orphan` script); a log Redis no longer has
 //!   fails (`LogLost`), one that ended and expired before the mirror read its
 //!   end fails `Expired` (its readers get `stream_not_found`).
@@ -38,7 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::announce;
+use super::announce::{self, Record};
 use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
@@ -338,6 +344,13 @@ impl Tails {
                 })
                 .clone();
             mirror.followers.fetch_add(1, Ordering::Relaxed);
+            if created {
+                // Asked for first, under the lock, so the notice is queued
+                // after the leave of a mirror this one replaces: what the
+                // catch-up below does not read yet is announced, or read after
+                // the generator's nudge.
+                self.shared.follow_here(id);
+            }
             (mirror, created)
         };
         if created {
@@ -360,15 +373,26 @@ impl Tails {
         let mut gaps = Vec::new();
         {
             let mirrors = self.mirrors.lock().unwrap();
+            let of = |id: &Bytes| std::str::from_utf8(id).ok().and_then(|id| mirrors.get(id));
             for record in announce::decode(message) {
-                let Some((id, event)) = record else {
-                    tracing::error!("malformed announcement of appended events");
-                    break;
-                };
-                let mirror = std::str::from_utf8(&id).ok().and_then(|id| mirrors.get(id));
-                if let Some(mirror) = mirror {
-                    if mirror.offer(event) {
-                        gaps.push(mirror.clone());
+                match record {
+                    Some(Record::Event(id, event)) => {
+                        if let Some(mirror) = of(&id) {
+                            if mirror.offer(event) {
+                                gaps.push(mirror.clone());
+                            }
+                        }
+                    }
+                    Some(Record::Nudge(id)) => {
+                        if let Some(mirror) = of(&id) {
+                            if !std::mem::replace(&mut mirror.state.lock().unwrap().catching_up, true) {
+                                gaps.push(mirror.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::error!("malformed announcement of appended events");
+                        break;
                     }
                 }
             }
@@ -444,7 +468,14 @@ impl Tails {
             self.clone().catch_up(mirror.clone()).await;
         }
         let grew = mirror.state.lock().unwrap().events.len() > before;
-        if !grew {
+        if grew {
+            // Events came, their announcements did not: the generator does not
+            // know this process follows the stream.
+            let mirrors = self.mirrors.lock().unwrap();
+            if mirrors.get(&mirror.id).is_some_and(|m| Arc::ptr_eq(m, &mirror)) {
+                self.shared.follow_here(&mirror.id);
+            }
+        } else {
             self.check_generator(&mirror).await;
         }
         let mut state = mirror.state.lock().unwrap();
@@ -470,6 +501,13 @@ impl Tails {
             }
             // The rest of a finished log expired before this mirror read it.
             Ok(Finish::Expired { len }) => mirror.fail(FollowFailure::Expired { len }),
+            // Ended meanwhile, by another process (which announces it to nobody
+            // when it does not generate it): read the end now.
+            Ok(Finish::AlreadyFinished { .. }) => {
+                if !std::mem::replace(&mut mirror.state.lock().unwrap().catching_up, true) {
+                    tokio::spawn(self.clone().catch_up(mirror.clone()));
+                }
+            }
             Ok(_) => {}
             Err(error) => tracing::debug!(stream_id = %mirror.id, %error, "could not check a silent stream's generator"),
         }
@@ -558,6 +596,8 @@ impl Drop for MirrorGuard {
         if self.mirror.followers.fetch_sub(1, Ordering::Relaxed) == 1 {
             if mirrors.get(&self.mirror.id).is_some_and(|m| Arc::ptr_eq(m, &self.mirror)) {
                 mirrors.remove(&self.mirror.id);
+                // Under the lock: queued before the follow of a mirror that replaces this one.
+                self.tails.shared.leave_here(&self.mirror.id);
             }
             drop(mirrors);
             // The grace starts now, not at the last refresh.

@@ -492,20 +492,38 @@ async fn a_reader_of_a_log_that_expired_before_it_was_read_learns_it_expired_and
     assert!(matches!(generator.status(&id).await, Err(StoreError::Expired { len: 4, .. })));
 }
 
-/// The announcements one message on the events channel carries.
+/// The announced events one message on a process's channel carries.
 fn records_of(message: &redis::Msg) -> Vec<(Bytes, LoggedEvent)> {
     announce::decode(Bytes::copy_from_slice(message.get_payload_bytes()))
-        .map(|record| record.expect("a well-formed announcement"))
+        .filter_map(|record| match record.expect("a well-formed announcement") {
+            announce::Record::Event(id, event) => Some((id, event)),
+            announce::Record::Nudge(_) => None,
+        })
         .collect()
+}
+
+/// A subscription to a channel of the test's own, which `store` treats as a
+/// process following `id`.
+async fn watch(store: &RedisStore, id: &StreamId) -> redis::aio::PubSub {
+    let channel: Arc<str> = format!("{}-watcher", store.shared.channel).into();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let pubsub = subscription::subscribe(&client, &channel).await.unwrap();
+    assert_eq!(store.shared.routes.follow(id, &channel), routes::Followed::Added);
+    pubsub
+}
+
+/// Subscribed to the channel of `process`, as the process itself is.
+async fn listen_as(process: &RedisStore) -> redis::aio::PubSub {
+    let client = redis::Client::open(redis_url()).unwrap();
+    subscription::subscribe(&client, &process.shared.channel).await.unwrap()
 }
 
 #[tokio::test]
 async fn every_confirmed_event_and_no_refused_one_is_announced_in_order() {
     let (store, _) = pair().await;
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut pubsub = subscription::subscribe(&client, &store.shared.keys.events_channel()).await.unwrap();
     let id = StreamId::generate();
     let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    let mut pubsub = watch(&store, &id).await;
     log.append(0, &chunk(0)).await.unwrap();
     log.append(1, &chunk(1)).await.unwrap();
     assert!(log.append(1, &chunk(9)).await.is_err(), "another event at a taken seq is refused");
@@ -531,17 +549,23 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     const STREAMS: usize = 40;
     const CHUNKS: u64 = 25;
     let (store, _) = pair().await;
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut pubsub = subscription::subscribe(&client, &store.shared.keys.events_channel()).await.unwrap();
     let store = Arc::new(store);
     let ids: Vec<StreamId> = (0..STREAMS).map(|_| StreamId::generate()).collect();
+    let mut logs = Vec::new();
+    for id in &ids {
+        logs.push(store.create(id, "owner", CancellationToken::new()).await.unwrap());
+    }
+    let channel: Arc<str> = format!("{}-watcher", store.shared.channel).into();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut pubsub = subscription::subscribe(&client, &channel).await.unwrap();
+    for id in &ids {
+        store.shared.routes.follow(id, &channel);
+    }
     // Every stream appends as fast as its appends are confirmed, so several
     // pipelines are in flight at once.
     let mut appenders = Vec::new();
-    for id in &ids {
-        let (store, id) = (store.clone(), id.clone());
+    for log in logs {
         appenders.push(tokio::spawn(async move {
-            let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
             for seq in 0..CHUNKS {
                 log.append(seq, &chunk(seq)).await.unwrap();
             }
@@ -567,4 +591,236 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     for id in &ids {
         assert_eq!(announced.get(id.as_str().as_bytes()), Some(&expected), "stream {id}");
     }
+}
+
+/// Reads `pubsub` until the event at `seq` of `until` arrives; returns every
+/// announced event on the way, by stream.
+async fn announced_until(pubsub: &mut redis::aio::PubSub, until: &StreamId, seq: u64) -> Vec<(Bytes, u64)> {
+    let mut seen = Vec::new();
+    let mut messages = pubsub.on_message();
+    loop {
+        let message = tokio::time::timeout(PATIENCE, messages.next()).await.expect("the awaited event is announced").unwrap();
+        for (stream, event) in records_of(&message) {
+            let found = &stream[..] == until.as_str().as_bytes() && event.seq == seq;
+            seen.push((stream, event.seq));
+            if found {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Reads `follower` until it has the event at `seq`.
+async fn read_until(follower: &mut Follower, seq: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|last| *last < seq) {
+        let batch = tokio::time::timeout(PATIENCE, follower.next()).await.expect("the events come").unwrap().unwrap();
+        seen.extend(batch.events.iter().map(|e| e.seq));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_process_without_readers_of_a_stream_receives_none_of_its_announcements() {
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(30);
+    let (generator, reading, idle) = (store_on(&prefix, grace).await, store_on(&prefix, grace).await, store_on(&prefix, grace).await);
+    let (read, other) = (StreamId::generate(), StreamId::generate());
+    let log = generator.create(&read, "owner", CancellationToken::new()).await.unwrap();
+    let other_log = generator.create(&other, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    other_log.append(0, &chunk(0)).await.unwrap();
+    let (mut on_reading, mut on_idle) = (listen_as(&reading).await, listen_as(&idle).await);
+    // `reading` serves a reader of one stream; `idle` one of the other stream only.
+    let mut reader = reading.follow(&read, None);
+    assert_eq!(read_until(&mut reader, 0).await, [0]);
+    let mut idle_reader = idle.follow(&other, None);
+    assert_eq!(read_until(&mut idle_reader, 0).await, [0]);
+    // Both followers are on the generator's routes once their notices were heard.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while generator.shared.routes.readers_of(&read).len() + generator.shared.routes.readers_of(&other).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the follow notices reach the generator");
+        tokio::task::yield_now().await;
+    }
+
+    for seq in 1..=5 {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    other_log.append(1, &chunk(1)).await.unwrap();
+    // What `idle` was sent up to the other stream's event, which came after the
+    // five: announcements reach a channel in the order they were confirmed.
+    let seen = announced_until(&mut on_idle, &other, 1).await;
+    assert!(seen.iter().all(|(stream, _)| &stream[..] == other.as_str().as_bytes()), "{seen:?}");
+    let seen = announced_until(&mut on_reading, &read, 5).await;
+    assert!(seen.iter().all(|(stream, _)| &stream[..] == read.as_str().as_bytes()), "{seen:?}");
+    assert_eq!(read_until(&mut reader, 5).await, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_reader_arriving_while_its_follow_notice_is_on_its_way_gets_every_event_without_gap_or_duplicate() {
+    let (generator, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    log.append(1, &chunk(1)).await.unwrap();
+    reader.shared.notices.hold();
+    let mut follower = reader.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 1).await, [0, 1]);
+    // Confirmed while the generator does not know of the reader: announced to nobody.
+    log.append(2, &chunk(2)).await.unwrap();
+    log.append(3, &end()).await.unwrap();
+    reader.shared.notices.release(true);
+    // The generator's nudge has the mirror read the log: well before a silent
+    // log would have been read.
+    let rest = tokio::time::timeout(tail::SILENCE / 2, drain(follower)).await.expect("the nudge brings the rest");
+    assert_eq!(rest, (vec![chunk(2).at(2), end().at(3)], None));
+}
+
+#[tokio::test]
+async fn a_reader_arriving_later_on_a_process_gets_every_event_without_gap_or_duplicate() {
+    let (generator, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = Arc::new(generator.create(&id, "owner", CancellationToken::new()).await.unwrap());
+    // Readers come and go on the other process while the stream is written.
+    const EVENTS: u64 = 300;
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for seq in 0..EVENTS {
+                log.append(seq, &chunk(seq)).await.unwrap();
+                if seq % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            log.append(EVENTS, &end()).await.unwrap();
+        })
+    };
+    let mut readers = Vec::new();
+    for n in 0..20u64 {
+        let after = (n > 0).then(|| n * 7);
+        readers.push((after, reader.follow(&id, after)));
+        if n % 3 == 0 {
+            // The last reader leaving and a new one arriving: a leave, then a follow.
+            let (_, mut leaving) = readers.remove(0);
+            let _ = tokio::time::timeout(Duration::from_millis(5), leaving.next()).await;
+        }
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    for (after, follower) in readers {
+        let (events, failure) = drain(follower).await;
+        assert_eq!(failure, None);
+        let first = after.map_or(0, |a| a + 1);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (first..=EVENTS).collect::<Vec<_>>(), "after {after:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_process_whose_last_reader_left_is_sent_nothing_more_of_that_stream() {
+    let (generator, reader) = pair().await;
+    let (left, kept) = (StreamId::generate(), StreamId::generate());
+    let left_log = generator.create(&left, "owner", CancellationToken::new()).await.unwrap();
+    let kept_log = generator.create(&kept, "owner", CancellationToken::new()).await.unwrap();
+    left_log.append(0, &chunk(0)).await.unwrap();
+    kept_log.append(0, &chunk(0)).await.unwrap();
+    let mut on_reader = listen_as(&reader).await;
+    let (mut leaving, mut staying) = (reader.follow(&left, None), reader.follow(&kept, None));
+    assert_eq!(read_until(&mut leaving, 0).await, [0]);
+    assert_eq!(read_until(&mut staying, 0).await, [0]);
+    left_log.append(1, &chunk(1)).await.unwrap();
+    assert_eq!(read_until(&mut leaving, 1).await, [1], "announced while followed");
+    drop(leaving);
+    let channel = reader.shared.channel.clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while generator.shared.routes.readers_of(&left).contains(&channel) {
+        assert!(tokio::time::Instant::now() < deadline, "the leave notice reaches the generator");
+        tokio::task::yield_now().await;
+    }
+    left_log.append(2, &chunk(2)).await.unwrap();
+    kept_log.append(1, &chunk(1)).await.unwrap();
+    // Up to the kept stream's event, confirmed after it, nothing of the left one's.
+    let seen = announced_until(&mut on_reader, &kept, 1).await;
+    assert!(!seen.iter().any(|(stream, seq)| &stream[..] == left.as_str().as_bytes() && *seq == 2), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_follow_notice_lost_on_the_way_is_sent_again_once_the_log_seems_silent() {
+    let (generator, reader) = pair().await;
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    reader.shared.notices.hold();
+    let mut follower = reader.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 0).await, [0]);
+    reader.shared.notices.release(false);
+    log.append(1, &chunk(1)).await.unwrap();
+    // Found when the log seems silent; then the reader follows again, and is announced the rest.
+    assert_eq!(read_until(&mut follower, 1).await, [1]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !generator.shared.routes.readers_of(&id).contains(&reader.shared.channel) {
+        assert!(tokio::time::Instant::now() < deadline, "the reader follows again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.append(2, &chunk(2)).await.unwrap();
+    let next = tokio::time::timeout(tail::SILENCE / 2, follower.next()).await.expect("announced, not found by silence").unwrap().unwrap();
+    assert_eq!(next.events[0].seq, 2);
+}
+
+/// The ids of the pub/sub clients of the Redis at `url`.
+fn pubsub_clients(url: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query(&mut conn).unwrap();
+    let mut ids: Vec<String> =
+        list.lines().filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")).map(str::to_owned)).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_process_too_slow_for_its_pubsub_buffer_is_dropped_by_redis_and_reads_what_it_missed_from_the_log() {
+    // A small buffer, so a process that stops reading its channel for a moment overflows it.
+    let redis = test_server::TestServer::start(&["--client-output-buffer-limit", "pubsub 16kb 0 0"]).await;
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let target = RedisTarget::Node(redis.url());
+    let generator = RedisStore::connect(&target, config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let reader = RedisStore::connect(&target, config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let id = StreamId::generate();
+    let log = generator.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut follower = reader.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 0).await, [0]);
+    log.append(1, &chunk(1)).await.unwrap();
+    assert_eq!(read_until(&mut follower, 1).await, [1]);
+    let before = pubsub_clients(&redis.url());
+
+    // With the test's thread (and so the reader's runtime) busy, blocking calls
+    // append events without announcements and fill the reader's channel with
+    // more than its buffer takes (records of a stream it does not follow).
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    for seq in 2..5 {
+        let _: String = redis::cmd("XADD")
+            .arg(generator.shared.keys.log(&id))
+            .arg(entry_id(seq))
+            .arg("t")
+            .arg("chunk")
+            .arg("j")
+            .arg(&chunk(seq).fields[..])
+            .query(&mut raw)
+            .unwrap();
+    }
+    let mut junk = bytes::BytesMut::new();
+    announce::encode(&mut junk, &StreamId::generate(), 0, &EventRecord::new(&EventBody::Chunk { token: "x".repeat(64 * 1024) }));
+    // More than the kernel's socket buffers hold, so Redis's own buffer fills.
+    for _ in 0..512 {
+        let _: i64 = redis::cmd("PUBLISH").arg(&*reader.shared.channel).arg(&junk[..]).query(&mut raw).unwrap();
+    }
+    let after = pubsub_clients(&redis.url());
+    assert!(before.iter().any(|id| !after.contains(id)), "Redis dropped the reader's subscription: {before:?} → {after:?}");
+
+    // Back: the subscription returns, the mirror reads 2..4 from the log, and the rest is announced.
+    log.append(5, &chunk(5)).await.unwrap();
+    log.append(6, &end()).await.unwrap();
+    let (events, failure) = drain(follower).await;
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4, 5, 6]);
 }

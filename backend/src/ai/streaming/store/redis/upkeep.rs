@@ -3,7 +3,8 @@
 //! stall) and reads their cancel marks (`HGET meta cancel`: only the log's end
 //! removes a mark, so a renewal whose reply is lost reads it again next time),
 //! and refreshes the presence key of every log it serves readers of. The cost
-//! is per stream per second, not per event.
+//! is per stream per second, not per event. It also forgets the routes of
+//! logs that ended here a while ago (`routes.rs`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
                 _ = tick.tick() => {}
             }
             let Some(tails) = tails.upgrade() else { return };
+            shared.routes.purge();
             let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().cloned().collect();
             let followed = tails.followed();
             drop(tails);

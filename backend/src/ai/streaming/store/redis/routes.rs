@@ -1,0 +1,123 @@
+//! Where the announcements of the streams this process generates go: for each
+//! of them, the channels of the processes serving its readers (this one
+//! included), learnt from their follow and leave notices (`control.rs`). The
+//! append path reads it as each event is confirmed, so an event goes to the
+//! processes that follow its stream at that moment, each once, and nowhere else.
+//!
+//! A stream's route opens when its log is created here and closes with its
+//! terminal event (or when its generation lets go); a closed route is kept a
+//! little while, so a follow notice that arrives just after the end still
+//! earns its sender a nudge (it then reads the end from the log).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::ai::streaming::events::StreamId;
+
+/// How long a closed route still answers follow notices.
+pub const CLOSED_KEPT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Routes {
+    streams: Mutex<HashMap<StreamId, Route>>,
+}
+
+#[derive(Default)]
+pub struct Route {
+    /// The channels of the processes following the stream.
+    pub readers: Vec<Arc<str>>,
+    closed_at: Option<Instant>,
+}
+
+/// What a follow notice found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// The stream is generated here: its next confirmed events go to the follower.
+    Added,
+    /// It ended here a moment ago: nothing more will be announced.
+    Closed,
+    /// Not generated here.
+    Unknown,
+}
+
+impl Routes {
+    /// A log created here: its events are announced to whoever follows it.
+    pub fn open(&self, id: &StreamId) {
+        self.streams.lock().unwrap().insert(id.clone(), Route::default());
+    }
+
+    /// The log ended, or its generation let go of it.
+    pub fn close(&self, id: &StreamId) {
+        if let Some(route) = self.streams.lock().unwrap().get_mut(id) {
+            route.readers.clear();
+            route.closed_at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether `id` is generated here, or was a moment ago.
+    pub fn knows(&self, id: &StreamId) -> bool {
+        self.streams.lock().unwrap().contains_key(id)
+    }
+
+    /// The process of `channel` follows `id`.
+    pub fn follow(&self, id: &StreamId, channel: &Arc<str>) -> Followed {
+        let mut streams = self.streams.lock().unwrap();
+        match streams.get_mut(id) {
+            Some(route) if route.closed_at.is_some() => Followed::Closed,
+            Some(route) => {
+                if !route.readers.contains(channel) {
+                    route.readers.push(channel.clone());
+                }
+                Followed::Added
+            }
+            None => Followed::Unknown,
+        }
+    }
+
+    /// The process of `channel` has no reader of `id` any more.
+    pub fn leave(&self, id: &StreamId, channel: &str) {
+        if let Some(route) = self.streams.lock().unwrap().get_mut(id) {
+            route.readers.retain(|c| &**c != channel);
+        }
+    }
+
+    /// The routes, locked, for a batch of confirmed events.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<StreamId, Route>> {
+        self.streams.lock().unwrap()
+    }
+
+    /// The channels following `id` now.
+    pub fn readers_of(&self, id: &StreamId) -> Vec<Arc<str>> {
+        self.streams.lock().unwrap().get(id).map(|route| route.readers.clone()).unwrap_or_default()
+    }
+
+    /// Forgets the routes closed longer than [`CLOSED_KEPT`] ago.
+    pub fn purge(&self) {
+        self.streams.lock().unwrap().retain(|_, route| route.closed_at.is_none_or(|at| at.elapsed() < CLOSED_KEPT));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_takes_followers_while_open_and_none_once_closed() {
+        let routes = Routes::default();
+        let (id, a, b): (StreamId, Arc<str>, Arc<str>) = (StreamId::parse("s1").unwrap(), "a".into(), "b".into());
+        assert_eq!(routes.follow(&id, &a), Followed::Unknown);
+        routes.open(&id);
+        assert_eq!(routes.follow(&id, &a), Followed::Added);
+        assert_eq!(routes.follow(&id, &a), Followed::Added);
+        assert_eq!(routes.follow(&id, &b), Followed::Added);
+        assert_eq!(routes.readers_of(&id), [a.clone(), b.clone()], "each follower once");
+        routes.leave(&id, "a");
+        assert_eq!(routes.readers_of(&id), [b]);
+        routes.close(&id);
+        assert!(routes.readers_of(&id).is_empty());
+        assert_eq!(routes.follow(&id, &a), Followed::Closed);
+        routes.purge();
+        assert_eq!(routes.follow(&id, &a), Followed::Closed, "kept a while after the end");
+    }
+}
