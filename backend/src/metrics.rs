@@ -27,6 +27,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections the server ended itself, by why.
     pub connections_closed: IntCounterVec,
+    /// Readers that resumed a stream after a seq, wherever it is generated.
+    pub stream_resumes: IntCounter,
+    /// Starts a limit refused, by code (`rate_limited`, `budget_exhausted`).
+    pub limits_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +72,9 @@ impl Metrics {
             "Connections the server closed itself: send_timeout, header_timeout, or at_capacity (refused over MAX_CONNECTIONS).",
             &["reason"],
         );
+        let stream_resumes = IntCounter::new("stream_resumes_total", "Readers that resumed a stream after a seq.").expect("valid metric");
+        registry.register(Box::new(stream_resumes.clone())).expect("registered once");
+        let limits_refused = counters("limits_refused_total", "Starts refused by a limit, by code.", &["code"]);
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -102,7 +109,14 @@ impl Metrics {
             moderation_webhooks,
             connections_open,
             connections_closed,
+            stream_resumes,
+            limits_refused,
         }
+    }
+
+    /// The registry `/metrics` renders: the OTLP export reads the same figures.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.

@@ -2,3 +2,4 @@
 
 pub mod moderation;
 pub mod settings;
+pub mod telemetry;

@@ -40,6 +40,7 @@ use crate::ai::moderation::{Exchange, Moderation};
 use crate::ai::runtime::engine::{Engine, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
+use crate::telemetry::generation::{self as trace, GenerationTrace};
 
 /// How long a cancel waits for the terminal event before answering `cancelling`.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
@@ -145,6 +146,7 @@ pub type EventReader = BoxStream<'static, EventBatch>;
 struct Generation {
     cancel: CancellationToken,
     readers: watch::Sender<usize>,
+    trace: GenerationTrace,
 }
 
 struct Inner {
@@ -275,9 +277,10 @@ impl StreamManager {
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
         let cancel = self.inner.shutdown.child_token();
         let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0 });
+        let span = trace::span(&id, input.block_type(), owner);
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0, trace: GenerationTrace::new(span.clone()) });
+        trace::publish(self.inner.store.as_ref(), &id, &generation.trace).await;
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        let span = tracing::info_span!("generation", stream_id = %id, block = input.block_type().as_str());
         let writer = LogWriter { appender, next_seq: 0 };
         let exchange = Exchange {
             stream_id: Some(id.clone()),
@@ -323,6 +326,9 @@ impl StreamManager {
             }
         }
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), &self.inner.metrics));
+        if after.is_some() {
+            trace::resumed(&self.inner.metrics, self.inner.store.as_ref(), id, guard.as_ref().map(|g| &g.generation.trace)).await;
+        }
         // A generation running here ends with a terminal event on shutdown; a
         // reader of one running elsewhere is handed what this process has, then
         // ends without one, so its client resumes on another process.
@@ -688,6 +694,7 @@ async fn run_generation(
     inner.store.release(&id);
     reservation.settle().await;
     inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
+    trace::ended(&outcome);
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
