@@ -23,8 +23,8 @@ use prometheus::IntCounterVec;
 /// registry so `/metrics` shows it.
 pub static SPANS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     IntCounterVec::new(
-        prometheus::Opts::new("telemetry_spans_dropped_total", "Spans not exported: queue_full (collector slow or down) or export_failed.")
-            .namespace("live_ai"),
+        // Named without the prefix: each app's registry adds `live_ai_`.
+        prometheus::Opts::new("telemetry_spans_dropped_total", "Spans not exported: queue_full (collector slow or down) or export_failed."),
         &["reason"],
     )
     .expect("valid metric")

@@ -130,7 +130,7 @@ impl Provider for GenAiProvider {
             "gen_ai.operation.name" = OPERATION,
             "gen_ai.provider.name" = self.inner.name(),
             "gen_ai.request.model" = model,
-            "gen_ai.request.max_tokens" = request.prompt.max_tokens,
+            "gen_ai.request.max_tokens" = i64::from(request.prompt.max_tokens),
             "gen_ai.response.model" = model,
             "gen_ai.usage.input_tokens" = Empty,
             "gen_ai.usage.output_tokens" = Empty,
@@ -140,7 +140,7 @@ impl Provider for GenAiProvider {
         );
         if let Some((host, port)) = &self.server {
             span.record("server.address", host.as_str());
-            span.record("server.port", port);
+            span.record("server.port", i64::from(*port));
         }
         if self.capture_content && !span.is_disabled() {
             let text = |content: &str| json!([{"type": "text", "content": content}]);
@@ -211,8 +211,8 @@ impl Drop for Call {
         let span = &self.span;
         let error = self.error.or(if self.finished.is_none() { Some("cancelled") } else { None });
         if let Some(usage) = self.usage {
-            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
-            span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens as i64);
+            span.record("gen_ai.usage.output_tokens", usage.completion_tokens as i64);
             for (kind, count) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
                 let mut attributes = self.attributes.to_vec();
                 attributes.push(KeyValue::new("gen_ai.token.type", kind));

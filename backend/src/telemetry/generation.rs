@@ -106,7 +106,7 @@ impl GenerationTrace {
     /// the reader's span links to it.
     pub fn resumed(&self) {
         let resumes = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;
-        self.span.record("resumes", resumes);
+        self.span.record("resumes", resumes as i64);
         let generator = self.span.context().span().span_context().clone();
         Span::current().add_link(generator);
     }

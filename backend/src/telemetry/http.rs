@@ -48,7 +48,7 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
 /// (a 4xx is the client's, per the HTTP conventions for server spans).
 pub fn record_status<B>(response: &Response<B>, _latency: std::time::Duration, span: &Span) {
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }

@@ -3,6 +3,9 @@
 //! metrics exported with OpenTelemetry (`OTEL_*`, see the README's "Watching it in
 //! production").
 //!
+//! Integer span attributes are recorded as `i64`: the bridge exports other
+//! integers as text.
+//!
 //! One instrumentation feeds both: `tracing` spans are logs' context and, bridged
 //! by `tracing-opentelemetry`, the trace's spans. The OTel layer has its own
 //! filter (spans at info, events at warn), so `RUST_LOG=warn` quietens logs
