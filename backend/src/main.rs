@@ -47,10 +47,11 @@ async fn main() -> ExitCode {
         backend = state.settings.streaming_backend.as_str(),
         "listening on http://{local}"
     );
+    let flush_patience = state.settings.shutdown_timeout;
     let served = live_ai::run(listener, state, shutdown_signal()).await;
-    // The last spans and metrics leave before the process does (the SDK's threads
-    // block on their final export, bounded by its timeout).
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    // The last spans and metrics leave before the process does, within the
+    // shutdown timeout.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(flush_patience)).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

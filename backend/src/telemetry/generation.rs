@@ -82,40 +82,40 @@ pub fn record_ids(span: &Span) -> bool {
 }
 
 /// Records how the current generation ended on its span (the outcome of
-/// `live_ai_stream_outcomes_total`); anything but completion or a cancel is an error.
-pub fn ended(outcome: &str) {
+/// `live_ai_stream_outcomes_total`, and the resumes it had); anything but
+/// completion or a cancel is an error.
+pub fn ended(outcome: &str, trace: &GenerationTrace) {
     let span = Span::current();
     span.record("outcome", outcome);
+    span.record("resumes", trace.resumes.load(Ordering::Relaxed) as i64);
     if outcome != "complete" && !outcome.starts_with("cancelled") {
         span.record("otel.status_code", "ERROR");
     }
 }
 
-/// What the manager keeps of a live generation's trace.
+/// What the manager keeps of a live generation's trace: its span's ids, not the
+/// span (readers hold the generation after it ended; the span must end with it).
 pub struct GenerationTrace {
-    span: Span,
+    context: SpanContext,
     resumes: AtomicU64,
 }
 
 impl GenerationTrace {
-    pub fn new(span: Span) -> Self {
-        Self { span, resumes: AtomicU64::new(0) }
+    pub fn new(span: &Span) -> Self {
+        Self { context: span.context().span().span_context().clone(), resumes: AtomicU64::new(0) }
     }
 
-    /// A reader resumed the stream here: counted on the generation's span, and
+    /// A reader resumed the stream here: counted for the generation's span, and
     /// the reader's span links to it.
     pub fn resumed(&self) {
-        let resumes = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;
-        self.span.record("resumes", resumes as i64);
-        let generator = self.span.context().span().span_context().clone();
-        Span::current().add_link(generator);
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        Span::current().add_link(self.context.clone());
     }
 
     /// The generation's span context as a W3C `traceparent`, for readers in other
     /// processes; `None` when it is not traced.
     pub fn traceparent(&self) -> Option<String> {
-        let context = self.span.context();
-        let ids = context.span().span_context().clone();
+        let ids = &self.context;
         ids.is_valid().then(|| format!("00-{}-{}-{:02x}", ids.trace_id(), ids.span_id(), ids.trace_flags().to_u8()))
     }
 }

@@ -10,8 +10,9 @@
 //! by `tracing-opentelemetry`, the trace's spans. The OTel layer has its own
 //! filter (spans at info, events at warn), so `RUST_LOG=warn` quietens logs
 //! without losing traces. The layer neither tracks busy/idle time nor activates
-//! OTel contexts on enter: a generation's span is entered at every poll, and
-//! either would cost a clock read or a context switch per streamed event.
+//! OTel contexts, and never hears of span enters and exits ([`no_enter_exit`]):
+//! a generation's span is entered at every poll, and each would cost per
+//! streamed event. Without export, logging is set up exactly as it always was.
 //!
 //! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
 //!   queue that counts what it drops.
@@ -27,13 +28,14 @@ pub mod genai;
 pub mod generation;
 pub mod http;
 pub mod live_metrics;
+mod no_enter_exit;
 pub mod otlp;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -62,18 +64,30 @@ impl Telemetry {
         self.tracer.is_some()
     }
 
-    /// Flushes and stops the exporters (bounded by the SDK's export timeout).
-    /// Blocking: the SDK's threads finish their last export.
-    pub fn shutdown(self) {
-        if let Some(tracer) = self.tracer {
-            if let Err(error) = tracer.shutdown() {
-                tracing::warn!(%error, "could not flush the last spans");
-            }
+    /// Flushes and stops the exporters, waiting at most `patience`: a collector
+    /// that does not answer must not hold the process (a rolling deploy waits
+    /// for it). Blocking.
+    pub fn shutdown(self, patience: std::time::Duration) {
+        if self.tracer.is_none() && self.meter.is_none() {
+            return;
         }
-        if let Some(meter) = self.meter {
-            if let Err(error) = meter.shutdown() {
-                tracing::warn!(%error, "could not flush the last metrics");
+        let (done, finished) = std::sync::mpsc::channel();
+        // A thread of its own, left behind if it is still exporting at the deadline.
+        std::thread::spawn(move || {
+            if let Some(tracer) = self.tracer {
+                if let Err(error) = tracer.shutdown_with_timeout(patience) {
+                    tracing::warn!(%error, "could not flush the last spans");
+                }
             }
+            if let Some(meter) = self.meter {
+                if let Err(error) = meter.shutdown_with_timeout(patience) {
+                    tracing::warn!(%error, "could not flush the last metrics");
+                }
+            }
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(patience).is_err() {
+            tracing::warn!(?patience, "the collector did not take the last telemetry in time; exiting without it");
         }
     }
 }
@@ -83,17 +97,26 @@ impl Telemetry {
 /// (tests) keeps the first subscriber.
 pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry, ExportSetupError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
-    let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-    }
-    .with_filter(filter);
     generation::set_principal_salt(settings.principal_salt.as_ref().map(|salt| salt.expose()));
     let mut telemetry = Telemetry::default();
     let Some(export) = &settings.export else {
-        let _ = tracing_subscriber::registry().with(logs).try_init();
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        // A second init (tests) is harmless: the first subscriber stays.
+        let _ = match format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
         return Ok(telemetry);
     };
+    // Per-layer filters look each span up at every enter and exit: neither layer
+    // needs to hear of them (the registry keeps the current span itself).
+    let logs = no_enter_exit::NoEnterExit(
+        match format {
+            LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        }
+        .with_filter(filter),
+    );
     let resource = otlp::resource(settings);
     if let Some(endpoint) = &export.metrics_endpoint {
         let meter = otlp::meter_provider(export, endpoint, resource.clone())?;
@@ -112,7 +135,13 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
                 .with_threads(false)
                 .with_target(false)
                 .with_level(false)
-                .with_filter(filter_fn(|meta| if meta.is_span() { *meta.level() <= Level::INFO } else { *meta.level() <= Level::WARN }));
+                // The level hint lets `debug!` and `trace!` everywhere (hyper's per
+                // frame, say) be rejected by the static level check, not asked here.
+                .with_filter(
+                    filter_fn(|meta| if meta.is_span() { *meta.level() <= Level::INFO } else { *meta.level() <= Level::WARN })
+                        .with_max_level_hint(LevelFilter::INFO),
+                );
+            let layer = no_enter_exit::NoEnterExit(layer);
             telemetry.tracer = Some(provider);
             Some(layer)
         }

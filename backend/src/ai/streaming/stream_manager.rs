@@ -278,7 +278,7 @@ impl StreamManager {
         let cancel = self.inner.shutdown.child_token();
         let appender = self.inner.store.create(&id, owner, cancel.clone()).await?;
         let span = trace::span(&id, input.block_type(), owner);
-        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0, trace: GenerationTrace::new(span.clone()) });
+        let generation = Arc::new(Generation { cancel, readers: watch::channel(0).0, trace: GenerationTrace::new(&span) });
         trace::publish(self.inner.store.as_ref(), &id, &generation.trace).await;
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
         let writer = LogWriter { appender, next_seq: 0 };
@@ -694,7 +694,7 @@ async fn run_generation(
     inner.store.release(&id);
     reservation.settle().await;
     inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
-    trace::ended(&outcome);
+    trace::ended(&outcome, &generation.trace);
     inner.live.lock().unwrap().remove(&id);
     inner.metrics.active_streams.dec();
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
