@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-moderation bench-profile
+.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-moderation bench-otel bench-profile
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 ## (16 streams at once per visitor instead of 4: a reload leaves the page's four blocks
@@ -101,6 +101,10 @@ bench-stores: redis
 ## bench-moderation: what moderation costs: off, local, a 50 ms remote moderator buffered and async (issue 21; see bench/RESULTS.md)
 bench-moderation:
 	bash bench/moderation.sh
+
+## bench-otel: what OpenTelemetry export costs: off, sampling 1.0 and 0.1, to a sink on loopback (issue 24; see bench/RESULTS.md)
+bench-otel:
+	bash bench/otel.sh
 
 ## bench-profile: perf profiles and callgrind instruction counts of live-ai and the floor (see bench/RESULTS.md)
 bench-profile:

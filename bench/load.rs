@@ -8,6 +8,8 @@
 //!   (bench/stores.sh, `make bench-stores`);
 //! - `load moderation --live-ai BIN …`: issue 21's cost of moderation, off
 //!   against the local filter and a 50 ms remote moderator (bench/moderation.sh);
+//! - `load otel --live-ai BIN …`: issue 24's cost of OpenTelemetry export, off
+//!   against sampling 1.0 and 0.1, to a sink in this process (bench/otel.sh);
 //! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
 //!   server (bench/profile.sh runs them under profilers);
 //! - `load massif FILE STREAMS`: a massif heap profile's peak, by owner.
@@ -25,6 +27,8 @@ mod lag;
 mod massif;
 #[path = "load/moderation.rs"]
 mod moderation;
+#[path = "load/otel.rs"]
+mod otel;
 #[path = "load/perf.rs"]
 mod perf;
 #[path = "load/replay.rs"]
@@ -88,6 +92,7 @@ async fn main() {
         Some("lag") => lag::main(rest).await,
         Some("perf") => perf::main(rest).await,
         Some("moderation") => moderation::main(rest).await,
+        Some("otel") => otel::main(rest).await,
         Some("stores") => stores::main(rest).await,
         Some("burst") => burst::main(rest).await,
         Some("unpaced") => unpaced::main(rest).await,
@@ -95,7 +100,7 @@ async fn main() {
         Some("replay") => replay::main(rest).await,
         Some("massif") => massif::main(rest),
         _ => {
-            eprintln!("usage: load lag|perf|stores|moderation|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
+            eprintln!("usage: load lag|perf|stores|moderation|otel|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
             std::process::exit(2);
         }
     }

@@ -65,6 +65,9 @@ pub async fn build_state(settings: Settings, shutdown: CancellationToken) -> Res
     };
     let limits = Limits::new(limit_store, settings.limits.clone(), shutdown.clone());
     let provider = providers::instrumented(providers::from_settings(&settings)?, metrics.provider_streams_open.clone());
+    let provider = telemetry::instrument_provider(&settings.telemetry, provider);
+    telemetry::export_metrics(&settings.telemetry, &metrics);
+    limits.count_refusals(metrics.limits_refused.clone());
     let engine = Engine::new(
         provider,
         EngineConfig {

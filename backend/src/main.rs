@@ -17,7 +17,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    live_ai::telemetry::init(settings.log_format);
+    let telemetry = match live_ai::telemetry::init(settings.log_format, &settings.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("live-ai: {error} (OTEL_EXPORTER_OTLP_ENDPOINT)");
+            return ExitCode::from(2);
+        }
+    };
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = match listen(addr) {
         Ok(listener) => listener,
@@ -41,7 +47,12 @@ async fn main() -> ExitCode {
         backend = state.settings.streaming_backend.as_str(),
         "listening on http://{local}"
     );
-    match live_ai::run(listener, state, shutdown_signal()).await {
+    let flush_patience = state.settings.shutdown_timeout;
+    let served = live_ai::run(listener, state, shutdown_signal()).await;
+    // The last spans and metrics leave before the process does, within the
+    // shutdown timeout.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(flush_patience)).await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("live-ai: server error: {error}");

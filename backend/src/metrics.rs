@@ -36,6 +36,10 @@ pub struct Metrics {
     pub coalesce_joins: IntCounterVec,
     pub coalesce_cache_hits: IntCounterVec,
     pub coalesce_tokens_saved: IntCounterVec,
+    /// Readers that resumed a stream after a seq, wherever it is generated.
+    pub stream_resumes: IntCounter,
+    /// Starts a limit refused, by code (`rate_limited`, `budget_exhausted`).
+    pub limits_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -99,6 +103,9 @@ impl Metrics {
             "Provider tokens (prompt and completion) of the complete answers that joined or cached streams got without a generation of their own.",
             &["block"],
         );
+        let stream_resumes = IntCounter::new("stream_resumes_total", "Readers that resumed a stream after a seq.").expect("valid metric");
+        registry.register(Box::new(stream_resumes.clone())).expect("registered once");
+        let limits_refused = counters("limits_refused_total", "Starts refused by a limit, by code.", &["code"]);
         let time_to_first_token = HistogramVec::new(
             HistogramOpts::new("time_to_first_token_seconds", "From start to the first chunk.")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
@@ -138,7 +145,14 @@ impl Metrics {
             coalesce_joins,
             coalesce_cache_hits,
             coalesce_tokens_saved,
+            stream_resumes,
+            limits_refused,
         }
+    }
+
+    /// The registry `/metrics` renders: the OTLP export reads the same figures.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.

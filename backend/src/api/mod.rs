@@ -30,6 +30,7 @@ use crate::auth::Authenticator;
 use crate::config::settings::Settings;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Largest request body accepted: the longest valid block input (20,000
 /// characters), even with every character JSON-escaped as a surrogate pair.
@@ -74,9 +75,7 @@ pub fn router(state: AppState) -> Router {
     let cors = security::cors(&state.settings.cors_allowed_origins);
     let routes = security::harden(routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)));
     // Spans name the path only: a query may carry a read token, which no log shows.
-    let trace = TraceLayer::new_for_http().make_span_with(
-        |request: &axum::http::Request<_>| tracing::info_span!("request", method = %request.method(), path = %request.uri().path()),
-    );
+    let trace = TraceLayer::new_for_http().make_span_with(telemetry::http::request_span).on_response(telemetry::http::record_status);
     let routes = routes.layer(trace);
     match cors {
         Some(cors) => routes.layer(cors).with_state(state),

@@ -33,6 +33,7 @@ use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::origin::SameSiteStart;
@@ -80,9 +81,15 @@ pub async fn upgrade(
     }
     let ws = ws?.max_message_size(MAX_CLIENT_MESSAGE_BYTES).max_frame_size(MAX_CLIENT_MESSAGE_BYTES);
     let session = state.ws_sessions.token();
-    Ok(ws.on_upgrade(move |socket| async move {
-        serve(socket, state, principal).await;
-        drop(session);
+    // The socket's streams belong to the upgrade's span (and so to the host
+    // app's trace), which lasts as long as the socket.
+    let span = tracing::Span::current();
+    Ok(ws.on_upgrade(move |socket| {
+        async move {
+            serve(socket, state, principal).await;
+            drop(session);
+        }
+        .instrument(span)
     }))
 }
 

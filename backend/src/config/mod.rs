@@ -3,3 +3,4 @@
 pub mod coalesce;
 pub mod moderation;
 pub mod settings;
+pub mod telemetry;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::coalesce::CoalesceSettings;
 use super::moderation::ModerationSettings;
+use super::telemetry::TelemetrySettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamingBackend {
@@ -175,6 +176,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub static_dir: PathBuf,
     pub log_format: LogFormat,
+    /// OpenTelemetry export (`OTEL_*`).
+    pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     /// Origins (`scheme://host[:port]`) besides our own that may call the API and
@@ -450,6 +453,7 @@ impl Settings {
             shutdown_timeout: src.seconds("SHUTDOWN_TIMEOUT_SECONDS", 5.0, 0.0)?,
             static_dir: PathBuf::from(src.raw("STATIC_DIR").unwrap_or_else(|| "frontend/dist".into())),
             log_format: src.choice("LOG_FORMAT", LogFormat::Text, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+            telemetry: TelemetrySettings::read(&src)?,
             auth: AuthSettings {
                 mode: src.choice(
                     "AUTH_MODE",

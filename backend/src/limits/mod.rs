@@ -135,6 +135,8 @@ struct Inner {
     quotas: LimitSettings,
     /// Slots held by this process, slot → principal, renewed until settled.
     held: Mutex<HashMap<String, String>>,
+    /// Counts refusals by code (`live_ai_limits_refused_total`), once set.
+    refused: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
 
 /// The limits of this deployment, as the API and the stream manager use them.
@@ -145,9 +147,14 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(store: Arc<dyn LimitStore>, quotas: LimitSettings, shutdown: CancellationToken) -> Self {
-        let limits = Self { inner: Arc::new(Inner { store, quotas, held: Mutex::default() }) };
+        let limits = Self { inner: Arc::new(Inner { store, quotas, held: Mutex::default(), refused: Default::default() }) };
         limits.renew_held_slots(shutdown);
         limits
+    }
+
+    /// Counts the starts refused from now on in `counter`, by code.
+    pub fn count_refusals(&self, counter: prometheus::IntCounterVec) {
+        let _ = self.inner.refused.set(counter);
     }
 
     pub fn quotas(&self) -> &LimitSettings {
@@ -176,7 +183,11 @@ impl Limits {
     /// Admits a start reserving `tokens`, or says which limit refuses it.
     pub async fn admit(&self, principal: &Principal, tokens: u64) -> Result<Reservation, LimitError> {
         let slot = uuid::Uuid::new_v4().simple().to_string();
-        self.inner.store.admit(&Admission { principal: principal.id(), slot: &slot, tokens }).await?;
+        let admitted = self.inner.store.admit(&Admission { principal: principal.id(), slot: &slot, tokens }).await;
+        if let (Err(LimitError::Refused(refusal)), Some(refused)) = (&admitted, self.inner.refused.get()) {
+            refused.with_label_values(&[refusal.code()]).inc();
+        }
+        admitted?;
         self.inner.held.lock().unwrap().insert(slot.clone(), principal.id().to_owned());
         Ok(Reservation { inner: self.inner.clone(), principal: principal.id().to_owned(), slot, meter: Arc::default(), settled: false })
     }

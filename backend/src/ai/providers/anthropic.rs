@@ -62,6 +62,10 @@ impl Provider for AnthropicProvider {
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
         self.upstream.stream(&request.prompt)
     }
+
+    fn server(&self) -> Option<(String, u16)> {
+        self.upstream.server()
+    }
 }
 
 /// `ANTHROPIC_BASE_URL` is the API's origin (`https://api.anthropic.com`); the

@@ -99,6 +99,11 @@ pub trait Provider: Send + Sync {
     fn token_counter(&self) -> TokenCounter {
         TokenCounter::Estimate
     }
+    /// The host and port requests go to (`server.address`/`server.port` of the
+    /// GenAI spans); `None` for a model inside this process.
+    fn server(&self) -> Option<(String, u16)> {
+        None
+    }
 }
 
 /// A provider that cannot be built from the settings given.
@@ -161,6 +166,10 @@ impl Provider for Instrumented {
 
     fn token_counter(&self) -> TokenCounter {
         self.inner.token_counter()
+    }
+
+    fn server(&self) -> Option<(String, u16)> {
+        self.inner.server()
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {

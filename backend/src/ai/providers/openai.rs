@@ -85,6 +85,10 @@ impl Provider for OpenAiProvider {
         self.upstream.stream(&request.prompt)
     }
 
+    fn server(&self) -> Option<(String, u16)> {
+        self.upstream.server()
+    }
+
     /// tiktoken's tokenizer for the OpenAI models it knows; an estimate for the
     /// models of other OpenAI-compatible servers.
     fn token_counter(&self) -> TokenCounter {

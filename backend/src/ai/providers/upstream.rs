@@ -59,6 +59,12 @@ impl Upstream {
             .map_err(|e| ProviderSetupError { variable: provider_variable, message: format!("the HTTP client could not be built: {e}") })
     }
 
+    /// The host and port of the endpoint, as GenAI spans name the server.
+    pub fn server(&self) -> Option<(String, u16)> {
+        let url = reqwest::Url::parse(self.target.endpoint.base_url()).ok()?;
+        Some((url.host_str()?.to_owned(), url.port_or_known_default()?))
+    }
+
     /// Streams the answer to `prompt`. Lazy: the request is sent on the first poll.
     pub fn stream(self: &Arc<Self>, prompt: &Prompt) -> ProviderStream {
         let this = self.clone();

@@ -47,6 +47,7 @@ use crate::ai::moderation::{Exchange, Moderation};
 use crate::ai::runtime::engine::{Engine, EventStream, GenerationFailed, WholeResponse};
 use crate::limits::Reservation;
 use crate::metrics::Metrics;
+use crate::telemetry::generation::{self as trace, GenerationTrace};
 
 /// How long a cancel waits for the terminal event before answering `cancelling`.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
@@ -160,6 +161,8 @@ struct Generation {
     /// not (counted for shared generations only: what their learners here are
     /// charged when the answer does not complete).
     produced: std::sync::atomic::AtomicU64,
+    /// Its span's context and the resumes its span reports (OpenTelemetry).
+    trace: GenerationTrace,
 }
 
 struct Inner {
@@ -310,30 +313,33 @@ impl StreamManager {
             }
             Some(request) => self.shared_source(&id, input, owner, request, sharing.fresh).await?,
         };
-        let (block, generation, writer) = self.create(&id, work.block(), owner).await?;
-        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str());
+        let (generation, writer, span) = self.create(&id, work.block(), owner).await?;
         let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, Some(permit), Some(reservation));
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
 
-    /// Creates the log of stream `id` and registers its generation here.
+    /// Creates the log of stream `id` and registers its generation here, with
+    /// the span its task runs in.
     async fn create(
         &self,
         id: &StreamId,
         block: crate::ai::blocks::BlockType,
         owner: &str,
-    ) -> Result<(crate::ai::blocks::BlockType, Arc<Generation>, LogWriter), ManagerError> {
+    ) -> Result<(Arc<Generation>, LogWriter, tracing::Span), ManagerError> {
         let cancel = self.inner.shutdown.child_token();
         let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
+        let span = trace::span(id, block, owner);
         let generation = Arc::new(Generation {
             cancel,
             readers: watch::channel(0).0,
             upstream_closed: CancellationToken::new(),
             produced: Default::default(),
+            trace: GenerationTrace::new(&span),
         });
+        trace::publish(self.inner.store.as_ref(), id, &generation.trace).await;
         self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        Ok((block, generation, LogWriter { appender, next_seq: 0 }))
+        Ok((generation, LogWriter { appender, next_seq: 0 }, span))
     }
 
     /// The relay feeding `owner`'s coalesced stream `learner`: of the shared
@@ -421,9 +427,8 @@ impl StreamManager {
     ) -> Result<EventReader, ManagerError> {
         let exchange = exchange_of(originator.0, &input, originator.1);
         let work = Work::Generate { input, exchange, answers: Some(request.clone()) };
-        let (block, generation, writer) = self.create(id, work.block(), SHARED_OWNER).await?;
+        let (generation, writer, span) = self.create(id, work.block(), SHARED_OWNER).await?;
         let reader = self.read_shared(id).await;
-        let span = tracing::info_span!("generation", stream_id = %id, block = block.as_str(), shared = true);
         // No permit and no reservation: each learner's stream holds its own.
         let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, None, None);
         // Spawned whatever happened to the reader: a log that exists gets its terminal event.
@@ -471,6 +476,9 @@ impl StreamManager {
         }
         let gauge = (reading == Reading::Client).then(|| self.inner.metrics.attached_readers.clone());
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), gauge));
+        if after.is_some() {
+            trace::resumed(&self.inner.metrics, self.inner.store.as_ref(), id, guard.as_ref().map(|g| &g.generation.trace)).await;
+        }
         // A generation running here ends with a terminal event on shutdown; a
         // reader of one running elsewhere is handed what this process has, then
         // ends without one, so its client resumes on another process.
@@ -950,6 +958,7 @@ async fn run_generation(
             _ => reservation.settle().await,
         }
     }
+    trace::ended(&outcome, &generation.trace);
     inner.live.lock().unwrap().remove(&id);
     if generates {
         inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();

@@ -150,6 +150,18 @@ pub trait EventStore: RequestIndex + Send + Sync + 'static {
 
     /// Whether the store answers, for `/readyz`.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Keeps the generator's W3C `traceparent` with the stream's metadata, for a
+    /// reader in another process to link its span to (tracing only). A store of
+    /// one process keeps nothing: its readers find the generation itself.
+    async fn set_traceparent(&self, _id: &StreamId, _traceparent: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The generator's `traceparent`, when one was kept.
+    async fn traceparent(&self, _id: &StreamId) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Who holds an idempotency key: the stream it started and the request's

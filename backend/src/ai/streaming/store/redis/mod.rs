@@ -94,6 +94,7 @@ mod tail;
 #[cfg(test)]
 #[allow(dead_code)] // shared with the integration tests, which use other parts
 mod test_server;
+mod trace;
 mod upkeep;
 mod wire;
 
@@ -463,6 +464,14 @@ impl EventStore for RedisStore {
         self.shared.routes.open(id);
         let shared = self.shared.clone();
         Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
+    }
+
+    async fn set_traceparent(&self, id: &StreamId, traceparent: &str) -> Result<(), StoreError> {
+        trace::set(&self.shared, id, traceparent).await
+    }
+
+    async fn traceparent(&self, id: &StreamId) -> Result<Option<String>, StoreError> {
+        trace::get(&self.shared, id).await
     }
 
     async fn status(&self, id: &StreamId) -> Result<LogStatus, StoreError> {

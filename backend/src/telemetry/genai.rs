@@ -1,0 +1,244 @@
+//! The provider call, as the OpenTelemetry GenAI semantic conventions
+//! ([`super::otlp::SEMCONV_VERSION`]) describe it: a client span named
+//! `chat {gen_ai.request.model}` per call (each retry is its own call), and the
+//! four client metrics — `gen_ai.client.operation.duration`,
+//! `gen_ai.client.token.usage`, `gen_ai.client.operation.time_to_first_chunk` and
+//! `gen_ai.client.operation.time_per_output_chunk`.
+//!
+//! A decorator around the provider, so the engine is untouched: it sees every
+//! item the provider yields and when the engine drops the stream. Per chunk it
+//! reads the clock and records one histogram observation, nothing more: no span,
+//! no event, no allocation (an earlier attempt with a span per chunk cost 23 %
+//! of the CPU per event). The first chunk is the span's one event.
+//!
+//! A call the engine drops before the provider's end marker (the learner
+//! cancelled, nobody read, the engine's own timeout or an invalid answer) ends
+//! with `error.type` = `cancelled` but no error status: the provider did not fail.
+//! Prompt and answer text go on the span only with
+//! `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+use serde_json::json;
+use tracing::field::Empty;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream, TokenCounter};
+use crate::ai::streaming::events::{FinishReason, Usage};
+
+/// The operation every provider call is: a chat completion.
+const OPERATION: &str = "chat";
+
+/// The GenAI client instruments, with the bucket boundaries the conventions advise.
+#[derive(Clone)]
+pub struct GenAiInstruments {
+    duration: Histogram<f64>,
+    tokens: Histogram<u64>,
+    first_chunk: Histogram<f64>,
+    per_chunk: Histogram<f64>,
+}
+
+impl GenAiInstruments {
+    pub fn new(meter: &Meter) -> Self {
+        let seconds = |name: &'static str, description: &'static str, boundaries: &[f64]| {
+            meter.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(boundaries.to_vec()).build()
+        };
+        Self {
+            duration: seconds(
+                "gen_ai.client.operation.duration",
+                "GenAI operation duration.",
+                &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92],
+            ),
+            tokens: meter
+                .u64_histogram("gen_ai.client.token.usage")
+                .with_unit("{token}")
+                .with_description("Number of input and output tokens used.")
+                .with_boundaries(
+                    [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864].map(f64::from).to_vec(),
+                )
+                .build(),
+            first_chunk: seconds(
+                "gen_ai.client.operation.time_to_first_chunk",
+                "Time from issuing the request to receiving the first chunk of the response stream.",
+                &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
+            ),
+            per_chunk: seconds(
+                "gen_ai.client.operation.time_per_output_chunk",
+                "Time between the end of one output chunk and the end of the next, after the first.",
+                &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
+            ),
+        }
+    }
+}
+
+/// `inner`, its calls traced and measured.
+pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, capture_content: bool) -> Arc<dyn Provider> {
+    let server = inner.server();
+    let mut attributes = vec![
+        KeyValue::new("gen_ai.operation.name", OPERATION),
+        KeyValue::new("gen_ai.provider.name", inner.name().to_owned()),
+        KeyValue::new("gen_ai.request.model", inner.model().to_owned()),
+        // The model the provider was asked for is the one that answers: the
+        // wire events this project reads do not name another.
+        KeyValue::new("gen_ai.response.model", inner.model().to_owned()),
+    ];
+    if let Some((host, port)) = &server {
+        attributes.push(KeyValue::new("server.address", host.clone()));
+        attributes.push(KeyValue::new("server.port", i64::from(*port)));
+    }
+    Arc::new(GenAiProvider { inner, instruments, capture_content, server, attributes: attributes.into() })
+}
+
+struct GenAiProvider {
+    inner: Arc<dyn Provider>,
+    instruments: GenAiInstruments,
+    capture_content: bool,
+    server: Option<(String, u16)>,
+    /// The attributes every measurement of a call carries.
+    attributes: Arc<[KeyValue]>,
+}
+
+impl Provider for GenAiProvider {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn token_counter(&self) -> TokenCounter {
+        self.inner.token_counter()
+    }
+
+    fn server(&self) -> Option<(String, u16)> {
+        self.server.clone()
+    }
+
+    fn stream(&self, request: ProviderRequest) -> ProviderStream {
+        let model = self.inner.model();
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format_args!("{OPERATION} {model}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            "gen_ai.operation.name" = OPERATION,
+            "gen_ai.provider.name" = self.inner.name(),
+            "gen_ai.request.model" = model,
+            "gen_ai.request.max_tokens" = i64::from(request.prompt.max_tokens),
+            "gen_ai.response.model" = model,
+            "gen_ai.usage.input_tokens" = Empty,
+            "gen_ai.usage.output_tokens" = Empty,
+            "error.type" = Empty,
+            "server.address" = Empty,
+            "server.port" = Empty,
+        );
+        if let Some((host, port)) = &self.server {
+            span.record("server.address", host.as_str());
+            span.record("server.port", i64::from(*port));
+        }
+        if self.capture_content && !span.is_disabled() {
+            let text = |content: &str| json!([{"type": "text", "content": content}]);
+            span.set_attribute("gen_ai.system_instructions", text(&request.prompt.system).to_string());
+            span.set_attribute("gen_ai.input.messages", json!([{"role": "user", "parts": text(&request.prompt.user)}]).to_string());
+        }
+        let mut call = Call {
+            span,
+            instruments: self.instruments.clone(),
+            attributes: self.attributes.clone(),
+            started: Instant::now(),
+            last_chunk: None,
+            usage: None,
+            finished: None,
+            error: None,
+            output: self.capture_content.then(String::new),
+        };
+        Box::pin(self.inner.stream(request).map(move |item| {
+            call.observe(&item);
+            item
+        }))
+    }
+}
+
+/// One provider call in flight; dropping it (with the stream) ends the span and
+/// records the call's metrics.
+struct Call {
+    span: Span,
+    instruments: GenAiInstruments,
+    attributes: Arc<[KeyValue]>,
+    started: Instant,
+    last_chunk: Option<Instant>,
+    usage: Option<Usage>,
+    finished: Option<FinishReason>,
+    error: Option<&'static str>,
+    /// The answer so far, only when content is captured.
+    output: Option<String>,
+}
+
+impl Call {
+    fn observe(&mut self, item: &Result<ProviderEvent, ProviderError>) {
+        match item {
+            Ok(ProviderEvent::Delta(token)) if !token.is_empty() => {
+                let now = Instant::now();
+                match self.last_chunk {
+                    None => {
+                        let waited = (now - self.started).as_secs_f64();
+                        self.instruments.first_chunk.record(waited, &self.attributes);
+                        self.span.add_event("gen_ai.first_chunk", vec![KeyValue::new("gen_ai.response.time_to_first_chunk", waited)]);
+                    }
+                    Some(previous) => self.instruments.per_chunk.record((now - previous).as_secs_f64(), &self.attributes),
+                }
+                self.last_chunk = Some(now);
+                if let Some(output) = &mut self.output {
+                    output.push_str(token);
+                }
+            }
+            Ok(ProviderEvent::Delta(_)) => {}
+            Ok(ProviderEvent::Usage(usage)) => self.usage = Some(*usage),
+            Ok(ProviderEvent::Finished(reason)) => self.finished = Some(*reason),
+            Err(error) => self.error = Some(error.code().as_str()),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let span = &self.span;
+        let error = self.error.or(if self.finished.is_none() { Some("cancelled") } else { None });
+        if let Some(usage) = self.usage {
+            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens as i64);
+            span.record("gen_ai.usage.output_tokens", usage.completion_tokens as i64);
+            for (kind, count) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
+                let mut attributes = self.attributes.to_vec();
+                attributes.push(KeyValue::new("gen_ai.token.type", kind));
+                self.instruments.tokens.record(count, &attributes);
+            }
+        }
+        let reason = self.finished.map(|reason| match reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        });
+        if let Some(reason) = reason {
+            span.set_attribute("gen_ai.response.finish_reasons", Value::Array(Array::String(vec![StringValue::from(reason)])));
+        }
+        if let Some(output) = self.output.take() {
+            let message =
+                json!([{"role": "assistant", "parts": [{"type": "text", "content": output}], "finish_reason": reason.unwrap_or("error")}]);
+            span.set_attribute("gen_ai.output.messages", message.to_string());
+        }
+        let mut attributes = self.attributes.to_vec();
+        if let Some(error) = error {
+            span.record("error.type", error);
+            attributes.push(KeyValue::new("error.type", error));
+            if self.error.is_some() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        self.instruments.duration.record(self.started.elapsed().as_secs_f64(), &attributes);
+    }
+}

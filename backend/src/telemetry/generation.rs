@@ -1,0 +1,193 @@
+//! The generation span: one per stream, from launch to its terminal event, child
+//! of the request that started it (and so of the host app's trace). It carries
+//! the stream id, the block, the learner as a salted hash (`enduser.pseudo.id`,
+//! never the principal itself), the outcome and how many times a reader resumed.
+//!
+//! A reader that resumes a stream links its own span to the generation's: in
+//! this process through [`GenerationTrace`]; from another process through the
+//! generator's `traceparent`, kept with the stream's metadata in the store.
+//! Nothing here runs per event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use sha2::{Digest, Sha256};
+use tracing::field::Empty;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::ai::blocks::BlockType;
+use crate::ai::streaming::events::StreamId;
+use crate::ai::streaming::store::EventStore;
+use crate::metrics::Metrics;
+
+static PRINCIPAL_SALT: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Sets the salt of principals' hashes (`TELEMETRY_PRINCIPAL_SALT`); without one, a
+/// random salt is drawn once per process. The first call wins.
+pub fn set_principal_salt(salt: Option<&str>) {
+    let _ = PRINCIPAL_SALT.set(match salt {
+        Some(salt) => salt.as_bytes().to_vec(),
+        None => random_salt(),
+    });
+}
+
+fn random_salt() -> Vec<u8> {
+    [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|u| *u.as_bytes()).collect()
+}
+
+/// The principal as it may appear in telemetry: 16 bytes of SHA-256 over the salt
+/// and the principal, hex. Stable for one salt; not reversible without it.
+pub fn pseudonym(principal: &str) -> String {
+    let salt = PRINCIPAL_SALT.get_or_init(random_salt);
+    let mut hash = Sha256::new();
+    hash.update((salt.len() as u64).to_be_bytes());
+    hash.update(salt);
+    hash.update(principal.as_bytes());
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// The span of one generation, child of the current (request) span.
+pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
+    let span = tracing::info_span!(
+        "generation",
+        otel.name = %format_args!("generate {}", block.as_str()),
+        otel.status_code = Empty,
+        stream_id = %id,
+        block = block.as_str(),
+        "enduser.pseudo.id" = Empty,
+        outcome = Empty,
+        resumes = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    if !span.is_disabled() && record_ids(&span) {
+        span.record("enduser.pseudo.id", pseudonym(principal));
+    }
+    span
+}
+
+/// Records the span's trace and span ids as fields, so every log line inside it
+/// carries them; false when the span is not traced (no OTLP export).
+pub fn record_ids(span: &Span) -> bool {
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if !ids.is_valid() {
+        return false;
+    }
+    span.record("trace_id", tracing::field::display(ids.trace_id()));
+    span.record("span_id", tracing::field::display(ids.span_id()));
+    true
+}
+
+/// Records how the current generation ended on its span (the outcome of
+/// `live_ai_stream_outcomes_total`, and the resumes it had); anything but
+/// completion or a cancel is an error.
+pub fn ended(outcome: &str, trace: &GenerationTrace) {
+    let span = Span::current();
+    span.record("outcome", outcome);
+    span.record("resumes", trace.resumes.load(Ordering::Relaxed) as i64);
+    if outcome != "complete" && !outcome.starts_with("cancelled") {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// What the manager keeps of a live generation's trace: its span's ids, not the
+/// span (readers hold the generation after it ended; the span must end with it).
+pub struct GenerationTrace {
+    context: SpanContext,
+    resumes: AtomicU64,
+}
+
+impl GenerationTrace {
+    pub fn new(span: &Span) -> Self {
+        Self { context: span.context().span().span_context().clone(), resumes: AtomicU64::new(0) }
+    }
+
+    /// A reader resumed the stream here: counted for the generation's span, and
+    /// the reader's span links to it.
+    pub fn resumed(&self) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        Span::current().add_link(self.context.clone());
+    }
+
+    /// The generation's span context as a W3C `traceparent`, for readers in other
+    /// processes; `None` when it is not traced.
+    pub fn traceparent(&self) -> Option<String> {
+        let ids = &self.context;
+        ids.is_valid().then(|| format!("00-{}-{}-{:02x}", ids.trace_id(), ids.span_id(), ids.trace_flags().to_u8()))
+    }
+}
+
+/// Keeps a traced generation's `traceparent` with its stream, for readers in
+/// other processes (one store command per generation, only when traced).
+pub async fn publish(store: &dyn EventStore, id: &StreamId, trace: &GenerationTrace) {
+    if let Some(traceparent) = trace.traceparent() {
+        if let Err(error) = store.set_traceparent(id, &traceparent).await {
+            tracing::debug!(stream_id = %id, %error, "could not keep the generation's traceparent");
+        }
+    }
+}
+
+/// A reader resumes stream `id` (`after` a seq): counted in
+/// `live_ai_stream_resumes_total`, on the generation's span when it runs here,
+/// and the reader's span links to the generator's — through the store when the
+/// generation runs elsewhere (one read, only when the reader is traced).
+pub async fn resumed(metrics: &Metrics, store: &dyn EventStore, id: &StreamId, here: Option<&GenerationTrace>) {
+    metrics.stream_resumes.inc();
+    if let Some(trace) = here {
+        trace.resumed();
+        return;
+    }
+    let reader = Span::current();
+    if !reader.context().span().span_context().is_valid() {
+        return;
+    }
+    if let Some(generator) = store.traceparent(id).await.ok().flatten().as_deref().and_then(parse_traceparent) {
+        reader.add_link(generator);
+    }
+}
+
+fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let mut parts = value.split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() {
+        return None;
+    }
+    let trace = TraceId::from_hex(trace).ok()?;
+    let span = SpanId::from_hex(span).ok()?;
+    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
+    let context = SpanContext::new(trace, span, flags, true, TraceState::default());
+    context.is_valid().then_some(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pseudonym_is_stable_and_never_the_principal() {
+        let once = pseudonym("jwt:ada");
+        assert_eq!(once, pseudonym("jwt:ada"));
+        assert_ne!(once, pseudonym("jwt:bob"));
+        assert!(!once.contains("ada"));
+        assert_eq!(once.len(), 32);
+    }
+
+    #[test]
+    fn a_traceparent_parses_back_and_malformed_ones_are_ignored() {
+        let parsed = parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(parsed.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(parsed.span_id().to_string(), "b7ad6b7169203331");
+        assert!(parsed.is_sampled());
+        for bad in [
+            "",
+            "00-xyz-b7ad6b7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+    }
+}

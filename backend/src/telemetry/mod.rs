@@ -1,0 +1,177 @@
+//! Telemetry: structured logs (text for people, JSON for collectors, `LOG_FORMAT`,
+//! filtered by `RUST_LOG`) and, when an OTLP endpoint is configured, traces and
+//! metrics exported with OpenTelemetry (`OTEL_*`, see the README's "Watching it in
+//! production").
+//!
+//! Integer span attributes are recorded as `i64`: the bridge exports other
+//! integers as text.
+//!
+//! One instrumentation feeds both: `tracing` spans are logs' context and, bridged
+//! by `tracing-opentelemetry`, the trace's spans. The OTel layer has its own
+//! filter (spans at info, events at warn), so `RUST_LOG=warn` quietens logs
+//! without losing traces. The layer neither tracks busy/idle time nor activates
+//! OTel contexts, and never hears of span enters and exits ([`no_enter_exit`]):
+//! a generation's span is entered at every poll, and each would cost per
+//! streamed event. Without export, logging is set up exactly as it always was.
+//!
+//! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
+//!   queue that counts what it drops.
+//! - [`http`]: the server span of each request, child of the host app's W3C
+//!   `traceparent`.
+//! - [`generation`]: the generation span, its outcome and resumes, and the link a
+//!   reader elsewhere makes to it.
+//! - [`genai`]: the provider call as a GenAI client span, and the four GenAI metrics.
+//! - [`live_metrics`]: `/metrics`' own figures, exported over OTLP from the same source.
+
+pub mod export_queue;
+pub mod genai;
+pub mod generation;
+pub mod http;
+pub mod live_metrics;
+mod no_enter_exit;
+pub mod otlp;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use std::sync::Arc;
+
+use opentelemetry::metrics::Meter;
+use opentelemetry::InstrumentationScope;
+
+use crate::ai::providers::Provider;
+use crate::config::settings::LogFormat;
+use crate::config::telemetry::TelemetrySettings;
+use crate::metrics::Metrics;
+pub use otlp::ExportSetupError;
+
+/// The running exporters; [`Telemetry::shutdown`] sends what is still queued.
+#[derive(Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn traces(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// Flushes and stops the exporters, waiting at most `patience`: a collector
+    /// that does not answer must not hold the process (a rolling deploy waits
+    /// for it). Blocking.
+    pub fn shutdown(self, patience: std::time::Duration) {
+        if self.tracer.is_none() && self.meter.is_none() {
+            return;
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        // A thread of its own, left behind if it is still exporting at the deadline.
+        std::thread::spawn(move || {
+            if let Some(tracer) = self.tracer {
+                if let Err(error) = tracer.shutdown_with_timeout(patience) {
+                    tracing::warn!(%error, "could not flush the last spans");
+                }
+            }
+            if let Some(meter) = self.meter {
+                if let Err(error) = meter.shutdown_with_timeout(patience) {
+                    tracing::warn!(%error, "could not flush the last metrics");
+                }
+            }
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(patience).is_err() {
+            tracing::warn!(?patience, "the collector did not take the last telemetry in time; exiting without it");
+        }
+    }
+}
+
+/// Installs the process's logging and, when configured, its OTLP export. Call
+/// once, inside the Tokio runtime (the gRPC exporter needs it). A second call
+/// (tests) keeps the first subscriber.
+pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry, ExportSetupError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    generation::set_principal_salt(settings.principal_salt.as_ref().map(|salt| salt.expose()));
+    let mut telemetry = Telemetry::default();
+    let Some(export) = &settings.export else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        // A second init (tests) is harmless: the first subscriber stays.
+        let _ = match format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        return Ok(telemetry);
+    };
+    // Per-layer filters look each span up at every enter and exit: neither layer
+    // needs to hear of them (the registry keeps the current span itself).
+    let logs = no_enter_exit::NoEnterExit(
+        match format {
+            LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        }
+        .with_filter(filter),
+    );
+    let resource = otlp::resource(settings);
+    if let Some(endpoint) = &export.metrics_endpoint {
+        let meter = otlp::meter_provider(export, endpoint, resource.clone())?;
+        opentelemetry::global::set_meter_provider(meter.clone());
+        telemetry.meter = Some(meter);
+    }
+    let traces = match &export.traces_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let provider = otlp::tracer_provider(export, endpoint, resource)?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("live-ai"))
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_level(false)
+                // The level hint lets `debug!` and `trace!` everywhere (hyper's per
+                // frame, say) be rejected by the static level check, not asked here.
+                .with_filter(
+                    filter_fn(|meta| if meta.is_span() { *meta.level() <= Level::INFO } else { *meta.level() <= Level::WARN })
+                        .with_max_level_hint(LevelFilter::INFO),
+                );
+            let layer = no_enter_exit::NoEnterExit(layer);
+            telemetry.tracer = Some(provider);
+            Some(layer)
+        }
+    };
+    let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
+    Ok(telemetry)
+}
+
+/// live-ai's meter on the process's meter provider (a no-op one without export),
+/// named with the semantic conventions' schema.
+pub fn meter() -> Meter {
+    let scope = InstrumentationScope::builder("live-ai").with_version(env!("CARGO_PKG_VERSION")).with_schema_url(otlp::SCHEMA_URL).build();
+    opentelemetry::global::meter_with_scope(scope)
+}
+
+/// The provider an app uses: its calls traced and measured when anything is
+/// exported; as it is otherwise (nothing per chunk then).
+pub fn instrument_provider(settings: &TelemetrySettings, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
+    match settings.export {
+        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), settings.capture_content),
+        None => provider,
+    }
+}
+
+/// Puts an app's `/metrics` figures on the OTLP export too, and the count of
+/// dropped spans in `/metrics`.
+pub fn export_metrics(settings: &TelemetrySettings, metrics: &Metrics) {
+    // Registered in each app's registry; only a second registration in the same one fails.
+    let _ = metrics.registry().register(Box::new(export_queue::SPANS_DROPPED.clone()));
+    if settings.export.as_ref().is_some_and(|export| export.metrics_endpoint.is_some()) {
+        live_metrics::export(&meter(), metrics.registry());
+    }
+}

@@ -1,0 +1,78 @@
+//! The OTLP pipelines: a tracer provider (sampler, bounded batch queue) and a
+//! meter provider (periodic reader), both exporting over http/protobuf or gRPC to
+//! the endpoints the settings resolved, under one resource.
+//!
+//! Exports run on the SDK's own threads: a span ending costs the stream a queue
+//! push, whatever the collector does; a collector that is down costs a failed
+//! export per batch, on that thread, counted ([`super::export_queue`]).
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use super::export_queue;
+use crate::config::telemetry::{OtlpExport, OtlpProtocol, SamplerSetting, TelemetrySettings};
+
+/// The version of the OpenTelemetry semantic conventions this telemetry follows
+/// (named in the README; GenAI conventions are still in development, so a
+/// dashboard built on them names the version it was built for).
+pub const SEMCONV_VERSION: &str = "1.41.0";
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
+
+/// An OTLP exporter that cannot be built from the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot export telemetry to {endpoint}: {message}")]
+pub struct ExportSetupError {
+    pub endpoint: String,
+    pub message: String,
+}
+
+pub fn resource(settings: &TelemetrySettings) -> Resource {
+    let attributes = settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    Resource::builder_empty()
+        .with_service_name(settings.service_name.clone())
+        .with_schema_url([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))], SCHEMA_URL)
+        .with_attributes(attributes)
+        .with_attributes([KeyValue::new("telemetry.sdk.name", "opentelemetry"), KeyValue::new("telemetry.sdk.language", "rust")])
+        .build()
+}
+
+pub fn tracer_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkTracerProvider, ExportSetupError> {
+    let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
+    let exporter = match export.protocol {
+        OtlpProtocol::HttpProtobuf => SpanExporter::builder().with_http().with_endpoint(endpoint).build().map_err(failed)?,
+        OtlpProtocol::Grpc => SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?,
+    };
+    let config = BatchConfigBuilder::default()
+        .with_scheduled_delay(export.batch_delay)
+        .with_max_queue_size(export.max_queue)
+        .with_max_export_batch_size(export.max_batch)
+        .build();
+    let processor = export_queue::bounded(exporter, export.max_queue, |exporter| {
+        BatchSpanProcessor::builder(exporter).with_batch_config(config).build()
+    });
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_sampler(sampler(export.sampler)).with_resource(resource).build())
+}
+
+pub fn meter_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkMeterProvider, ExportSetupError> {
+    let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
+    let exporter = match export.protocol {
+        OtlpProtocol::HttpProtobuf => MetricExporter::builder().with_http().with_endpoint(endpoint).build().map_err(failed)?,
+        OtlpProtocol::Grpc => MetricExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?,
+    };
+    let reader = PeriodicReader::builder(exporter).with_interval(export.metric_interval).build();
+    Ok(SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build())
+}
+
+fn sampler(setting: SamplerSetting) -> Sampler {
+    match setting {
+        SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
+        SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
+        SamplerSetting::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+        SamplerSetting::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerSetting::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerSetting::ParentBasedTraceIdRatio(ratio) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+    }
+}

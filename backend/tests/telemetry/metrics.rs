@@ -1,0 +1,68 @@
+//! Metrics over OTLP: the four GenAI client histograms with their units and
+//! required attributes, and live-ai's own figures, equal to `/metrics`.
+
+use serde_json::{json, Value};
+
+use crate::collector::MetricRecord;
+use crate::helpers::LiveAiProcess;
+use crate::{collector, otel_vars, traced_app};
+
+fn has(point_attributes: &serde_json::Map<String, Value>, key: &str, value: &str) -> bool {
+    point_attributes.get(key) == Some(&json!(value))
+}
+
+#[tokio::test]
+async fn the_four_genai_metrics_arrive_with_their_units_and_required_attributes() {
+    let app = traced_app(&[]).await;
+    let events = app.sse("/api/stream/ai-block/explain-eli10?topic=rainbows", &[]).await.until_terminal().await;
+    assert_eq!(events.last().unwrap().data["type"], "complete");
+    let model = events[0].data["model"].as_str().unwrap().to_owned();
+    let of_this_model = |m: &MetricRecord| m.points.iter().any(|p| p.count > 0 && has(&p.attributes, "gen_ai.request.model", &model));
+    for (name, unit) in [
+        ("gen_ai.client.operation.duration", "s"),
+        ("gen_ai.client.token.usage", "{token}"),
+        ("gen_ai.client.operation.time_to_first_chunk", "s"),
+        ("gen_ai.client.operation.time_per_output_chunk", "s"),
+    ] {
+        let metric = collector().metric(name, of_this_model).await;
+        assert_eq!((metric.unit.as_str(), metric.kind), (unit, "histogram"), "{name}");
+        for point in metric.points.iter().filter(|p| has(&p.attributes, "gen_ai.request.model", &model)) {
+            assert!(has(&point.attributes, "gen_ai.operation.name", "chat"), "{name}: {point:?}");
+            assert!(has(&point.attributes, "gen_ai.provider.name", "demo"), "{name}: {point:?}");
+            assert!(has(&point.attributes, "gen_ai.response.model", &model), "{name}: {point:?}");
+        }
+    }
+    let tokens = collector().metric("gen_ai.client.token.usage", of_this_model).await;
+    for kind in ["input", "output"] {
+        assert!(tokens.points.iter().any(|p| has(&p.attributes, "gen_ai.token.type", kind) && p.value > 0.0), "no {kind} tokens");
+    }
+    // One observation per chunk after the first: as many as the answer had chunks, less one.
+    let chunks = events.iter().filter(|e| e.kind() == "chunk").count() as u64;
+    let per_chunk = collector().metric("gen_ai.client.operation.time_per_output_chunk", of_this_model).await;
+    assert!(per_chunk.points.iter().map(|p| p.count).sum::<u64>() >= chunks - 1);
+}
+
+#[tokio::test]
+async fn live_ais_own_figures_arrive_over_otlp_equal_to_the_metrics_endpoint() {
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let mut vars = otel_vars(collector().addr);
+    vars.push(("OTEL_RESOURCE_ATTRIBUTES", format!("service.instance.id={instance}")));
+    let process = LiveAiProcess::spawn(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    for topic in ["moons", "tides", "comets"] {
+        let id = process.create_stream("explain-eli10", json!({"topic": topic})).await;
+        process.events_of(&id).await.until_terminal().await;
+    }
+    let scraped = process.metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""]).await;
+    assert_eq!(scraped, 3.0);
+    let exported = collector()
+        .metric("live_ai.streams.outcomes", |m| {
+            m.resource.get("service.instance.id") == Some(&json!(instance))
+                && m.points.iter().any(|p| has(&p.attributes, "outcome", "complete") && p.value == scraped)
+        })
+        .await;
+    assert_eq!((exported.kind, exported.unit.as_str()), ("sum", "{stream}"));
+    let point = exported.points.iter().find(|p| has(&p.attributes, "outcome", "complete")).unwrap();
+    assert!(has(&point.attributes, "block", "explain-eli10") && has(&point.attributes, "provider", "demo"), "{point:?}");
+    let active = collector().metric("live_ai.streams.active", |m| m.resource.get("service.instance.id") == Some(&json!(instance))).await;
+    assert_eq!(active.kind, "gauge");
+}

@@ -1,0 +1,71 @@
+//! Telemetry never costs a stream: a collector that accepts connections and
+//! never answers leaves every stream whole, and the spans it could not take are
+//! dropped and counted. And a log line leads to its trace.
+
+use std::io::BufRead;
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::collector;
+use crate::helpers::{LiveAiProcess, PATIENCE};
+use crate::otel_vars;
+
+/// A collector that accepts every connection and never answers (nor closes).
+async fn black_hole() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_the_streams_nothing_and_its_dropped_spans_are_counted() {
+    let endpoint = black_hole().await;
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "50"),
+        ("DEMO_TOKENS_PER_SECOND", "0"),
+    ];
+    let process = LiveAiProcess::spawn(&vars).await;
+    // Three spans a stream (request, generation, provider call): far more than the
+    // queue holds while the one export in flight waits on the black hole.
+    for topic in ["moons", "tides", "comets", "rivers", "deserts", "forests", "volcanoes", "glaciers"] {
+        let id = process.create_stream("explain-eli10", json!({"topic": topic})).await;
+        let events = process.events_of(&id).await.until_terminal().await;
+        assert_eq!(events.last().unwrap().data["type"], "complete", "{topic}");
+    }
+    let dropped = process.wait_for_metric("live_ai_telemetry_spans_dropped_total", &["reason=\"queue_full\""], |n| n > 0.0).await;
+    assert!(dropped > 0.0);
+}
+
+#[tokio::test]
+async fn a_generations_log_lines_carry_its_trace_and_span_ids_beside_the_stream_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live-ai.log");
+    let mut vars = otel_vars(collector().addr);
+    vars.push(("LOG_FORMAT", "json".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = LiveAiProcess::spawn_logging(&vars, std::fs::File::create(&path).unwrap()).await;
+    let id = process.create_stream("explain-eli10", json!({"topic": "auroras"})).await;
+    process.events_of(&id).await.until_terminal().await;
+    let generation =
+        collector().span("generation span", |s| s.name.starts_with("generate ") && s.attr("stream_id") == Some(&json!(id))).await;
+    // The span ends after its last log line was written (lines are flushed whole).
+    let ended = std::io::BufReader::new(std::fs::File::open(&path).unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .find(|line| line["fields"]["message"] == "generation ended" && line["span"]["stream_id"] == json!(id))
+        .unwrap_or_else(|| panic!("no `generation ended` line for {id} within {PATIENCE:?}"));
+    assert_eq!(ended["span"]["trace_id"], json!(generation.trace_id), "{ended}");
+    assert_eq!(ended["span"]["span_id"], json!(generation.span_id), "{ended}");
+}

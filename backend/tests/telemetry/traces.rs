@@ -1,0 +1,187 @@
+//! The span tree of a generation: the server span (child of the host app's
+//! `traceparent` when it sends one), the generation span under it, the provider
+//! call as a GenAI client span under that; and a reader in another process
+//! linking its span to the generator's.
+
+use serde_json::{json, Value};
+
+use crate::collector::SpanRecord;
+use crate::fake_upstream::{fixture, FakeUpstream, Reply};
+use crate::helpers::{fresh_prefix, redis_deployment, LiveAiProcess, Received};
+use crate::{collector, host_traceparent, otel_vars, traced_app};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const STATUS_ERROR: i32 = 2;
+
+async fn generation_of(stream_id: &str) -> SpanRecord {
+    collector().span("generation span", |s| s.name.starts_with("generate ") && s.attr("stream_id") == Some(&json!(stream_id))).await
+}
+
+async fn child_of(parent: &SpanRecord, what: &str) -> SpanRecord {
+    let (trace, id) = (parent.trace_id.clone(), parent.span_id.clone());
+    collector().span(what, move |s| s.trace_id == trace && s.parent_span_id == id).await
+}
+
+async fn span_by_id(trace_id: &str, span_id: &str) -> SpanRecord {
+    collector().span("parent span", |s| s.trace_id == trace_id && s.span_id == span_id).await
+}
+
+fn stream_id_of(events: &[Received]) -> String {
+    events[0].data["stream_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn one_generation_yields_the_server_generation_and_genai_client_span_tree_with_every_required_attribute() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse"))]).await;
+    let base = format!("{}/v1", upstream.url());
+    let app =
+        traced_app(&[("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", &base), ("OPENAI_API_KEY", "sk-test"), ("AI_MODEL", "gpt-test")]).await;
+    let events = app.sse("/api/stream/ai-block/explain-eli10?topic=tides", &[]).await.until_terminal().await;
+    let complete = &events.last().unwrap().data;
+    assert_eq!(complete["type"], "complete", "{complete}");
+
+    let generation = generation_of(&stream_id_of(&events)).await;
+    assert_eq!(generation.attr("block"), Some(&json!("explain-eli10")));
+    assert_eq!(generation.attr("outcome"), Some(&json!("complete")));
+    assert!(generation.attr("enduser.pseudo.id").and_then(Value::as_str).is_some_and(|id| id.len() == 32), "{generation:?}");
+    assert_eq!(generation.resource.get("service.name"), Some(&json!("live-ai")));
+
+    let server = span_by_id(&generation.trace_id, &generation.parent_span_id).await;
+    assert_eq!(server.name, "GET /api/stream/ai-block/{block_type}");
+    assert_eq!(server.kind, SERVER);
+    assert_eq!(server.attr("http.response.status_code"), Some(&json!(200)));
+
+    let chat = child_of(&generation, "GenAI client span").await;
+    assert_eq!(chat.name, "chat gpt-test");
+    assert_eq!(chat.kind, CLIENT);
+    let port = upstream.url().rsplit(':').next().unwrap().parse::<i64>().unwrap();
+    let expected = [
+        ("gen_ai.operation.name", json!("chat")),
+        ("gen_ai.provider.name", json!("openai")),
+        ("gen_ai.request.model", json!("gpt-test")),
+        ("gen_ai.response.model", json!("gpt-test")),
+        ("gen_ai.usage.input_tokens", complete["usage"]["prompt_tokens"].clone()),
+        ("gen_ai.usage.output_tokens", complete["usage"]["completion_tokens"].clone()),
+        ("gen_ai.response.finish_reasons", json!(["stop"])),
+        ("server.address", json!("127.0.0.1")),
+        ("server.port", json!(port)),
+    ];
+    for (key, value) in expected {
+        assert_eq!(chat.attr(key), Some(&value), "{key} of {chat:?}");
+    }
+    assert_eq!(chat.attr("error.type"), None);
+    assert_ne!(chat.status, STATUS_ERROR);
+    assert_eq!(chat.events, ["gen_ai.first_chunk"], "the first chunk is the call's one event");
+}
+
+#[tokio::test]
+async fn with_coalescing_the_provider_call_sits_under_the_shared_generation_beside_the_learners_own() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse"))]).await;
+    let base = format!("{}/v1", upstream.url());
+    let vars = [
+        ("AI_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", &base),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("AI_MODEL", "gpt-test"),
+        ("COALESCE", "on"),
+    ];
+    let app = traced_app(&vars).await;
+    let events = app.sse("/api/stream/ai-block/explain-eli10?topic=coral", &[]).await.until_terminal().await;
+    assert_eq!(events.last().unwrap().data["type"], "complete");
+    let learner = generation_of(&stream_id_of(&events)).await;
+    assert_eq!(learner.attr("outcome"), Some(&json!("complete")));
+    // The learner's stream is relayed from the shared generation: the provider
+    // call is that generation's child, in the learner's trace, and both
+    // generation spans hang under the request's server span.
+    let trace = learner.trace_id.clone();
+    let chat = collector().span("GenAI client span", |s| s.trace_id == trace && s.name == "chat gpt-test").await;
+    let shared = span_by_id(&chat.trace_id, &chat.parent_span_id).await;
+    assert!(shared.name.starts_with("generate "), "{shared:?}");
+    assert_ne!(shared.attr("stream_id"), learner.attr("stream_id"), "the shared generation's own log");
+    assert_eq!(shared.parent_span_id, learner.parent_span_id, "both under the server span");
+}
+
+#[tokio::test]
+async fn a_provider_failure_is_an_error_typed_client_span_and_an_error_generation() {
+    let upstream = FakeUpstream::start(vec![Reply::status(500, &[], "{\"error\":{\"message\":\"boom\"}}".into())]).await;
+    let base = format!("{}/v1", upstream.url());
+    let app =
+        traced_app(&[("AI_PROVIDER", "openai"), ("OPENAI_BASE_URL", &base), ("OPENAI_API_KEY", "sk-test"), ("AI_MODEL", "gpt-test")]).await;
+    let events = app.sse("/api/stream/ai-block/explain-eli10?topic=tides", &[]).await.until_terminal().await;
+    let code = events.last().unwrap().data["code"].as_str().unwrap().to_owned();
+    let generation = generation_of(&stream_id_of(&events)).await;
+    assert_eq!(generation.attr("outcome"), Some(&json!(code)));
+    assert_eq!(generation.status, STATUS_ERROR);
+    let chat = child_of(&generation, "GenAI client span").await;
+    assert_eq!(chat.attr("error.type"), Some(&json!(code)));
+    assert_eq!(chat.status, STATUS_ERROR);
+}
+
+#[tokio::test]
+async fn a_traceparent_from_the_host_app_is_the_root_of_the_trace() {
+    let app = traced_app(&[]).await;
+    let (traceparent, trace_id, host_span) = host_traceparent();
+    let events =
+        app.sse("/api/stream/ai-block/explain-eli10?topic=volcanoes", &[("traceparent", &traceparent)]).await.until_terminal().await;
+    let generation = generation_of(&stream_id_of(&events)).await;
+    assert_eq!(generation.trace_id, trace_id, "the generation is in the host app's trace");
+    let server = span_by_id(&trace_id, &generation.parent_span_id).await;
+    assert_eq!(server.parent_span_id, host_span, "the server span is a child of the host app's span");
+    let chat = child_of(&generation, "GenAI client span").await;
+    assert_eq!(chat.trace_id, trace_id);
+}
+
+#[tokio::test]
+async fn a_websocket_start_is_traced_under_the_upgrades_traceparent() {
+    let app = traced_app(&[]).await;
+    let (traceparent, trace_id, host_span) = host_traceparent();
+    let mut socket = app.ws_with(&[("traceparent", &traceparent)]).await.unwrap();
+    socket.send(json!({"type": "start", "block_type": "explain-eli10", "input": {"topic": "comets"}, "ref": "r1"})).await;
+    let start = socket.next().await;
+    let stream_id = start["stream_id"].as_str().unwrap().to_owned();
+    socket.until_terminal(&stream_id, &mut Vec::new()).await;
+    // The upgrade's span lasts as long as the socket.
+    drop(socket);
+    let generation = generation_of(&stream_id).await;
+    assert_eq!(generation.trace_id, trace_id);
+    let upgrade = span_by_id(&trace_id, &generation.parent_span_id).await;
+    assert_eq!((upgrade.name.as_str(), upgrade.parent_span_id.as_str()), ("GET /api/stream/ws", host_span.as_str()));
+}
+
+#[tokio::test]
+async fn a_resume_on_another_process_links_to_the_generator() {
+    let prefix = fresh_prefix();
+    let process = |instance: &'static str| {
+        let mut vars: Vec<(&str, String)> = redis_deployment(&prefix);
+        vars.extend(otel_vars(collector().addr));
+        vars.push(("OTEL_RESOURCE_ATTRIBUTES", format!("service.instance.id={instance}-{prefix}")));
+        vars.push(("DEMO_TOKENS_PER_SECOND", "40".into()));
+        vars
+    };
+    let (a_vars, b_vars) = (process("a"), process("b"));
+    let a = LiveAiProcess::spawn(&a_vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let b = LiveAiProcess::spawn(&b_vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let stream_id = a.create_stream("explain-eli10", json!({"topic": "glaciers"})).await;
+    let mut first = a.events_of(&stream_id).await;
+    let seen = first.take(2).await;
+    drop(first);
+    let after = seen.last().unwrap().data["seq"].as_u64().unwrap();
+    let rest = b.sse(&format!("/api/streams/{stream_id}/events?after={after}"), &[]).await.until_terminal().await;
+    assert_eq!(rest[0].data["seq"].as_u64(), Some(after + 1), "B resumed where A's reader left");
+
+    let generation = generation_of(&stream_id).await;
+    assert_eq!(generation.resource.get("service.instance.id"), Some(&json!(format!("a-{prefix}"))));
+    let path = format!("/api/streams/{stream_id}/events");
+    let reader = collector()
+        .span("B's reading span", |s| {
+            s.attr("path") == Some(&json!(path)) && s.resource.get("service.instance.id") == Some(&json!(format!("b-{prefix}")))
+        })
+        .await;
+    assert!(
+        reader.links.contains(&(generation.trace_id.clone(), generation.span_id.clone())),
+        "B's span links to A's generation: {:?}",
+        reader.links
+    );
+    assert!(b.metric("live_ai_stream_resumes_total", &[]).await >= 1.0);
+}

@@ -1,0 +1,146 @@
+//! `load otel --live-ai BIN …`: what OpenTelemetry export costs (issue 24).
+//! Modes, rotated within each run so a noisy neighbour hits them alike:
+//!
+//! - `off`: no OTLP endpoint (the default);
+//! - `on-1.0`: traces and metrics exported over http/protobuf, every trace sampled;
+//! - `on-0.1`: the same, `parentbased_traceidratio` at 0.1.
+//!
+//! The collector is a sink in this process, on its own thread, on loopback: it
+//! answers every export at once without decoding it, so what is measured is the
+//! server's cost of tracing and exporting, not a collector's. Unpaced: events/s
+//! of back-to-back SSE streams of the demo model at full speed, and the server's
+//! CPU per event (less sensitive to the neighbours than events/s); plus what the
+//! sink received and the spans the server dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use axum::Router;
+
+use super::servers::{metric, Server};
+use super::stats::median;
+use super::unpaced::{self, UnpacedConfig, UnpacedResult};
+use super::Flags;
+
+const MODES: [&str; 3] = ["off", "on-1.0", "on-0.1"];
+
+#[derive(Default)]
+struct Received {
+    exports: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// An OTLP/HTTP sink on its own runtime: `200` with an empty body to every export.
+async fn sink() -> (SocketAddr, Arc<Received>) {
+    let received = Arc::new(Received::default());
+    let counted = received.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let count = move |body: Bytes| {
+                let counted = counted.clone();
+                async move {
+                    counted.exports.fetch_add(1, Ordering::Relaxed);
+                    counted.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    ""
+                }
+            };
+            let app = Router::new().route("/v1/traces", post(count.clone())).route("/v1/metrics", post(count));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+            let _ = tx.send(listener.local_addr().unwrap());
+            axum::serve(listener, app).await.expect("the sink serves");
+        });
+    });
+    (rx.await.expect("the sink starts"), received)
+}
+
+fn env(mode: &str, sink: SocketAddr) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("AI_STREAMING_ENABLED", "true".to_owned()),
+        ("DEMO_TOKENS_PER_SECOND", "0".into()),
+        ("DEMO_FIRST_TOKEN_MS", "0".into()),
+        ("MAX_CONCURRENT_STREAMS", "256".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    let ratio = match mode {
+        "on-1.0" => "1.0",
+        "on-0.1" => "0.1",
+        _ => return vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}")));
+    vars.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+    vars.push(("OTEL_TRACES_SAMPLER_ARG", ratio.into()));
+    // Metrics at the SDK's default interval would export once or twice per
+    // window; every 5 s keeps their export in the measurement.
+    vars.push(("OTEL_METRIC_EXPORT_INTERVAL", "5000".into()));
+    vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+pub async fn main(args: &[String]) {
+    let args = Flags::parse(args);
+    let binary: PathBuf = args.path("live-ai");
+    let runs: usize = args.get("runs", 3);
+    let connections: usize = args.get("connections", 64);
+    let seconds: f64 = args.get("seconds", 8.0);
+    let (sink, received) = sink().await;
+    println!("OpenTelemetry benchmark: unpaced SSE, {connections} connections, {seconds} s windows, {runs} runs; sink at {sink}");
+    let mut results: Vec<(&str, UnpacedResult)> = Vec::new();
+    for run in 0..runs {
+        for k in 0..MODES.len() {
+            let mode = MODES[(k + run) % MODES.len()];
+            let server = Server::start("live-ai", &binary, &env(mode, sink)).await;
+            let (exports0, bytes0) = (received.exports.load(Ordering::Relaxed), received.bytes.load(Ordering::Relaxed));
+            let config = UnpacedConfig {
+                connections,
+                warmup: Duration::from_secs(2),
+                window: Duration::from_secs_f64(seconds),
+                pid: Some(server.pid()),
+            };
+            let result = unpaced::sse(&server.base, &config).await;
+            let http = reqwest::Client::new();
+            let dropped = metric(&http, &server.base, "live_ai_telemetry_spans_dropped_total").await;
+            println!(
+                "run {run} {mode:>7}: {:.0} events/s, {:.2} µs CPU/event, {:.0} streams/s, errors {}; sink got {} exports, {} KB; spans dropped {dropped}",
+                result.events_per_second,
+                result.cpu_us_per_event,
+                result.streams_per_second,
+                result.errors,
+                received.exports.load(Ordering::Relaxed) - exports0,
+                (received.bytes.load(Ordering::Relaxed) - bytes0) / 1024,
+            );
+            results.push((mode, result));
+            server.stop(Duration::from_secs(10)).await;
+        }
+    }
+    println!("\nmedians over {runs} runs:");
+    println!("| mode | events/s | server CPU µs/event |");
+    println!("|---|---|---|");
+    for mode in MODES {
+        let of = |f: fn(&UnpacedResult) -> f64| median(&results.iter().filter(|(m, _)| *m == mode).map(|(_, r)| f(r)).collect::<Vec<_>>());
+        println!("| {mode} | {:.0} | {:.2} |", of(|r| r.events_per_second), of(|r| r.cpu_us_per_event));
+    }
+    // Each run's ratio to that run's `off`, then the median over runs.
+    for mode in ["on-1.0", "on-0.1"] {
+        let ratio = |f: fn(&UnpacedResult) -> f64| {
+            let per_run: Vec<f64> = results
+                .chunks(MODES.len())
+                .map(|run| {
+                    let of = |m: &str| f(&run.iter().find(|(name, _)| *name == m).expect("every mode ran").1);
+                    of(mode) / of("off")
+                })
+                .collect();
+            median(&per_run)
+        };
+        println!(
+            "{mode} / off, median of per-run ratios: events/s {:.3}, CPU per event {:.3}",
+            ratio(|r| r.events_per_second),
+            ratio(|r| r.cpu_us_per_event)
+        );
+    }
+}
