@@ -102,6 +102,11 @@ bench-stores: redis
 bench-moderation:
 	bash bench/moderation.sh
 
+## bench-classes: a class asks at once: N learners x M classes, coalescing on vs off (issue 23; see bench/RESULTS.md)
+.PHONY: bench-classes
+bench-classes:
+	bash bench/classes.sh
+
 ## bench-profile: perf profiles and callgrind instruction counts of live-ai and the floor (see bench/RESULTS.md)
 bench-profile:
 	bash bench/profile.sh

@@ -17,6 +17,8 @@
 
 #[path = "load/burst.rs"]
 mod burst;
+#[path = "load/classes.rs"]
+mod classes;
 #[path = "load/http.rs"]
 mod http;
 #[path = "load/lag.rs"]
@@ -88,6 +90,7 @@ async fn main() {
         Some("lag") => lag::main(rest).await,
         Some("perf") => perf::main(rest).await,
         Some("moderation") => moderation::main(rest).await,
+        Some("classes") => classes::main(rest).await,
         Some("stores") => stores::main(rest).await,
         Some("burst") => burst::main(rest).await,
         Some("unpaced") => unpaced::main(rest).await,
