@@ -14,7 +14,8 @@
 //! `live_ai_stream_outcomes_total`, which counts a shared generation once), joins
 //! and replays, time from a learner's request to its first chunk for the first
 //! and for the last learner of each class (p50/p99 over the classes), the
-//! server's CPU, and the streams that completed.
+//! server's CPU, and the streams that completed. `--moderation off` takes the
+//! output window's wait out of the first chunk, leaving coalescing's own latency.
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -48,6 +49,10 @@ struct Load {
     spread: Duration,
     tps: f64,
     first_token_ms: u64,
+    /// `local` (the server's default: the local filter, buffered, so a chunk is
+    /// seen once its output window is checked) or `off` (chunks as generated:
+    /// the latency of coalescing itself).
+    moderation: &'static str,
 }
 
 fn env(mode: &str, load: &Load) -> Vec<(String, String)> {
@@ -65,6 +70,8 @@ fn env(mode: &str, load: &Load) -> Vec<(String, String)> {
         ("RUST_LOG", "warn".into()),
     ]
     .into_iter()
+    // `local` is the server's default (both stages), so nothing is set for it.
+    .chain((load.moderation == "off").then(|| ("MODERATION", "off".to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
@@ -193,17 +200,23 @@ pub async fn main(args: &[String]) {
         spread: Duration::from_millis(args.get("spread-ms", 500)),
         tps: args.get("tps", 20.0),
         first_token_ms: args.get("first-token-ms", 200),
+        moderation: match args.get("moderation", "local".to_owned()).as_str() {
+            "local" => "local",
+            "off" => "off",
+            other => panic!("--moderation: local or off, not {other:?}"),
+        },
     };
     let runs: usize = args.get("runs", 3);
     let streams = load.learners * load.classes;
     warn_if_few_files(streams * 2);
     println!(
-        "classes benchmark: {} learners x {} classes ({streams} streams), a class's learners within {} ms, demo model at {} tokens/s after {} ms, {runs} runs",
+        "classes benchmark: {} learners x {} classes ({streams} streams), a class's learners within {} ms, demo model at {} tokens/s after {} ms, moderation {}, {runs} runs",
         load.learners,
         load.classes,
         load.spread.as_millis(),
         load.tps,
-        load.first_token_ms
+        load.first_token_ms,
+        load.moderation
     );
     let mut results: Vec<(&str, Measured)> = Vec::new();
     for run in 0..runs {
