@@ -397,16 +397,22 @@ async fn with_coalesce_off_every_start_generates() {
     assert_eq!(upstream.connections(), 3);
 }
 
+/// Three processes of a class deployment on the Redis of `store` (settings),
+/// answering with the fake model `upstream`.
+async fn class_processes(store: Vec<(&'static str, String)>, upstream: &FakeUpstream) -> Vec<LiveAiProcess> {
+    let mut vars = store;
+    vars.extend(openai_settings(upstream));
+    vars.extend(class_settings(&[]).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    join_all((0..3).map(|_| LiveAiProcess::spawn(&vars))).await
+}
+
 /// Thirty learners of one class start at once, spread over three processes on
 /// the Redis of `store` (settings), each reading on another process than the
 /// one it started on: one provider request.
 async fn thirty_starts_over_three_processes(store: Vec<(&'static str, String)>) {
     let upstream = slow_model(Duration::from_millis(1500)).await;
-    let mut vars = store;
-    vars.extend(openai_settings(&upstream));
-    vars.extend(class_settings(&[]).into_iter().map(|(k, v)| (k, v.to_owned())));
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let processes = join_all((0..3).map(|_| LiveAiProcess::spawn(&vars))).await;
+    let processes = class_processes(store, &upstream).await;
     let learners: Vec<String> = (0..30).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
     let starts = learners.iter().enumerate().map(|(n, token)| start(&processes[n % 3].api, token, topic(), json!({}), &[]));
     let created = join_all(starts).await;
@@ -473,4 +479,187 @@ async fn when_the_process_generating_a_shared_answer_dies_every_joined_learner_e
     let opening = reader(&b, &bo, id_of(&again)).await.take(2).await;
     assert_eq!(marks(&opening), (false, false));
     assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn thirty_learners_of_one_class_starting_within_half_a_second_get_one_provider_request_and_identical_answers() {
+    // The answer begins well after the last start, so every start finds it running.
+    let upstream = slow_model(Duration::from_millis(1500)).await;
+    let app = class_app(&upstream, &[]).await;
+    let learners: Vec<String> = (0..30).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
+    let learn = |n: usize, token: &str| {
+        let (app, token) = (&app, token.to_owned());
+        async move {
+            // Spread over half a second, as a class pressing "Explain" together is.
+            tokio::time::sleep(Duration::from_millis(n as u64 * 500 / 30)).await;
+            let created = start(app, &token, topic(), json!({}), &[]).await;
+            read_all(app, &token, id_of(&created)).await
+        }
+    };
+    let all = join_all(learners.iter().enumerate().map(|(n, token)| learn(n, token))).await;
+    let last = |events: &[Received]| events.last().unwrap().data.clone();
+    assert!(all.iter().all(|events| last(events)["type"] == "complete"), "all thirty complete");
+    let (text, usage, result) = (text_of(&all[0]), last(&all[0])["usage"].clone(), last(&all[0])["result"].clone());
+    assert!(!text.is_empty() && usage["completion_tokens"].as_u64() > Some(0));
+    for events in &all {
+        assert_eq!((text_of(events), &last(events)["usage"], &last(events)["result"]), (text.clone(), &usage, &result));
+    }
+    let started: Vec<(bool, bool)> = all.iter().map(|events| marks(events)).collect();
+    assert_eq!(started.iter().filter(|m| **m == (false, false)).count(), 1, "one learner's start generated: {started:?}");
+    assert_eq!(started.iter().filter(|m| **m == (true, false)).count(), 29, "the others joined it: {started:?}");
+    assert_eq!(upstream.connections(), 1, "thirty learners, one provider request");
+    assert_eq!(app.metric("live_ai_coalesce_joins_total", &["block=\"explain-eli10\""]).await, 29.0);
+    assert_eq!(app.metric("live_ai_shared_generations_total", &["block=\"explain-eli10\""]).await, 1.0);
+}
+
+#[tokio::test]
+async fn quizzes_differing_only_in_count_or_difficulty_each_get_a_provider_request_while_identical_ones_share() {
+    let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_quiz_stream.sse")).after(Duration::from_millis(500))]).await;
+    let app = class_app(&upstream, &[]).await;
+    let quiz = |count: u32, difficulty: &str| json!({"topic": "volcanoes", "count": count, "difficulty": difficulty});
+    let starts = [
+        ("ada", quiz(3, "easy")),
+        ("bo", quiz(3, "easy")),  // the control: identical, joins ada's
+        ("cy", quiz(4, "easy")),  // another count
+        ("dee", quiz(3, "hard")), // another difficulty
+        ("eve", quiz(4, "hard")), // both
+    ];
+    let mut streams = Vec::new();
+    for (sub, input) in starts {
+        let token = learner_in(sub, Some("7b"));
+        let created = start(&app, &token, input, json!({"block_type": "quiz"}), &[]).await;
+        streams.push((token, id_of(&created).to_owned()));
+    }
+    let all = join_all(streams.iter().map(|(token, id)| read_all(&app, token, id))).await;
+    assert!(all.iter().all(|events| events.last().unwrap().kind() == "complete"));
+    let shared: Vec<bool> = all.iter().map(|events| marks(events).0).collect();
+    assert_eq!(shared, [false, true, false, false, false]);
+    assert_eq!(upstream.connections(), 4, "one provider request per distinct quiz");
+    // Each of them asked the model for its own quiz.
+    let mut prompts: Vec<Vec<u8>> = Vec::new();
+    for n in 0..4 {
+        prompts.push(upstream.request(n).await.body);
+    }
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 4, "four different requests to the model");
+}
+
+/// A fake OpenAI answer `times` as long as the fixture's (its words over and
+/// over), so that its readers are cut many times while it streams.
+fn long_answer(times: usize) -> Vec<u8> {
+    let transcript = String::from_utf8(fixture("openai_chat_stream.sse")).unwrap();
+    let events: Vec<&str> = transcript.split_inclusive("\n\n").collect();
+    // The role, the words, then the finish, the usage and [DONE].
+    let (role, rest) = events.split_at(1);
+    let (words, end) = rest.split_at(rest.len() - 3);
+    let mut body = role.concat();
+    for _ in 0..times {
+        body.push_str(&words.concat());
+    }
+    body.push_str(&end.concat());
+    body.into_bytes()
+}
+
+#[tokio::test]
+async fn thirty_learners_over_three_processes_each_resuming_on_other_processes_at_random_cuts_get_the_whole_answer_from_one_request() {
+    // The answer begins after every start, then streams long enough for many cuts.
+    let upstream = FakeUpstream::start(vec![Reply::sse(long_answer(8)).after(Duration::from_millis(1500))]).await;
+    let processes = class_processes(redis_deployment(&fresh_prefix()), &upstream).await;
+    let proxy = crate::proxy::RoundRobinProxy::start(processes.iter().map(|p| p.addr).collect()).await;
+    let learners: Vec<String> = (0..30).map(|n| learner_in(&format!("learner-{n}"), Some("7b"))).collect();
+    let starts = learners.iter().enumerate().map(|(n, token)| start(&processes[n % 3].api, token, topic(), json!({}), &[]));
+    let created = join_all(starts).await;
+    let proxy = &proxy;
+    let reads = learners.iter().zip(&created).enumerate().map(|(n, (token, created))| async move {
+        let authorization = bearer(token);
+        // Each response cut after 1 to 12 events, the next through the proxy's next process.
+        crate::scale_out::read_cut_at_random(proxy, id_of(created), &[("authorization", &authorization)], n as u64, 1, 12).await
+    });
+    let all = join_all(reads).await;
+    let mut resumes = 0;
+    for (events, hops) in &all {
+        assert_contiguous(events, 0);
+        let last = events.last().unwrap();
+        assert_eq!(last.kind(), "complete", "{:?}", last.data);
+        assert_eq!(last.data["result"]["markdown"], text_of(events), "the whole answer, no gap, no duplicate");
+        resumes += hops;
+    }
+    let text = text_of(&all[0].0);
+    assert!(text.len() > 200 && all.iter().all(|(events, _)| text_of(events) == text), "one answer for all");
+    assert_eq!(all.iter().filter(|(events, _)| marks(events) == (false, false)).count(), 1, "one learner's start generated");
+    assert!(resumes >= 30 * 5, "the readers were cut and resumed elsewhere ({resumes} resumes)");
+    assert_eq!(upstream.connections(), 1, "thirty learners, three processes, every resume: one provider request");
+}
+
+/// A response's status and headers apart from the date and the length (which
+/// follows the ids' lengths): what a client could tell apart.
+fn response_shape(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    let mut shape = vec![status.to_string()];
+    let mut named: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "date" | "content-length"))
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or_default()))
+        .collect();
+    named.sort();
+    shape.extend(named);
+    shape
+}
+
+/// An event or body with its ids and timings replaced by their JSON types:
+/// every other field and value is what a client could tell apart.
+fn shape_of(value: &Value) -> Value {
+    let mut shape = value.clone();
+    if let Some(fields) = shape.as_object_mut() {
+        for (name, value) in fields.iter_mut() {
+            if matches!(name.as_str(), "stream_id" | "read_token" | "read_token_expires_at" | "ts" | "ttft_ms" | "duration_ms") {
+                *value = json!(if value.is_string() { "string" } else { "number" });
+            }
+        }
+    }
+    shape
+}
+
+/// `POST /api/streams` for `token`'s learner, then its events: the start
+/// response's shape, its body, and the events' shapes with the events
+/// response's shape first.
+async fn start_and_read_shapes(api: &ApiClient, token: &str) -> (Vec<String>, Value, Vec<Value>, Vec<Received>) {
+    let body = json!({"block_type": "explain-eli10", "input": topic()});
+    let response = api.http.post(api.url("/api/streams")).bearer_auth(token).json(&body).send().await.unwrap();
+    let start_shape = response_shape(response.status(), response.headers());
+    let created: Value = response.json().await.unwrap();
+    let mut events = reader(api, token, id_of(&created)).await;
+    let events_shape = json!(response_shape(events.status, &events.headers));
+    let received = events.until_terminal().await;
+    assert_contiguous(&received, 0);
+    let shapes = std::iter::once(events_shape).chain(received.iter().map(|event| shape_of(&event.data))).collect();
+    (start_shape, shape_of(&created), shapes, received)
+}
+
+#[tokio::test]
+async fn another_classs_learner_can_neither_join_a_finished_answer_nor_tell_from_the_responses_that_it_exists() {
+    let upstream = slow_model(Duration::ZERO).await;
+    let app = class_app(&upstream, &[]).await;
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("8a")));
+    // Class 7b's very first request: a miss.
+    let (first_start, first_body, first_events, first) = start_and_read_shapes(&app, &ada).await;
+    assert_eq!((marks(&first), first.last().unwrap().kind()), ((false, false), "complete"));
+    // The control: within class 7b the finished answer is replayed, and that shows.
+    let (_, _, cached_events, cached) = start_and_read_shapes(&app, &bo).await;
+    assert_eq!(marks(&cached), (false, true));
+    assert_ne!(cached_events[1], first_events[1], "a replay's start differs from a miss's");
+    assert_eq!(upstream.connections(), 1);
+    // Class 8a asks the same after it completed: the model is asked anew, and
+    // nothing in what cy gets differs from a first-ever request. No timing is
+    // measured: a foreign scope takes the very path of a miss, because the scope
+    // is hashed into the request key (`RequestKey::of`), so the index lookup
+    // (`claim_request`, SET NX in Redis) of another scope's learner cannot find
+    // class 7b's entry — it finds the key vacant and claims it, as ada's did.
+    let (foreign_start, foreign_body, foreign_events, foreign) = start_and_read_shapes(&app, &cy).await;
+    assert_eq!(marks(&foreign), (false, false), "neither shared nor cached");
+    assert_eq!(upstream.connections(), 2, "its own provider request");
+    assert_eq!(foreign_start, first_start, "the start response's status and headers");
+    assert_eq!(foreign_body, first_body, "the start response's fields");
+    assert_eq!(foreign_events, first_events, "the events response, and every event's type, fields and values");
+    assert_eq!(app.metric("live_ai_coalesce_cache_hits_total", &[]).await, 1.0, "only class 7b's replay");
 }

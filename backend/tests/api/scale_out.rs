@@ -135,22 +135,41 @@ pub async fn read_with_cuts(proxy: &RoundRobinProxy, n: u64, cut_within: u64) ->
 
 /// As [`read_with_cuts`], cutting after `at_least` to `at_most` events.
 pub async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64, at_most: u64) -> (&'static str, Vec<Received>, u32) {
-    let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (n + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let (block, input) = if n.is_multiple_of(4) {
         ("quiz", json!({"topic": format!("topic {n}"), "count": 2}))
     } else {
         ("explain-eli10", json!({"topic": format!("topic {n}")}))
     };
     let id = proxy.create_stream(block, input).await;
+    let (events, resumes) = read_cut_at_random(proxy, &id, &[], n, at_least, at_most).await;
+    (block, events, resumes)
+}
+
+/// Reads stream `id` through `proxy` (sending `headers`, e.g. the reader's
+/// credentials) to its terminal event, cutting the connection after
+/// `at_least` to `at_most` events each time, at points drawn from `seed`, and
+/// resuming with `Last-Event-ID` (through the proxy: on the next process).
+/// Returns the events and the resumes.
+pub async fn read_cut_at_random(
+    proxy: &RoundRobinProxy,
+    id: &str,
+    headers: &[(&str, &str)],
+    seed: u64,
+    at_least: u64,
+    at_most: u64,
+) -> (Vec<Received>, u32) {
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (seed + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut events: Vec<Received> = Vec::new();
     let mut resumes = 0;
+    let path = format!("/api/streams/{id}/events");
     loop {
-        let path = format!("/api/streams/{id}/events");
-        let mut reader = match events.last() {
-            None => proxy.sse(&path, &[]).await,
-            Some(last) => proxy.sse(&path, &[("last-event-id", &last.id)]).await,
-        };
-        assert_eq!(reader.status, 200, "stream {n} resume {resumes}");
+        let last = events.last().map(|event| event.id.clone());
+        let mut sent = headers.to_vec();
+        if let Some(last) = &last {
+            sent.push(("last-event-id", last));
+        }
+        let mut reader = proxy.sse(&path, &sent).await;
+        assert_eq!(reader.status, 200, "stream {id} resume {resumes}");
         let cut_after = at_least + dice.roll(at_most - at_least + 1);
         let mut read = 0;
         while read < cut_after {
@@ -160,7 +179,7 @@ pub async fn read_with_cuts_from(proxy: &RoundRobinProxy, n: u64, at_least: u64,
             read += 1;
             if terminal {
                 assert!(reader.next().await.is_none(), "nothing follows the terminal event");
-                return (block, events, resumes);
+                return (events, resumes);
             }
         }
         resumes += 1;
