@@ -18,15 +18,14 @@
 //! output window's wait out of the first chunk, leaving coalescing's own latency.
 
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
-use super::http::{address, Connection};
+use super::http::address;
 use super::servers::{cpu_seconds_of, metric, wait_until_idle, Server};
-use super::sse::{http_client, is_terminal, Scanner};
+use super::sse::{http_client, watch};
 use super::stats::{median, quantile, sorted};
 use super::{warn_if_few_files, Flags};
 
@@ -91,28 +90,8 @@ fn learner_token(class: usize, learner: usize) -> String {
 /// One learner's stream: ms from its request to its first chunk, and whether it completed.
 async fn one_learner(address: SocketAddr, token: String) -> Result<(f64, bool), String> {
     let authorization = format!("Bearer {token}");
-    let sent = Instant::now();
-    let mut connection = Connection::connect(address).await.map_err(|e| format!("connect: {e}"))?;
-    let response = connection.get(QUESTION, &[("authorization", &authorization)]).await.map_err(|e| format!("request: {e}"))?;
-    if response.status != 200 {
-        return Err(format!("status {}", response.status));
-    }
-    let (mut scanner, mut first, mut complete) = (Scanner::default(), None, false);
-    connection
-        .read_body(&response, |bytes, now| {
-            scanner.push(bytes, |frame| {
-                if frame.event == b"chunk" && first.is_none() {
-                    first = Some((now - sent).as_secs_f64() * 1000.0);
-                }
-                if is_terminal(frame.event) {
-                    complete = frame.event == b"complete";
-                }
-            });
-            ControlFlow::Continue(())
-        })
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    Ok((first.ok_or("no chunk")?, complete))
+    let watched = watch(address, QUESTION, &[("authorization", &authorization)]).await?;
+    Ok((watched.first_chunk_ms, watched.complete))
 }
 
 #[derive(Debug, Default, Clone)]

@@ -19,7 +19,6 @@
 //! leaves the machine idle.
 
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,9 +29,9 @@ use axum::routing::post;
 use axum::Router;
 
 use super::burst::question_path;
-use super::http::{address, Connection};
+use super::http::address;
 use super::servers::{cpu_seconds_of, metric, Server};
-use super::sse::{is_terminal, Scanner};
+use super::sse::watch;
 use super::stats::{median, quantile, sorted};
 use super::unpaced::{self, UnpacedConfig};
 use super::{warn_if_few_files, Flags};
@@ -136,32 +135,8 @@ struct Paced {
 
 /// One stream: ms from the request to its first chunk, its events, how it ended.
 async fn one_stream(address: SocketAddr, n: usize) -> Result<(f64, u64, bool), String> {
-    let sent = Instant::now();
-    let mut connection = Connection::connect(address).await.map_err(|e| format!("connect: {e}"))?;
-    let response = connection.get(&question_path(n), &[]).await.map_err(|e| format!("request: {e}"))?;
-    if response.status != 200 {
-        return Err(format!("status {}", response.status));
-    }
-    let (mut scanner, mut first, mut events, mut complete) = (Scanner::default(), None, 0u64, false);
-    connection
-        .read_body(&response, |bytes, now| {
-            scanner.push(bytes, |frame| {
-                if frame.event.is_empty() {
-                    return;
-                }
-                events += 1;
-                if frame.event == b"chunk" && first.is_none() {
-                    first = Some((now - sent).as_secs_f64() * 1000.0);
-                }
-                if is_terminal(frame.event) {
-                    complete = frame.event == b"complete";
-                }
-            });
-            ControlFlow::Continue(())
-        })
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    Ok((first.ok_or("no chunk")?, events, complete))
+    let watched = watch(address, &question_path(n), &[]).await?;
+    Ok((watched.first_chunk_ms, watched.events, watched.complete))
 }
 
 async fn paced(server: &Server, streams: usize, moderator: &Moderator) -> Paced {

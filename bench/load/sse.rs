@@ -4,7 +4,11 @@
 //! measures, so the less it spends per event, the more the numbers say about the
 //! server (and the same reader measures `live-ai` and the floor alike).
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use super::http::Connection;
 
 /// One SSE frame's fields (empty when absent: comments, the `retry:` hint).
 #[derive(Debug, Default, PartialEq)]
@@ -114,4 +118,43 @@ mod tests {
         assert_eq!(token_len(br#"{"type":"chunk","token":"\"token\":"}"#), Some(8));
         assert_eq!(token_len(br#"{"type":"start"}"#), None);
     }
+}
+
+/// What one stream showed its reader, read to its end by [`watch`].
+pub struct Watched {
+    /// From the request being sent to the first `chunk`.
+    pub first_chunk_ms: f64,
+    /// Frames that named an event.
+    pub events: u64,
+    pub complete: bool,
+}
+
+/// Opens the SSE stream at `path` on a connection of its own and reads it to its end.
+pub async fn watch(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Watched, String> {
+    let sent = Instant::now();
+    let mut connection = Connection::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    let response = connection.get(path, headers).await.map_err(|e| format!("request: {e}"))?;
+    if response.status != 200 {
+        return Err(format!("status {}", response.status));
+    }
+    let (mut scanner, mut first, mut events, mut complete) = (Scanner::default(), None, 0u64, false);
+    connection
+        .read_body(&response, |bytes, now| {
+            scanner.push(bytes, |frame| {
+                if frame.event.is_empty() {
+                    return;
+                }
+                events += 1;
+                if frame.event == b"chunk" && first.is_none() {
+                    first = Some((now - sent).as_secs_f64() * 1000.0);
+                }
+                if is_terminal(frame.event) {
+                    complete = frame.event == b"complete";
+                }
+            });
+            ControlFlow::Continue(())
+        })
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(Watched { first_chunk_ms: first.ok_or("no chunk")?, events, complete })
 }
