@@ -663,3 +663,30 @@ async fn another_classs_learner_can_neither_join_a_finished_answer_nor_tell_from
     assert_eq!(foreign_events, first_events, "the events response, and every event's type, fields and values");
     assert_eq!(app.metric("live_ai_coalesce_cache_hits_total", &[]).await, 1.0, "only class 7b's replay");
 }
+
+#[tokio::test]
+async fn at_a_one_second_retention_an_answer_whose_log_expired_is_generated_anew_not_replayed_or_failed() {
+    // The cache window (300 s by default) is bounded by the retention: here the
+    // shared log, its learners' logs and the index entry all lapse after 1 s.
+    let upstream = slow_model(Duration::ZERO).await;
+    let app = class_app(&upstream, &[("STREAM_RETENTION_SECONDS", "1")]).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let a = read_all(&app, &ada, id_of(&first)).await;
+    assert_eq!(a.last().unwrap().kind(), "complete");
+    // Await the expiry, as the first learner's own stream reports it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let events = reader(&app, &ada, id_of(&first)).await.until_terminal().await;
+        if events.last().unwrap().data["code"] == "stream_not_found" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the answer expires after the retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = start(&app, &bo, topic(), json!({}), &[]).await;
+    let b = read_all(&app, &bo, id_of(&again)).await;
+    assert_eq!((marks(&b), b.last().unwrap().kind()), ((false, false), "complete"));
+    assert_eq!(text_of(&b), text_of(&a));
+    assert_eq!(upstream.connections(), 2, "the expired answer was asked for again");
+}
