@@ -51,14 +51,8 @@ impl CoalesceSettings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_map(&map)
-    }
+    use crate::config::settings::from_pairs as settings;
 
     #[test]
     fn coalescing_is_on_with_a_five_minute_cache_by_default() {

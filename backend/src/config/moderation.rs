@@ -288,12 +288,7 @@ fn webhook(src: &Source<'_>) -> Result<Option<WebhookSettings>, SettingsError> {
 mod tests {
     use std::time::Duration;
 
-    use crate::config::settings::{Settings, SettingsError};
-
-    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_map(&vars)
-    }
+    use crate::config::settings::from_pairs as settings;
 
     #[test]
     fn batching_waits_5_ms_for_up_to_32_inputs_unless_told_otherwise() {

@@ -140,6 +140,21 @@ pub struct DemoSettings {
     pub inject_after_tokens: u64,
 }
 
+#[cfg(test)]
+impl DemoSettings {
+    /// The demo model as unit tests want it: unpaced, no first-token delay, no faults.
+    pub fn unpaced() -> Self {
+        Self {
+            tokens_per_second: 0.0,
+            first_token: Duration::ZERO,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
+            inject_text: None,
+            inject_after_tokens: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: IpAddr,
@@ -583,14 +598,18 @@ impl Settings {
     }
 }
 
+/// Settings from `pairs` of variables, for the config modules' unit tests.
+#[cfg(test)]
+pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+    let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Settings::from_map(&vars)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_map(&vars)
-    }
+    use super::from_pairs as settings;
 
     #[test]
     fn defaults_follow_the_spec() {

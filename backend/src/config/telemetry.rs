@@ -229,14 +229,11 @@ fn percent_decode(value: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-    use crate::config::settings::Settings;
+    use crate::config::settings::from_pairs;
 
     fn read(vars: &[(&str, &str)]) -> Result<TelemetrySettings, SettingsError> {
-        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_map(&vars).map(|s| s.telemetry)
+        from_pairs(vars).map(|s| s.telemetry)
     }
 
     #[test]

@@ -101,14 +101,7 @@ mod tests {
     }
 
     fn fast() -> DemoSettings {
-        DemoSettings {
-            tokens_per_second: 0.0,
-            first_token: Duration::ZERO,
-            fail_after_tokens: None,
-            stall_after_tokens: None,
-            inject_text: None,
-            inject_after_tokens: 0,
-        }
+        DemoSettings::unpaced()
     }
 
     #[tokio::test]

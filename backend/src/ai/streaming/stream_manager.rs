@@ -1047,14 +1047,7 @@ mod tests {
     }
 
     fn manager(store: Arc<dyn EventStore>) -> StreamManager {
-        let demo = DemoSettings {
-            tokens_per_second: 0.0,
-            first_token: Duration::ZERO,
-            fail_after_tokens: None,
-            stall_after_tokens: None,
-            inject_text: None,
-            inject_after_tokens: 0,
-        };
+        let demo = DemoSettings::unpaced();
         let config = EngineConfig {
             idle_timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(60),

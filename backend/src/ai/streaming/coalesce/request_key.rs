@@ -86,14 +86,7 @@ mod tests {
     use crate::config::settings::DemoSettings;
 
     fn demo() -> DemoProvider {
-        DemoProvider::new(DemoSettings {
-            tokens_per_second: 0.0,
-            first_token: std::time::Duration::ZERO,
-            fail_after_tokens: None,
-            stall_after_tokens: None,
-            inject_text: None,
-            inject_after_tokens: 0,
-        })
+        DemoProvider::new(DemoSettings::unpaced())
     }
 
     fn key(scope: &str, block: BlockType, input: serde_json::Value) -> Option<RequestKey> {

@@ -100,14 +100,7 @@ mod tests {
 
     fn key() -> RequestKey {
         let input = BlockInput::parse(BlockType::ExplainEli10, serde_json::json!({"topic": "tides"}).as_object().unwrap()).unwrap();
-        let provider = crate::ai::providers::demo::DemoProvider::new(crate::config::settings::DemoSettings {
-            tokens_per_second: 0.0,
-            first_token: Duration::ZERO,
-            fail_after_tokens: None,
-            stall_after_tokens: None,
-            inject_text: None,
-            inject_after_tokens: 0,
-        });
+        let provider = crate::ai::providers::demo::DemoProvider::new(crate::config::settings::DemoSettings::unpaced());
         RequestKey::of("principal:jwt:ada", &input, &provider).unwrap()
     }
 
