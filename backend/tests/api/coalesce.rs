@@ -222,6 +222,33 @@ async fn a_learner_who_cancels_stops_only_their_own_view_of_a_shared_answer() {
 }
 
 #[tokio::test]
+async fn at_a_grace_of_zero_a_learner_who_leaves_ends_only_their_own_stream_and_the_class_gets_the_whole_answer() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "40"), ("STREAM_RESUME_GRACE_SECONDS", "0")])).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let mut a = reader(&app, &ada, id_of(&first)).await;
+    let mut b = reader(&app, &bo, id_of(&second)).await;
+    assert_eq!(kinds(&a.take(3).await), ["start", "chunk", "chunk"]);
+    let mut b_events = b.take(3).await;
+    assert_eq!(marks(&b_events), (true, false));
+    drop(a);
+    b_events.extend(b.until_terminal().await);
+    assert_contiguous(&b_events, 0);
+    assert_eq!(b_events.last().unwrap().kind(), "complete", "the learner still reading got the whole answer");
+    assert_eq!(app.metric("live_ai_shared_generations_total", &["block=\"explain-eli10\""]).await, 1.0);
+    assert_eq!(app.metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""]).await, 1.0, "the one generation completed");
+    // The leaver's own stream ended when she left, at a grace of zero.
+    let rest = app
+        .sse(&format!("/api/streams/{}/events?after=2", id_of(&first)), &[("authorization", &bearer(&ada))])
+        .await
+        .until_terminal()
+        .await;
+    let last = rest.last().unwrap();
+    assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("abandoned")));
+}
+
+#[tokio::test]
 async fn when_every_learner_has_cancelled_the_shared_generation_stops_and_its_upstream_request_closes() {
     let upstream = FakeUpstream::start(vec![Reply::sse(fixture("openai_chat_stream.sse")).stall_after(3)]).await;
     // Async moderation: the chunks before the stall reach the readers.

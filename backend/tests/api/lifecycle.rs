@@ -63,8 +63,20 @@ async fn a_client_that_comes_back_within_the_grace_period_finishes_the_same_gene
 }
 
 #[tokio::test]
+async fn at_a_grace_of_zero_a_stream_started_by_post_waits_for_its_reader_then_ends_as_soon_as_it_leaves() {
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("STREAM_RESUME_GRACE_SECONDS", "0")]).await;
+    let id = app.create_stream("ask-question", json!({"question": "Why do cats purr?"})).await;
+    let mut reader = app.events_of(&id).await;
+    assert_eq!(kinds(&reader.take(3).await), ["start", "chunk", "chunk"], "the reader found its stream generating");
+    drop(reader);
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"cancelled_abandoned\""], |v| v == 1.0).await;
+    assert_eq!(app.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+}
+
+#[tokio::test]
 async fn a_stream_nobody_reads_is_abandoned_too() {
-    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "20"), ("STREAM_RESUME_GRACE_SECONDS", "0.2")]).await;
+    // Slow enough to outlast the wait for a first reader (5 s, above this grace).
+    let app = spawn_app(&[("DEMO_TOKENS_PER_SECOND", "5"), ("STREAM_RESUME_GRACE_SECONDS", "0.2")]).await;
     app.create_stream("explain-eli10", json!({"topic": "wind"})).await;
     app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"cancelled_abandoned\""], |v| v == 1.0).await;
 }

@@ -57,6 +57,9 @@ const APPEND_PATIENCE: Duration = Duration::from_secs(3);
 /// How long an idempotency key stays claimed by a start that has not created its
 /// stream yet: bounds how long a start that died half way blocks the key.
 pub const PENDING_KEY: Duration = Duration::from_secs(10);
+/// How long a stream waits for its first reader at least, whatever the grace:
+/// a `POST` answers before its learner's reader connects.
+pub const FIRST_READER_WAIT: Duration = Duration::from_secs(5);
 /// How often a retry looks again at a key whose stream is being created.
 const KEY_FOLLOW_PAUSE: Duration = Duration::from_millis(20);
 
@@ -746,13 +749,17 @@ impl LogWriter {
 }
 
 /// Resolves once no reader has been attached, here or in any other process, for
-/// a whole grace period.
+/// a whole grace period; a stream no reader has come to yet (started by `POST`,
+/// its reader on its way) is given at least [`FIRST_READER_WAIT`], so a short
+/// grace (even 0) does not end it before its learner could connect.
 async fn abandoned(store: Arc<dyn EventStore>, id: StreamId, mut readers: watch::Receiver<usize>, grace: Duration) {
+    let mut wait = if *readers.borrow() > 0 { grace } else { grace.max(FIRST_READER_WAIT) };
     loop {
         if readers.wait_for(|n| *n == 0).await.is_err() {
             return futures::future::pending().await;
         }
-        let mut quiet_until = Instant::now() + grace;
+        let mut quiet_until = Instant::now() + wait;
+        wait = grace;
         loop {
             if tokio::time::timeout_at(quiet_until, readers.wait_for(|n| *n > 0)).await.is_ok() {
                 break;
