@@ -4,6 +4,7 @@
 //! replay the moderation APIs' bodies byte for byte. What readers received is
 //! checked as raw bytes, so "no byte of it" means exactly that.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,17 +242,10 @@ async fn assert_retraction_reaches_both_and_redacts_the_log(a: &LiveAiProcess, b
 async fn openai_moderation(word: &'static str, delay: Duration) -> FakeUpstream {
     let clean = String::from_utf8(fixture_in("moderation", "openai_moderation_clean.json")).unwrap();
     let flagged = String::from_utf8(fixture_in("moderation", "openai_moderation_flagged.json")).unwrap();
-    let [clean_entry, flagged_entry] = batch_entries();
     FakeUpstream::start_with(Arc::new(move |request: &RecordedRequest| {
         let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
         let reply = match &body["input"] {
-            Value::Array(texts) => batch_answer(
-                texts
-                    .iter()
-                    .map(|text| if text.as_str().unwrap().contains(word) { &flagged_entry } else { &clean_entry })
-                    .cloned()
-                    .collect(),
-            ),
+            Value::Array(texts) => batch_answer_flagging(word, texts),
             text if text.as_str().unwrap_or_default().contains(word) => flagged.clone(),
             _ => clean.clone(),
         };
@@ -264,6 +258,14 @@ async fn openai_moderation(word: &'static str, delay: Duration) -> FakeUpstream 
 fn batch_entries() -> [Value; 2] {
     let answer: Value = serde_json::from_slice(&fixture_in("moderation", "openai_moderation_batch.json")).unwrap();
     answer["results"].as_array().unwrap().clone().try_into().unwrap()
+}
+
+/// The answer to the array `input` `texts`: flagged where a text contains `word`, clean elsewhere.
+fn batch_answer_flagging(word: &str, texts: &[Value]) -> String {
+    let [clean_entry, flagged_entry] = batch_entries();
+    batch_answer(
+        texts.iter().map(|text| if text.as_str().unwrap().contains(word) { flagged_entry.clone() } else { clean_entry.clone() }).collect(),
+    )
 }
 
 /// An answer to an array `input`, in the shape of OpenAI's.
@@ -314,6 +316,36 @@ async fn checks_of_streams_started_together_share_one_moderation_request_and_eac
     }
     assert_eq!(app.metric("live_ai_moderation_batch_size_count", &[]).await, 1.0);
     assert_eq!(app.metric("live_ai_moderation_batch_size_sum", &[]).await, 3.0);
+}
+
+#[tokio::test]
+async fn a_batch_reply_cut_off_mid_body_is_retried_as_one_request_and_each_stream_gets_its_own_verdict() {
+    // The first request's answer stops halfway through its body, the socket closed.
+    let requests = Arc::new(AtomicUsize::new(0));
+    let moderator = FakeUpstream::start_with(Arc::new(move |request: &RecordedRequest| {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let answer = batch_answer_flagging("kill", body["input"].as_array().expect("an array input"));
+        let half = answer.len() / 2;
+        let reply = Reply::status(200, &[], answer);
+        if requests.fetch_add(1, Ordering::SeqCst) == 0 {
+            reply.cut_after(half)
+        } else {
+            reply
+        }
+    }))
+    .await;
+    let mut vars = batching_input_checks(&moderator, "2");
+    vars.push(("PROVIDER_MAX_RETRIES", "1".into()));
+    let app = spawn_app(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let questions = ["Why is the sky blue?", "I want to kill them."];
+    let ids = join_all(questions.map(|question| app.create_stream("ask-question", json!({"question": question})))).await;
+    let endings = join_all(ids.iter().map(|id| async { app.events_of(id).await.until_terminal().await })).await;
+    assert_eq!(endings[0].last().unwrap().kind(), "complete", "the clean question is answered: {:?}", endings[0].last().unwrap().data);
+    assert_eq!(endings[1].last().unwrap().data["code"], "input_flagged", "the flagged one is refused");
+    assert_eq!(moderator.connections(), 2, "the cut-off request and one retry");
+    let (first, retry) = (moderator.request(0).await, moderator.request(1).await);
+    assert_eq!(first.body, retry.body, "the retry asks about the same batch");
+    assert_eq!(app.metric("live_ai_moderation_checks_total", &["outcome=\"failed_closed\""]).await, 0.0);
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ impl JsonPost {
         if let Some(key) = &self.key {
             request = request.bearer_auth(key.expose());
         }
-        let response = request.send().await.map_err(|error| ModerationError::Unavailable {
+        let mut response = request.send().await.map_err(|error| ModerationError::Unavailable {
             moderator,
             // Without the URL: it names the host, which is fine, but keep logs uniform.
             message: error.without_url().to_string(),
@@ -60,11 +60,51 @@ impl JsonPost {
         if response.content_length().is_some_and(|n| n as usize > MAX_BODY) {
             return Err(ModerationError::Malformed { moderator, message: "the answer is too large".into() });
         }
-        let body =
-            response.bytes().await.map_err(|error| ModerationError::Unavailable { moderator, message: error.without_url().to_string() })?;
-        if body.len() > MAX_BODY {
-            return Err(ModerationError::Malformed { moderator, message: "the answer is too large".into() });
+        // Read piece by piece: an answer without a length (chunked) is refused
+        // once too large, never held whole first.
+        let mut body = bytes::BytesMut::new();
+        while let Some(piece) =
+            response.chunk().await.map_err(|error| ModerationError::Unavailable { moderator, message: error.without_url().to_string() })?
+        {
+            if body.len() + piece.len() > MAX_BODY {
+                return Err(ModerationError::Malformed { moderator, message: "the answer is too large".into() });
+            }
+            body.extend_from_slice(&piece);
         }
-        Ok(body)
+        Ok(body.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_without_a_length_is_refused_once_past_the_limit_not_read_to_its_end() {
+        // A server that sends more than the limit in one chunk and then holds
+        // the body open: read whole first, the answer would never come.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            let piece = vec![b' '; MAX_BODY + 1];
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await;
+            let _ = socket.write_all(&piece).await;
+            let _ = socket.write_all(b"\r\n").await;
+            // Held open until the client goes.
+            let _ = socket.read(&mut request).await;
+        });
+        let post = JsonPost::new("openai", &format!("http://127.0.0.1:{port}"), "v1/moderations", None);
+        let answer = tokio::time::timeout(Duration::from_secs(30), post.send(&serde_json::json!({"input": "hi"})))
+            .await
+            .expect("refused without waiting for the body's end");
+        assert!(matches!(answer, Err(ModerationError::Malformed { .. })), "{answer:?}");
     }
 }

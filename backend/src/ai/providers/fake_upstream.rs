@@ -42,8 +42,10 @@ pub type Responder = Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>;
 pub enum Reply {
     /// `200 text/event-stream`, chunked.
     Stream { body: Vec<u8>, ending: Ending },
-    /// A plain response, as a model API sends its errors.
-    Status { status: u16, headers: Vec<(String, String)>, body: String },
+    /// A plain response, as a model API sends its errors. With `sent`, only
+    /// that many bytes of the body follow its full `content-length` before the
+    /// socket closes: a server gone mid-reply.
+    Status { status: u16, headers: Vec<(String, String)>, body: String, sent: Option<usize> },
     /// `reply`, after a pause (a moderator that takes its time).
     Delayed { delay: Duration, reply: Box<Reply> },
 }
@@ -66,7 +68,15 @@ impl Reply {
 
     pub fn status(status: u16, headers: &[(&str, &str)], body: String) -> Self {
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::Status { status, headers, body }
+        Self::Status { status, headers, body, sent: None }
+    }
+
+    /// This plain reply, its body cut off after `bytes` (a stream reply is unchanged).
+    pub fn cut_after(self, bytes: usize) -> Self {
+        match self {
+            Self::Status { status, headers, body, .. } => Self::Status { status, headers, body, sent: Some(bytes) },
+            other => other,
+        }
     }
 
     pub fn after(self, delay: Duration) -> Self {
@@ -222,7 +232,7 @@ async fn serve(mut socket: TcpStream, respond: Responder, index: usize, shared: 
     }
     let client_closed = match reply {
         Reply::Delayed { .. } => unreachable!("unwrapped above"),
-        Reply::Status { status, headers, body } => {
+        Reply::Status { status, headers, body, sent } => {
             let mut head = format!(
                 "HTTP/1.1 {status} Fake\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
                 body.len()
@@ -232,7 +242,8 @@ async fn serve(mut socket: TcpStream, respond: Responder, index: usize, shared: 
             }
             head.push_str("\r\n");
             let _ = socket.write_all(head.as_bytes()).await;
-            let _ = socket.write_all(body.as_bytes()).await;
+            let sent = sent.unwrap_or(body.len()).min(body.len());
+            let _ = socket.write_all(&body.as_bytes()[..sent]).await;
             false
         }
         Reply::Stream { body, ending } => send_stream(&mut socket, &body, ending).await,
