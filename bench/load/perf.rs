@@ -80,11 +80,25 @@ pub fn live_ai_env(tps: f64, first_token: Duration, extra: &[(&str, String)]) ->
     .collect();
     env.push(("DEMO_TOKENS_PER_SECOND".into(), tps.to_string()));
     env.push(("DEMO_FIRST_TOKEN_MS".into(), first_token.as_millis().to_string()));
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.clone()));
+    for (k, v) in extra.iter().map(|(k, v)| (k.to_string(), v.clone())).chain(server_settings_from_env()) {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
     }
     env
+}
+
+/// Settings for every `live-ai` a benchmark starts, from `LOAD_SERVER_ENV`
+/// (`NAME=value` pairs separated by spaces), after the benchmark's own: e.g.
+/// `LOAD_SERVER_ENV="MODERATION=off COALESCE=off"` measures the store alone.
+fn server_settings_from_env() -> Vec<(String, String)> {
+    let pairs = std::env::var("LOAD_SERVER_ENV").unwrap_or_default();
+    pairs
+        .split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => (name.to_owned(), value.to_owned()),
+            None => panic!("LOAD_SERVER_ENV: {pair:?} is not NAME=value"),
+        })
+        .collect()
 }
 
 async fn start_servers(config: &PerfConfig, tps: f64, live_extra: &[(&str, String)]) -> [Server; 3] {
