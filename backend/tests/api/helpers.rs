@@ -552,6 +552,11 @@ impl LiveAiProcess {
         self.child.kill().await.unwrap();
     }
 
+    /// Waits for the process to end by itself; its exit status.
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        self.child.wait().await.expect("the process can be waited for")
+    }
+
     /// Sends SIGTERM, as a process manager does to stop a service.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("still running").to_string();

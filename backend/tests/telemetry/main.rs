@@ -19,6 +19,7 @@ mod collector;
 mod content;
 mod metrics;
 mod resilience;
+mod shutdown;
 mod traces;
 
 use std::collections::HashMap;

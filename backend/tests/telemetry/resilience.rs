@@ -12,7 +12,7 @@ use crate::helpers::{LiveAiProcess, PATIENCE};
 use crate::otel_vars;
 
 /// A collector that accepts every connection and never answers (nor closes).
-async fn black_hole() -> String {
+pub async fn black_hole() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
