@@ -10,7 +10,8 @@
 //! - Follow: every confirmed event is announced to the processes serving its
 //!   stream's readers, on each one's own channel (`announce.rs`); that one
 //!   subscription per process feeds local mirrors, which read the log itself
-//!   only to catch up (`tail.rs`). A process says which streams it follows
+//!   only to catch up (`tail.rs`). The generating process's own mirror of a
+//!   stream takes its events in place, through Redis not at all (`routes.rs`). A process says which streams it follows
 //!   with follow and leave notices to their generators (`control.rs`), which
 //!   keep each stream's followers (`routes.rs`): a process hears only the
 //!   events of the streams it serves readers of.
@@ -53,9 +54,11 @@
 //!
 //! The ordering rules, each held by a test (in `tests.rs` unless named):
 //! 1. An event is announced only once Redis confirmed its append, each once,
-//!    in append order (`appends.rs` `settle`):
+//!    in append order (`appends.rs` `settle`), to other processes and to the
+//!    generating process's own mirror alike:
 //!    `every_confirmed_event_and_no_refused_one_is_announced_in_order`,
-//!    `concurrent_streams_each_have_every_event_announced_once_in_order`.
+//!    `concurrent_streams_each_have_every_event_announced_once_in_order`,
+//!    `a_process_reading_a_stream_it_generates_takes_every_event_in_place_and_publishes_nothing`.
 //! 2. A mirror takes events only in seq order; one past a gap is held until
 //!    the log has been read up to it (`tail.rs`):
 //!    `an_announcement_past_a_gap_is_held_and_asks_for_one_catch_up` (tail.rs),
@@ -173,10 +176,11 @@ impl Shared {
         self.leases.lock().unwrap().contains_key(id)
     }
 
-    /// Has the announcements of `id` sent to this process from now on: at once
-    /// when it is generated here, else through a notice to its generator.
+    /// Has the announcements of `id` sent to this process from now on: at once,
+    /// and into its mirror in place, when it is generated here; else through a
+    /// notice to its generator.
     fn follow_here(&self, id: &StreamId) {
-        if self.routes.follow(id, &self.channel) == Followed::Unknown {
+        if self.routes.follow_here(id) == Followed::Unknown {
             self.notices.send(Notice::Follow(id.clone()));
         }
     }
@@ -185,7 +189,7 @@ impl Shared {
     /// was) generated here, else through a notice to its generator.
     fn leave_here(&self, id: &StreamId) {
         if self.routes.knows(id) {
-            self.routes.leave(id, &self.channel);
+            self.routes.leave_here(id);
         } else {
             self.notices.send(Notice::Leave(id.clone()));
         }
@@ -359,6 +363,7 @@ impl RedisStore {
         control::listen(control, Arc::downgrade(&shared));
         let announcements = Subscription::open(target, &shared.channel, stop.clone()).await.map_err(unavailable)?;
         let tails = Tails::start(shared.clone(), announcements, stop.clone());
+        shared.routes.set_mirrors(Arc::downgrade(&tails));
         upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
         Ok(Self { shared, tails, stop })
     }

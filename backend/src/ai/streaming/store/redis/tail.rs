@@ -1,5 +1,6 @@
 //! Following logs in Redis: one subscription per process, to its own channel,
-//! feeds a local mirror of every log that has readers here; readers follow the
+//! feeds a local mirror of every log that has readers here (the logs generated
+//! here are fed by the append path itself, `routes.rs`); readers follow the
 //! mirror the way they follow a memory log (a `Notify` wakes them). A mirror
 //! asks the stream's generator for its announcements when it is created and
 //! tells it when its last reader leaves (`control.rs`), so the channel carries
@@ -366,6 +367,26 @@ impl Tails {
         let reply: redis::Value =
             redis::cmd("XRANGE").arg(log_key).arg(entry_id(from)).arg("+").arg("COUNT").arg(READ_BATCH).query_async(&mut conn).await?;
         events_of(reply).ok_or_else(|| malformed("XRANGE"))
+    }
+
+    /// Events confirmed here, of streams generated and followed here, to
+    /// their mirrors: the announcements this process makes to itself
+    /// (`routes.rs`), taken like any other.
+    pub fn offer_confirmed(self: &Arc<Self>, events: Vec<(StreamId, LoggedEvent)>) {
+        let mut gaps = Vec::new();
+        {
+            let mirrors = self.mirrors.lock().unwrap();
+            for (id, event) in events {
+                if let Some(mirror) = mirrors.get(&id) {
+                    if mirror.offer(event) {
+                        gaps.push(mirror.clone());
+                    }
+                }
+            }
+        }
+        for mirror in gaps {
+            tokio::spawn(self.clone().catch_up(mirror));
+        }
     }
 
     /// Announcements of one message, to the mirrors of their logs.

@@ -593,6 +593,32 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     }
 }
 
+#[tokio::test]
+async fn a_process_reading_a_stream_it_generates_takes_every_event_in_place_and_publishes_nothing() {
+    // A Redis of the test's own, so its command counts are this process's alone.
+    let redis = test_server::TestServer::start(&[]).await;
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let store = RedisStore::connect(&RedisTarget::Node(redis.url()), config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let id = StreamId::generate();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut follower = store.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 0).await, [0]);
+    const EVENTS: u64 = 50;
+    for seq in 1..EVENTS {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    log.append(EVENTS, &end()).await.unwrap();
+    // Each once and in order, well before a silent log would have been read.
+    let (events, failure) = tokio::time::timeout(tail::SILENCE / 2, drain(follower)).await.expect("the events come at once");
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=EVENTS).collect::<Vec<_>>());
+    assert_eq!(events.last(), Some(&end().at(EVENTS)));
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    assert!(!stats.contains("cmdstat_publish:"), "nothing went through Redis's pub/sub: {stats}");
+}
+
 /// Reads `pubsub` until the event at `seq` of `until` arrives; returns every
 /// announced event on the way, by stream.
 async fn announced_until(pubsub: &mut redis::aio::PubSub, until: &StreamId, seq: u64) -> Vec<(Bytes, u64)> {
