@@ -143,6 +143,14 @@ fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
+/// Whether a presence mark expects to find the key: a stream's first reader
+/// here mostly does not, a refresh mostly does.
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    LikelyAbsent,
+    LikelyThere,
+}
+
 /// A log's meta hash as `status` reads it: `state`, `len`, `owner`.
 type MetaFields = (Option<String>, Option<u64>, Option<String>);
 
@@ -205,7 +213,12 @@ impl Shared {
     /// presence key lives at least a grace plus [`PRESENCE_SLACK`] more, so a
     /// reader that stays is counted however late the next refresh comes.
     async fn mark_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
-        self.extend_presence(id, self.grace + PRESENCE_SLACK).await
+        self.extend_presence(id, self.grace + PRESENCE_SLACK, Presence::LikelyAbsent).await
+    }
+
+    /// Refreshes the mark of a stream this process serves readers of (`upkeep.rs`).
+    async fn refresh_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
+        self.extend_presence(id, self.grace + PRESENCE_SLACK, Presence::LikelyThere).await
     }
 
     /// Marks that this process's last reader of `id` left now: the key lives
@@ -213,31 +226,37 @@ impl Shared {
     fn mark_left(self: &Arc<Self>, id: &StreamId) {
         let (shared, id) = (self.clone(), id.clone());
         tokio::spawn(async move {
-            let _ = shared.extend_presence(&id, shared.grace).await;
+            let _ = shared.extend_presence(&id, shared.grace, Presence::LikelyThere).await;
         });
     }
 
     /// Makes the presence key live at least `ttl` more, never less than any
     /// process asked before: marks are only ever extended, so no process's
     /// mark (a leave here) shortens another's (a reader there), in whatever
-    /// order they land.
-    async fn extend_presence(&self, id: &StreamId, ttl: Duration) -> redis::RedisResult<()> {
+    /// order they land. `SET … NX` makes a missing key, `PEXPIRE … GT` extends
+    /// one; the likelier to do it goes first, and the other only if it did not.
+    async fn extend_presence(&self, id: &StreamId, ttl: Duration, presence: Presence) -> redis::RedisResult<()> {
         let (key, ttl) = (self.keys.readers(id), ttl.as_millis().max(1) as u64);
-        redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("PX")
-            .arg(ttl)
-            .arg("NX")
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ttl)
-            .arg("GT")
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        let mut conn = self.conn.clone();
+        let mut make = redis::cmd("SET");
+        make.arg(&key).arg(1).arg("PX").arg(ttl).arg("NX");
+        let mut extend = redis::cmd("PEXPIRE");
+        extend.arg(&key).arg(ttl).arg("GT");
+        match presence {
+            Presence::LikelyAbsent => {
+                let made: Option<String> = make.query_async(&mut conn).await?;
+                if made.is_none() {
+                    extend.query_async::<i64>(&mut conn).await?;
+                }
+            }
+            Presence::LikelyThere => {
+                let extended: i64 = extend.query_async(&mut conn).await?;
+                if extended == 0 {
+                    make.query_async::<Option<String>>(&mut conn).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn finish(&self, id: &StreamId, seq: Option<u64>, record: &EventRecord) -> redis::RedisResult<Finish> {
