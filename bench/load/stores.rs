@@ -82,7 +82,11 @@ impl SharedRedis {
 
     async fn reset_stats(&self) {
         for url in &self.nodes {
-            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut redis_connection(url).await).await.expect("CONFIG RESETSTAT answers");
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut redis_connection(url).await)
+                .await
+                .expect("CONFIG RESETSTAT answers");
         }
     }
 
@@ -430,8 +434,8 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let (lag, machine) = streams(&route, &config.lag).await;
     let after = config.redis.received();
     let live_ai_cpu_seconds = generator.cpu_seconds() + reader.cpu_seconds() - cpu;
-    let received = [&generator, &reader]
-        .map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)));
+    let received =
+        [&generator, &reader].map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)));
     let commands = config.redis.commands().await;
     let redis_cpu_per_node = minus(&config.redis.cpu().await, &cpu_before);
     generator.stop(Duration::from_secs(10)).await;
@@ -439,7 +443,8 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     config.redis.clean_up(&prefix).await;
     // Ours: the two processes' command connections and subscriptions, and this
     // one (on one node; a cluster is the benchmark's own).
-    let other_clients = if config.redis.cluster.is_some() { 0 } else { info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5 };
+    let other_clients =
+        if config.redis.cluster.is_some() { 0 } else { info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5 };
     let redis_cpu_seconds = redis_cpu_per_node.iter().sum();
     RedisRun { lag, machine, commands, other_clients, redis_cpu_seconds, redis_cpu_per_node, live_ai_cpu_seconds, received }
 }
@@ -621,7 +626,11 @@ pub async fn main(args: &[String]) {
         config.lag.streams,
         config.lag.tokens_per_second,
         config.lag.first_token.as_millis(),
-        if config.redis.cluster.is_some() { format!("cluster of 3 primaries at {}", config.redis.setting.1) } else { config.redis_url.clone() },
+        if config.redis.cluster.is_some() {
+            format!("cluster of 3 primaries at {}", config.redis.setting.1)
+        } else {
+            config.redis_url.clone()
+        },
         if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() },
         config.coalesce.as_deref().unwrap_or("(default)")
     );

@@ -442,9 +442,13 @@ async fn a_first_readers_presence_mark_and_a_refresh_each_cost_one_command() {
     commands_since_reset(&mut conn).await;
     store.shared.mark_reading(&id).await.unwrap();
     assert_eq!(commands_since_reset(&mut conn).await, [("set".to_owned(), 1)], "a new key is made by one SET NX");
+    // As a refresh finds it: marked a while ago, with less time left.
+    let key = store.shared.keys.readers(&id);
+    conn.pexpire::<_, ()>(&key, grace.as_millis() as i64).await.unwrap();
+    commands_since_reset(&mut conn).await;
     store.shared.refresh_reading(&id).await.unwrap();
     assert_eq!(commands_since_reset(&mut conn).await, [("pexpire".to_owned(), 1)], "a key there is extended by one PEXPIRE GT");
-    let left: i64 = conn.pttl(store.shared.keys.readers(&id)).await.unwrap();
+    let left: i64 = conn.pttl(&key).await.unwrap();
     assert!(Duration::from_millis(left as u64) > grace, "marked for the grace and the slack ({left} ms)");
 }
 
