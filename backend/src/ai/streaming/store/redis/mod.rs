@@ -20,10 +20,11 @@
 //!   `cancel` and publishes on `<prefix>:cancel` (the control channel,
 //!   `control.rs`), so the generator learns of it on the next renewal even if
 //!   the message is lost.
-//! - Presence: every process serving a reader of a stream refreshes `readers`
-//!   (expiring after the resume grace plus two refresh intervals), so the
-//!   generator abandons a stream only when no process anywhere had a reader for
-//!   the whole grace (`upkeep.rs`).
+//! - Presence: every process serving a reader of a stream marks `readers`
+//!   when the reader comes and refreshes it every other upkeep round (expiring
+//!   after the resume grace plus `PRESENCE_SLACK`), so the generator abandons a
+//!   stream only when no process anywhere had a reader for the whole grace
+//!   (`upkeep.rs`).
 //! - Every command has a timeout; Redis going away ends open streams with a
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
