@@ -47,22 +47,29 @@ mod stats;
 mod stores;
 #[path = "load/unpaced.rs"]
 mod unpaced;
+// The tests' private Redis Cluster, shared by path (`load stores --cluster`).
+#[allow(dead_code)]
+#[path = "../backend/src/ai/streaming/store/redis/test_server.rs"]
+mod test_server;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// `--name value` flags.
+/// `--name value` flags; a `--name` followed by another flag (or nothing) is `true`.
 pub struct Flags(HashMap<String, String>);
 
 impl Flags {
     pub fn parse(args: &[String]) -> Self {
         let mut flags = HashMap::new();
-        let mut args = args.iter();
+        let mut args = args.iter().peekable();
         while let Some(arg) = args.next() {
             let name = arg.strip_prefix("--").unwrap_or_else(|| panic!("expected a --flag, got {arg:?}"));
-            let value = args.next().unwrap_or_else(|| panic!("--{name} needs a value"));
-            flags.insert(name.to_owned(), value.clone());
+            let value = match args.peek() {
+                Some(next) if !next.starts_with("--") => args.next().expect("peeked").clone(),
+                _ => "true".to_owned(),
+            };
+            flags.insert(name.to_owned(), value);
         }
         Self(flags)
     }

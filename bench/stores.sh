@@ -6,6 +6,9 @@
 # Usage: bench/stores.sh [RUNS] [STREAMS] [TPS]; more knobs: bench/load.rs `stores`.
 # `bench/stores.sh 3 1000 50 --spread 4`: four processes share the streams (each
 # starts and reads a quarter), and each one's bytes received from Redis are shown.
+# `--cluster`: the Redis-mode processes share a private Redis Cluster of three
+# primaries started (and stopped) by the benchmark instead of REDIS_URL.
+# `--coalesce off`: every process runs with COALESCE=off (default: the server's).
 # Seven runs by default: on a shared 2-core box the ratio moves 2-3x between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -28,6 +28,14 @@
 //! the processes' bytes — with every stream read on one process, about what one
 //! process received when every process was sent every event.
 //!
+//! With `--cluster` the Redis-mode processes share a private Redis Cluster of
+//! three primaries (no replicas) started for the benchmark on free loopback
+//! ports (`REDIS_CLUSTER_URLS`; the tests' own cluster, `test_server.rs`) instead
+//! of the Redis at `--redis-url`: commands are summed over every node's `INFO
+//! commandstats`, Redis CPU is shown per node, and a process's bytes received
+//! are summed over its connections to every node. The nodes stop with the
+//! benchmark.
+//!
 //! The stream resume grace stays at its default (30 s); B's readers keep A's
 //! generations alive through the presence keys, and the endings column would show
 //! a generation cancelled as abandoned.
@@ -43,12 +51,93 @@ use super::lag::{self, LagConfig, LagResult, Route};
 use super::perf::live_ai_env;
 use super::servers::{cpu_seconds_of, load_average, MachineBusy, Server};
 use super::stats::median;
+use super::test_server::TestCluster;
 use super::Flags;
+
+/// The Redis the Redis-mode processes share: the machine's one node, or a
+/// cluster of three primaries of the benchmark's own (`--cluster`).
+struct SharedRedis {
+    /// Each node's URL, for its own stats.
+    nodes: Vec<String>,
+    /// The processes' setting that names it.
+    setting: (&'static str, String),
+    /// The private cluster, stopped when dropped.
+    cluster: Option<TestCluster>,
+}
+
+impl SharedRedis {
+    fn node(url: &str) -> Self {
+        Self { nodes: vec![url.to_owned()], setting: ("REDIS_URL", url.to_owned()), cluster: None }
+    }
+
+    fn cluster() -> Self {
+        let cluster = TestCluster::with_replicas(0);
+        let nodes = cluster.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect();
+        Self { nodes, setting: ("REDIS_CLUSTER_URLS", cluster.urls()), cluster: Some(cluster) }
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|url| url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379)).collect()
+    }
+
+    async fn reset_stats(&self) {
+        for url in &self.nodes {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut redis_connection(url).await)
+                .await
+                .expect("CONFIG RESETSTAT answers");
+        }
+    }
+
+    /// Calls per command name since the reset, summed over the nodes.
+    async fn commands(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        for url in &self.nodes {
+            for (name, calls) in command_calls(&info(&mut redis_connection(url).await, "commandstats").await) {
+                *all.entry(name).or_default() += calls;
+            }
+        }
+        all
+    }
+
+    /// Each node's CPU seconds so far.
+    async fn cpu(&self) -> Vec<f64> {
+        let mut cpu = Vec::new();
+        for url in &self.nodes {
+            cpu.push(redis_cpu(&info(&mut redis_connection(url).await, "cpu").await));
+        }
+        cpu
+    }
+
+    /// Bytes received so far, per process id, over its connections to every node.
+    fn received(&self) -> BTreeMap<u32, u64> {
+        let mut all = BTreeMap::new();
+        for port in self.ports() {
+            for (pid, bytes) in received_from_port(port) {
+                *all.entry(pid).or_default() += bytes;
+            }
+        }
+        all
+    }
+
+    /// Deletes a run's keys on one node; a cluster goes with the benchmark.
+    async fn clean_up(&self, prefix: &str) {
+        if self.cluster.is_none() {
+            clean_up(&mut redis_connection(&self.nodes[0]).await, prefix).await;
+        }
+    }
+}
+
+fn minus(after: &[f64], before: &[f64]) -> Vec<f64> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
 
 struct StoresConfig {
     runs: usize,
     lag: LagConfig,
     redis_url: String,
+    redis: SharedRedis,
     live_ai: PathBuf,
     monitor_streams: usize,
     /// Tokio workers of each Redis-mode process (`TOKIO_WORKER_THREADS`); 0 keeps
@@ -56,6 +145,8 @@ struct StoresConfig {
     redis_workers: usize,
     /// Processes sharing the streams (`--spread K`); 0 for the A → B runs.
     spread: usize,
+    /// `COALESCE` of every process (`--coalesce on|off`); the server's default if unset.
+    coalesce: Option<String>,
 }
 
 /// One run of `--spread K`.
@@ -67,6 +158,8 @@ struct SpreadRun {
     /// Bytes each process received from Redis during the run.
     received: Vec<u64>,
     redis_cpu_seconds: f64,
+    /// Each node's share of it.
+    redis_cpu_per_node: Vec<f64>,
     live_ai_cpu_seconds: f64,
 }
 
@@ -105,23 +198,21 @@ fn received_from_port(port: u16) -> BTreeMap<u32, u64> {
 
 async fn spread_run(config: &StoresConfig, label: &str) -> SpreadRun {
     let prefix = prefix(label);
-    let mut conn = redis_connection(&config.redis_url).await;
     let env = redis_env(config, &prefix);
     let mut servers = Vec::new();
     for _ in 0..config.spread {
         servers.push(Server::start("live-ai (spread)", &config.live_ai, &env).await);
     }
-    let port: u16 = config.redis_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379);
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("CONFIG RESETSTAT answers");
-    let cpu_before = redis_cpu(&info(&mut conn, "cpu").await);
+    config.redis.reset_stats().await;
+    let cpu_before = config.redis.cpu().await;
     let cpu: f64 = servers.iter().map(Server::cpu_seconds).sum();
-    let before = received_from_port(port);
+    let before = config.redis.received();
     let route = Route::Spread { bases: servers.iter().map(|s| s.base.clone()).collect() };
     let (lag, machine) = streams(&route, &config.lag).await;
-    let after = received_from_port(port);
+    let after = config.redis.received();
     let live_ai_cpu_seconds = servers.iter().map(Server::cpu_seconds).sum::<f64>() - cpu;
-    let commands = command_calls(&info(&mut conn, "commandstats").await);
-    let redis_cpu_seconds = redis_cpu(&info(&mut conn, "cpu").await) - cpu_before;
+    let commands = config.redis.commands().await;
+    let redis_cpu_per_node = minus(&config.redis.cpu().await, &cpu_before);
     let received = servers
         .iter()
         .map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)))
@@ -129,8 +220,9 @@ async fn spread_run(config: &StoresConfig, label: &str) -> SpreadRun {
     for server in servers {
         server.stop(Duration::from_secs(10)).await;
     }
-    clean_up(&mut conn, &prefix).await;
-    SpreadRun { lag, machine, commands, received, redis_cpu_seconds, live_ai_cpu_seconds }
+    config.redis.clean_up(&prefix).await;
+    let redis_cpu_seconds = redis_cpu_per_node.iter().sum();
+    SpreadRun { lag, machine, commands, received, redis_cpu_seconds, redis_cpu_per_node, live_ai_cpu_seconds }
 }
 
 fn report_spread(config: &StoresConfig, runs: &[SpreadRun]) {
@@ -160,11 +252,14 @@ fn report_spread(config: &StoresConfig, runs: &[SpreadRun]) {
     row("bytes received per process (MB, mean)", 2, &|r| r.received.iter().sum::<u64>() as f64 / r.received.len().max(1) as f64 / 1e6);
     row("live-ai CPU seconds (all processes)", 2, &|r| r.live_ai_cpu_seconds);
     row("Redis CPU seconds", 2, &|r| r.redis_cpu_seconds);
+    for node in 0..nodes(config) {
+        row(&format!("Redis CPU seconds, node {}", node + 1), 2, &|r| r.redis_cpu_per_node.get(node).copied().unwrap_or(0.0));
+    }
     row("CPU µs per event (all processes + Redis)", 1, &|r| {
         1e6 * (r.live_ai_cpu_seconds + r.redis_cpu_seconds) / r.lag.events.max(1) as f64
     });
     row("machine busy while streaming (% of all cores)", 0, &|r| r.machine.busy_percent);
-    row("Redis commands per appended event (INFO commandstats)", 2, &|r| r.commands_per_event());
+    row("Redis commands per appended event (INFO commandstats, all nodes)", 2, &|r| r.commands_per_event());
     println!();
     let mut names: Vec<&String> = runs.iter().flat_map(|r| r.commands.keys()).collect();
     names.sort();
@@ -202,7 +297,11 @@ struct RedisRun {
     commands: BTreeMap<String, u64>,
     other_clients: i64,
     redis_cpu_seconds: f64,
+    /// Each node's share of it.
+    redis_cpu_per_node: Vec<f64>,
     live_ai_cpu_seconds: f64,
+    /// Bytes A and B received from Redis during the run.
+    received: [u64; 2],
 }
 
 /// What `MONITOR` showed of one run: commands by name, per source.
@@ -236,13 +335,25 @@ fn prefix(run: &str) -> String {
 fn server_env(config: &StoresConfig, store: &str, extra: &[(&str, String)]) -> Vec<(String, String)> {
     let max = (config.lag.streams * 2).to_string();
     let mut all = vec![("STREAM_STORE", store.to_owned()), ("MAX_CONCURRENT_STREAMS", max)];
+    if let Some(coalesce) = &config.coalesce {
+        all.push(("COALESCE", coalesce.clone()));
+    }
     all.extend(extra.iter().cloned());
     live_ai_env(config.lag.tokens_per_second, config.lag.first_token, &all)
 }
 
-/// The environment of the two Redis-mode processes under `prefix`.
+/// Nodes of the shared Redis (1, or 3 with `--cluster`).
+fn nodes(config: &StoresConfig) -> usize {
+    if config.redis.nodes.len() > 1 {
+        config.redis.nodes.len()
+    } else {
+        0
+    }
+}
+
+/// The environment of the Redis-mode processes under `prefix`.
 fn redis_env(config: &StoresConfig, prefix: &str) -> Vec<(String, String)> {
-    let mut extra = vec![("REDIS_URL", config.redis_url.clone()), ("REDIS_KEY_PREFIX", prefix.to_owned())];
+    let mut extra = vec![config.redis.setting.clone(), ("REDIS_KEY_PREFIX", prefix.to_owned())];
     if config.redis_workers > 0 {
         extra.push(("TOKIO_WORKER_THREADS", config.redis_workers.to_string()));
     }
@@ -311,25 +422,31 @@ async fn memory_run(config: &StoresConfig) -> MemoryRun {
 
 async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let prefix = prefix(label);
-    let mut conn = redis_connection(&config.redis_url).await;
     let env = redis_env(config, &prefix);
     let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
     let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.expect("CONFIG RESETSTAT answers");
-    let clients = info(&mut conn, "clients").await;
-    let cpu_before = redis_cpu(&info(&mut conn, "cpu").await);
+    config.redis.reset_stats().await;
+    let clients = info(&mut redis_connection(&config.redis.nodes[0]).await, "clients").await;
+    let cpu_before = config.redis.cpu().await;
     let cpu = generator.cpu_seconds() + reader.cpu_seconds();
+    let before = config.redis.received();
     let route = Route::Split { create: generator.base.clone(), read: reader.base.clone() };
     let (lag, machine) = streams(&route, &config.lag).await;
+    let after = config.redis.received();
     let live_ai_cpu_seconds = generator.cpu_seconds() + reader.cpu_seconds() - cpu;
-    let commands = command_calls(&info(&mut conn, "commandstats").await);
-    let redis_cpu_seconds = redis_cpu(&info(&mut conn, "cpu").await) - cpu_before;
+    let received =
+        [&generator, &reader].map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)));
+    let commands = config.redis.commands().await;
+    let redis_cpu_per_node = minus(&config.redis.cpu().await, &cpu_before);
     generator.stop(Duration::from_secs(10)).await;
     reader.stop(Duration::from_secs(10)).await;
-    clean_up(&mut conn, &prefix).await;
-    // Ours: the two processes' command connections and subscriptions, and this one.
-    let other_clients = info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5;
-    RedisRun { lag, machine, commands, other_clients, redis_cpu_seconds, live_ai_cpu_seconds }
+    config.redis.clean_up(&prefix).await;
+    // Ours: the two processes' command connections and subscriptions, and this
+    // one (on one node; a cluster is the benchmark's own).
+    let other_clients =
+        if config.redis.cluster.is_some() { 0 } else { info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5 };
+    let redis_cpu_seconds = redis_cpu_per_node.iter().sum();
+    RedisRun { lag, machine, commands, other_clients, redis_cpu_seconds, redis_cpu_per_node, live_ai_cpu_seconds, received }
 }
 
 /// Commands naming the run's key prefix seen by `MONITOR` during a small split run.
@@ -418,6 +535,11 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory.live_ai_cpu_seconds);
     row("live-ai CPU seconds (all processes)", "redis (A → B)", 2, &|r| r.redis.live_ai_cpu_seconds);
     row("Redis CPU seconds", "redis (A → B)", 2, &|r| r.redis.redis_cpu_seconds);
+    for node in 0..nodes(config) {
+        row(&format!("Redis CPU seconds, node {}", node + 1), "redis (A → B)", 2, &|r| {
+            r.redis.redis_cpu_per_node.get(node).copied().unwrap_or(0.0)
+        });
+    }
     row("CPU µs per event (live-ai processes + Redis)", "memory (1 process)", 1, &|r| {
         1e6 * r.memory.live_ai_cpu_seconds / r.memory.lag.events.max(1) as f64
     });
@@ -428,7 +550,9 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     row("load generator CPU seconds", "redis (A → B)", 2, &|r| r.redis.machine.client_cpu_seconds);
     row("machine busy while streaming (% of all cores)", "memory (1 process)", 0, &|r| r.memory.machine.busy_percent);
     row("machine busy while streaming (% of all cores)", "redis (A → B)", 0, &|r| r.redis.machine.busy_percent);
-    row("Redis commands per appended event (INFO commandstats)", "redis (A → B)", 2, &|r| r.redis.commands_per_event());
+    row("Redis commands per appended event (INFO commandstats, all nodes)", "redis (A → B)", 2, &|r| r.redis.commands_per_event());
+    row("bytes received from Redis, A (MB)", "redis (A → B)", 2, &|r| r.redis.received[0] as f64 / 1e6);
+    row("bytes received from Redis, B (MB)", "redis (A → B)", 2, &|r| r.redis.received[1] as f64 / 1e6);
     row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag.lag_ms_p99);
     println!();
     let mut names: Vec<&String> = runs.iter().flat_map(|r| r.redis.commands.keys()).collect();
@@ -467,9 +591,11 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
 
 /// `load stores --live-ai BIN [--runs 3] [--streams 1000] [--tps 50]
 /// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]
-/// [--redis-workers 0] [--spread 0]`
+/// [--redis-workers 0] [--spread 0] [--cluster] [--coalesce on|off]`
 pub async fn main(args: &[String]) {
     let flags = Flags::parse(args);
+    let redis_url = flags.get("redis-url", "redis://127.0.0.1:6379".to_owned());
+    let redis = if flags.get("cluster", false) { SharedRedis::cluster() } else { SharedRedis::node(&redis_url) };
     let config = StoresConfig {
         runs: flags.get("runs", 3),
         lag: LagConfig {
@@ -478,11 +604,14 @@ pub async fn main(args: &[String]) {
             first_token: Duration::from_millis(flags.get("first-token-ms", 200)),
             patience: Duration::from_secs(flags.get("patience-seconds", 120)),
         },
-        redis_url: flags.get("redis-url", "redis://127.0.0.1:6379".to_owned()),
+        redis_url,
+        redis,
         live_ai: flags.path("live-ai"),
-        monitor_streams: flags.get("monitor-streams", 100),
+        // `MONITOR` watches one node.
+        monitor_streams: if flags.get("cluster", false) { 0 } else { flags.get("monitor-streams", 100) },
         redis_workers: flags.get("redis-workers", 0),
         spread: flags.get("spread", 0),
+        coalesce: Some(flags.get("coalesce", String::new())).filter(|c| !c.is_empty()),
     };
     let host = config.redis_url.trim_start_matches("redis://");
     assert!(
@@ -492,13 +621,18 @@ pub async fn main(args: &[String]) {
     );
     super::warn_if_few_files(config.lag.streams * 2);
     println!(
-        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}; workers per Redis-mode process: {}",
+        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}; workers per Redis-mode process: {}; COALESCE {}",
         config.runs,
         config.lag.streams,
         config.lag.tokens_per_second,
         config.lag.first_token.as_millis(),
-        config.redis_url,
-        if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() }
+        if config.redis.cluster.is_some() {
+            format!("cluster of 3 primaries at {}", config.redis.setting.1)
+        } else {
+            config.redis_url.clone()
+        },
+        if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() },
+        config.coalesce.as_deref().unwrap_or("(default)")
     );
     if config.spread > 0 {
         let mut runs = Vec::new();

@@ -1,6 +1,7 @@
 //! Appended events, announced to the processes that serve their readers: after
 //! Redis confirmed an append, the event itself goes out on the channel of each
-//! process following its stream (`routes.rs` says which), so such a process
+//! other process following its stream (`routes.rs` says which; this process's
+//! own mirror takes it in place), so such a process
 //! learns of it from one message and never asks Redis for it, and a process
 //! without readers of the stream hears nothing of it. The append pipeline
 //! (`appends.rs`) publishes whatever is ready for a process in one `PUBLISH`,
@@ -53,8 +54,11 @@ impl Announcer {
     }
 
     /// Announces `record`, confirmed at `seq` of `id`'s log, to the processes
-    /// following `id` now.
+    /// following `id` now: this one's mirror takes it at once (`routes.rs`).
     pub fn announce(&self, id: &StreamId, seq: u64, record: &EventRecord) {
+        if self.routes.is_followed_here(id) {
+            self.routes.deliver_here(vec![(id.clone(), record.clone().at(seq))]);
+        }
         let to = self.routes.readers_of(id);
         if to.is_empty() {
             return;
@@ -81,15 +85,43 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn push(&mut self, to: &Arc<str>, record: &[u8]) {
-        let at = match self.waiting.iter().position(|(channel, _)| channel == to) {
+        let at = self.slot(to);
+        self.waiting[at].1.extend_from_slice(record);
+        self.bytes += record.len();
+    }
+
+    /// `record`, confirmed at `seq` of `id`'s log, for each channel of `to`:
+    /// encoded once, straight into the first one's message.
+    pub fn push_event(&mut self, to: &[Arc<str>], id: &StreamId, seq: u64, record: &EventRecord) {
+        let Some((first, rest)) = to.split_first() else { return };
+        let at = self.slot(first);
+        let start = self.waiting[at].1.len();
+        encode(&mut self.waiting[at].1, id, seq, record);
+        let len = self.waiting[at].1.len() - start;
+        self.bytes += len;
+        for channel in rest {
+            let other = self.slot(channel);
+            let (from, into) = if other < at {
+                let (head, tail) = self.waiting.split_at_mut(at);
+                (&tail[0].1, &mut head[other].1)
+            } else {
+                let (head, tail) = self.waiting.split_at_mut(other);
+                (&head[at].1, &mut tail[0].1)
+            };
+            into.extend_from_slice(&from[start..start + len]);
+            self.bytes += len;
+        }
+    }
+
+    /// The index of `to`'s message, made if it has none yet.
+    fn slot(&mut self, to: &Arc<str>) -> usize {
+        match self.waiting.iter().position(|(channel, _)| channel == to) {
             Some(at) => at,
             None => {
                 self.waiting.push((to.clone(), BytesMut::new()));
                 self.waiting.len() - 1
             }
-        };
-        self.waiting[at].1.extend_from_slice(record);
-        self.bytes += record.len();
+        }
     }
 
     pub fn push_outgoing(&mut self, outgoing: &Outgoing) {
@@ -219,6 +251,26 @@ mod tests {
         assert_eq!(outbox.bytes(), 3);
         assert_eq!(outbox.take(), [(a, Bytes::from_static(b"13")), (b, Bytes::from_static(b"2"))]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn an_event_pushed_for_several_channels_is_the_same_record_in_each_message() {
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let id = StreamId::parse("s1").unwrap();
+        let chunk = EventRecord::new(&EventBody::Chunk { token: "hi".into() });
+        let mut one = BytesMut::new();
+        encode(&mut one, &id, 3, &chunk);
+        let mut outbox = Outbox::default();
+        outbox.push(&b, b"x");
+        outbox.push_event(&[c.clone(), b.clone(), a.clone()], &id, 3, &chunk);
+        assert_eq!(outbox.bytes(), 1 + 3 * one.len());
+        let mut then_x = b"x".to_vec();
+        then_x.extend_from_slice(&one);
+        assert_eq!(
+            outbox.take(),
+            [(b, Bytes::from(then_x)), (c, one.clone().freeze()), (a, one.freeze())],
+            "each channel's message in order, the record once in each"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::announce::{self, Outbox, Outgoing, MESSAGE_LIMIT};
+use super::announce::{Outbox, Outgoing, MESSAGE_LIMIT};
 use super::routes::Routes;
 use super::wire::{self, Link, Reply};
 use crate::ai::streaming::events::{EventRecord, StreamId};
@@ -397,26 +397,36 @@ impl Connection {
     }
 }
 
-/// Queues the announcements of what landed, each for the processes following
-/// its stream now, then tells each append's generator its outcome: in that
-/// order, so a stream's next event (its terminal one, announced through the
-/// queue) is never announced first.
+/// Queues the announcements of what landed, each for the other processes
+/// following its stream now, and hands this process's mirrors the events of
+/// the streams it follows itself; then tells each append's generator its
+/// outcome: in that order, so a stream's next event (its terminal one,
+/// announced by its generator) is never announced first.
 fn settle(sent: Sent, message: &mut Outbox, routes: &Routes) {
-    let routes = routes.lock();
-    let mut record = BytesMut::new();
-    for (append, outcome) in sent.batch.iter().zip(&sent.outcomes) {
-        let Some(route) = routes.get(&append.id).filter(|route| !route.readers.is_empty()) else { continue };
-        if *outcome == Xadd::Appended {
-            record.clear();
-            announce::encode(&mut record, &append.id, append.seq, &append.record);
-            for to in &route.readers {
-                message.push(to, &record);
+    let mut followed_here = Vec::with_capacity(sent.batch.len());
+    {
+        let routes = routes.lock();
+        for (append, outcome) in sent.batch.iter().zip(&sent.outcomes) {
+            let route = routes.get(&append.id).filter(|_| *outcome == Xadd::Appended);
+            followed_here.push(route.is_some_and(|route| route.here));
+            if let Some(route) = route {
+                message.push_event(&route.readers, &append.id, append.seq, &append.record);
             }
         }
     }
-    drop(routes);
-    for (append, outcome) in sent.batch.into_iter().zip(sent.outcomes) {
-        let _ = append.done.send(outcome);
+    let (mut here, mut told_after) = (Vec::new(), Vec::new());
+    for ((append, outcome), followed_here) in sent.batch.into_iter().zip(sent.outcomes).zip(followed_here) {
+        if followed_here {
+            here.push((append.id, append.record.at(append.seq)));
+            told_after.push((append.done, outcome));
+        } else {
+            let _ = append.done.send(outcome);
+        }
+    }
+    // Outside the routes' lock: the mirrors' lock is taken before it elsewhere.
+    routes.deliver_here(here);
+    for (done, outcome) in told_after {
+        let _ = done.send(outcome);
     }
 }
 
@@ -573,6 +583,7 @@ fn outcome(reply: Reply) -> Xadd {
 mod tests {
     use futures::StreamExt;
 
+    use super::super::announce;
     use super::super::test_server::TestServer;
     use super::*;
     use crate::ai::streaming::events::EventBody;

@@ -10,7 +10,8 @@
 //! - Follow: every confirmed event is announced to the processes serving its
 //!   stream's readers, on each one's own channel (`announce.rs`); that one
 //!   subscription per process feeds local mirrors, which read the log itself
-//!   only to catch up (`tail.rs`). A process says which streams it follows
+//!   only to catch up (`tail.rs`). The generating process's own mirror of a
+//!   stream takes its events in place, through Redis not at all (`routes.rs`). A process says which streams it follows
 //!   with follow and leave notices to their generators (`control.rs`), which
 //!   keep each stream's followers (`routes.rs`): a process hears only the
 //!   events of the streams it serves readers of.
@@ -19,10 +20,11 @@
 //!   `cancel` and publishes on `<prefix>:cancel` (the control channel,
 //!   `control.rs`), so the generator learns of it on the next renewal even if
 //!   the message is lost.
-//! - Presence: every process serving a reader of a stream refreshes `readers`
-//!   (expiring after the resume grace plus two refresh intervals), so the
-//!   generator abandons a stream only when no process anywhere had a reader for
-//!   the whole grace (`upkeep.rs`).
+//! - Presence: every process serving a reader of a stream marks `readers`
+//!   when the reader comes and refreshes it every other upkeep round (expiring
+//!   after the resume grace plus `PRESENCE_SLACK`), so the generator abandons a
+//!   stream only when no process anywhere had a reader for the whole grace
+//!   (`upkeep.rs`).
 //! - Every command has a timeout; Redis going away ends open streams with a
 //!   retryable error within a few seconds, and the connections come back by
 //!   themselves when it returns.
@@ -53,9 +55,11 @@
 //!
 //! The ordering rules, each held by a test (in `tests.rs` unless named):
 //! 1. An event is announced only once Redis confirmed its append, each once,
-//!    in append order (`appends.rs` `settle`):
+//!    in append order (`appends.rs` `settle`), to other processes and to the
+//!    generating process's own mirror alike:
 //!    `every_confirmed_event_and_no_refused_one_is_announced_in_order`,
-//!    `concurrent_streams_each_have_every_event_announced_once_in_order`.
+//!    `concurrent_streams_each_have_every_event_announced_once_in_order`,
+//!    `a_process_reading_a_stream_it_generates_takes_every_event_in_place_and_publishes_nothing`.
 //! 2. A mirror takes events only in seq order; one past a gap is held until
 //!    the log has been read up to it (`tail.rs`):
 //!    `an_announcement_past_a_gap_is_held_and_asks_for_one_catch_up` (tail.rs),
@@ -140,6 +144,14 @@ fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
+/// Whether a presence mark expects to find the key: a stream's first reader
+/// here mostly does not, a refresh mostly does.
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    LikelyAbsent,
+    LikelyThere,
+}
+
 /// A log's meta hash as `status` reads it: `state`, `len`, `owner`.
 type MetaFields = (Option<String>, Option<u64>, Option<String>);
 
@@ -173,10 +185,11 @@ impl Shared {
         self.leases.lock().unwrap().contains_key(id)
     }
 
-    /// Has the announcements of `id` sent to this process from now on: at once
-    /// when it is generated here, else through a notice to its generator.
+    /// Has the announcements of `id` sent to this process from now on: at once,
+    /// and into its mirror in place, when it is generated here; else through a
+    /// notice to its generator.
     fn follow_here(&self, id: &StreamId) {
-        if self.routes.follow(id, &self.channel) == Followed::Unknown {
+        if self.routes.follow_here(id) == Followed::Unknown {
             self.notices.send(Notice::Follow(id.clone()));
         }
     }
@@ -185,7 +198,7 @@ impl Shared {
     /// was) generated here, else through a notice to its generator.
     fn leave_here(&self, id: &StreamId) {
         if self.routes.knows(id) {
-            self.routes.leave(id, &self.channel);
+            self.routes.leave_here(id);
         } else {
             self.notices.send(Notice::Leave(id.clone()));
         }
@@ -201,7 +214,12 @@ impl Shared {
     /// presence key lives at least a grace plus [`PRESENCE_SLACK`] more, so a
     /// reader that stays is counted however late the next refresh comes.
     async fn mark_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
-        self.extend_presence(id, self.grace + PRESENCE_SLACK).await
+        self.extend_presence(id, self.grace + PRESENCE_SLACK, Presence::LikelyAbsent).await
+    }
+
+    /// Refreshes the mark of a stream this process serves readers of (`upkeep.rs`).
+    async fn refresh_reading(&self, id: &StreamId) -> redis::RedisResult<()> {
+        self.extend_presence(id, self.grace + PRESENCE_SLACK, Presence::LikelyThere).await
     }
 
     /// Marks that this process's last reader of `id` left now: the key lives
@@ -209,31 +227,37 @@ impl Shared {
     fn mark_left(self: &Arc<Self>, id: &StreamId) {
         let (shared, id) = (self.clone(), id.clone());
         tokio::spawn(async move {
-            let _ = shared.extend_presence(&id, shared.grace).await;
+            let _ = shared.extend_presence(&id, shared.grace, Presence::LikelyThere).await;
         });
     }
 
     /// Makes the presence key live at least `ttl` more, never less than any
     /// process asked before: marks are only ever extended, so no process's
     /// mark (a leave here) shortens another's (a reader there), in whatever
-    /// order they land.
-    async fn extend_presence(&self, id: &StreamId, ttl: Duration) -> redis::RedisResult<()> {
+    /// order they land. `SET … NX` makes a missing key, `PEXPIRE … GT` extends
+    /// one; the likelier to do it goes first, and the other only if it did not.
+    async fn extend_presence(&self, id: &StreamId, ttl: Duration, presence: Presence) -> redis::RedisResult<()> {
         let (key, ttl) = (self.keys.readers(id), ttl.as_millis().max(1) as u64);
-        redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("PX")
-            .arg(ttl)
-            .arg("NX")
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ttl)
-            .arg("GT")
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        let mut conn = self.conn.clone();
+        let mut make = redis::cmd("SET");
+        make.arg(&key).arg(1).arg("PX").arg(ttl).arg("NX");
+        let mut extend = redis::cmd("PEXPIRE");
+        extend.arg(&key).arg(ttl).arg("GT");
+        match presence {
+            Presence::LikelyAbsent => {
+                let made: Option<String> = make.query_async(&mut conn).await?;
+                if made.is_none() {
+                    extend.query_async::<i64>(&mut conn).await?;
+                }
+            }
+            Presence::LikelyThere => {
+                let extended: i64 = extend.query_async(&mut conn).await?;
+                if extended == 0 {
+                    make.query_async::<Option<String>>(&mut conn).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn finish(&self, id: &StreamId, seq: Option<u64>, record: &EventRecord) -> redis::RedisResult<Finish> {
@@ -359,6 +383,7 @@ impl RedisStore {
         control::listen(control, Arc::downgrade(&shared));
         let announcements = Subscription::open(target, &shared.channel, stop.clone()).await.map_err(unavailable)?;
         let tails = Tails::start(shared.clone(), announcements, stop.clone());
+        shared.routes.set_mirrors(Arc::downgrade(&tails));
         upkeep::start(shared.clone(), Arc::downgrade(&tails), stop.clone());
         Ok(Self { shared, tails, stop })
     }

@@ -1,8 +1,14 @@
 //! Where the announcements of the streams this process generates go: for each
-//! of them, the channels of the processes serving its readers (this one
-//! included), learnt from their follow and leave notices (`control.rs`). The
-//! append path reads it as each event is confirmed, so an event goes to the
-//! processes that follow its stream at that moment, each once, and nowhere else.
+//! of them, the channels of the other processes serving its readers, learnt
+//! from their follow and leave notices (`control.rs`), and whether this process
+//! serves readers of it itself. The append path reads it as each event is
+//! confirmed, so an event goes to the processes that follow its stream at that
+//! moment, each once, and nowhere else.
+//!
+//! This process's own readers are not sent anything through Redis: the events
+//! of a stream generated and followed here go straight into its mirror
+//! (`deliver_here`), with no `PUBLISH` to its own channel, no encoding and no
+//! copy; in the same order, and only once confirmed, as any other follower's.
 //!
 //! A stream's route opens when its log is created here and closes with its
 //! terminal event (or when its generation lets go); a closed route is kept a
@@ -10,10 +16,11 @@
 //! earns its sender a nudge (it then reads the end from the log).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::ai::streaming::events::StreamId;
+use super::tail::Tails;
+use crate::ai::streaming::events::{LoggedEvent, StreamId};
 
 /// How long a closed route still answers follow notices.
 pub const CLOSED_KEPT: Duration = Duration::from_secs(10);
@@ -21,12 +28,16 @@ pub const CLOSED_KEPT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Routes {
     streams: Mutex<HashMap<StreamId, Route>>,
+    /// This process's mirrors, once they exist.
+    mirrors: OnceLock<Weak<Tails>>,
 }
 
 #[derive(Default)]
 pub struct Route {
-    /// The channels of the processes following the stream.
+    /// The channels of the other processes following the stream.
     pub readers: Vec<Arc<str>>,
+    /// Whether this process follows it too.
+    pub here: bool,
     closed_at: Option<Instant>,
 }
 
@@ -47,10 +58,16 @@ impl Routes {
         self.streams.lock().unwrap().insert(id.clone(), Route::default());
     }
 
+    /// Where the events of the streams followed here go.
+    pub fn set_mirrors(&self, tails: Weak<Tails>) {
+        let _ = self.mirrors.set(tails);
+    }
+
     /// The log ended, or its generation let go of it.
     pub fn close(&self, id: &StreamId) {
         if let Some(route) = self.streams.lock().unwrap().get_mut(id) {
             route.readers.clear();
+            route.here = false;
             route.closed_at.get_or_insert_with(Instant::now);
         }
     }
@@ -75,10 +92,29 @@ impl Routes {
         }
     }
 
+    /// This process follows `id`.
+    pub fn follow_here(&self, id: &StreamId) -> Followed {
+        match self.streams.lock().unwrap().get_mut(id) {
+            Some(route) if route.closed_at.is_some() => Followed::Closed,
+            Some(route) => {
+                route.here = true;
+                Followed::Added
+            }
+            None => Followed::Unknown,
+        }
+    }
+
     /// The process of `channel` has no reader of `id` any more.
     pub fn leave(&self, id: &StreamId, channel: &str) {
         if let Some(route) = self.streams.lock().unwrap().get_mut(id) {
             route.readers.retain(|c| &**c != channel);
+        }
+    }
+
+    /// This process has no reader of `id` any more.
+    pub fn leave_here(&self, id: &StreamId) {
+        if let Some(route) = self.streams.lock().unwrap().get_mut(id) {
+            route.here = false;
         }
     }
 
@@ -87,9 +123,26 @@ impl Routes {
         self.streams.lock().unwrap()
     }
 
-    /// The channels following `id` now.
+    /// The channels of the other processes following `id` now.
     pub fn readers_of(&self, id: &StreamId) -> Vec<Arc<str>> {
         self.streams.lock().unwrap().get(id).map(|route| route.readers.clone()).unwrap_or_default()
+    }
+
+    /// Whether this process follows `id` now.
+    pub fn is_followed_here(&self, id: &StreamId) -> bool {
+        self.streams.lock().unwrap().get(id).is_some_and(|route| route.here)
+    }
+
+    /// Hands confirmed events of streams followed here to this process's
+    /// mirrors, in place of an announcement. Called without the routes'
+    /// lock held: the mirrors' lock is taken before it elsewhere.
+    pub fn deliver_here(&self, events: Vec<(StreamId, LoggedEvent)>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(tails) = self.mirrors.get().and_then(Weak::upgrade) {
+            tails.offer_confirmed(events);
+        }
     }
 
     /// Forgets the routes closed longer than [`CLOSED_KEPT`] ago.
@@ -112,10 +165,17 @@ mod tests {
         assert_eq!(routes.follow(&id, &a), Followed::Added);
         assert_eq!(routes.follow(&id, &b), Followed::Added);
         assert_eq!(routes.readers_of(&id), [a.clone(), b.clone()], "each follower once");
+        assert_eq!(routes.follow_here(&id), Followed::Added);
+        assert!(routes.is_followed_here(&id));
         routes.leave(&id, "a");
         assert_eq!(routes.readers_of(&id), [b]);
+        routes.leave_here(&id);
+        assert!(!routes.is_followed_here(&id));
+        routes.follow_here(&id);
         routes.close(&id);
         assert!(routes.readers_of(&id).is_empty());
+        assert!(!routes.is_followed_here(&id));
+        assert_eq!(routes.follow_here(&id), Followed::Closed);
         assert_eq!(routes.follow(&id, &a), Followed::Closed);
         routes.purge();
         assert_eq!(routes.follow(&id, &a), Followed::Closed, "kept a while after the end");

@@ -20,17 +20,17 @@ use crate::ai::streaming::events::EventRecord;
 const FINISH: &str = r#"
 -- KEYS: log, meta, lease. ARGV: mode, seq, type, fields, retention_ms, tombstone_ms, retract
 if ARGV[1] == 'orphan' and redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
--- A finished log whose retention ran out: its meta outlives it, with its length.
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('HGET', KEYS[2], 'state') == 'finished' then
-  return {-2, tonumber(redis.call('HGET', KEYS[2], 'len'))}
-end
+local meta = redis.call('HMGET', KEYS[2], 'state', 'len')
+if not meta[1] then return {-1, 0} end
 local len = 0
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #top > 0 then
   len = tonumber(string.match(top[1][1], '^%d+')) + 1
   local t = top[1][2][2]
   if t == 'error' or t == 'complete' or t == 'cancelled' then return {2, len} end
+elseif meta[1] == 'finished' then
+  -- A finished log whose retention ran out: its meta outlives it, with its length.
+  return {-2, tonumber(meta[2])}
 end
 if ARGV[1] == 'owner' and tonumber(ARGV[2]) ~= len then return {-3, len} end
 if ARGV[7] == '1' and len > 1 then
@@ -51,8 +51,10 @@ return {0, len + 1}
 const FIRST: &str = r#"
 -- KEYS: log, meta. ARGV: type, fields, live_ttl_ms
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], '0-1', 't', ARGV[1], 'j', ARGV[2])
+-- A log that exists has an entry at 0-1 or later (an ended one, at the top id):
+-- the XADD is refused.
+local added = redis.pcall('XADD', KEYS[1], '0-1', 't', ARGV[1], 'j', ARGV[2])
+if type(added) == 'table' and added.err then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;

@@ -1,5 +1,6 @@
 //! Following logs in Redis: one subscription per process, to its own channel,
-//! feeds a local mirror of every log that has readers here; readers follow the
+//! feeds a local mirror of every log that has readers here (the logs generated
+//! here are fed by the append path itself, `routes.rs`); readers follow the
 //! mirror the way they follow a memory log (a `Notify` wakes them). A mirror
 //! asks the stream's generator for its announcements when it is created and
 //! tells it when its last reader leaves (`control.rs`), so the channel carries
@@ -49,7 +50,7 @@ use super::entries::events_of;
 use super::keys::entry_id;
 use super::scripts::Finish;
 use super::subscription::{Heard, Subscription};
-use super::Shared;
+use super::{Shared, PRESENCE_SLACK};
 use crate::ai::streaming::events::{ErrorCode, EventBody, EventRecord, LoggedEvent, StreamId};
 use crate::ai::streaming::store::{EventBatch, FollowError, FollowFailure, Follower, READ_BATCH};
 
@@ -91,6 +92,8 @@ struct MirrorState {
     retracted_at: Option<u64>,
     last_news: Instant,
     checking: bool,
+    /// When a reader's presence mark was last sent, of those Redis took.
+    marked_at: Option<Instant>,
 }
 
 impl MirrorState {
@@ -116,6 +119,7 @@ impl Mirror {
                 retracted_at: None,
                 last_news: Instant::now(),
                 checking: false,
+                marked_at: None,
             }),
             changed: Notify::new(),
             followers: AtomicUsize::new(0),
@@ -220,6 +224,13 @@ impl Mirror {
         self.touched(state, grew);
     }
 
+    /// Whether the last reader leaving must mark the grace from now: unless a
+    /// mark of its readers Redis took less than [`PRESENCE_SLACK`] ago keeps
+    /// the key at least that long anyway (marks live a grace plus the slack).
+    fn leaving_needs_a_mark(&self) -> bool {
+        self.state.lock().unwrap().marked_at.is_none_or(|at| at.elapsed() >= PRESENCE_SLACK)
+    }
+
     fn fail(&self, failure: FollowFailure) {
         let mut state = self.state.lock().unwrap();
         if !state.open() {
@@ -270,8 +281,13 @@ impl Tails {
             // Every reader marks itself present, also on a mirror that has
             // readers already (whose last refresh may be a second old), before
             // it reads: a generator looking now counts it.
-            if let Err(error) = tails.shared.mark_reading(&id).await {
-                tracing::debug!(stream_id = %id, %error, "could not mark a reader present");
+            let sent_at = Instant::now();
+            match tails.shared.mark_reading(&id).await {
+                Ok(()) => {
+                    let mut state = guard.mirror.state.lock().unwrap();
+                    state.marked_at = state.marked_at.max(Some(sent_at));
+                }
+                Err(error) => tracing::debug!(stream_id = %id, %error, "could not mark a reader present"),
             }
             let mirror = guard.mirror.clone();
             let mut next = first;
@@ -366,6 +382,26 @@ impl Tails {
         let reply: redis::Value =
             redis::cmd("XRANGE").arg(log_key).arg(entry_id(from)).arg("+").arg("COUNT").arg(READ_BATCH).query_async(&mut conn).await?;
         events_of(reply).ok_or_else(|| malformed("XRANGE"))
+    }
+
+    /// Events confirmed here, of streams generated and followed here, to
+    /// their mirrors: the announcements this process makes to itself
+    /// (`routes.rs`), taken like any other.
+    pub fn offer_confirmed(self: &Arc<Self>, events: Vec<(StreamId, LoggedEvent)>) {
+        let mut gaps = Vec::new();
+        {
+            let mirrors = self.mirrors.lock().unwrap();
+            for (id, event) in events {
+                if let Some(mirror) = mirrors.get(&id) {
+                    if mirror.offer(event) {
+                        gaps.push(mirror.clone());
+                    }
+                }
+            }
+        }
+        for mirror in gaps {
+            tokio::spawn(self.clone().catch_up(mirror));
+        }
     }
 
     /// Announcements of one message, to the mirrors of their logs.
@@ -600,8 +636,9 @@ impl Drop for MirrorGuard {
                 self.tails.shared.leave_here(&self.mirror.id);
             }
             drop(mirrors);
-            // The grace starts now, not at the last refresh.
-            self.tails.shared.mark_left(&self.mirror.id);
+            if self.mirror.leaving_needs_a_mark() {
+                self.tails.shared.mark_left(&self.mirror.id);
+            }
         }
     }
 }
@@ -643,6 +680,16 @@ mod tests {
         mirror.absorb(vec![chunk(6), chunk(7)]);
         assert_eq!(held(&mirror).0, [5, 6, 7, 8]);
         assert!(held(&mirror).1.is_empty());
+    }
+
+    #[test]
+    fn a_last_reader_leaving_marks_the_grace_only_when_no_recent_mark_outlasts_it() {
+        let mirror = mirror_from(0);
+        assert!(mirror.leaving_needs_a_mark(), "never marked");
+        mirror.state.lock().unwrap().marked_at = Some(Instant::now());
+        assert!(!mirror.leaving_needs_a_mark(), "marked just now: the key outlives the grace");
+        mirror.state.lock().unwrap().marked_at = Instant::now().checked_sub(PRESENCE_SLACK);
+        assert!(mirror.leaving_needs_a_mark(), "marked a slack ago: the key may lapse within the grace");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! machine's shared one must stay as it is). Like the deployment the README warns
 //! about, it keeps nothing on disk.
 //!
-//! One file for two crates: the library's unit tests use it as a module, the
-//! integration tests include it by path (`tests/api/main.rs`), so each may leave
-//! part of it unused.
+//! One file for three crates: the library's unit tests use it as a module, the
+//! integration tests include it by path (`tests/api/main.rs`), and so does the
+//! benchmarks' load generator for its cluster (`bench/load.rs`), so each may
+//! leave part of it unused.
 
 use std::process::Command;
 use std::time::Duration;
@@ -178,7 +179,8 @@ impl TestCertificates {
 
 /// A Redis Cluster of the tests' own: three primaries and three replicas of
 /// Debian's `redis-server` on free loopback ports (each with its cluster bus on
-/// another free port, `--cluster-port`), joined by `redis-cli --cluster create`.
+/// another free port, `--cluster-port`), joined by `redis-cli --cluster create`;
+/// or three primaries alone (`with_replicas(0)`, the benchmarks').
 /// Nodes notice a dead primary within a second (`cluster-node-timeout`), so a
 /// failover takes a few. Each node runs under a watchdog shell that stops it
 /// once the test process is gone, so a cluster kept in a `static` never
@@ -191,9 +193,14 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start() -> Self {
+        Self::with_replicas(1)
+    }
+
+    /// Three primaries, each with `replicas` replicas.
+    pub fn with_replicas(replicas: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let ports: Vec<u16> = (0..6).map(|_| free()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free()).collect();
         let watched = std::process::id().to_string();
         let nodes = ports
             .iter()
@@ -218,7 +225,7 @@ impl TestCluster {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(std::process::Stdio::null())
             .status()
             .expect("redis-cli is installed (make test installs it)");

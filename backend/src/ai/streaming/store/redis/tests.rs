@@ -410,9 +410,46 @@ async fn a_leaving_reader_never_shortens_the_presence_another_process_marked() {
     tokio::time::timeout(PATIENCE, leaving.next()).await.unwrap().unwrap().unwrap();
     drop(leaving);
     // What the leave writes (in the background, from the drop), awaited here.
-    leaves.shared.extend_presence(&id, grace).await.unwrap();
+    leaves.shared.extend_presence(&id, grace, Presence::LikelyThere).await.unwrap();
     let left = generator.reader_presence(&id).await.unwrap().expect("the staying reader counts");
     assert!(left > grace, "the leave did not cut the mark to the grace ({left:?})");
+}
+
+/// Calls per command since the last `CONFIG RESETSTAT`, without the asking ones.
+async fn commands_since_reset(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(conn).await.unwrap();
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|field| field.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_first_readers_presence_mark_and_a_refresh_each_cost_one_command() {
+    // A Redis of the test's own, so its command counts are this process's alone.
+    let redis = test_server::TestServer::start(&[]).await;
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let grace = Duration::from_secs(30);
+    let store = RedisStore::connect(&RedisTarget::Node(redis.url()), config(&prefix, grace)).await.unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let id = StreamId::generate();
+    commands_since_reset(&mut conn).await;
+    store.shared.mark_reading(&id).await.unwrap();
+    assert_eq!(commands_since_reset(&mut conn).await, [("set".to_owned(), 1)], "a new key is made by one SET NX");
+    // As a refresh finds it: marked a while ago, with less time left.
+    let key = store.shared.keys.readers(&id);
+    conn.pexpire::<_, ()>(&key, grace.as_millis() as i64).await.unwrap();
+    commands_since_reset(&mut conn).await;
+    store.shared.refresh_reading(&id).await.unwrap();
+    assert_eq!(commands_since_reset(&mut conn).await, [("pexpire".to_owned(), 1)], "a key there is extended by one PEXPIRE GT");
+    let left: i64 = conn.pttl(&key).await.unwrap();
+    assert!(Duration::from_millis(left as u64) > grace, "marked for the grace and the slack ({left} ms)");
 }
 
 #[tokio::test]
@@ -591,6 +628,32 @@ async fn concurrent_streams_each_have_every_event_announced_once_in_order() {
     for id in &ids {
         assert_eq!(announced.get(id.as_str().as_bytes()), Some(&expected), "stream {id}");
     }
+}
+
+#[tokio::test]
+async fn a_process_reading_a_stream_it_generates_takes_every_event_in_place_and_publishes_nothing() {
+    // A Redis of the test's own, so its command counts are this process's alone.
+    let redis = test_server::TestServer::start(&[]).await;
+    let prefix = format!("live-ai-test-{}", uuid::Uuid::new_v4().simple());
+    let store = RedisStore::connect(&RedisTarget::Node(redis.url()), config(&prefix, Duration::from_secs(30))).await.unwrap();
+    let id = StreamId::generate();
+    let log = store.create(&id, "owner", CancellationToken::new()).await.unwrap();
+    log.append(0, &chunk(0)).await.unwrap();
+    let mut follower = store.follow(&id, None);
+    assert_eq!(read_until(&mut follower, 0).await, [0]);
+    const EVENTS: u64 = 50;
+    for seq in 1..EVENTS {
+        log.append(seq, &chunk(seq)).await.unwrap();
+    }
+    log.append(EVENTS, &end()).await.unwrap();
+    // Each once and in order, well before a silent log would have been read.
+    let (events, failure) = tokio::time::timeout(tail::SILENCE / 2, drain(follower)).await.expect("the events come at once");
+    assert_eq!(failure, None);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=EVENTS).collect::<Vec<_>>());
+    assert_eq!(events.last(), Some(&end().at(EVENTS)));
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    assert!(!stats.contains("cmdstat_publish:"), "nothing went through Redis's pub/sub: {stats}");
 }
 
 /// Reads `pubsub` until the event at `seq` of `until` arrives; returns every

@@ -2,10 +2,19 @@
 //! generates (`SET … PX`, which also re-takes a lease that lapsed during a
 //! stall) and reads their cancel marks (`HGET meta cancel`: only the log's end
 //! removes a mark, so a renewal whose reply is lost reads it again next time),
-//! and refreshes the presence key of every log it serves readers of. The cost
+//! and refreshes the presence key of the logs it serves readers of. The cost
 //! is per stream per second, not per event. It also forgets the routes of
 //! logs that ended here a while ago (`routes.rs`).
+//!
+//! What was just written is not written again: a lease is renewed from the
+//! first round after the one that found it new (it was taken with its log, at
+//! most a round ago, for [`LEASE_TTL`]), and a presence key every other round,
+//! from the second after its mirror came (its first reader marked it for the
+//! grace plus [`PRESENCE_SLACK`](super::PRESENCE_SLACK)), so a key still has the grace and at least
+//! two rounds to live when it is refreshed. Short streams, most of a class's,
+//! then cost few renewals or none.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,7 +22,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::tail::Tails;
-use super::{Shared, LEASE_TTL, PRESENCE_SLACK};
+use super::{Shared, LEASE_TTL};
 use crate::ai::streaming::events::StreamId;
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -22,6 +31,8 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Rounds since each lease and each followed stream was first seen.
+        let (mut lease_rounds, mut presence_rounds) = (Rounds::default(), Rounds::default());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -32,6 +43,8 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
             let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().cloned().collect();
             let followed = tails.followed();
             drop(tails);
+            let leased = lease_rounds.next(leased, |rounds| rounds >= 1);
+            let followed = presence_rounds.next(followed, |rounds| rounds >= 2 && rounds.is_multiple_of(2));
             if leased.is_empty() && followed.is_empty() {
                 continue;
             }
@@ -45,15 +58,8 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
                 pipe.cmd("HGET").arg(shared.keys.meta(id)).arg("cancel");
                 async move { (id, pipe.query_async::<(Option<String>,)>(&mut conn).await) }
             });
-            let refreshes = followed.iter().map(|id| {
-                let mut conn = shared.conn.clone();
-                // Extended, never shortened (see `Shared::extend_presence`).
-                let (key, ttl) = (shared.keys.readers(id), (shared.grace + PRESENCE_SLACK).as_millis() as u64);
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET").arg(&key).arg(1).arg("PX").arg(ttl).arg("NX").ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(ttl).arg("GT").ignore();
-                async move { pipe.query_async::<()>(&mut conn).await }
-            });
+            // Extended, never shortened (see `Shared::extend_presence`).
+            let refreshes = followed.iter().map(|id| shared.refresh_reading(id));
             let (renewed, refreshed) = futures::future::join(join_all(renewals), join_all(refreshes)).await;
             let mut failed = None;
             for (id, renewal) in renewed {
@@ -70,4 +76,44 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
             }
         }
     });
+}
+
+/// How many rounds each stream has been seen in, so far.
+#[derive(Default)]
+struct Rounds(HashMap<StreamId, u32>);
+
+impl Rounds {
+    /// Counts this round's `ids` (forgetting the streams no longer among them)
+    /// and keeps those whose count of earlier rounds `due` accepts.
+    fn next(&mut self, ids: Vec<StreamId>, due: impl Fn(u32) -> bool) -> Vec<StreamId> {
+        let mut seen = HashMap::with_capacity(ids.len());
+        let mut kept = Vec::new();
+        for id in ids {
+            let rounds = self.0.get(&id).copied().unwrap_or(0);
+            if due(rounds) {
+                kept.push(id.clone());
+            }
+            seen.insert(id, rounds + 1);
+        }
+        self.0 = seen;
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_is_due_by_the_rounds_it_was_seen_in_before_and_forgotten_once_gone() {
+        let (a, b) = (StreamId::parse("a1").unwrap(), StreamId::parse("b2").unwrap());
+        let mut rounds = Rounds::default();
+        let every_other = |n: u32| n >= 2 && n.is_multiple_of(2);
+        assert!(rounds.next(vec![a.clone()], every_other).is_empty(), "new: just written");
+        assert!(rounds.next(vec![a.clone(), b.clone()], every_other).is_empty());
+        assert_eq!(rounds.next(vec![a.clone(), b.clone()], every_other), vec![a.clone()]);
+        assert_eq!(rounds.next(vec![a.clone(), b.clone()], every_other), vec![b.clone()]);
+        assert_eq!(rounds.next(vec![a.clone()], every_other), vec![a.clone()]);
+        assert!(rounds.next(vec![b.clone()], every_other).is_empty(), "b was forgotten when it went: new again");
+    }
 }
