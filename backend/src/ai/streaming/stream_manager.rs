@@ -1015,6 +1015,12 @@ mod tests {
         async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
             self.store.release_request(key, id).await
         }
+        async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError> {
+            self.store.request_joined(key, id).await
+        }
+        async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError> {
+            self.store.hand_over_request(key, from, to, ttl).await
+        }
     }
 
     #[async_trait]
@@ -1038,6 +1044,12 @@ mod tests {
         }
         fn release(&self, id: &StreamId) {
             self.store.release(id)
+        }
+        async fn set_successor(&self, id: &StreamId, successor: &StreamId) -> Result<(), StoreError> {
+            self.store.set_successor(id, successor).await
+        }
+        async fn successor(&self, id: &StreamId) -> Result<Option<StreamId>, StoreError> {
+            self.store.successor(id).await
         }
         async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
             self.store.claim_key(key, claim, ttl).await
