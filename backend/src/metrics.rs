@@ -29,7 +29,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections the server ended itself, by why.
     pub connections_closed: IntCounterVec,
-    /// Coalescing, by block: shared generations started, starts that joined
+    /// Coalescing, by block: generations started that others may join, starts that joined
     /// one, starts served a finished answer, and the provider tokens those
     /// joined and replayed answers did not cost.
     pub shared_generations: IntCounterVec,

@@ -201,7 +201,7 @@ async fn learners_of_other_classes_without_a_class_or_asking_with_a_context_get_
 }
 
 #[tokio::test]
-async fn a_learner_who_cancels_stops_only_their_own_view_of_a_shared_answer() {
+async fn a_joiner_who_cancels_stops_only_their_own_view_of_the_answer() {
     let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60")])).await;
     let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
     let first = start(&app, &ada, topic(), json!({}), &[]).await;
@@ -210,19 +210,52 @@ async fn a_learner_who_cancels_stops_only_their_own_view_of_a_shared_answer() {
     let mut b = reader(&app, &bo, id_of(&second)).await;
     let b_opening = b.take(3).await;
     assert_eq!(marks(&b_opening), (true, false));
-    a.take(3).await;
-    cancel(&app, &ada, id_of(&first)).await;
-    let a_rest = a.until_terminal().await;
-    assert_eq!(a_rest.last().unwrap().data["reason"], "requested");
-    let mut b_events = b_opening;
-    b_events.extend(b.until_terminal().await);
-    assert_contiguous(&b_events, 0);
-    assert_eq!(b_events.last().unwrap().kind(), "complete", "the other learner's stream went on to the end");
-    assert_eq!(app.metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""]).await, 1.0, "the one generation completed");
+    let mut a_events = a.take(3).await;
+    cancel(&app, &bo, id_of(&second)).await;
+    let b_rest = b.until_terminal().await;
+    assert_eq!(b_rest.last().unwrap().data["reason"], "requested", "the joiner's own view stopped");
+    a_events.extend(a.until_terminal().await);
+    assert_contiguous(&a_events, 0);
+    assert_eq!(a_events.last().unwrap().kind(), "complete", "the first asker's stream went on to the end");
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""], |done| done == 1.0).await;
+    assert_eq!(app.metric("live_ai_stream_outcomes_total", &[]).await, 1.0, "the one generation completed");
 }
 
 #[tokio::test]
-async fn at_a_grace_of_zero_a_learner_who_leaves_ends_only_their_own_stream_and_the_class_gets_the_whole_answer() {
+async fn a_first_asker_who_cancels_mid_answer_ends_her_own_stream_while_the_joiner_gets_the_whole_answer_which_is_served_next() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60")])).await;
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let mut a = reader(&app, &ada, id_of(&first)).await;
+    let mut b = reader(&app, &bo, id_of(&second)).await;
+    let mut b_events = b.take(3).await;
+    assert_eq!(marks(&b_events), (true, false));
+    let mut a_events = a.take(3).await;
+    cancel(&app, &ada, id_of(&first)).await;
+    a_events.extend(a.until_terminal().await);
+    assert_contiguous(&a_events, 0);
+    let last = a_events.last().unwrap();
+    assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("requested")), "her own stream ends as she asked");
+    b_events.extend(b.until_terminal().await);
+    assert_contiguous(&b_events, 0);
+    let last = b_events.last().unwrap();
+    assert_eq!(last.kind(), "complete", "the other learner's stream went on to the end");
+    assert!(!text_of(&b_events).is_empty());
+    assert_eq!(last.data["result"]["markdown"], text_of(&b_events), "the whole answer, no gap, no duplicate");
+    // The answer, handed over whole, is what the class is served next.
+    let third = start(&app, &cy, topic(), json!({}), &[]).await;
+    let c_events = read_all(&app, &cy, id_of(&third)).await;
+    assert_eq!((marks(&c_events), text_of(&c_events)), ((false, true), text_of(&b_events)));
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""], |done| done == 1.0).await;
+    assert_eq!(app.metric("live_ai_stream_outcomes_total", &[]).await, 1.0, "one generation, which completed");
+    // The joiner reads their own stream only: the first asker's is not theirs.
+    let foreign = reader(&app, &bo, id_of(&first)).await.until_terminal().await;
+    assert_eq!(foreign[0].data["code"], "stream_not_found");
+}
+
+#[tokio::test]
+async fn at_a_grace_of_zero_a_first_asker_who_leaves_while_others_read_leaves_the_whole_answer_to_the_class_and_to_her_own_stream() {
     let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "40"), ("STREAM_RESUME_GRACE_SECONDS", "0")])).await;
     let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
     let first = start(&app, &ada, topic(), json!({}), &[]).await;
@@ -237,15 +270,18 @@ async fn at_a_grace_of_zero_a_learner_who_leaves_ends_only_their_own_stream_and_
     assert_contiguous(&b_events, 0);
     assert_eq!(b_events.last().unwrap().kind(), "complete", "the learner still reading got the whole answer");
     assert_eq!(app.metric("live_ai_shared_generations_total", &["block=\"explain-eli10\""]).await, 1.0);
-    assert_eq!(app.metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""]).await, 1.0, "the one generation completed");
-    // The leaver's own stream ended when she left, at a grace of zero.
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""], |done| done == 1.0).await;
+    // The first asker's stream is the class's answer: the other learner's
+    // relay reads it, so it was not abandoned when she left, even at a grace
+    // of zero (when a shared log of its own was the answer, her stream ended
+    // `cancelled`/`abandoned` as she left). It ran to its end: she resumes it whole.
     let rest = app
         .sse(&format!("/api/streams/{}/events?after=2", id_of(&first)), &[("authorization", &bearer(&ada))])
         .await
         .until_terminal()
         .await;
-    let last = rest.last().unwrap();
-    assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("abandoned")));
+    assert_eq!(rest[0].seq(), 3);
+    assert_eq!(rest.last().unwrap().kind(), "complete");
 }
 
 #[tokio::test]
@@ -716,4 +752,128 @@ async fn at_a_one_second_retention_an_answer_whose_log_expired_is_generated_anew
     assert_eq!((marks(&b), b.last().unwrap().kind()), ((false, false), "complete"));
     assert_eq!(text_of(&b), text_of(&a));
     assert_eq!(upstream.connections(), 2, "the expired answer was asked for again");
+}
+
+/// A connection to the Redis the one-node deployments of these tests use.
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.expect("Redis runs for the tests")
+}
+
+/// The names of the Redis keys matching `pattern`.
+async fn keys(pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS").arg(pattern).query_async(&mut redis_connection().await).await.unwrap()
+}
+
+/// `count` processes of a class deployment on the Redis of `store`
+/// (settings), answering with the demo model, with `extra` settings.
+async fn demo_class_processes(store: Vec<(&'static str, String)>, count: usize, extra: &[(&str, &str)]) -> Vec<LiveAiProcess> {
+    let mut vars = store;
+    vars.extend(class_settings(extra).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    join_all((0..count).map(|_| LiveAiProcess::spawn(&vars))).await
+}
+
+#[tokio::test]
+async fn in_redis_a_question_nobody_else_asks_is_written_once_in_its_learners_own_log() {
+    let prefix = fresh_prefix();
+    let processes = demo_class_processes(redis_deployment(&prefix), 1, &[("DEMO_TOKENS_PER_SECOND", "0")]).await;
+    let ada = learner_in("ada", Some("7b"));
+    let created = start(&processes[0], &ada, topic(), json!({}), &[]).await;
+    let events = read_all(&processes[0], &ada, id_of(&created)).await;
+    assert_eq!((marks(&events), events.last().unwrap().kind()), ((false, false), "complete"));
+    let logs = keys(&format!("{prefix}:*:log")).await;
+    assert_eq!(logs, [format!("{prefix}:{{{}}}:log", id_of(&created))], "one log, the learner's own: no shared log beside it");
+    let appended: usize = redis::cmd("XLEN").arg(&logs[0]).query_async(&mut redis_connection().await).await.unwrap();
+    assert_eq!(appended, events.len(), "each event appended once");
+}
+
+#[tokio::test]
+async fn in_redis_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners_on_her_process_and_another_and_it_is_served_next() {
+    first_asker_cancels_mid_answer_over_two_processes(redis_deployment(&fresh_prefix())).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners_on_her_process_and_another() {
+    let store = vec![
+        ("STREAM_STORE", "redis".to_owned()),
+        ("REDIS_CLUSTER_URLS", crate::cluster::cluster().urls()),
+        ("REDIS_KEY_PREFIX", fresh_prefix()),
+    ];
+    first_asker_cancels_mid_answer_over_two_processes(store).await;
+}
+
+/// Ada asks first on one process of the Redis of `store` (settings); Bo joins
+/// on her process, Cy on another; Ada cancels mid-answer: her stream ends
+/// `cancelled`, Bo's and Cy's get the whole answer, and Dee is served it from
+/// the cache next, on the other process.
+async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static str, String)>) {
+    let [a, b]: [LiveAiProcess; 2] = demo_class_processes(store, 2, &[("DEMO_TOKENS_PER_SECOND", "40")]).await.try_into().ok().unwrap();
+    let learners: Vec<String> = ["ada", "bo", "cy", "dee"].iter().map(|sub| learner_in(sub, Some("7b"))).collect();
+    let (ada, bo, cy, dee) = (&learners[0], &learners[1], &learners[2], &learners[3]);
+    let first = start(&a, ada, topic(), json!({}), &[]).await;
+    let joined = [start(&a, bo, topic(), json!({}), &[]).await, start(&b, cy, topic(), json!({}), &[]).await];
+    let mut joiners = vec![(reader(&a, bo, id_of(&joined[0])).await, Vec::new()), (reader(&b, cy, id_of(&joined[1])).await, Vec::new())];
+    for (reader, events) in &mut joiners {
+        events.extend(reader.take(3).await);
+        assert_eq!(marks(events), (true, false));
+    }
+    let mut first_reader = reader(&a, ada, id_of(&first)).await;
+    let mut a_events = first_reader.take(3).await;
+    cancel(&a, ada, id_of(&first)).await;
+    a_events.extend(first_reader.until_terminal().await);
+    assert_contiguous(&a_events, 0);
+    let last = a_events.last().unwrap();
+    assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("requested")));
+    let mut texts = Vec::new();
+    for (mut reader, mut events) in joiners {
+        events.extend(reader.until_terminal().await);
+        assert_contiguous(&events, 0);
+        let last = events.last().unwrap();
+        assert_eq!(last.kind(), "complete", "{:?}", last.data);
+        assert_eq!(last.data["result"]["markdown"], text_of(&events), "the whole answer, no gap, no duplicate");
+        texts.push(text_of(&events));
+    }
+    assert!(!texts[0].is_empty());
+    assert_eq!(texts[0], texts[1]);
+    // Served next from the cache, on the other process.
+    let next = start(&b, dee, topic(), json!({}), &[]).await;
+    let d_events = read_all(&b, dee, id_of(&next)).await;
+    assert_eq!((marks(&d_events), text_of(&d_events)), ((false, true), texts[0].clone()));
+    a.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""], |done| done == 1.0).await;
+    assert_eq!(a.metric("live_ai_stream_outcomes_total", &[]).await, 1.0, "one generation, which completed");
+    assert_eq!(b.metric("live_ai_stream_outcomes_total", &[]).await, 0.0, "none on the other process");
+}
+
+#[tokio::test]
+async fn in_redis_a_first_asker_who_cancels_an_answer_nobody_joined_closes_its_provider_request_and_gives_its_key_back() {
+    let answer = fixture("openai_chat_stream.sse");
+    let upstream = FakeUpstream::start(vec![Reply::sse(answer.clone()).stall_after(3), Reply::sse(answer)]).await;
+    let prefix = fresh_prefix();
+    let mut vars = redis_deployment(&prefix);
+    vars.extend(openai_settings(&upstream));
+    // Async moderation: the chunks before the stall reach the reader.
+    vars.extend(class_settings(&[("MODERATION_OUTPUT_MODE", "async")]).into_iter().map(|(k, v)| (k, v.to_owned())));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = LiveAiProcess::spawn(&vars).await;
+    let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));
+    let first = start(&process, &ada, topic(), json!({}), &[]).await;
+    let mut a = reader(&process, &ada, id_of(&first)).await;
+    assert_eq!(kinds(&a.take(2).await), ["start", "chunk"]);
+    assert_eq!(keys(&format!("{prefix}:request:*")).await.len(), 1, "her stream answers the request");
+    cancel(&process, &ada, id_of(&first)).await;
+    // The provider request is closed by the time the cancel is answered, as
+    // for any stream of one's own.
+    assert_eq!(process.metric("live_ai_provider_streams_open", &[]).await, 0.0);
+    assert_eq!(a.until_terminal().await.last().unwrap().kind(), "cancelled");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !keys(&format!("{prefix}:request:*")).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the request key is given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(keys(&format!("{prefix}:*:log")).await.len(), 1, "no shared log: nobody joined");
+    let again = start(&process, &bo, topic(), json!({}), &[]).await;
+    let events = read_all(&process, &bo, id_of(&again)).await;
+    assert_eq!((marks(&events), events.last().unwrap().kind()), ((false, false), "complete"), "the next start generates anew");
+    assert_eq!(upstream.connections(), 2);
 }

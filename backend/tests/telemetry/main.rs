@@ -54,9 +54,9 @@ pub fn collector() -> &'static Arc<Collector> {
 }
 
 /// An in-process server exporting to [`collector`], with `vars` on top.
-/// Coalescing is off unless `vars` turn it on: with it, the provider call sits
-/// under the shared generation's span, not under the learner's (a test of its
-/// own, in `traces.rs`).
+/// Coalescing is off unless `vars` turn it on: with it, a learner who joins
+/// or is served from the cache has no provider call in their trace (the
+/// first asker's own, a test of its own in `traces.rs`).
 pub async fn traced_app(vars: &[(&str, &str)]) -> helpers::TestApp {
     let otel = otel_vars(collector().addr);
     let mut all: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();

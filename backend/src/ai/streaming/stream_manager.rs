@@ -19,14 +19,22 @@
 //! [`Reservation`] it was admitted with and settles it when it ends.
 //!
 //! With coalescing (`super::coalesce`), a start whose request may be shared
-//! gets a stream fed by a relay of a shared generation — one it starts, joins
-//! or replays — instead of a generation of its own. The relay runs exactly as a
-//! generation does here (same cancel, grace, terminal and settlement rules);
-//! only its events come from the shared log instead of the engine.
+//! either claims it, and then generates as any stream does (its stream is the
+//! answer's source, its generation counted as the request's), or gets a
+//! stream fed by a relay of the generation that answers it — joined while it
+//! runs, or replayed once complete — instead of a generation of its own. The
+//! relay runs exactly as a generation does here (same cancel, grace, terminal
+//! and settlement rules); only its events come from the source's log instead
+//! of the engine. A relay is a reader of its source, so a first asker's
+//! generation runs to its end while others read it, whatever its own reader
+//! does, unless the first asker cancels it: then, if the request index says
+//! it was joined, the rest of the answer is handed over to a shared log
+//! before the first asker's `cancelled` lands (`hand_over`; ordering in the
+//! `coalesce` module doc), and goes on there, in the same task.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_stream::stream;
@@ -157,13 +165,19 @@ pub type EventReader = BoxStream<'static, EventBatch>;
 struct Generation {
     cancel: CancellationToken,
     readers: watch::Sender<usize>,
-    /// Cancelled once its events' source is dropped: for a generation, its
-    /// provider request is closed.
+    /// Cancelled once its answer's source is dropped: for a generation, its
+    /// provider request is closed. A handed-over answer's two logs share it.
     upstream_closed: CancellationToken,
     /// Output tokens its provider produced so far, held back by moderation or
-    /// not (counted for shared generations only: what their learners here are
-    /// charged when the answer does not complete).
-    produced: std::sync::atomic::AtomicU64,
+    /// not (counted for generations answering a coalesced request: what their
+    /// joiners here are charged when the answer does not complete). A
+    /// handed-over answer's two logs share the count.
+    produced: Arc<std::sync::atomic::AtomicU64>,
+    /// Its log is no learner's (`SHARED_OWNER`): the rest of an answer its
+    /// first asker handed over, read by relays only.
+    shared: bool,
+    /// The log its answer went on in, once handed over.
+    successor: OnceLock<(StreamId, Arc<Generation>)>,
     /// Its span's context and the resumes its span reports (OpenTelemetry).
     trace: GenerationTrace,
 }
@@ -178,6 +192,36 @@ struct Inner {
     tasks: TaskTracker,
     permits: Arc<Semaphore>,
     live: Mutex<HashMap<StreamId, Arc<Generation>>>,
+}
+
+impl Inner {
+    /// Creates the log of stream `id` and registers its generation here, with
+    /// the span its task runs in. The log a handed-over answer goes on in
+    /// (`handed_over_from` the first asker's generation) shares its provider
+    /// request and its count of produced tokens.
+    async fn create(
+        &self,
+        id: &StreamId,
+        block: crate::ai::blocks::BlockType,
+        owner: &str,
+        handed_over_from: Option<&Generation>,
+    ) -> Result<(Arc<Generation>, LogWriter, tracing::Span), ManagerError> {
+        let cancel = self.shutdown.child_token();
+        let appender = self.store.create(id, owner, cancel.clone()).await?;
+        let span = trace::span(id, block, owner);
+        let generation = Arc::new(Generation {
+            cancel,
+            readers: watch::channel(0).0,
+            upstream_closed: handed_over_from.map_or_else(CancellationToken::new, |from| from.upstream_closed.clone()),
+            produced: handed_over_from.map_or_else(Default::default, |from| from.produced.clone()),
+            shared: handed_over_from.is_some(),
+            successor: OnceLock::new(),
+            trace: GenerationTrace::new(&span),
+        });
+        trace::publish(self.store.as_ref(), id, &generation.trace).await;
+        self.live.lock().unwrap().insert(id.clone(), generation.clone());
+        Ok((generation, LogWriter { appender, next_seq: 0 }, span))
+    }
 }
 
 #[derive(Clone)]
@@ -296,8 +340,10 @@ impl StreamManager {
         }
     }
 
-    /// Starts stream `id`: a generation of its own, or a relay of a shared one
-    /// when coalescing is on and the request may be shared.
+    /// Starts stream `id`: a generation of its own, or, when coalescing is on
+    /// and the request may be shared, a relay of the generation already
+    /// answering it. A start that claims the request generates as any stream
+    /// does, and its stream is then the one later identical starts relay.
     async fn launch(
         &self,
         id: StreamId,
@@ -309,101 +355,85 @@ impl StreamManager {
         let coalesce = &self.inner.config.coalesce;
         let request = coalesce.enabled.then(|| RequestKey::of(&sharing.scope, &input, self.inner.engine.provider())).flatten();
         let permit = self.inner.permits.clone().try_acquire_owned().map_err(|_| ManagerError::AtCapacity)?;
-        let work = match request {
-            None => {
-                let exchange = exchange_of(&id, &input, owner);
-                Work::Generate { input, exchange, answers: None }
-            }
-            Some(request) => self.shared_source(&id, input, owner, request, sharing.fresh).await?,
+        let block = input.block_type();
+        let (relay, answers) = match request {
+            None => (None, None),
+            Some(request) => match self.coalesced(&id, block, &request, sharing.fresh).await? {
+                Some(relay) => (Some(relay), None),
+                // Claimed: this stream's own generation answers the request.
+                None => (None, Some(request)),
+            },
         };
-        let (generation, writer, span) = self.create(&id, work.block(), owner).await?;
-        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, Some(permit), Some(reservation));
+        let work = match relay {
+            Some(relay) => relay,
+            None => Work::Generate { exchange: exchange_of(&id, &input, owner), input, answers },
+        };
+        let (generation, writer, span) = match self.inner.create(&id, block, owner, None).await {
+            Ok(created) => created,
+            Err(error) => {
+                if let Work::Generate { answers: Some(request), .. } = &work {
+                    let _ = self.inner.store.release_request(request.as_str(), &id).await;
+                }
+                return Err(error);
+            }
+        };
+        if let Work::Generate { answers: Some(_), .. } = &work {
+            self.inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
+        }
+        let run = run(self.inner.clone(), id.clone(), work, generation, writer, permit, reservation);
         self.inner.tasks.spawn(run.instrument(span));
         Ok(Started::New(id))
     }
 
-    /// Creates the log of stream `id` and registers its generation here, with
-    /// the span its task runs in.
-    async fn create(
-        &self,
-        id: &StreamId,
-        block: crate::ai::blocks::BlockType,
-        owner: &str,
-    ) -> Result<(Arc<Generation>, LogWriter, tracing::Span), ManagerError> {
-        let cancel = self.inner.shutdown.child_token();
-        let appender = self.inner.store.create(id, owner, cancel.clone()).await?;
-        let span = trace::span(id, block, owner);
-        let generation = Arc::new(Generation {
-            cancel,
-            readers: watch::channel(0).0,
-            upstream_closed: CancellationToken::new(),
-            produced: Default::default(),
-            trace: GenerationTrace::new(&span),
-        });
-        trace::publish(self.inner.store.as_ref(), id, &generation.trace).await;
-        self.inner.live.lock().unwrap().insert(id.clone(), generation.clone());
-        Ok((generation, LogWriter { appender, next_seq: 0 }, span))
-    }
-
-    /// The relay feeding `owner`'s coalesced stream `learner`: of the shared
-    /// generation answering `request`, which this start claims and launches,
-    /// joins, or replays.
-    async fn shared_source(
+    /// Where `learner`'s coalesced start gets its answer: `None` when it
+    /// claimed the request for its own stream (it generates), else a relay of
+    /// the generation answering it, joined or replayed.
+    async fn coalesced(
         &self,
         learner: &StreamId,
-        input: BlockInput,
-        owner: &str,
-        request: RequestKey,
+        block: crate::ai::blocks::BlockType,
+        request: &RequestKey,
         fresh: bool,
-    ) -> Result<Work, ManagerError> {
+    ) -> Result<Option<Work>, ManagerError> {
         let inner = &self.inner;
-        let block = input.block_type();
-        let candidate = StreamId::generate();
         // A second look only when the log found went away before it was read
         // (its retention ran out in between): the index then gets replaced.
         let mut looks = 0;
         loop {
             looks += 1;
             let live_ttl = inner.config.coalesce.live_ttl;
-            let source = coalesce::find_or_claim(inner.store.as_ref(), &request, &candidate, fresh, live_ttl).await?;
-            let (shared_id, shared, cached, counter) = match &source {
-                Source::Claimed(id) => {
-                    return match self.launch_shared(id, input, (learner, owner), &request).await {
-                        // Read from before it runs, so it never runs without a reader.
-                        Ok(reader) => {
-                            inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
-                            Ok(self.relay(block, id, reader, false, false))
-                        }
-                        Err(error) => {
-                            let _ = inner.store.release_request(request.as_str(), id).await;
-                            Err(error)
-                        }
-                    };
-                }
-                Source::Joined(id) => (id, true, false, &inner.metrics.coalesce_joins),
-                Source::Cached(id) => (id, false, true, &inner.metrics.coalesce_cache_hits),
-            };
-            let reader = match self.read_shared(shared_id).await {
+            let (source, shared, cached, counter) =
+                match coalesce::find_or_claim(inner.store.as_ref(), request, learner, fresh, live_ttl).await? {
+                    Source::Claimed(_) => return Ok(None),
+                    Source::Joined(id) => (id, true, false, &inner.metrics.coalesce_joins),
+                    Source::Cached(id) => (id, false, true, &inner.metrics.coalesce_cache_hits),
+                };
+            let reader = match self.read_source(&source, None).await {
                 Ok(reader) => reader,
                 Err(ManagerError::NotFound { .. }) if looks < 2 => continue,
                 Err(error) => return Err(error),
             };
             counter.with_label_values(&[block.as_str()]).inc();
-            tracing::debug!(shared = %shared_id, joined = shared, cached, "coalesced start");
-            return Ok(self.relay(block, shared_id, reader, shared, cached));
+            tracing::debug!(%source, joined = shared, cached, "coalesced start");
+            return Ok(Some(self.relay(block, source, reader, shared, cached)));
         }
     }
 
-    /// A reader of a shared generation's log from its first event.
-    async fn read_shared(&self, id: &StreamId) -> Result<EventReader, ManagerError> {
-        match self.open_as(id, None, SHARED_OWNER, Reading::Relay).await? {
+    /// A relay's reader of the log of `id`, the generation answering its
+    /// request, after `after`: whoever owns the log, since the request index
+    /// (scoped to the learner's class) named it. No client reads it this way.
+    async fn read_source(&self, id: &StreamId, after: Option<u64>) -> Result<EventReader, ManagerError> {
+        match self.open_as(id, after, Reading::Relay).await? {
             Opened::Events(reader) => Ok(reader),
-            Opened::UpToDate => unreachable!("a reader from the first event is never up to date"),
+            // A log whose terminal event the relay had: it ended, nothing to go on with.
+            Opened::UpToDate => Err(ManagerError::NotFound { stream_id: id.clone(), next_seq: after.map_or(0, |after| after + 1) }),
         }
     }
 
-    /// A learner's stream made of the log of shared generation `id`.
-    fn relay(&self, block: crate::ai::blocks::BlockType, id: &StreamId, reader: EventReader, shared: bool, cached: bool) -> Work {
+    /// A learner's stream made of the log of `source`, the generation
+    /// answering their request, and of the log its answer goes on in if its
+    /// first asker hands it over.
+    fn relay(&self, block: crate::ai::blocks::BlockType, source: StreamId, reader: EventReader, shared: bool, cached: bool) -> Work {
         let (provider, metrics) = (self.inner.engine.provider(), &self.inner.metrics);
         let start = EventBody::Start {
             block_type: block,
@@ -413,30 +443,32 @@ impl StreamManager {
             cached,
         };
         let saved = (shared || cached).then(|| metrics.coalesce_tokens_saved.with_label_values(&[block.as_str()]));
-        let generation = self.inner.live.lock().unwrap().get(id).map(|generation| (id.clone(), generation.clone()));
-        Work::Relay { block, events: coalesce::relayed(start, reader, saved), generation }
+        let generation = self.inner.live.lock().unwrap().get(&source).map(|generation| (source.clone(), generation.clone()));
+        let manager = self.clone();
+        let successor: coalesce::relay::Successor = Box::new(move |of, from| {
+            let manager = manager.clone();
+            async move { manager.successor_reader(&of, from).await }.boxed()
+        });
+        Work::Relay { block, events: coalesce::relayed(start, source, reader, saved, successor), generation }
     }
 
-    /// Launches the shared generation `id` answering `request`, moderated once
-    /// for all; returns the first learner's reader of it, attached before it
-    /// runs. Moderation's reports name the `originator` (the stream and
-    /// principal that asked first): the ids a host app knows.
-    async fn launch_shared(
-        &self,
-        id: &StreamId,
-        input: BlockInput,
-        originator: (&StreamId, &str),
-        request: &RequestKey,
-    ) -> Result<EventReader, ManagerError> {
-        let exchange = exchange_of(originator.0, &input, originator.1);
-        let work = Work::Generate { input, exchange, answers: Some(request.clone()) };
-        let (generation, writer, span) = self.create(id, work.block(), SHARED_OWNER).await?;
-        let reader = self.read_shared(id).await;
-        // No permit and no reservation: each learner's stream holds its own.
-        let run = run_generation(self.inner.clone(), id.clone(), work, generation, writer, None, None);
-        // Spawned whatever happened to the reader: a log that exists gets its terminal event.
-        self.inner.tasks.spawn(run.instrument(span));
-        reader
+    /// A relay's reader of the log the answer of `of` went on in, from `from`
+    /// (the seq of `of`'s `cancelled` event), if its first asker handed it over.
+    async fn successor_reader(&self, of: &StreamId, from: u64) -> Option<(StreamId, EventReader)> {
+        let next = match self.inner.store.successor(of).await {
+            Ok(next) => next?,
+            Err(error) => {
+                tracing::warn!(stream_id = %of, %error, "could not learn whether a cancelled answer was handed over");
+                return None;
+            }
+        };
+        match self.read_source(&next, from.checked_sub(1)).await {
+            Ok(reader) => Some((next, reader)),
+            Err(error) => {
+                tracing::warn!(stream_id = %of, successor = %next, %error, "could not read the log a cancelled answer went on in");
+                None
+            }
+        }
     }
 
     /// Opens a reader on `owner`'s stream: the events after `after` (all when
@@ -444,15 +476,20 @@ impl StreamManager {
     /// stream has no event at is refused, except the terminal event's own
     /// (`UpToDate`).
     pub async fn open(&self, id: &StreamId, after: Option<u64>, owner: &str) -> Result<Opened, ManagerError> {
-        self.open_as(id, after, owner, Reading::Client).await
+        self.open_as(id, after, Reading::Client { owner }).await
     }
 
-    /// [`open`](Self::open), for a client or for a relay (which keeps a shared
-    /// generation going like any reader, but is no client in the metrics).
-    async fn open_as(&self, id: &StreamId, after: Option<u64>, owner: &str, reading: Reading) -> Result<Opened, ManagerError> {
+    /// [`open`](Self::open), for a client (of its own stream only) or for a
+    /// relay (of the log the request index named; it keeps that generation
+    /// going like any reader, but is no client in the metrics).
+    async fn open_as(&self, id: &StreamId, after: Option<u64>, reading: Reading<'_>) -> Result<Opened, ManagerError> {
+        let readable = |owner: &str| match reading {
+            Reading::Client { owner: reader } => owner == reader,
+            Reading::Relay => true,
+        };
         let status = match self.inner.store.status(id).await {
-            Ok(status) if *status.owner == *owner => status,
-            Err(StoreError::Expired { len, owner: expired_owner, .. }) if *expired_owner == *owner => {
+            Ok(status) if readable(&status.owner[..]) => status,
+            Err(StoreError::Expired { len, owner, .. }) if readable(&owner[..]) => {
                 if let Some(after) = after.filter(|after| *after >= len) {
                     return Err(ManagerError::AfterBeyondLog { after, len });
                 }
@@ -477,7 +514,7 @@ impl StreamManager {
                 return Ok(Opened::UpToDate);
             }
         }
-        let gauge = (reading == Reading::Client).then(|| self.inner.metrics.attached_readers.clone());
+        let gauge = matches!(reading, Reading::Client { .. }).then(|| self.inner.metrics.attached_readers.clone());
         let guard = self.inner.live.lock().unwrap().get(id).map(|g| ReaderGuard::attach(g.clone(), gauge));
         if after.is_some() {
             trace::resumed(&self.inner.metrics, self.inner.store.as_ref(), id, guard.as_ref().map(|g| &g.generation.trace)).await;
@@ -673,11 +710,12 @@ async fn keep_or_release(inner: &Inner, request: &RequestKey, id: &StreamId, com
 }
 
 /// Who reads a stream.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reading {
-    /// A client (SSE or WebSocket), counted in `attached_readers`.
-    Client,
-    /// A coalesced stream's relay of its shared generation.
+#[derive(Clone, Copy)]
+enum Reading<'a> {
+    /// A client (SSE or WebSocket) of `owner`, counted in `attached_readers`:
+    /// only `owner`'s streams exist for it.
+    Client { owner: &'a str },
+    /// A coalesced stream's relay of the generation answering its request.
     Relay,
 }
 
@@ -725,12 +763,15 @@ struct LogWriter {
 
 impl LogWriter {
     async fn append(&mut self, body: &EventBody) -> Result<(), AppendFailed> {
-        let record = EventRecord::new(body);
+        self.append_record(&EventRecord::new(body)).await
+    }
+
+    async fn append_record(&mut self, record: &EventRecord) -> Result<(), AppendFailed> {
         // Set at the first failure: the clock is not read per event.
         let mut deadline = None;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.appender.append(self.next_seq, &record).await {
+            match self.appender.append(self.next_seq, record).await {
                 Ok(()) => {
                     self.next_seq += 1;
                     return Ok(());
@@ -750,8 +791,10 @@ impl LogWriter {
 
 /// Resolves once no reader has been attached, here or in any other process, for
 /// a whole grace period; a stream no reader has come to yet (started by `POST`,
-/// its reader on its way) is given at least [`FIRST_READER_WAIT`], so a short
-/// grace (even 0) does not end it before its learner could connect.
+/// its reader on its way; or the shared log of a handed-over answer, its
+/// relays coming over from the first asker's log) is given at least
+/// [`FIRST_READER_WAIT`], so a short grace (even 0) does not end it before its
+/// readers could come.
 async fn abandoned(store: Arc<dyn EventStore>, id: StreamId, mut readers: watch::Receiver<usize>, grace: Duration) {
     let mut wait = if *readers.borrow() > 0 { grace } else { grace.max(FIRST_READER_WAIT) };
     loop {
@@ -786,12 +829,12 @@ enum Ending {
     StoreLost(StoreError),
 }
 
-/// Passes a shared generation's events through, counting the output tokens its
-/// provider produced into `generation`.
-fn counted(events: EventStream, generation: Arc<Generation>, counter: crate::ai::providers::TokenCounter) -> EventStream {
+/// Passes the events of a generation answering a coalesced request through,
+/// counting the output tokens its provider produced into `produced`.
+fn counted(events: EventStream, produced: Arc<std::sync::atomic::AtomicU64>, counter: crate::ai::providers::TokenCounter) -> EventStream {
     Box::pin(events.inspect(move |body| {
         if let EventBody::Chunk { token } = body {
-            generation.produced.fetch_add(counter.chunk(token), std::sync::atomic::Ordering::Relaxed);
+            produced.fetch_add(counter.chunk(token), std::sync::atomic::Ordering::Relaxed);
         }
     }))
 }
@@ -803,26 +846,58 @@ fn exchange_of(id: &StreamId, input: &BlockInput, principal: &str) -> Exchange {
 
 /// Where a stream's events come from.
 enum Work {
-    /// The engine, through moderation. A shared generation `answers` a request
-    /// key: it keeps it for the cache window when it completes, and gives it
-    /// back otherwise.
+    /// The engine, through moderation. A generation that `answers` a request
+    /// key (coalescing: its start claimed it) keeps it for the cache window
+    /// when it completes, and gives it back otherwise.
     Generate { input: BlockInput, exchange: Exchange, answers: Option<RequestKey> },
-    /// A relay of a shared generation (coalescing), already moderated there;
-    /// the `generation`'s own state when it runs in this process.
+    /// A relay of the generation answering a coalesced request, already
+    /// moderated there; the `generation`'s own state when it runs in this
+    /// process.
     Relay { block: crate::ai::blocks::BlockType, events: EventStream, generation: Option<(StreamId, Arc<Generation>)> },
+    /// The rest of an answer its first asker handed over: the same engine
+    /// stream, already moderated and counted, going on in a shared log.
+    Continue { block: crate::ai::blocks::BlockType, events: EventStream, answers: RequestKey },
 }
 
 impl Work {
     fn block(&self) -> crate::ai::blocks::BlockType {
         match self {
             Self::Generate { input, .. } => input.block_type(),
-            Self::Relay { block, .. } => *block,
+            Self::Relay { block, .. } | Self::Continue { block, .. } => *block,
         }
     }
 }
 
+/// The shared log an answer goes on in once its first asker cancelled, and
+/// the writer that has copied the first asker's events into it.
+struct HandedOver {
+    id: StreamId,
+    generation: Arc<Generation>,
+    writer: LogWriter,
+    span: tracing::Span,
+}
+
+/// Runs one stream into its log until its terminal event, and, when its first
+/// asker handed its answer over, the answer's rest into the shared log it goes
+/// on in (in the same task: the tasks a drain waits for are the same).
+async fn run(
+    inner: Arc<Inner>,
+    id: StreamId,
+    work: Work,
+    generation: Arc<Generation>,
+    writer: LogWriter,
+    permit: OwnedSemaphorePermit,
+    reservation: Reservation,
+) {
+    let mut handed_over = run_generation(inner.clone(), id, work, generation, writer, Some(permit), Some(reservation)).await;
+    while let Some((HandedOver { id, generation, writer, span }, work)) = handed_over.take() {
+        handed_over = run_generation(inner.clone(), id, work, generation, writer, None, None).instrument(span).await;
+    }
+}
+
 /// Runs one stream into its log until its terminal event. The permit and the
-/// reservation are a learner's stream's; a shared generation holds neither.
+/// reservation are a learner's stream's; a shared log holds neither. Returns
+/// the shared log, and the work, of an answer handed over at its end.
 async fn run_generation(
     inner: Arc<Inner>,
     id: StreamId,
@@ -831,12 +906,13 @@ async fn run_generation(
     mut writer: LogWriter,
     _permit: Option<OwnedSemaphorePermit>,
     reservation: Option<Reservation>,
-) {
+) -> Option<(HandedOver, Work)> {
     let block = work.block();
     let provider = inner.engine.provider().name().to_owned();
-    // Metrics of generations count what reached the provider: a relay is none.
-    let generates = matches!(work, Work::Generate { .. });
-    if generates {
+    // Metrics of generations count what reached the provider: a relay is none,
+    // and an answer handed over is the one generation it began as.
+    let begins = matches!(work, Work::Generate { .. });
+    if begins {
         inner.metrics.active_streams.inc();
     }
     let started = Instant::now();
@@ -850,24 +926,27 @@ async fn run_generation(
         Work::Generate { input, exchange, answers } => {
             let mut produced = inner.engine.stream(input);
             if answers.is_some() {
-                produced = counted(produced, generation.clone(), inner.engine.token_counter());
+                produced = counted(produced, generation.produced.clone(), inner.engine.token_counter());
             }
             (inner.moderation.guard(meter(produced), exchange), answers, None)
         }
         // A relay's learner is charged what they were sent, as if they had
         // generated it alone.
         Work::Relay { events, generation, .. } => (meter(events), None, generation),
+        // Moderated, counted and metered (its first asker's share) already.
+        Work::Continue { events, answers, .. } => (events, Some(answers), None),
     };
-    // A shared generation's readers are learners' relays, which each outlive
-    // their learner's last reader by the grace already: once none is left, no
-    // learner can come back to it, so it stops at once (its upstream closed as a
-    // cancel of a stream of one's own would).
-    let grace = if answers.is_some() { Duration::ZERO } else { inner.config.resume_grace };
+    // A shared log's readers are learners' relays, which each outlive their
+    // learner's last reader by the grace already: once none is left, no
+    // learner can come back to it, so it stops at once (its upstream closed as
+    // a cancel of a stream of one's own would). Its first readers are given
+    // `FIRST_READER_WAIT` to come over from the first asker's log.
+    let grace = if generation.shared { Duration::ZERO } else { inner.config.resume_grace };
     // Made once, not per event (each would register with its token and leave it
     // again), and polled only once they woke the task, not at every event.
     let mut abandoned = PolledWhenWoken::new(abandoned(inner.store.clone(), id.clone(), generation.readers.subscribe(), grace));
     let mut cancelled = PolledWhenWoken::new(generation.cancel.clone().cancelled_owned());
-    let mut first_chunk = generates;
+    let mut first_chunk = begins;
     let ending = loop {
         let next = tokio::select! {
             biased;
@@ -901,19 +980,37 @@ async fn run_generation(
             Err(AppendFailed::Store(error)) => break Ending::StoreLost(error),
         }
     };
-    // Dropping the engine's stream closes the provider request; dropping a
-    // relay's, its reader of the shared generation.
-    drop(events);
-    generation.upstream_closed.cancel();
-    if let (Ending::Cancelled(_), Some((shared_id, shared))) = (&ending, &source) {
-        // The last learner of a shared generation here: it stops now, and
-        // its provider request is closed by the time this cancel is answered,
-        // as a stream's own generation's would be.
-        // (Where other processes may read it, the store counts their readers
-        // for a grace more: not waited for.)
-        let unread = *shared.readers.borrow() == 0;
-        if unread && matches!(inner.store.reader_presence(shared_id).await, Ok(None)) {
-            let _ = tokio::time::timeout(CANCEL_WAIT, shared.upstream_closed.cancelled()).await;
+    // The first asker cancelled an answer others read: it goes on for them in
+    // a shared log, before this stream's own `cancelled` lands.
+    let handed_over = match (&ending, &answers) {
+        (Ending::Cancelled(CancelReason::Requested), Some(request)) if !generation.shared => {
+            hand_over(&inner, &id, block, request, &generation, writer.next_seq).await
+        }
+        _ => None,
+    };
+    let (events, answers) = match (handed_over.is_some(), answers) {
+        (true, Some(request)) => (Some(events), Some(request)),
+        (_, answers) => {
+            // Dropping the engine's stream closes the provider request; dropping a
+            // relay's, its reader of the generation it relays.
+            drop(events);
+            generation.upstream_closed.cancel();
+            (None, answers)
+        }
+    };
+    if let (Ending::Cancelled(_), Some((source_id, source))) = (&ending, &source) {
+        // The last learner reading a shared log here: it stops now, and its
+        // provider request is closed by the time this cancel is answered, as a
+        // stream's own generation's would be. (Where other processes may read
+        // it, the store counts their readers for a grace more: not waited
+        // for. A first asker's own stream lives by its own grace.)
+        let (mut source_id, mut source) = (source_id.clone(), source.clone());
+        while let Some((next_id, next)) = source.successor.get().cloned() {
+            (source_id, source) = (next_id, next);
+        }
+        let unread = *source.readers.borrow() == 0;
+        if source.shared && unread && matches!(inner.store.reader_presence(&source_id).await, Ok(None)) {
+            let _ = tokio::time::timeout(CANCEL_WAIT, source.upstream_closed.cancelled()).await;
         }
     }
     let (terminal, outcome) = match ending {
@@ -948,8 +1045,8 @@ async fn run_generation(
         }
     }
     inner.store.release(&id);
-    if let Some(request) = answers {
-        keep_or_release(&inner, &request, &id, outcome == "complete").await;
+    if let (Some(request), None) = (&answers, &events) {
+        keep_or_release(&inner, request, &id, outcome == "complete").await;
     }
     if let Some(reservation) = reservation {
         match &source {
@@ -966,12 +1063,92 @@ async fn run_generation(
         }
     }
     trace::ended(&outcome, &generation.trace);
-    inner.live.lock().unwrap().remove(&id);
-    if generates {
+    if (begins || generation.shared) && events.is_none() {
         inner.metrics.outcomes.with_label_values(&[block.as_str(), &provider, &outcome]).inc();
         inner.metrics.active_streams.dec();
     }
+    inner.live.lock().unwrap().remove(&id);
     tracing::info!(stream_id = %id, block = block.as_str(), %outcome, elapsed_ms = started.elapsed().as_millis() as u64, "generation ended");
+    match (handed_over, events, answers) {
+        (Some(handed_over), Some(events), Some(answers)) => Some((handed_over, Work::Continue { block, events, answers })),
+        _ => None,
+    }
+}
+
+/// Hands the answer of the first asker's stream `from`, cancelled with `len`
+/// events in its log, over to a shared log when others joined it: creates the
+/// log, copies the events into it at the same seqs, points the request index
+/// at it (only if it still names `from`) and records it as `from`'s successor.
+/// `None` when nobody joined, or the handover failed: `from` then ends as any
+/// cancelled stream, and whoever reads it gets `generation_lost`.
+async fn hand_over(
+    inner: &Arc<Inner>,
+    from: &StreamId,
+    block: crate::ai::blocks::BlockType,
+    request: &RequestKey,
+    generation: &Arc<Generation>,
+    len: u64,
+) -> Option<HandedOver> {
+    match inner.store.request_joined(request.as_str(), from).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(error) => {
+            tracing::warn!(stream_id = %from, %error, "could not learn whether a cancelled answer was joined; it ends");
+            return None;
+        }
+    }
+    let to = StreamId::generate();
+    let (successor, mut writer, span) = match inner.create(&to, block, SHARED_OWNER, Some(generation.as_ref())).await {
+        Ok(created) => created,
+        Err(error) => {
+            tracing::warn!(stream_id = %from, %error, "could not create the log a cancelled answer would go on in; it ends");
+            return None;
+        }
+    };
+    let moved = tokio::time::timeout(APPEND_PATIENCE, async {
+        copy_log(inner.store.as_ref(), from, len, &mut writer).await?;
+        let live_ttl = inner.config.coalesce.live_ttl;
+        if !inner.store.hand_over_request(request.as_str(), from, &to, live_ttl).await.map_err(|error| error.to_string())? {
+            return Err("the request index no longer names it".to_owned());
+        }
+        inner.store.set_successor(from, &to).await.map_err(|error| error.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("the store took too long".to_owned()));
+    if let Err(error) = moved {
+        tracing::warn!(stream_id = %from, successor = %to, %error, "could not hand a cancelled answer over; it ends");
+        // Nobody reads the new log: it ends at once, and names no answer.
+        let _ = writer.append(&EventBody::Cancelled { reason: CancelReason::Abandoned }).await;
+        inner.store.release(&to);
+        let _ = inner.store.release_request(request.as_str(), &to).await;
+        inner.live.lock().unwrap().remove(&to);
+        return None;
+    }
+    let _ = generation.successor.set((to.clone(), successor.clone()));
+    tracing::info!(stream_id = %from, successor = %to, "the first asker cancelled; the answer goes on for the others");
+    Some(HandedOver { id: to, generation: successor, writer, span })
+}
+
+/// Copies the first `len` events of `from`'s log into `writer`'s, at the same seqs.
+async fn copy_log(store: &dyn EventStore, from: &StreamId, len: u64, writer: &mut LogWriter) -> Result<(), String> {
+    let mut follower = store.follow(from, None);
+    while writer.next_seq < len {
+        let batch = match follower.next().await {
+            Some(Ok(batch)) => batch,
+            Some(Err(error)) => return Err(format!("its log could not be read ({:?})", error.cause)),
+            None => return Err("its log ended early".to_owned()),
+        };
+        for event in batch.events.iter().take_while(|event| event.seq < len) {
+            if event.seq != writer.next_seq {
+                return Err(format!("its log has no event {}", writer.next_seq));
+            }
+            writer.append_record(&EventRecord::of(event)).await.map_err(|failed| match failed {
+                AppendFailed::Ended => "the new log was ended".to_owned(),
+                AppendFailed::Store(error) => error.to_string(),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1015,6 +1192,12 @@ mod tests {
         async fn release_request(&self, key: &str, id: &StreamId) -> Result<(), StoreError> {
             self.store.release_request(key, id).await
         }
+        async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError> {
+            self.store.request_joined(key, id).await
+        }
+        async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError> {
+            self.store.hand_over_request(key, from, to, ttl).await
+        }
     }
 
     #[async_trait]
@@ -1039,6 +1222,12 @@ mod tests {
         fn release(&self, id: &StreamId) {
             self.store.release(id)
         }
+        async fn set_successor(&self, id: &StreamId, successor: &StreamId) -> Result<(), StoreError> {
+            self.store.set_successor(id, successor).await
+        }
+        async fn successor(&self, id: &StreamId) -> Result<Option<StreamId>, StoreError> {
+            self.store.successor(id).await
+        }
         async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
             self.store.claim_key(key, claim, ttl).await
         }
@@ -1054,7 +1243,19 @@ mod tests {
     }
 
     fn manager(store: Arc<dyn EventStore>) -> StreamManager {
-        let demo = DemoSettings::unpaced();
+        // Coalescing off: these tests are about one learner's starts.
+        let coalesce = CoalesceConfig { enabled: false, cache: Duration::ZERO, live_ttl: Duration::from_secs(60) };
+        manager_with(store, DemoSettings::unpaced(), coalesce)
+    }
+
+    /// A manager whose learners share answers (answers cached 300 s), with the
+    /// demo model at `tokens_per_second`.
+    fn coalescing(store: Arc<dyn EventStore>, tokens_per_second: f64) -> StreamManager {
+        let coalesce = CoalesceConfig { enabled: true, cache: Duration::from_secs(300), live_ttl: Duration::from_secs(60) };
+        manager_with(store, DemoSettings { tokens_per_second, ..DemoSettings::unpaced() }, coalesce)
+    }
+
+    fn manager_with(store: Arc<dyn EventStore>, demo: DemoSettings, coalesce: CoalesceConfig) -> StreamManager {
         let config = EngineConfig {
             idle_timeout: Duration::from_secs(5),
             max_duration: Duration::from_secs(60),
@@ -1062,8 +1263,6 @@ mod tests {
             retry_base: Duration::ZERO,
         };
         let engine = Engine::new(Arc::new(DemoProvider::new(demo)), config);
-        // Coalescing off: these tests are about one learner's starts.
-        let coalesce = CoalesceConfig { enabled: false, cache: Duration::ZERO, live_ttl: Duration::from_secs(60) };
         let config = ManagerConfig {
             resume_grace: Duration::from_secs(30),
             retention: Duration::from_secs(300),
@@ -1137,5 +1336,157 @@ mod tests {
         assert!(matches!(started, Started::New(_)), "the refused start gave its key back");
         let again = manager.start(eli10(), Some("k".into()), ada.id(), &alone, refuse).await.map_err(|_| ()).unwrap();
         assert_eq!(again, Started::Existing(started.stream_id().clone()), "the limits were not asked");
+    }
+
+    /// Learners of one class.
+    fn class() -> Sharing {
+        Sharing { scope: "class:7b".into(), fresh: false }
+    }
+
+    /// Starts `learner`'s stream of the class's question.
+    async fn ask(manager: &StreamManager, limits: &Limits, learner: &str) -> StreamId {
+        let principal = Principal::learner(learner);
+        let started = manager.start(eli10(), None, principal.id(), &class(), || limits.admit(&principal, 400)).await;
+        started.map_err(|_| "the start failed").unwrap().stream_id().clone()
+    }
+
+    /// `learner`'s reader of their stream `id`, from its first event.
+    async fn reader(manager: &StreamManager, learner: &str, id: &StreamId) -> EventReader {
+        match manager.open(id, None, Principal::learner(learner).id()).await {
+            Ok(Opened::Events(reader)) => reader,
+            _ => panic!("{learner} reads their stream"),
+        }
+    }
+
+    /// A reader's next `n` events.
+    async fn take(reader: &mut EventReader, n: usize) -> Vec<LoggedEvent> {
+        let mut events = Vec::new();
+        while events.len() < n {
+            let batch = tokio::time::timeout(Duration::from_secs(10), reader.next()).await.expect("events in time").expect("more events");
+            events.extend(batch.events);
+        }
+        events
+    }
+
+    /// A reader's events up to its end.
+    async fn rest(reader: EventReader) -> Vec<LoggedEvent> {
+        let batches: Vec<EventBatch> =
+            tokio::time::timeout(Duration::from_secs(10), reader.collect()).await.expect("the stream ends in time");
+        batches.into_iter().flat_map(|batch| batch.events).collect()
+    }
+
+    fn bodies(events: &[LoggedEvent]) -> Vec<EventBody> {
+        events.iter().map(|event| event.body().expect("a valid event")).collect()
+    }
+
+    fn text(events: &[EventBody]) -> String {
+        events.iter().filter_map(|body| if let EventBody::Chunk { token } = body { Some(token.as_str()) } else { None }).collect()
+    }
+
+    /// The `shared` and `cached` marks of a stream's `start`.
+    fn marks(events: &[EventBody]) -> (bool, bool) {
+        match events.first() {
+            Some(EventBody::Start { shared, cached, .. }) => (*shared, *cached),
+            other => panic!("a stream begins with its start: {other:?}"),
+        }
+    }
+
+    fn assert_contiguous(events: &[LoggedEvent]) {
+        let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+        assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "no gap, no duplicate");
+        assert_eq!(events.iter().filter(|event| event.is_terminal()).count(), 1, "one terminal event");
+        assert!(events.last().unwrap().is_terminal());
+    }
+
+    /// Once every stream of `manager` has ended (its last event read, its task finishing).
+    async fn settled(manager: &StreamManager) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while manager.live_count() > 0 {
+            assert!(Instant::now() < deadline, "every stream ends");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn outcomes(manager: &StreamManager, outcome: &str) -> u64 {
+        manager.inner.metrics.outcomes.with_label_values(&["explain-eli10", "demo", outcome]).get()
+    }
+
+    #[tokio::test]
+    async fn a_coalescible_stream_nobody_joins_writes_its_own_log_only_and_is_the_answer_served_next() {
+        let store = Arc::new(memory());
+        let (manager, limits) = (coalescing(store.clone(), 0.0), limits());
+        let ada = ask(&manager, &limits, "ada").await;
+        let events = rest(reader(&manager, "ada", &ada).await).await;
+        assert_contiguous(&events);
+        let ada_events = bodies(&events);
+        assert_eq!((marks(&ada_events), events.last().unwrap().event_type), ((false, false), EventType::Complete));
+        assert_eq!(store.log_count(), 1, "one log: the learner's own, no shared one beside it");
+        assert_eq!(&*store.status(&ada).await.unwrap().owner, Principal::learner("ada").id());
+        // Her stream is the class's answer: the next identical start replays it.
+        let bo = ask(&manager, &limits, "bo").await;
+        let bo_events = bodies(&rest(reader(&manager, "bo", &bo).await).await);
+        assert_eq!((marks(&bo_events), text(&bo_events)), ((false, true), text(&ada_events)));
+    }
+
+    #[tokio::test]
+    async fn a_first_asker_who_cancels_while_another_reads_hands_the_answer_over_whole_and_it_is_served_next() {
+        let store = Arc::new(memory());
+        let (manager, limits) = (coalescing(store.clone(), 100.0), limits());
+        let ada = ask(&manager, &limits, "ada").await;
+        let bo = ask(&manager, &limits, "bo").await;
+        let (mut ada_reader, mut bo_reader) = (reader(&manager, "ada", &ada).await, reader(&manager, "bo", &bo).await);
+        let mut bo_events = take(&mut bo_reader, 3).await;
+        let mut ada_events = take(&mut ada_reader, 3).await;
+        assert_eq!(manager.cancel(&ada, Principal::learner("ada").id()).await.unwrap(), CancelOutcome::Cancelled);
+        ada_events.extend(rest(ada_reader).await);
+        assert_contiguous(&ada_events);
+        assert!(
+            matches!(bodies(&ada_events).last(), Some(EventBody::Cancelled { reason: CancelReason::Requested })),
+            "the first asker's own stream ends cancelled: {:?}",
+            bodies(&ada_events)
+        );
+        // The count of what the provider produced follows the answer: the
+        // shared log's starts with what the first asker's had counted.
+        let counter = manager.engine().token_counter();
+        let before: u64 =
+            bodies(&ada_events).iter().map(|body| if let EventBody::Chunk { token } = body { counter.chunk(token) } else { 0 }).sum();
+        let shared = manager.inner.live.lock().unwrap().values().find(|generation| generation.shared).cloned();
+        let produced = shared.expect("the answer goes on in a shared log").produced.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(before > 0 && produced >= before, "{produced} produced, {before} before the handover");
+        // A learner asking now joins the answer where it goes on, from its first event.
+        let dee = ask(&manager, &limits, "dee").await;
+        let dee_reader = reader(&manager, "dee", &dee).await;
+        bo_events.extend(rest(bo_reader).await);
+        assert_contiguous(&bo_events);
+        let bo_bodies = bodies(&bo_events);
+        let Some(EventBody::Complete { result, .. }) = bo_bodies.last() else { panic!("the joiner gets the whole answer: {bo_bodies:?}") };
+        assert_eq!(marks(&bo_bodies), (true, false));
+        assert!(!text(&bo_bodies).is_empty());
+        assert_eq!(result["markdown"], text(&bo_bodies), "every chunk once, across the handover");
+        let dee_events = bodies(&rest(dee_reader).await);
+        assert_eq!((marks(&dee_events), text(&dee_events)), ((true, false), text(&bo_bodies)));
+        assert_eq!(store.log_count(), 4, "ada's, bo's, dee's, and the shared log the answer went on in");
+        // The answer, whole, is what the class is served next.
+        let cy = ask(&manager, &limits, "cy").await;
+        let cy_events = bodies(&rest(reader(&manager, "cy", &cy).await).await);
+        assert_eq!((marks(&cy_events), text(&cy_events)), ((false, true), text(&bo_bodies)));
+        settled(&manager).await;
+        assert_eq!((outcomes(&manager, "complete"), outcomes(&manager, "cancelled_requested")), (1, 0), "one generation, which completed");
+    }
+
+    #[tokio::test]
+    async fn a_first_asker_who_cancels_an_answer_nobody_joined_ends_it_and_gives_its_key_back() {
+        let store = Arc::new(memory());
+        let (manager, limits) = (coalescing(store.clone(), 100.0), limits());
+        let ada = ask(&manager, &limits, "ada").await;
+        let mut ada_reader = reader(&manager, "ada", &ada).await;
+        take(&mut ada_reader, 3).await;
+        assert_eq!(manager.cancel(&ada, Principal::learner("ada").id()).await.unwrap(), CancelOutcome::Cancelled);
+        let ada_events = bodies(&rest(ada_reader).await);
+        assert!(matches!(ada_events.last(), Some(EventBody::Cancelled { reason: CancelReason::Requested })), "{ada_events:?}");
+        assert_eq!(store.log_count(), 1, "no shared log");
+        let bo = ask(&manager, &limits, "bo").await;
+        let mut bo_reader = reader(&manager, "bo", &bo).await;
+        assert_eq!(marks(&bodies(&take(&mut bo_reader, 1).await)), (false, false), "the next start generates anew");
     }
 }

@@ -1,6 +1,6 @@
-//! Where a coalesced start gets its answer: a generation it starts itself
-//! (its claim took the request key), one already running (join), or a finished,
-//! complete one (cache). Decided through the store's request index, so every
+//! Where a coalesced start gets its answer: its own stream's generation (its
+//! claim took the request key for its own stream id), one already running
+//! (join), or a finished, complete one (cache). Decided through the store's request index, so every
 //! process agrees; a key naming a generation that cannot serve (it ended
 //! without a complete answer, its log is gone, or its starter died before
 //! creating it) is replaced, only if nobody replaced it first.
@@ -22,7 +22,7 @@ const PENDING_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The key is ours: the caller starts this generation.
+    /// The key is ours: the caller's own stream generates the answer.
     Claimed(StreamId),
     /// A generation for the same request is running: its log is read from the start.
     Joined(StreamId),

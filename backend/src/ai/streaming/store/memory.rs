@@ -114,6 +114,8 @@ struct Log {
     appended: Notify,
     /// Its generation's cancel signal.
     cancel: CancellationToken,
+    /// The log its answer went on in (coalescing's handover), set before its end.
+    successor: Mutex<Option<StreamId>>,
 }
 
 impl Log {
@@ -314,12 +316,21 @@ impl RequestIndex for MemoryStore {
         self.requests.release(key, id);
         Ok(())
     }
+
+    async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError> {
+        Ok(self.requests.joined(key, id))
+    }
+
+    async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.requests.hand_over(key, from, to, ttl))
+    }
 }
 
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn create(&self, id: &StreamId, owner: &str, cancel: CancellationToken) -> Result<Box<dyn Appender>, StoreError> {
-        let log = Arc::new(Log { owner: owner.into(), data: Mutex::default(), appended: Notify::new(), cancel });
+        let log =
+            Arc::new(Log { owner: owner.into(), data: Mutex::default(), appended: Notify::new(), cancel, successor: Mutex::default() });
         self.shared.index.lock().unwrap().logs.insert(id.clone(), log.clone());
         Ok(Box::new(MemoryAppender { id: id.clone(), log, shared: self.shared.clone() }))
     }
@@ -373,6 +384,20 @@ impl EventStore for MemoryStore {
     }
 
     fn release(&self, _id: &StreamId) {}
+
+    async fn set_successor(&self, id: &StreamId, successor: &StreamId) -> Result<(), StoreError> {
+        *self.log(id)?.successor.lock().unwrap() = Some(successor.clone());
+        Ok(())
+    }
+
+    async fn successor(&self, id: &StreamId) -> Result<Option<StreamId>, StoreError> {
+        match self.log(id) {
+            Ok(log) => Ok(log.successor.lock().unwrap().clone()),
+            // An evicted log's answer is gone with it.
+            Err(StoreError::NotFound(_) | StoreError::Expired { .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
 
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {
         let mut index = self.shared.index.lock().unwrap();
@@ -545,6 +570,18 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(store.claim_key("held", claim(3), Duration::from_secs(10)).await.unwrap(), Some(claim(1)), "kept");
         assert_eq!(store.claim_key("left", claim(4), Duration::from_secs(10)).await.unwrap(), None, "lapsed: only its holder keeps it");
+    }
+
+    #[tokio::test]
+    async fn a_log_names_the_successor_recorded_for_it_and_an_unknown_one_has_none() {
+        let store = store(Duration::from_secs(60), 1 << 20);
+        let log = store.create(&id(1), "owner", CancellationToken::new()).await.unwrap();
+        assert_eq!(store.successor(&id(1)).await.unwrap(), None);
+        store.set_successor(&id(1), &id(2)).await.unwrap();
+        log.append(0, &end()).await.unwrap();
+        assert_eq!(store.successor(&id(1)).await.unwrap(), Some(id(2)), "kept past the log's end");
+        assert_eq!(store.successor(&id(9)).await.unwrap(), None);
+        assert!(matches!(store.set_successor(&id(9), &id(2)).await, Err(StoreError::NotFound(_))));
     }
 
     /// The bytes a finished log of one chunk holds.

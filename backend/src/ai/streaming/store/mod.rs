@@ -138,6 +138,14 @@ pub trait EventStore: RequestIndex + Send + Sync + 'static {
     /// Gives up this process's lease on a log it could not finish.
     fn release(&self, id: &StreamId);
 
+    /// Records that the answer in `id`'s log goes on in `successor`'s log from
+    /// the seq at which `id`'s ends (coalescing's handover); written before
+    /// `id`'s terminal event, so a reader that meets that event finds it.
+    async fn set_successor(&self, id: &StreamId, successor: &StreamId) -> Result<(), StoreError>;
+
+    /// The log `id`'s answer went on in, if it was handed over.
+    async fn successor(&self, id: &StreamId) -> Result<Option<StreamId>, StoreError>;
+
     /// Claims an idempotency key for stream `id` for `ttl`, atomically. When another
     /// start holds it, returns that claim instead.
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError>;

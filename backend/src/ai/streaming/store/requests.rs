@@ -1,8 +1,15 @@
-//! The request index of coalescing: which shared generation answers a request
-//! (a `coalesce::RequestKey` digest: scope, block, normalized input, provider,
-//! model, prompt). A start claims a request key for its own generation, or
-//! learns which generation holds it; the generation keeps it while it runs and
-//! for the cache window after a complete answer, and gives it back otherwise.
+//! The request index of coalescing: which generation answers a request (a
+//! `coalesce::RequestKey` digest: scope, block, normalized input, provider,
+//! model, prompt). A start claims a request key for its own stream, or learns
+//! which generation holds it; the generation keeps it while it runs and for the
+//! cache window after a complete answer, and gives it back otherwise.
+//!
+//! An entry also says whether it was joined: a claim that is given the
+//! generation an entry names (a start that will read it, not a `fresh` one)
+//! marks it, in the same atomic step. The first asker who cancels reads the mark
+//! to decide whether the answer must go on for others (`coalesce` module doc:
+//! the handover), and hands the entry over to the answer's new log only if it
+//! still names theirs.
 //!
 //! Every operation is one atomic decision in the store (with Redis, one command
 //! or script on one key), so thirty starts spread over many processes agree on
@@ -35,8 +42,16 @@ pub enum Claim<'a> {
 #[async_trait]
 pub trait RequestIndex: Send + Sync {
     /// Makes `key` name generation `id` for `ttl` when `claim` allows it
-    /// (`Ok(None)`), atomically; otherwise returns the generation it names.
+    /// (`Ok(None)`), atomically; otherwise returns the generation it names,
+    /// and marks the entry joined unless the claim is [`Claim::Always`].
     async fn claim_request(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Result<Option<StreamId>, StoreError>;
+
+    /// Whether `key` names `id` and was joined since `id` claimed it.
+    async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError>;
+
+    /// Makes `key` name `to` for `ttl` instead of `from`, only if it still
+    /// names `from`; whether it did.
+    async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Keeps `key` naming `id` for `ttl` from now, if it still does (a complete
     /// answer, cached).
@@ -50,50 +65,74 @@ pub trait RequestIndex: Send + Sync {
 /// soonest to expire.
 const MAX_REQUESTS: usize = 100_000;
 
+/// What a request key names, until when, and whether it was joined.
+struct Entry {
+    id: StreamId,
+    lapses: Instant,
+    joined: bool,
+}
+
 /// The request index of one process (`STREAM_STORE=memory`).
 #[derive(Default)]
 pub struct RequestTable {
-    entries: Mutex<HashMap<String, (StreamId, Instant)>>,
+    entries: Mutex<HashMap<String, Entry>>,
 }
 
 impl RequestTable {
     pub fn claim(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Option<StreamId> {
         let mut entries = self.entries.lock().unwrap();
         let now = Instant::now();
-        if let Some((held, lapses)) = entries.get(key).filter(|(_, lapses)| *lapses > now) {
+        if let Some(entry) = entries.get_mut(key).filter(|entry| entry.lapses > now) {
             let replaceable = match claim {
                 Claim::Vacant => false,
-                Claim::Replacing(stale) => held == stale,
+                Claim::Replacing(stale) => entry.id == *stale,
                 Claim::Always => true,
             };
             if !replaceable {
-                let _ = lapses;
-                return Some(held.clone());
+                entry.joined = true;
+                return Some(entry.id.clone());
             }
         }
         if entries.len() >= MAX_REQUESTS {
-            entries.retain(|_, (_, lapses)| *lapses > now);
+            entries.retain(|_, entry| entry.lapses > now);
             if entries.len() >= MAX_REQUESTS {
-                if let Some(soonest) = entries.iter().min_by_key(|(_, (_, lapses))| *lapses).map(|(k, _)| k.clone()) {
+                if let Some(soonest) = entries.iter().min_by_key(|(_, entry)| entry.lapses).map(|(k, _)| k.clone()) {
                     entries.remove(&soonest);
                 }
             }
         }
-        entries.insert(key.to_owned(), (id.clone(), now + ttl));
+        entries.insert(key.to_owned(), Entry { id: id.clone(), lapses: now + ttl, joined: false });
         None
     }
 
+    /// The live entry of `key` if it names `id`.
+    fn named<'a>(entries: &'a mut HashMap<String, Entry>, key: &str, id: &StreamId) -> Option<&'a mut Entry> {
+        let now = Instant::now();
+        entries.get_mut(key).filter(|entry| entry.id == *id && entry.lapses > now)
+    }
+
     pub fn hold(&self, key: &str, id: &StreamId, ttl: Duration) {
-        if let Some((_, lapses)) = self.entries.lock().unwrap().get_mut(key).filter(|(held, _)| held == id) {
-            *lapses = Instant::now() + ttl;
+        if let Some(entry) = Self::named(&mut self.entries.lock().unwrap(), key, id) {
+            entry.lapses = Instant::now() + ttl;
         }
     }
 
     pub fn release(&self, key: &str, id: &StreamId) {
         let mut entries = self.entries.lock().unwrap();
-        if entries.get(key).is_some_and(|(held, _)| held == id) {
+        if entries.get(key).is_some_and(|entry| entry.id == *id) {
             entries.remove(key);
         }
+    }
+
+    pub fn joined(&self, key: &str, id: &StreamId) -> bool {
+        Self::named(&mut self.entries.lock().unwrap(), key, id).is_some_and(|entry| entry.joined)
+    }
+
+    pub fn hand_over(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> bool {
+        let mut entries = self.entries.lock().unwrap();
+        let Some(entry) = Self::named(&mut entries, key, from) else { return false };
+        *entry = Entry { id: to.clone(), lapses: Instant::now() + ttl, joined: entry.joined };
+        true
     }
 }
 
@@ -135,5 +174,32 @@ mod tests {
         assert_eq!(table.claim("k", &id("g2"), TTL, Claim::Vacant), None, "a lapsed key is vacant");
         table.release("k", &id("g2"));
         assert_eq!(table.claim("k", &id("g3"), TTL, Claim::Vacant), None);
+    }
+
+    #[test]
+    fn a_claim_given_the_held_generation_marks_it_joined_and_a_fresh_one_does_not() {
+        let table = RequestTable::default();
+        table.claim("k", &id("g1"), TTL, Claim::Vacant);
+        assert!(!table.joined("k", &id("g1")), "claimed, not joined");
+        table.claim("k", &id("g0"), TTL, Claim::Always);
+        assert!(!table.joined("k", &id("g0")), "a fresh claim takes the key and joins nothing");
+        assert_eq!(table.claim("k", &id("g2"), TTL, Claim::Vacant), Some(id("g0")));
+        assert!(table.joined("k", &id("g0")));
+        assert!(!table.joined("k", &id("g1")), "only the generation the key names");
+        table.claim("other", &id("g3"), TTL, Claim::Vacant);
+        assert_eq!(table.claim("other", &id("g4"), TTL, Claim::Replacing(&id("g9"))), Some(id("g3")));
+        assert!(table.joined("other", &id("g3")), "a replacement given the held generation joins it too");
+    }
+
+    #[test]
+    fn a_key_is_handed_over_only_from_the_generation_it_still_names() {
+        let table = RequestTable::default();
+        table.claim("k", &id("g1"), TTL, Claim::Vacant);
+        assert!(!table.hand_over("k", &id("g0"), &id("s1"), TTL), "not g0's");
+        assert!(table.hand_over("k", &id("g1"), &id("s1"), TTL));
+        assert_eq!(table.claim("k", &id("g2"), TTL, Claim::Vacant), Some(id("s1")), "the key names the new log");
+        assert!(!table.hand_over("k", &id("g1"), &id("s2"), TTL), "g1 no longer holds it");
+        assert!(!table.hand_over("vacant", &id("g1"), &id("s2"), TTL));
+        assert_eq!(table.claim("vacant", &id("g5"), TTL, Claim::Vacant), None);
     }
 }

@@ -4,14 +4,16 @@
 //! - `<prefix>:{<id>}:log`: a Redis Stream, one entry per event, entry id
 //!   `<seq>-1`, fields `t` (type) and `j` (the event's JSON members);
 //! - `<prefix>:{<id>}:meta`: a hash, `state` (`live` or `finished`), `owner` (the
-//!   principal that started the stream) and, once finished, `len`; it outlives
-//!   the log so an expired stream's length and owner are known;
+//!   principal that started the stream), once finished `len`, and `successor`
+//!   when a first asker's cancel handed the answer over to a shared log
+//!   (coalescing); it outlives the log so an expired stream's length and owner
+//!   are known;
 //! - `<prefix>:{<id>}:lease`: the generating process's id while it generates (or
 //!   `cancel` once a cancel was asked for and not yet seen);
 //! - `<prefix>:{<id>}:readers`: present while some process serves a reader, and
 //!   for the resume grace after the last one left.
 //!
-//! Besides streams, `<prefix>:request:{<digest>}` names the shared generation
+//! Besides streams, `<prefix>:request:{<digest>}` names the generation
 //! answering a request (coalescing), hash-tagged by its own digest.
 //!
 //! And two kinds of pub/sub channel (`routes.rs`):

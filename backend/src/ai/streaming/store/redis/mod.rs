@@ -140,6 +140,10 @@ pub const PRESENCE_SLACK: Duration = LEASE_TTL;
 /// How long a finished stream's length outlives its log, so a late reader's
 /// `stream_not_found` takes a seq no event of the log had.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+/// The meta field naming the log a stream's answer went on in (coalescing's
+/// handover): in the stream's own slot, written before its terminal event.
+const SUCCESSOR: &str = "successor";
+
 fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
@@ -543,6 +547,17 @@ impl EventStore for RedisStore {
     fn release(&self, id: &StreamId) {
         self.shared.leases.lock().unwrap().remove(id);
         self.shared.routes.close(id);
+    }
+
+    async fn set_successor(&self, id: &StreamId, successor: &StreamId) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn.clone();
+        conn.hset::<_, _, _, ()>(self.shared.keys.meta(id), SUCCESSOR, successor.as_str()).await.map_err(unavailable)
+    }
+
+    async fn successor(&self, id: &StreamId) -> Result<Option<StreamId>, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let successor: Option<String> = conn.hget(self.shared.keys.meta(id), SUCCESSOR).await.map_err(unavailable)?;
+        Ok(successor.as_deref().and_then(StreamId::parse))
     }
 
     async fn claim_key(&self, key: &str, claim: KeyClaim, ttl: Duration) -> Result<Option<KeyClaim>, StoreError> {

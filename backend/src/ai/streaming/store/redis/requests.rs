@@ -1,13 +1,14 @@
 //! The request index of coalescing in Redis (see `store/requests.rs`): one key
-//! per request, `<prefix>:request:{<digest>}`, holding the id of the shared
-//! generation that answers it, with an expiry. Each decision is one command or
-//! one script on that one key, so it is atomic across every process and needs
-//! no cross-slot access in a cluster:
-//! - a claim of a vacant key is `SET NX GET PX` (Redis ≥ 7.0): the previous
-//!   holder comes back when there was one;
-//! - replacing a generation found unusable, holding (extending) and releasing
-//!   compare the value first, so a process never touches a key another
-//!   generation has taken since.
+//! per request, `<prefix>:request:{<digest>}`, holding the id of the generation
+//! that answers it (`<id>`, or `<id> joined` once a start was given it), with
+//! an expiry. Each decision is one script on that one key, so it is atomic
+//! across every process and needs no cross-slot access in a cluster:
+//! - a claim takes a vacant key, or returns the id it names and marks it
+//!   joined in the same step (keeping its expiry); a `fresh` claim takes the
+//!   key whatever it names, and marks nothing;
+//! - replacing a generation found unusable, holding (extending), releasing and
+//!   handing over compare the id first, so a process never touches a key
+//!   another generation has taken since.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -20,14 +21,24 @@ use super::super::StoreError;
 use super::{unavailable, RedisStore};
 use crate::ai::streaming::events::StreamId;
 
-/// Takes the key if it is vacant or names ARGV[2]; else returns what it names.
-static REPLACE: LazyLock<redis::Script> = LazyLock::new(|| {
+/// The mark a joined entry's value carries after its id.
+const JOINED: &str = " joined";
+
+/// Takes the key if it is vacant (or, with a stale id, names that id); else
+/// marks it joined and returns the id it names.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
--- KEYS: request. ARGV: new id, stale id, ttl_ms
+-- KEYS: request. ARGV: new id, ttl_ms, stale id (or '')
 local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[2] then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if held then
+  local id = string.match(held, '^%S+')
+  if id ~= ARGV[3] then
+    if id == held then redis.call('SET', KEYS[1], held .. ' joined', 'KEEPTTL') end
+    return id
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 ",
     )
@@ -37,7 +48,8 @@ return false
 static HOLD: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^%S+') == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ",
     )
@@ -47,8 +59,21 @@ return 0
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^%S+') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
+",
+    )
+});
+
+/// Makes the key name ARGV[2] instead of ARGV[1], if it still names ARGV[1].
+static HAND_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if not held or string.match(held, '^%S+') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 ",
     )
 });
@@ -62,27 +87,16 @@ impl RequestIndex for RedisStore {
     async fn claim_request(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Result<Option<StreamId>, StoreError> {
         let mut conn = self.shared.conn.clone();
         let name = self.shared.keys.request(key);
-        let held: Option<String> = match claim {
-            Claim::Vacant => {
-                let options = redis::SetOptions::default()
-                    .conditional_set(redis::ExistenceCheck::NX)
-                    .get(true)
-                    .with_expiration(redis::SetExpiry::PX(millis(ttl)));
-                conn.set_options(&name, id.as_str(), options).await.map_err(unavailable)?
-            }
-            Claim::Replacing(stale) => REPLACE
-                .key(&name)
-                .arg(id.as_str())
-                .arg(stale.as_str())
-                .arg(millis(ttl))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?,
+        let stale = match claim {
+            Claim::Vacant => "",
+            Claim::Replacing(stale) => stale.as_str(),
             Claim::Always => {
                 conn.pset_ex::<_, _, ()>(&name, id.as_str(), millis(ttl)).await.map_err(unavailable)?;
-                None
+                return Ok(None);
             }
         };
+        let held: Option<String> =
+            CLAIM.key(&name).arg(id.as_str()).arg(millis(ttl)).arg(stale).invoke_async(&mut conn).await.map_err(unavailable)?;
         held.map(|held| StreamId::parse(&held).ok_or_else(|| StoreError::Unavailable(format!("request key {name} holds no stream id"))))
             .transpose()
     }
@@ -102,6 +116,25 @@ impl RequestIndex for RedisStore {
         let mut conn = self.shared.conn.clone();
         RELEASE.key(self.shared.keys.request(key)).arg(id.as_str()).invoke_async::<i64>(&mut conn).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let held: Option<String> = conn.get(self.shared.keys.request(key)).await.map_err(unavailable)?;
+        Ok(held.is_some_and(|held| held.strip_suffix(JOINED) == Some(id.as_str())))
+    }
+
+    async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.shared.conn.clone();
+        let handed: i64 = HAND_OVER
+            .key(self.shared.keys.request(key))
+            .arg(from.as_str())
+            .arg(to.as_str())
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(handed == 1)
     }
 }
 
@@ -147,6 +180,30 @@ mod tests {
         assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Always).await.unwrap(), None, "fresh");
         b.release_request("k", &id("g3")).await.unwrap();
         assert_eq!(a.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), None, "released");
+    }
+
+    #[tokio::test]
+    async fn a_start_given_the_held_generation_marks_it_joined_in_the_key_and_only_its_holder_hands_it_over() {
+        let (a, b) = pair().await;
+        a.claim_request("k", &id("g1"), TTL, Claim::Vacant).await.unwrap();
+        assert!(!a.request_joined("k", &id("g1")).await.unwrap(), "claimed, not joined");
+        assert_eq!(b.claim_request("k", &id("g2"), TTL, Claim::Vacant).await.unwrap(), Some(id("g1")));
+        assert!(a.request_joined("k", &id("g1")).await.unwrap(), "joined through another process");
+        let name = a.shared.keys.request("k");
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0, "the mark keeps the key's expiry: {left}");
+        assert_eq!(b.claim_request("k", &id("g3"), TTL, Claim::Vacant).await.unwrap(), Some(id("g1")), "a second join");
+        a.hold_request("k", &id("g1"), Duration::from_secs(5)).await.unwrap();
+        let left: i64 = a.shared.conn.clone().pttl(&name).await.unwrap();
+        assert!(left > 0 && left <= 5000, "a joined key is held by its generation: {left}");
+        assert!(!b.hand_over_request("k", &id("g0"), &id("s1"), TTL).await.unwrap(), "not g0's");
+        assert!(a.hand_over_request("k", &id("g1"), &id("s1"), TTL).await.unwrap());
+        assert_eq!(b.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), Some(id("s1")), "the key names the new log");
+        assert!(!a.request_joined("k", &id("g1")).await.unwrap(), "g1 no longer holds it");
+        b.release_request("k", &id("s1")).await.unwrap();
+        assert_eq!(a.claim_request("k", &id("g5"), TTL, Claim::Vacant).await.unwrap(), None, "a joined key is released by its generation");
+        assert_eq!(a.claim_request("k", &id("g6"), TTL, Claim::Always).await.unwrap(), None);
+        assert!(!a.request_joined("k", &id("g6")).await.unwrap(), "a fresh claim joins nothing");
     }
 
     #[tokio::test]
