@@ -10,6 +10,7 @@
 //!   against the local filter and a 50 ms remote moderator (bench/moderation.sh);
 //! - `load otel --live-ai BIN …`: issue 24's cost of OpenTelemetry export, off
 //!   against sampling 1.0 and 0.1, to a sink in this process (bench/otel.sh);
+//!   `load otel-sink`: that sink alone, until killed (bench/otel-instructions.sh);
 //! - `load classes --live-ai BIN …`: issue 23's class asking at once, coalescing
 //!   on against off (bench/classes.sh);
 //! - `load burst|unpaced|streams|replay URL …`: one measurement against a running
@@ -104,6 +105,7 @@ async fn main() {
         Some("perf") => perf::main(rest).await,
         Some("moderation") => moderation::main(rest).await,
         Some("otel") => otel::main(rest).await,
+        Some("otel-sink") => otel::sink_main().await,
         Some("classes") => classes::main(rest).await,
         Some("stores") => stores::main(rest).await,
         Some("burst") => burst::main(rest).await,
@@ -112,7 +114,7 @@ async fn main() {
         Some("replay") => replay::main(rest).await,
         Some("massif") => massif::main(rest),
         _ => {
-            eprintln!("usage: load lag|perf|stores|moderation|otel|classes|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
+            eprintln!("usage: load lag|perf|stores|moderation|otel|otel-sink|classes|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
             std::process::exit(2);
         }
     }

@@ -35,6 +35,14 @@ struct Received {
     bytes: AtomicU64,
 }
 
+/// `load otel-sink`: the sink alone, for a server under a profiler
+/// (bench/otel-instructions.sh): prints its address, then serves until killed.
+pub async fn sink_main() {
+    let (address, _) = sink().await;
+    println!("http://{address}");
+    std::future::pending::<()>().await;
+}
+
 /// An OTLP/HTTP sink on its own runtime: `200` with an empty body to every export.
 async fn sink() -> (SocketAddr, Arc<Received>) {
     let received = Arc::new(Received::default());

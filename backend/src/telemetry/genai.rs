@@ -7,9 +7,15 @@
 //!
 //! A decorator around the provider, so the engine is untouched: it sees every
 //! item the provider yields and when the engine drops the stream. Per chunk it
-//! reads the clock and records one histogram observation, nothing more: no span,
-//! no event, no allocation (an earlier attempt with a span per chunk cost 23 %
-//! of the CPU per event). The first chunk is the span's one event.
+//! reads the clock and records one observation on a histogram bound to the
+//! provider's attributes, nothing more: no span, no event, no allocation, no
+//! lookup of the attributes (an earlier attempt with a span per chunk cost 23 %
+//! of the CPU per event; an unbound observation, hashing four attributes per
+//! chunk, about 7 %). The first chunk is the span's one event.
+//!
+//! The span is made only when the generation's trace is sampled (the sampler is
+//! parent-based, so an unsampled generation's call would not be exported
+//! either); the metrics are recorded for every call.
 //!
 //! A call the engine drops before the provider's end marker (the learner
 //! cancelled, nobody read, the engine's own timeout or an invalid answer) ends
@@ -21,7 +27,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::metrics::{BoundHistogram, Histogram, Meter};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 use serde_json::json;
 use tracing::field::Empty;
@@ -76,6 +83,34 @@ impl GenAiInstruments {
     }
 }
 
+/// The instruments bound to one provider's attributes: what every call records
+/// unless it failed (a failed call's duration carries its `error.type`).
+#[derive(Clone)]
+struct Bound {
+    first_chunk: BoundHistogram<f64>,
+    per_chunk: BoundHistogram<f64>,
+    input_tokens: BoundHistogram<u64>,
+    output_tokens: BoundHistogram<u64>,
+    duration: BoundHistogram<f64>,
+}
+
+impl Bound {
+    fn new(instruments: &GenAiInstruments, attributes: &[KeyValue]) -> Self {
+        let tokens = |kind: &'static str| {
+            let mut attributes = attributes.to_vec();
+            attributes.push(KeyValue::new("gen_ai.token.type", kind));
+            instruments.tokens.bind(&attributes)
+        };
+        Self {
+            first_chunk: instruments.first_chunk.bind(attributes),
+            per_chunk: instruments.per_chunk.bind(attributes),
+            input_tokens: tokens("input"),
+            output_tokens: tokens("output"),
+            duration: instruments.duration.bind(attributes),
+        }
+    }
+}
+
 /// `inner`, its calls traced and measured.
 pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, capture_content: bool) -> Arc<dyn Provider> {
     let server = inner.server();
@@ -91,36 +126,23 @@ pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, cap
         attributes.push(KeyValue::new("server.address", host.clone()));
         attributes.push(KeyValue::new("server.port", i64::from(*port)));
     }
-    Arc::new(GenAiProvider { inner, instruments, capture_content, server, attributes: attributes.into() })
+    let bound = Bound::new(&instruments, &attributes);
+    Arc::new(GenAiProvider { inner, instruments, bound, capture_content, server, attributes: attributes.into() })
 }
 
 struct GenAiProvider {
     inner: Arc<dyn Provider>,
     instruments: GenAiInstruments,
+    bound: Bound,
     capture_content: bool,
     server: Option<(String, u16)>,
     /// The attributes every measurement of a call carries.
     attributes: Arc<[KeyValue]>,
 }
 
-impl Provider for GenAiProvider {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn model(&self) -> &str {
-        self.inner.model()
-    }
-
-    fn token_counter(&self) -> TokenCounter {
-        self.inner.token_counter()
-    }
-
-    fn server(&self) -> Option<(String, u16)> {
-        self.server.clone()
-    }
-
-    fn stream(&self, request: ProviderRequest) -> ProviderStream {
+impl GenAiProvider {
+    /// The call's client span, child of the current (generation) span.
+    fn span(&self, request: &ProviderRequest) -> Span {
         let model = self.inner.model();
         let span = tracing::info_span!(
             "chat",
@@ -147,16 +169,41 @@ impl Provider for GenAiProvider {
             span.set_attribute("gen_ai.system_instructions", text(&request.prompt.system).to_string());
             span.set_attribute("gen_ai.input.messages", json!([{"role": "user", "parts": text(&request.prompt.user)}]).to_string());
         }
+        span
+    }
+}
+
+impl Provider for GenAiProvider {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn token_counter(&self) -> TokenCounter {
+        self.inner.token_counter()
+    }
+
+    fn server(&self) -> Option<(String, u16)> {
+        self.server.clone()
+    }
+
+    fn stream(&self, request: ProviderRequest) -> ProviderStream {
+        let sampled = Span::current().context().span().span_context().is_sampled();
+        let span = if sampled { self.span(&request) } else { Span::none() };
         let mut call = Call {
             span,
             instruments: self.instruments.clone(),
+            bound: self.bound.clone(),
             attributes: self.attributes.clone(),
             started: Instant::now(),
             last_chunk: None,
             usage: None,
             finished: None,
             error: None,
-            output: self.capture_content.then(String::new),
+            output: (self.capture_content && sampled).then(String::new),
         };
         Box::pin(self.inner.stream(request).map(move |item| {
             call.observe(&item);
@@ -168,8 +215,10 @@ impl Provider for GenAiProvider {
 /// One provider call in flight; dropping it (with the stream) ends the span and
 /// records the call's metrics.
 struct Call {
+    /// Disabled when the trace is not sampled.
     span: Span,
     instruments: GenAiInstruments,
+    bound: Bound,
     attributes: Arc<[KeyValue]>,
     started: Instant,
     last_chunk: Option<Instant>,
@@ -188,10 +237,10 @@ impl Call {
                 match self.last_chunk {
                     None => {
                         let waited = (now - self.started).as_secs_f64();
-                        self.instruments.first_chunk.record(waited, &self.attributes);
+                        self.bound.first_chunk.record(waited);
                         self.span.add_event("gen_ai.first_chunk", vec![KeyValue::new("gen_ai.response.time_to_first_chunk", waited)]);
                     }
-                    Some(previous) => self.instruments.per_chunk.record((now - previous).as_secs_f64(), &self.attributes),
+                    Some(previous) => self.bound.per_chunk.record((now - previous).as_secs_f64()),
                 }
                 self.last_chunk = Some(now);
                 if let Some(output) = &mut self.output {
@@ -213,11 +262,8 @@ impl Drop for Call {
         if let Some(usage) = self.usage {
             span.record("gen_ai.usage.input_tokens", usage.prompt_tokens as i64);
             span.record("gen_ai.usage.output_tokens", usage.completion_tokens as i64);
-            for (kind, count) in [("input", usage.prompt_tokens), ("output", usage.completion_tokens)] {
-                let mut attributes = self.attributes.to_vec();
-                attributes.push(KeyValue::new("gen_ai.token.type", kind));
-                self.instruments.tokens.record(count, &attributes);
-            }
+            self.bound.input_tokens.record(usage.prompt_tokens);
+            self.bound.output_tokens.record(usage.completion_tokens);
         }
         let reason = self.finished.map(|reason| match reason {
             FinishReason::Stop => "stop",
@@ -231,14 +277,18 @@ impl Drop for Call {
                 json!([{"role": "assistant", "parts": [{"type": "text", "content": output}], "finish_reason": reason.unwrap_or("error")}]);
             span.set_attribute("gen_ai.output.messages", message.to_string());
         }
-        let mut attributes = self.attributes.to_vec();
-        if let Some(error) = error {
-            span.record("error.type", error);
-            attributes.push(KeyValue::new("error.type", error));
-            if self.error.is_some() {
-                span.record("otel.status_code", "ERROR");
+        let duration = self.started.elapsed().as_secs_f64();
+        match error {
+            None => self.bound.duration.record(duration),
+            Some(error) => {
+                span.record("error.type", error);
+                if self.error.is_some() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                let mut attributes = self.attributes.to_vec();
+                attributes.push(KeyValue::new("error.type", error));
+                self.instruments.duration.record(duration, &attributes);
             }
         }
-        self.instruments.duration.record(self.started.elapsed().as_secs_f64(), &attributes);
     }
 }

@@ -8,8 +8,9 @@
 //! generator's `traceparent`, kept with the stream's metadata in the store.
 //! Nothing here runs per event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use sha2::{Digest, Sha256};
@@ -37,19 +38,69 @@ fn random_salt() -> Vec<u8> {
     [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|u| *u.as_bytes()).collect()
 }
 
+/// Pseudonyms already computed, by principal: a learner starts many streams,
+/// and each would otherwise hash again. Emptied when full.
+static PSEUDONYMS: LazyLock<Mutex<HashMap<String, Arc<str>>>> = LazyLock::new(Default::default);
+const PSEUDONYMS_KEPT: usize = 4096;
+
 /// The principal as it may appear in telemetry: 16 bytes of SHA-256 over the salt
 /// and the principal, hex. Stable for one salt; not reversible without it.
-pub fn pseudonym(principal: &str) -> String {
+pub fn pseudonym(principal: &str) -> Arc<str> {
+    if let Some(known) = PSEUDONYMS.lock().unwrap().get(principal) {
+        return known.clone();
+    }
     let salt = PRINCIPAL_SALT.get_or_init(random_salt);
     let mut hash = Sha256::new();
     hash.update((salt.len() as u64).to_be_bytes());
     hash.update(salt);
     hash.update(principal.as_bytes());
-    hex::encode(&hash.finalize()[..16])
+    let pseudonym: Arc<str> = hex::encode(&hash.finalize()[..16]).into();
+    let mut known = PSEUDONYMS.lock().unwrap();
+    if known.len() >= PSEUDONYMS_KEPT {
+        known.clear();
+    }
+    known.insert(principal.to_owned(), pseudonym.clone());
+    pseudonym
 }
 
-/// The span of one generation, child of the current (request) span.
+/// Whether log lines show spans' fields (the log filter lets info spans
+/// through): only then are the ids and the log-only fields recorded on them.
+/// The OpenTelemetry bridge exports every recorded field as an attribute, so
+/// recording them for logs that never show them costs each exported span.
+static LOGS_SHOW_SPANS: AtomicBool = AtomicBool::new(true);
+
+pub fn set_logs_show_spans(show: bool) {
+    LOGS_SHOW_SPANS.store(show, Ordering::Relaxed);
+}
+
+pub fn logs_show_spans() -> bool {
+    LOGS_SHOW_SPANS.load(Ordering::Relaxed)
+}
+
+/// The target of spans that are only logged, never exported (the OTel layer's
+/// filter refuses it): an unsampled generation is one.
+pub const LOG_ONLY: &str = "live_ai::log_only";
+
+/// The span of one generation, child of the current (request) span. When the
+/// trace is not sampled it is a log-only span, which the OpenTelemetry bridge
+/// never hears of: with the sampler parent-based, it would not be exported.
 pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
+    let parent = Span::current().context().span().span_context().clone();
+    if parent.is_valid() && !parent.is_sampled() {
+        let span = tracing::info_span!(
+            target: LOG_ONLY,
+            "generation",
+            stream_id = %id,
+            block = block.as_str(),
+            outcome = Empty,
+            resumes = Empty,
+            trace_id = Empty,
+        );
+        if !span.is_disabled() {
+            span.record("trace_id", tracing::field::display(parent.trace_id()));
+        }
+        return span;
+    }
     let span = tracing::info_span!(
         "generation",
         otel.name = %format_args!("generate {}", block.as_str()),
@@ -63,21 +114,25 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
         span_id = Empty,
     );
     if !span.is_disabled() && record_ids(&span) {
-        span.record("enduser.pseudo.id", pseudonym(principal));
+        span.record("enduser.pseudo.id", &*pseudonym(principal));
     }
     span
 }
 
-/// Records the span's trace and span ids as fields, so every log line inside it
-/// carries them; false when the span is not traced (no OTLP export).
+/// Records the span's trace and span ids as fields when logs show them, so
+/// every log line inside it carries them; false when the span is not traced
+/// (no OTLP export).
 pub fn record_ids(span: &Span) -> bool {
     let context = span.context();
-    let ids = context.span().span_context().clone();
+    let span_ref = context.span();
+    let ids = span_ref.span_context();
     if !ids.is_valid() {
         return false;
     }
-    span.record("trace_id", tracing::field::display(ids.trace_id()));
-    span.record("span_id", tracing::field::display(ids.span_id()));
+    if logs_show_spans() {
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
+    }
     true
 }
 
@@ -109,7 +164,9 @@ impl GenerationTrace {
     /// the reader's span links to it.
     pub fn resumed(&self) {
         self.resumes.fetch_add(1, Ordering::Relaxed);
-        Span::current().add_link(self.context.clone());
+        if self.context.is_valid() {
+            Span::current().add_link(self.context.clone());
+        }
     }
 
     /// The generation's span context as a W3C `traceparent`, for readers in other
@@ -170,6 +227,8 @@ mod tests {
     fn a_pseudonym_is_stable_and_never_the_principal() {
         let once = pseudonym("jwt:ada");
         assert_eq!(once, pseudonym("jwt:ada"));
+        PSEUDONYMS.lock().unwrap().clear();
+        assert_eq!(once, pseudonym("jwt:ada"), "the same once computed again");
         assert_ne!(once, pseudonym("jwt:bob"));
         assert!(!once.contains("ada"));
         assert_eq!(once.len(), 32);

@@ -4,7 +4,9 @@
 //! `traceparent` when the request carries one — the host's trace is the root.
 //!
 //! Its `trace_id` and `span_id` fields put the ids on every log line of the
-//! request, so a log line leads to its trace.
+//! request, so a log line leads to its trace; they, and the `method` and `path`
+//! of the log lines, are recorded only when logs show spans (see
+//! [`super::generation::logs_show_spans`]).
 
 use axum::extract::MatchedPath;
 use axum::http::{HeaderMap, Request, Response};
@@ -14,7 +16,7 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::generation::record_ids;
+use super::generation::{logs_show_spans, record_ids};
 
 /// `make_span_with` of the HTTP trace layer.
 pub fn request_span<B>(request: &Request<B>) -> Span {
@@ -26,8 +28,8 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         otel.name = name,
         otel.kind = "server",
         otel.status_code = Empty,
-        method = %request.method(),
-        path = %request.uri().path(),
+        method = Empty,
+        path = Empty,
         "http.request.method" = method,
         "http.route" = route,
         "http.response.status_code" = Empty,
@@ -36,6 +38,11 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
     );
     if span.is_disabled() {
         return span;
+    }
+    // The log lines' fields, not the trace's (it has `http.*`).
+    if logs_show_spans() {
+        span.record("method", method);
+        span.record("path", request.uri().path());
     }
     let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
     // Without a valid `traceparent` the extracted context is empty: a new trace.

@@ -8,8 +8,8 @@
 //!
 //! One instrumentation feeds both: `tracing` spans are logs' context and, bridged
 //! by `tracing-opentelemetry`, the trace's spans. The OTel layer has its own
-//! filter (spans at info, events at warn), so `RUST_LOG=warn` quietens logs
-//! without losing traces. The layer neither tracks busy/idle time nor activates
+//! filter (spans at info, events at warn, never the log-only spans of unsampled
+//! generations), so `RUST_LOG=warn` quietens logs without losing traces. The layer neither tracks busy/idle time nor activates
 //! OTel contexts, and never hears of span enters and exits ([`no_enter_exit`]):
 //! a generation's span is entered at every poll, and each would cost per
 //! streamed event. Without export, logging is set up exactly as it always was.
@@ -108,6 +108,8 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
         };
         return Ok(telemetry);
     };
+    // Log lines show spans' fields only when the filter lets info spans through.
+    generation::set_logs_show_spans(filter.max_level_hint().is_none_or(|level| level >= LevelFilter::INFO));
     // Per-layer filters look each span up at every enter and exit: neither layer
     // needs to hear of them (the registry keeps the current span itself).
     let logs = no_enter_exit::NoEnterExit(
@@ -138,7 +140,13 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
                 // The level hint lets `debug!` and `trace!` everywhere (hyper's per
                 // frame, say) be rejected by the static level check, not asked here.
                 .with_filter(
-                    filter_fn(|meta| if meta.is_span() { *meta.level() <= Level::INFO } else { *meta.level() <= Level::WARN })
+                    filter_fn(|meta| {
+                        if meta.is_span() {
+                            *meta.level() <= Level::INFO && meta.target() != generation::LOG_ONLY
+                        } else {
+                            *meta.level() <= Level::WARN
+                        }
+                    })
                         .with_max_level_hint(LevelFilter::INFO),
                 );
             let layer = no_enter_exit::NoEnterExit(layer);

@@ -66,3 +66,29 @@ async fn live_ais_own_figures_arrive_over_otlp_equal_to_the_metrics_endpoint() {
     let active = collector().metric("live_ai.streams.active", |m| m.resource.get("service.instance.id") == Some(&json!(instance))).await;
     assert_eq!(active.kind, "gauge");
 }
+
+#[tokio::test]
+async fn every_gap_between_a_calls_chunks_is_recorded_exactly_once() {
+    // A process of its own, so its histograms hold this one call only; without
+    // moderation, each chunk the learner gets is one chunk of the provider.
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let mut vars = otel_vars(collector().addr);
+    vars.push(("OTEL_RESOURCE_ATTRIBUTES", format!("service.instance.id={instance}")));
+    vars.push(("MODERATION", "off".into()));
+    let process = LiveAiProcess::spawn(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let id = process.create_stream("explain-eli10", json!({"topic": "glaciers"})).await;
+    let events = process.events_of(&id).await.until_terminal().await;
+    assert_eq!(events.last().unwrap().data["type"], "complete");
+    let chunks = events.iter().filter(|e| e.kind() == "chunk").count() as u64;
+    assert!(chunks > 10, "{chunks} chunks");
+    let count_of = |m: &MetricRecord| m.points.iter().map(|p| p.count).sum::<u64>();
+    let this_process = |m: &MetricRecord| m.resource.get("service.instance.id") == Some(&json!(instance));
+    // Cumulative: once an export holds them all, no later one holds fewer.
+    let per_chunk =
+        collector().metric("gen_ai.client.operation.time_per_output_chunk", |m| this_process(m) && count_of(m) >= chunks - 1).await;
+    assert_eq!(count_of(&per_chunk), chunks - 1);
+    let first = collector().metric("gen_ai.client.operation.time_to_first_chunk", |m| this_process(m) && count_of(m) >= 1).await;
+    assert_eq!(count_of(&first), 1);
+    let duration = collector().metric("gen_ai.client.operation.duration", |m| this_process(m) && count_of(m) >= 1).await;
+    assert_eq!(count_of(&duration), 1);
+}

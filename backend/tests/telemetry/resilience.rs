@@ -69,3 +69,31 @@ async fn a_generations_log_lines_carry_its_trace_and_span_ids_beside_the_stream_
     assert_eq!(ended["span"]["trace_id"], json!(generation.trace_id), "{ended}");
     assert_eq!(ended["span"]["span_id"], json!(generation.span_id), "{ended}");
 }
+
+#[tokio::test]
+async fn an_unsampled_generation_exports_no_span_and_its_log_lines_still_carry_the_trace_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live-ai.log");
+    let mut vars = otel_vars(collector().addr);
+    vars.push(("LOG_FORMAT", "json".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = LiveAiProcess::spawn_logging(&vars, std::fs::File::create(&path).unwrap()).await;
+    // The host app did not sample its trace (flags 00): the parent-based sampler follows it.
+    let (traceparent, unsampled_trace, _) = crate::host_traceparent();
+    let traceparent = format!("{}-00", traceparent.strip_suffix("-01").unwrap());
+    let events = process.sse("/api/stream/ai-block/explain-eli10?topic=geysers", &[("traceparent", &traceparent)]).await.until_terminal().await;
+    let id = events[0].data["stream_id"].as_str().unwrap().to_owned();
+    // A sampled trace after it: once its generation arrived, the unsampled one's
+    // would have (one exporter, in order).
+    let (traceparent, sampled_trace, _) = crate::host_traceparent();
+    process.sse("/api/stream/ai-block/explain-eli10?topic=fjords", &[("traceparent", &traceparent)]).await.until_terminal().await;
+    collector().span("the sampled generation", |s| s.trace_id == sampled_trace && s.name.starts_with("generate ")).await;
+    assert!(collector().spans(|s| s.trace_id == unsampled_trace).is_empty(), "the unsampled trace exported spans");
+    let ended = std::io::BufReader::new(std::fs::File::open(&path).unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .find(|line| line["fields"]["message"] == "generation ended" && line["span"]["stream_id"] == json!(id))
+        .unwrap_or_else(|| panic!("no `generation ended` line for {id}"));
+    assert_eq!(ended["span"]["trace_id"], json!(unsampled_trace), "{ended}");
+}
