@@ -13,9 +13,12 @@
 //! of the CPU per event; an unbound observation, hashing four attributes per
 //! chunk, about 7 %). The first chunk is the span's one event.
 //!
-//! The span is made only when the generation's trace is sampled (the sampler is
-//! parent-based, so an unsampled generation's call would not be exported
-//! either); the metrics are recorded for every call.
+//! The span is made directly on the SDK's tracer, as a child of the generation's
+//! (bridged) span, not through `tracing`: nothing logs inside it, and the
+//! bridge would convert each of its attributes twice. It is made only when the
+//! generation's trace is sampled (the sampler is parent-based, so an unsampled
+//! generation's call would not be exported either); the metrics are recorded
+//! for every call.
 //!
 //! A call the engine drops before the provider's end marker (the learner
 //! cancelled, nobody read, the engine's own timeout or an invalid answer) ends
@@ -23,15 +26,17 @@
 //! Prompt and answer text go on the span only with
 //! `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::Stream;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::metrics::{BoundHistogram, Histogram, Meter};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde_json::json;
-use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -111,8 +116,8 @@ impl Bound {
     }
 }
 
-/// `inner`, its calls traced and measured.
-pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, capture_content: bool) -> Arc<dyn Provider> {
+/// `inner`, its calls traced on `tracer` and measured.
+pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, tracer: BoxedTracer, capture_content: bool) -> Arc<dyn Provider> {
     let server = inner.server();
     let mut attributes = vec![
         KeyValue::new("gen_ai.operation.name", OPERATION),
@@ -127,13 +132,14 @@ pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, cap
         attributes.push(KeyValue::new("server.port", i64::from(*port)));
     }
     let bound = Bound::new(&instruments, &attributes);
-    Arc::new(GenAiProvider { inner, instruments, bound, capture_content, server, attributes: attributes.into() })
+    Arc::new(GenAiProvider { inner, instruments, bound, tracer, capture_content, server, attributes: attributes.into() })
 }
 
 struct GenAiProvider {
     inner: Arc<dyn Provider>,
     instruments: GenAiInstruments,
     bound: Bound,
+    tracer: BoxedTracer,
     capture_content: bool,
     server: Option<(String, u16)>,
     /// The attributes every measurement of a call carries.
@@ -141,35 +147,20 @@ struct GenAiProvider {
 }
 
 impl GenAiProvider {
-    /// The call's client span, child of the current (generation) span.
-    fn span(&self, request: &ProviderRequest) -> Span {
+    /// The call's client span, child of `parent` (the generation's span).
+    fn span(&self, request: &ProviderRequest, parent: &Context) -> BoxedSpan {
         let model = self.inner.model();
-        let span = tracing::info_span!(
-            "chat",
-            otel.name = %format_args!("{OPERATION} {model}"),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            "gen_ai.operation.name" = OPERATION,
-            "gen_ai.provider.name" = self.inner.name(),
-            "gen_ai.request.model" = model,
-            "gen_ai.request.max_tokens" = i64::from(request.prompt.max_tokens),
-            "gen_ai.response.model" = model,
-            "gen_ai.usage.input_tokens" = Empty,
-            "gen_ai.usage.output_tokens" = Empty,
-            "error.type" = Empty,
-            "server.address" = Empty,
-            "server.port" = Empty,
-        );
-        if let Some((host, port)) = &self.server {
-            span.record("server.address", host.as_str());
-            span.record("server.port", i64::from(*port));
-        }
-        if self.capture_content && !span.is_disabled() {
+        let mut attributes = Vec::with_capacity(self.attributes.len() + 3);
+        attributes.extend(self.attributes.iter().cloned());
+        attributes.push(KeyValue::new("gen_ai.request.max_tokens", i64::from(request.prompt.max_tokens)));
+        if self.capture_content {
             let text = |content: &str| json!([{"type": "text", "content": content}]);
-            span.set_attribute("gen_ai.system_instructions", text(&request.prompt.system).to_string());
-            span.set_attribute("gen_ai.input.messages", json!([{"role": "user", "parts": text(&request.prompt.user)}]).to_string());
+            attributes.push(KeyValue::new("gen_ai.system_instructions", text(&request.prompt.system).to_string()));
+            attributes
+                .push(KeyValue::new("gen_ai.input.messages", json!([{"role": "user", "parts": text(&request.prompt.user)}]).to_string()));
         }
-        span
+        let builder = SpanBuilder::from_name(format!("{OPERATION} {model}")).with_kind(SpanKind::Client).with_attributes(attributes);
+        self.tracer.build_with_context(builder, parent)
     }
 }
 
@@ -191,9 +182,11 @@ impl Provider for GenAiProvider {
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
-        let sampled = Span::current().context().span().span_context().is_sampled();
-        let span = if sampled { self.span(&request) } else { Span::none() };
-        let mut call = Call {
+        // The generation's span is the current one, bridged from `tracing`.
+        let parent = Span::current().context();
+        let span = parent.span().span_context().is_sampled().then(|| self.span(&request, &parent));
+        let call = Call {
+            output: (self.capture_content && span.is_some()).then(String::new),
             span,
             instruments: self.instruments.clone(),
             bound: self.bound.clone(),
@@ -203,20 +196,34 @@ impl Provider for GenAiProvider {
             usage: None,
             finished: None,
             error: None,
-            output: (self.capture_content && sampled).then(String::new),
         };
-        Box::pin(self.inner.stream(request).map(move |item| {
-            call.observe(&item);
-            item
-        }))
+        Box::pin(Observed { inner: self.inner.stream(request), call })
+    }
+}
+
+/// The provider's stream, each item shown to its call as it passes.
+struct Observed {
+    inner: ProviderStream,
+    call: Call,
+}
+
+impl Stream for Observed {
+    type Item = Result<ProviderEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        if let Some(item) = &item {
+            self.call.observe(item);
+        }
+        Poll::Ready(item)
     }
 }
 
 /// One provider call in flight; dropping it (with the stream) ends the span and
 /// records the call's metrics.
 struct Call {
-    /// Disabled when the trace is not sampled.
-    span: Span,
+    /// None when the trace is not sampled.
+    span: Option<BoxedSpan>,
     instruments: GenAiInstruments,
     bound: Bound,
     attributes: Arc<[KeyValue]>,
@@ -238,7 +245,9 @@ impl Call {
                     None => {
                         let waited = (now - self.started).as_secs_f64();
                         self.bound.first_chunk.record(waited);
-                        self.span.add_event("gen_ai.first_chunk", vec![KeyValue::new("gen_ai.response.time_to_first_chunk", waited)]);
+                        if let Some(span) = &mut self.span {
+                            span.add_event("gen_ai.first_chunk", vec![KeyValue::new("gen_ai.response.time_to_first_chunk", waited)]);
+                        }
                     }
                     Some(previous) => self.bound.per_chunk.record((now - previous).as_secs_f64()),
                 }
@@ -257,38 +266,43 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        let span = &self.span;
         let error = self.error.or(if self.finished.is_none() { Some("cancelled") } else { None });
         if let Some(usage) = self.usage {
-            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens as i64);
-            span.record("gen_ai.usage.output_tokens", usage.completion_tokens as i64);
             self.bound.input_tokens.record(usage.prompt_tokens);
             self.bound.output_tokens.record(usage.completion_tokens);
+        }
+        let duration = self.started.elapsed().as_secs_f64();
+        match error {
+            None => self.bound.duration.record(duration),
+            Some(error) => {
+                let mut attributes = self.attributes.to_vec();
+                attributes.push(KeyValue::new("error.type", error));
+                self.instruments.duration.record(duration, &attributes);
+            }
+        }
+        let Some(span) = &mut self.span else { return };
+        if let Some(usage) = self.usage {
+            span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", usage.prompt_tokens as i64));
+            span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", usage.completion_tokens as i64));
         }
         let reason = self.finished.map(|reason| match reason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
         });
         if let Some(reason) = reason {
-            span.set_attribute("gen_ai.response.finish_reasons", Value::Array(Array::String(vec![StringValue::from(reason)])));
+            span.set_attribute(KeyValue::new("gen_ai.response.finish_reasons", Value::Array(Array::String(vec![StringValue::from(reason)]))));
         }
         if let Some(output) = self.output.take() {
             let message =
                 json!([{"role": "assistant", "parts": [{"type": "text", "content": output}], "finish_reason": reason.unwrap_or("error")}]);
-            span.set_attribute("gen_ai.output.messages", message.to_string());
+            span.set_attribute(KeyValue::new("gen_ai.output.messages", message.to_string()));
         }
-        let duration = self.started.elapsed().as_secs_f64();
-        match error {
-            None => self.bound.duration.record(duration),
-            Some(error) => {
-                span.record("error.type", error);
-                if self.error.is_some() {
-                    span.record("otel.status_code", "ERROR");
-                }
-                let mut attributes = self.attributes.to_vec();
-                attributes.push(KeyValue::new("error.type", error));
-                self.instruments.duration.record(duration, &attributes);
+        if let Some(error) = error {
+            span.set_attribute(KeyValue::new("error.type", error));
+            if self.error.is_some() {
+                span.set_status(Status::error(error));
             }
         }
+        span.end();
     }
 }

@@ -81,10 +81,11 @@ pub fn logs_show_spans() -> bool {
 /// filter refuses it): an unsampled generation is one.
 pub const LOG_ONLY: &str = "live_ai::log_only";
 
-/// The span of one generation, child of the current (request) span. When the
-/// trace is not sampled it is a log-only span, which the OpenTelemetry bridge
-/// never hears of: with the sampler parent-based, it would not be exported.
-pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
+/// The span of one generation, child of the current (request) span, and what
+/// the manager keeps of its trace. When the trace is not sampled it is a
+/// log-only span, which the OpenTelemetry bridge never hears of: with the
+/// sampler parent-based, it would not be exported.
+pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, GenerationTrace) {
     let parent = Span::current().context().span().span_context().clone();
     if parent.is_valid() && !parent.is_sampled() {
         let span = tracing::info_span!(
@@ -99,7 +100,7 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
         if !span.is_disabled() {
             span.record("trace_id", tracing::field::display(parent.trace_id()));
         }
-        return span;
+        return (span, GenerationTrace::of(SpanContext::empty_context()));
     }
     let span = tracing::info_span!(
         "generation",
@@ -113,27 +114,25 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> Span {
         trace_id = Empty,
         span_id = Empty,
     );
-    if !span.is_disabled() && record_ids(&span) {
-        span.record("enduser.pseudo.id", &*pseudonym(principal));
+    if span.is_disabled() {
+        return (span, GenerationTrace::of(SpanContext::empty_context()));
     }
-    span
+    // Valid only when traced (with export off, only the logs enable the span).
+    let context = span.context().span().span_context().clone();
+    if context.is_valid() {
+        span.record("enduser.pseudo.id", &*pseudonym(principal));
+        if logs_show_spans() {
+            record_ids(&span, &context);
+        }
+    }
+    (span, GenerationTrace::of(context))
 }
 
-/// Records the span's trace and span ids as fields when logs show them, so
-/// every log line inside it carries them; false when the span is not traced
-/// (no OTLP export).
-pub fn record_ids(span: &Span) -> bool {
-    let context = span.context();
-    let span_ref = context.span();
-    let ids = span_ref.span_context();
-    if !ids.is_valid() {
-        return false;
-    }
-    if logs_show_spans() {
-        span.record("trace_id", tracing::field::display(ids.trace_id()));
-        span.record("span_id", tracing::field::display(ids.span_id()));
-    }
-    true
+/// Records the ids of `context` (the span's own) as the span's fields, so every
+/// log line inside it carries them.
+pub fn record_ids(span: &Span, context: &SpanContext) {
+    span.record("trace_id", tracing::field::display(context.trace_id()));
+    span.record("span_id", tracing::field::display(context.span_id()));
 }
 
 /// Records how the current generation ended on its span (the outcome of
@@ -156,8 +155,8 @@ pub struct GenerationTrace {
 }
 
 impl GenerationTrace {
-    pub fn new(span: &Span) -> Self {
-        Self { context: span.context().span().span_context().clone(), resumes: AtomicU64::new(0) }
+    fn of(context: SpanContext) -> Self {
+        Self { context, resumes: AtomicU64::new(0) }
     }
 
     /// A reader resumed the stream here: counted for the generation's span, and

@@ -14,6 +14,7 @@ use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::Empty;
 use tracing::Span;
+use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::generation::{logs_show_spans, record_ids};
@@ -39,15 +40,18 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
     if span.is_disabled() {
         return span;
     }
+    let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+    // Without a valid `traceparent` the extracted context is empty: a new trace.
+    let _ = span.set_parent(parent);
     // The log lines' fields, not the trace's (it has `http.*`).
     if logs_show_spans() {
         span.record("method", method);
         span.record("path", request.uri().path());
+        let ids = span.context().span().span_context().clone();
+        if ids.is_valid() {
+            record_ids(&span, &ids);
+        }
     }
-    let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
-    // Without a valid `traceparent` the extracted context is empty: a new trace.
-    let _ = span.set_parent(parent);
-    record_ids(&span);
     span
 }
 

@@ -129,8 +129,9 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
         None => None,
         Some(endpoint) => {
             let provider = otlp::tracer_provider(export, endpoint, resource)?;
+            opentelemetry::global::set_tracer_provider(provider.clone());
             let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("live-ai"))
+                .with_tracer(provider.tracer_with_scope(scope()))
                 .with_tracked_inactivity(false)
                 .with_context_activation(false)
                 .with_location(false)
@@ -161,15 +162,25 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
 /// live-ai's meter on the process's meter provider (a no-op one without export),
 /// named with the semantic conventions' schema.
 pub fn meter() -> Meter {
-    let scope = InstrumentationScope::builder("live-ai").with_version(env!("CARGO_PKG_VERSION")).with_schema_url(otlp::SCHEMA_URL).build();
-    opentelemetry::global::meter_with_scope(scope)
+    opentelemetry::global::meter_with_scope(scope())
+}
+
+/// live-ai's tracer on the process's tracer provider (a no-op one without
+/// trace export): for the spans made directly on the SDK, not through `tracing`.
+pub fn tracer() -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer_with_scope(scope())
+}
+
+/// live-ai's instrumentation scope, named with the semantic conventions' schema.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("live-ai").with_version(env!("CARGO_PKG_VERSION")).with_schema_url(otlp::SCHEMA_URL).build()
 }
 
 /// The provider an app uses: its calls traced and measured when anything is
 /// exported; as it is otherwise (nothing per chunk then).
 pub fn instrument_provider(settings: &TelemetrySettings, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
     match settings.export {
-        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), settings.capture_content),
+        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), tracer(), settings.capture_content),
         None => provider,
     }
 }

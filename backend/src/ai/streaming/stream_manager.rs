@@ -208,7 +208,7 @@ impl Inner {
     ) -> Result<(Arc<Generation>, LogWriter, tracing::Span), ManagerError> {
         let cancel = self.shutdown.child_token();
         let appender = self.store.create(id, owner, cancel.clone()).await?;
-        let span = trace::span(id, block, owner);
+        let (span, trace) = trace::span(id, block, owner);
         let generation = Arc::new(Generation {
             cancel,
             readers: watch::channel(0).0,
@@ -216,7 +216,7 @@ impl Inner {
             produced: handed_over_from.map_or_else(Default::default, |from| from.produced.clone()),
             shared: handed_over_from.is_some(),
             successor: OnceLock::new(),
-            trace: GenerationTrace::new(&span),
+            trace,
         });
         trace::publish(self.store.as_ref(), id, &generation.trace).await;
         self.live.lock().unwrap().insert(id.clone(), generation.clone());
