@@ -25,6 +25,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::routes::Routes;
+use super::wire;
 use crate::ai::streaming::events::{EventRecord, EventType, LoggedEvent, StreamId};
 
 /// Records joined into one round of messages at most; more wait for the next.
@@ -79,14 +80,25 @@ impl Announcer {
 /// Announcements waiting to go out, per channel, each channel's in order.
 #[derive(Default)]
 pub struct Outbox {
-    waiting: Vec<(Arc<str>, BytesMut)>,
+    waiting: Vec<Waiting>,
     bytes: usize,
 }
+
+/// One channel's message.
+struct Waiting {
+    channel: Arc<str>,
+    records: BytesMut,
+    /// Rounds of `publish_into` it has had nothing in.
+    idle: u32,
+}
+
+/// Rounds a channel's buffer is kept with nothing in it before it is dropped.
+const IDLE_ROUNDS: u32 = 64;
 
 impl Outbox {
     pub fn push(&mut self, to: &Arc<str>, record: &[u8]) {
         let at = self.slot(to);
-        self.waiting[at].1.extend_from_slice(record);
+        self.waiting[at].records.extend_from_slice(record);
         self.bytes += record.len();
     }
 
@@ -95,18 +107,18 @@ impl Outbox {
     pub fn push_event(&mut self, to: &[Arc<str>], id: &StreamId, seq: u64, record: &EventRecord) {
         let Some((first, rest)) = to.split_first() else { return };
         let at = self.slot(first);
-        let start = self.waiting[at].1.len();
-        encode(&mut self.waiting[at].1, id, seq, record);
-        let len = self.waiting[at].1.len() - start;
+        let start = self.waiting[at].records.len();
+        encode(&mut self.waiting[at].records, id, seq, record);
+        let len = self.waiting[at].records.len() - start;
         self.bytes += len;
         for channel in rest {
             let other = self.slot(channel);
             let (from, into) = if other < at {
                 let (head, tail) = self.waiting.split_at_mut(at);
-                (&tail[0].1, &mut head[other].1)
+                (&tail[0].records, &mut head[other].records)
             } else {
                 let (head, tail) = self.waiting.split_at_mut(other);
-                (&head[at].1, &mut tail[0].1)
+                (&head[at].records, &mut tail[0].records)
             };
             into.extend_from_slice(&from[start..start + len]);
             self.bytes += len;
@@ -115,10 +127,11 @@ impl Outbox {
 
     /// The index of `to`'s message, made if it has none yet.
     fn slot(&mut self, to: &Arc<str>) -> usize {
-        match self.waiting.iter().position(|(channel, _)| channel == to) {
+        // The routes hand out one `Arc` per channel: mostly no string compare.
+        match self.waiting.iter().position(|waiting| Arc::ptr_eq(&waiting.channel, to) || waiting.channel == *to) {
             Some(at) => at,
             None => {
-                self.waiting.push((to.clone(), BytesMut::new()));
+                self.waiting.push(Waiting { channel: to.clone(), records: BytesMut::new(), idle: 0 });
                 self.waiting.len() - 1
             }
         }
@@ -139,10 +152,35 @@ impl Outbox {
         self.bytes
     }
 
+    /// Writes one `PUBLISH` per channel with records waiting to `out`, and
+    /// empties the box but keeps its buffers, so the next rounds' messages
+    /// grow into room already there (a channel's is dropped once it has had
+    /// nothing for `IDLE_ROUNDS`). Returns how many `PUBLISH`es it wrote.
+    pub fn publish_into(&mut self, out: &mut BytesMut) -> usize {
+        self.waiting.retain(|waiting| !waiting.records.is_empty() || waiting.idle < IDLE_ROUNDS);
+        let mut published = 0;
+        for waiting in &mut self.waiting {
+            if waiting.records.is_empty() {
+                waiting.idle += 1;
+                continue;
+            }
+            wire::command(out, &[b"PUBLISH", waiting.channel.as_bytes(), &waiting.records]);
+            waiting.records.clear();
+            waiting.idle = 0;
+            published += 1;
+        }
+        self.bytes = 0;
+        published
+    }
+
     /// One message per channel, and empties the box.
     pub fn take(&mut self) -> Vec<(Arc<str>, Bytes)> {
         self.bytes = 0;
-        self.waiting.drain(..).map(|(channel, records)| (channel, records.freeze())).collect()
+        self.waiting
+            .drain(..)
+            .filter(|waiting| !waiting.records.is_empty())
+            .map(|waiting| (waiting.channel, waiting.records.freeze()))
+            .collect()
     }
 }
 
@@ -251,6 +289,27 @@ mod tests {
         assert_eq!(outbox.bytes(), 3);
         assert_eq!(outbox.take(), [(a, Bytes::from_static(b"13")), (b, Bytes::from_static(b"2"))]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn publishing_writes_one_command_per_channel_with_records_and_keeps_the_buffers_a_while() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut outbox = Outbox::default();
+        outbox.push(&a, b"1");
+        outbox.push(&b, b"2");
+        let mut out = BytesMut::new();
+        assert_eq!(outbox.publish_into(&mut out), 2);
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$1\r\na\r\n$1\r\n1\r\n*3\r\n$7\r\nPUBLISH\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        assert!(outbox.is_empty());
+        outbox.push(&b, b"3");
+        out.clear();
+        assert_eq!(outbox.publish_into(&mut out), 1, "nothing for a");
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nb\r\n$1\r\n3\r\n");
+        assert_eq!(outbox.waiting.len(), 2, "a's buffer kept");
+        for _ in 0..=IDLE_ROUNDS {
+            outbox.publish_into(&mut BytesMut::new());
+        }
+        assert!(outbox.waiting.is_empty(), "dropped once idle");
     }
 
     #[test]

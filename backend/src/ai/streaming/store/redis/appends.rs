@@ -2,7 +2,11 @@
 //! all the logs this process generates, joined: one task sends whatever appends
 //! are waiting as one pipeline of `XADD`s, so a burst of tokens across many
 //! streams is one write and one read, for Redis and for us, and still one
-//! command per event. Each append learns its own outcome.
+//! command per event. Each append learns its own outcome, in its log's slot
+//! (`LogAppends`, made once with the log's writer, which also holds the start
+//! of the log's `XADD`s, encoded once): an append costs no channel or
+//! allocation of its own, and the pipelines' buffers and vectors are reused,
+//! since every event passes here (bench/RESULTS.md).
 //!
 //! Up to `IN_FLIGHT_LIMIT` pipelines go out before the first is answered, so an
 //! append that arrives while one is on its way is sent at once, not a round trip
@@ -37,18 +41,20 @@
 //! path is down and `Appends::is_up` says so (`/readyz` answers 503).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures::FutureExt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use redis::ConnectionInfo;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::announce::{Outbox, Outgoing, MESSAGE_LIMIT};
@@ -80,13 +86,107 @@ pub enum Xadd {
     Failed(String),
 }
 
-struct Pending {
+/// One log's ordinary appends: the names every one of its `XADD`s repeats,
+/// encoded once, and the slot where each learns its outcome. Made with the
+/// log's writer and shared with the task, so an append costs the task one
+/// reference, not a channel of its own and copies of the stream's names.
+pub struct LogAppends {
     id: StreamId,
     log: Arc<str>,
+    /// `XADD <log> NOMKSTREAM` in RESP, the head of each of its commands.
+    head: Box<[u8]>,
+    outcome: Mutex<Slot>,
+    /// Whether an append is using `outcome`; a concurrent one makes its own
+    /// (the writer appends one event at a time, so that is never the case).
+    busy: AtomicBool,
+}
+
+/// The outcome of the append holding the ticket, once the task settled it.
+#[derive(Default)]
+struct Slot {
+    ticket: u64,
+    outcome: Option<Xadd>,
+    waker: Option<Waker>,
+}
+
+impl LogAppends {
+    pub fn new(id: StreamId, log: Arc<str>) -> Arc<Self> {
+        let mut head = BytesMut::new();
+        wire::command_head(&mut head, XADD_ARGS, &[b"XADD", log.as_bytes(), b"NOMKSTREAM"]);
+        Arc::new(Self { id, log, head: head.to_vec().into_boxed_slice(), outcome: Mutex::default(), busy: AtomicBool::new(false) })
+    }
+
+    /// A fresh ticket: outcomes settled for earlier ones are ignored from now on.
+    fn take_ticket(&self) -> u64 {
+        let mut slot = self.outcome.lock().unwrap();
+        slot.ticket += 1;
+        slot.outcome = None;
+        slot.ticket
+    }
+
+    fn settle(&self, ticket: u64, outcome: Xadd) {
+        let mut slot = self.outcome.lock().unwrap();
+        if slot.ticket != ticket {
+            // Its append was dropped, and the slot has moved on.
+            return;
+        }
+        slot.outcome = Some(outcome);
+        let waker = slot.waker.take();
+        drop(slot);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll_outcome(&self, ticket: u64, waker: &Waker) -> Poll<Xadd> {
+        let mut slot = self.outcome.lock().unwrap();
+        if slot.ticket == ticket {
+            if let Some(outcome) = slot.outcome.take() {
+                return Poll::Ready(outcome);
+            }
+        }
+        if !slot.waker.as_ref().is_some_and(|known| known.will_wake(waker)) {
+            slot.waker = Some(waker.clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Gives `LogAppends::busy` back when an append ends, or is dropped while it waits.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// An append on its way to the task.
+struct Pending {
+    to: Arc<LogAppends>,
+    ticket: u64,
     seq: u64,
     record: EventRecord,
-    done: oneshot::Sender<Xadd>,
+    /// Settled: dropping it unsettled (the task ending or panicking) fails it.
+    done: bool,
 }
+
+impl Pending {
+    fn settle(mut self, outcome: Xadd) {
+        self.done = true;
+        self.to.settle(self.ticket, outcome);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.to.settle(self.ticket, Xadd::Failed(SHUTTING_DOWN.into()));
+        }
+    }
+}
+
+const SHUTTING_DOWN: &str = "the Redis store is shutting down";
 
 pub struct Appends {
     queue: mpsc::UnboundedSender<Pending>,
@@ -124,20 +224,30 @@ impl Appends {
     /// Makes the task panic, as a bug would (tests of the supervision).
     #[cfg(test)]
     pub fn crash(&self) {
-        let (done, _) = oneshot::channel();
         let record = EventRecord::new(&crate::ai::streaming::events::EventBody::Chunk { token: String::new() });
-        let crash = Pending { id: StreamId::parse("crash").unwrap(), log: CRASH.into(), seq: 0, record, done };
-        let _ = self.queue.send(crash);
+        let to = LogAppends::new(StreamId::parse("crash").unwrap(), CRASH.into());
+        let _ = self.queue.send(Pending { to, ticket: 0, seq: 0, record, done: false });
     }
 
-    /// Appends `record` at `seq` of `id`'s log (at key `log`), and announces it if it landed.
-    pub async fn xadd(&self, id: &StreamId, log: &Arc<str>, seq: u64, record: &EventRecord) -> Xadd {
-        let (done, outcome) = oneshot::channel();
-        let pending = Pending { id: id.clone(), log: log.clone(), seq, record: record.clone(), done };
-        if self.queue.send(pending).is_err() {
-            return Xadd::Failed("the Redis store is shutting down".into());
+    /// Appends `record` at `seq` of `to`'s log, and announces it if it landed.
+    pub async fn xadd(&self, to: &Arc<LogAppends>, seq: u64, record: &EventRecord) -> Xadd {
+        let own;
+        let to = if to.busy.swap(true, Ordering::Acquire) {
+            own = LogAppends::new(to.id.clone(), to.log.clone());
+            own.busy.store(true, Ordering::Relaxed);
+            &own
+        } else {
+            to
+        };
+        let _release = Release(&to.busy);
+        let ticket = to.take_ticket();
+        let pending = Pending { to: to.clone(), ticket, seq, record: record.clone(), done: false };
+        if let Err(unsent) = self.queue.send(pending) {
+            let mut unsent = unsent.0;
+            unsent.done = true;
+            return Xadd::Failed(SHUTTING_DOWN.into());
         }
-        outcome.await.unwrap_or_else(|_| Xadd::Failed("the Redis store is shutting down".into()))
+        poll_fn(|cx| to.poll_outcome(ticket, cx.waker())).await
     }
 }
 
@@ -225,11 +335,11 @@ async fn send_loop(
             continue;
         }
         #[cfg(test)]
-        if batch.iter().any(|append| &*append.log == CRASH) {
+        if batch.iter().any(|append| &*append.to.log == CRASH) {
             panic!("asked to crash");
         }
-        let publishing = message.take();
-        conn.send(publishing, std::mem::take(&mut batch), &mut message).await;
+        let sending = std::mem::replace(&mut batch, conn.spare_batches.pop().unwrap_or_default());
+        conn.send(&mut message, sending).await;
     }
 }
 
@@ -263,7 +373,7 @@ impl Sent {
     fn fail(mut self, error: &io::Error, message: &mut Outbox, routes: &Routes) {
         let why = Xadd::Failed(format!("Redis: {error}"));
         self.outcomes.resize(self.batch.len(), why);
-        settle(self, message, routes);
+        settle(&mut self, message, routes);
     }
 }
 
@@ -275,6 +385,10 @@ struct Connection {
     read: BytesMut,
     write: BytesMut,
     in_flight: VecDeque<Sent>,
+    /// The emptied vectors of settled pipelines, for the next ones: a pipeline
+    /// then costs no allocation, nor any growing.
+    spare_batches: Vec<Vec<Pending>>,
+    spare_outcomes: Vec<Vec<Xadd>>,
     /// While Redis cannot be reached: why, and when to try again.
     unreachable: Option<(String, Instant)>,
     up: Arc<AtomicBool>,
@@ -289,6 +403,8 @@ impl Connection {
             read: BytesMut::with_capacity(READ_SIZE),
             write: BytesMut::new(),
             in_flight: VecDeque::new(),
+            spare_batches: Vec::new(),
+            spare_outcomes: Vec::new(),
             unreachable: None,
             up,
         }
@@ -303,17 +419,17 @@ impl Connection {
         }
     }
 
-    /// Writes one pipeline: a `PUBLISH` of each message, then the `XADD`s of
-    /// `batch`. If it cannot go out, its appends (and any on their way) fail.
-    async fn send(&mut self, messages: Vec<(Arc<str>, Bytes)>, batch: Vec<Pending>, announcements: &mut Outbox) {
+    /// Writes one pipeline: a `PUBLISH` of each message waiting in
+    /// `announcements`, then the `XADD`s of `batch`. If it cannot go out, its
+    /// appends (and any on their way) fail.
+    async fn send(&mut self, announcements: &mut Outbox, batch: Vec<Pending>) {
         self.write.clear();
-        for (channel, message) in &messages {
-            wire::command(&mut self.write, &[b"PUBLISH", channel.as_bytes(), message]);
-        }
+        let publishing = announcements.publish_into(&mut self.write);
         for append in &batch {
             xadd(&mut self.write, append);
         }
-        let sent = Sent { outcomes: Vec::with_capacity(batch.len()), batch, publishing: messages.len(), at: Instant::now() };
+        let outcomes = self.spare_outcomes.pop().unwrap_or_default();
+        let sent = Sent { outcomes, batch, publishing, at: Instant::now() };
         if let Err(error) = self.connect().await {
             return sent.fail(&error, announcements, &self.routes);
         }
@@ -371,7 +487,9 @@ impl Connection {
     fn answered(&mut self, announcements: &mut Outbox) -> io::Result<()> {
         while let Some(oldest) = self.in_flight.front_mut() {
             if oldest.is_answered() {
-                settle(self.in_flight.pop_front().expect("looked at above"), announcements, &self.routes);
+                let mut sent = self.in_flight.pop_front().expect("looked at above");
+                settle(&mut sent, announcements, &self.routes);
+                self.recycle(sent);
                 continue;
             }
             match wire::take_reply(&mut self.read).map_err(|_| wire::not_resp())? {
@@ -383,6 +501,14 @@ impl Connection {
             return Err(wire::not_resp());
         }
         Ok(())
+    }
+
+    /// Keeps a settled pipeline's vectors for the next ones.
+    fn recycle(&mut self, sent: Sent) {
+        if self.spare_batches.len() <= IN_FLIGHT_LIMIT {
+            self.spare_batches.push(sent.batch);
+            self.spare_outcomes.push(sent.outcomes);
+        }
     }
 
     /// Drops the link and fails every pipeline on its way.
@@ -401,32 +527,28 @@ impl Connection {
 /// following its stream now, and hands this process's mirrors the events of
 /// the streams it follows itself; then tells each append's generator its
 /// outcome: in that order, so a stream's next event (its terminal one,
-/// announced by its generator) is never announced first.
-fn settle(sent: Sent, message: &mut Outbox, routes: &Routes) {
-    let mut followed_here = Vec::with_capacity(sent.batch.len());
+/// announced by its generator) is never announced first. Leaves `sent`'s
+/// vectors empty, for reuse.
+fn settle(sent: &mut Sent, message: &mut Outbox, routes: &Routes) {
+    let mut here = Vec::new();
     {
         let routes = routes.lock();
         for (append, outcome) in sent.batch.iter().zip(&sent.outcomes) {
-            let route = routes.get(&append.id).filter(|_| *outcome == Xadd::Appended);
-            followed_here.push(route.is_some_and(|route| route.here));
-            if let Some(route) = route {
-                message.push_event(&route.readers, &append.id, append.seq, &append.record);
+            if *outcome != Xadd::Appended {
+                continue;
             }
-        }
-    }
-    let (mut here, mut told_after) = (Vec::new(), Vec::new());
-    for ((append, outcome), followed_here) in sent.batch.into_iter().zip(sent.outcomes).zip(followed_here) {
-        if followed_here {
-            here.push((append.id, append.record.at(append.seq)));
-            told_after.push((append.done, outcome));
-        } else {
-            let _ = append.done.send(outcome);
+            if let Some(route) = routes.get(&append.to.id) {
+                message.push_event(&route.readers, &append.to.id, append.seq, &append.record);
+                if route.here {
+                    here.push((append.to.id.clone(), append.record.clone().at(append.seq)));
+                }
+            }
         }
     }
     // Outside the routes' lock: the mirrors' lock is taken before it elsewhere.
     routes.deliver_here(here);
-    for (done, outcome) in told_after {
-        let _ = done.send(outcome);
+    for (append, outcome) in sent.batch.drain(..).zip(sent.outcomes.drain(..)) {
+        append.settle(outcome);
     }
 }
 
@@ -471,7 +593,7 @@ async fn send_in_cluster(
             Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
                 let (batch, outcomes): (Vec<Pending>, Vec<Xadd>) = sent;
                 let mut message = Outbox::default();
-                settle(Sent { batch, publishing: 0, outcomes, at: Instant::now() }, &mut message, routes);
+                settle(&mut Sent { batch, publishing: 0, outcomes, at: Instant::now() }, &mut message, routes);
                 if !message.is_empty() {
                     let _ = publish.send(message);
                 }
@@ -487,7 +609,7 @@ async fn send_in_cluster(
                     continue;
                 }
                 #[cfg(test)]
-                if batch.iter().any(|append| &*append.log == CRASH) {
+                if batch.iter().any(|append| &*append.to.log == CRASH) {
                     panic!("asked to crash");
                 }
                 let sending = std::mem::take(&mut batch);
@@ -546,7 +668,7 @@ async fn publish_in_order(conn: RedisConn, mut to_publish: mpsc::UnboundedReceiv
 fn xadd_command(append: &Pending) -> redis::Cmd {
     let mut command = redis::cmd("XADD");
     command
-        .arg(&*append.log)
+        .arg(&*append.to.log)
         .arg("NOMKSTREAM")
         .arg(format!("{}-1", append.seq))
         .arg("t")
@@ -556,7 +678,11 @@ fn xadd_command(append: &Pending) -> redis::Cmd {
     command
 }
 
-/// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`.
+/// Arguments of an append's `XADD`.
+const XADD_ARGS: usize = 8;
+
+/// `XADD <log> NOMKSTREAM <seq>-1 t <type> j <fields>`: the log's head as
+/// encoded once, then the rest. Every event passes here: few, larger copies.
 fn xadd(out: &mut BytesMut, append: &Pending) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(append.seq).as_bytes();
@@ -566,7 +692,14 @@ fn xadd(out: &mut BytesMut, append: &Pending) {
     entry[digits.len()..digits.len() + 2].copy_from_slice(b"-1");
     let entry = &entry[..digits.len() + 2];
     let event_type = append.record.event_type.as_str().as_bytes();
-    wire::command(out, &[b"XADD", append.log.as_bytes(), b"NOMKSTREAM", entry, b"t", event_type, b"j", &append.record.fields]);
+    let fields = &append.record.fields[..];
+    out.reserve(append.to.head.len() + entry.len() + event_type.len() + fields.len() + 64);
+    out.extend_from_slice(&append.to.head);
+    wire::bulk(out, entry);
+    out.extend_from_slice(b"$1\r\nt\r\n");
+    wire::bulk(out, event_type);
+    out.extend_from_slice(b"$1\r\nj\r\n");
+    wire::bulk(out, fields);
 }
 
 fn outcome(reply: Reply) -> Xadd {
@@ -583,6 +716,8 @@ fn outcome(reply: Reply) -> Xadd {
 mod tests {
     use futures::StreamExt;
 
+    use bytes::Bytes;
+
     use super::super::announce;
     use super::super::test_server::TestServer;
     use super::*;
@@ -593,7 +728,8 @@ mod tests {
     const PATIENCE: Duration = Duration::from_secs(15);
 
     async fn xadd_within(appends: &Appends, id: &StreamId, log: &Arc<str>, seq: u64) -> Xadd {
-        tokio::time::timeout(PATIENCE, appends.xadd(id, log, seq, &chunk(seq))).await.expect("every append learns its outcome")
+        let to = LogAppends::new(id.clone(), log.clone());
+        tokio::time::timeout(PATIENCE, appends.xadd(&to, seq, &chunk(seq))).await.expect("every append learns its outcome")
     }
 
     fn chunk(n: u64) -> EventRecord {
@@ -663,7 +799,8 @@ mod tests {
         assert!(appends.is_up());
         // An append on its way when the task dies learns that it failed, not nothing.
         let one = chunk(1);
-        let mut waiting = Box::pin(appends.xadd(&id, &log, 1, &one));
+        let to = LogAppends::new(id.clone(), log.clone());
+        let mut waiting = Box::pin(appends.xadd(&to, 1, &one));
         // Polled once, so it is queued ahead of the crash.
         assert!(futures::poll!(&mut waiting).is_pending());
         appends.crash();
@@ -701,5 +838,30 @@ mod tests {
         let retried = xadd_within(&appends, &id, &log, 2).await;
         assert!(matches!(retried, Xadd::Appended | Xadd::Conflict), "{retried:?}");
         assert_eq!(xadd_within(&appends, &id, &log, 3).await, Xadd::Appended);
+    }
+
+    #[tokio::test]
+    async fn appends_of_one_log_at_once_each_learn_their_own_outcome() {
+        let redis = TestServer::start(&[]).await;
+        let (appends, client, _announcer) = appends_on(&redis).await;
+        let (id, log): (StreamId, Arc<str>) = (StreamId::parse("s1").unwrap(), "log".into());
+        new_log(&client, &log).await;
+        let to = LogAppends::new(id, log);
+        let (one, two, again) = (chunk(1), chunk(2), chunk(1));
+        let both = futures::future::join3(appends.xadd(&to, 1, &one), appends.xadd(&to, 2, &two), appends.xadd(&to, 1, &again));
+        let outcomes = tokio::time::timeout(PATIENCE, both).await.expect("every append learns its outcome");
+        assert_eq!(outcomes, (Xadd::Appended, Xadd::Appended, Xadd::Conflict));
+    }
+
+    #[test]
+    fn an_outcome_for_an_append_given_up_on_is_not_taken_by_the_next() {
+        let to = LogAppends::new(StreamId::parse("s1").unwrap(), "log".into());
+        let waker = futures::task::noop_waker();
+        let dropped = to.take_ticket();
+        let next = to.take_ticket();
+        to.settle(dropped, Xadd::Appended);
+        assert_eq!(to.poll_outcome(next, &waker), Poll::Pending);
+        to.settle(next, Xadd::Conflict);
+        assert_eq!(to.poll_outcome(next, &waker), Poll::Ready(Xadd::Conflict));
     }
 }

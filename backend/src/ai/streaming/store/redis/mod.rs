@@ -111,7 +111,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use self::announce::Announcer;
-use self::appends::{Appends, Xadd};
+use self::appends::{Appends, LogAppends, Xadd};
 use self::control::Notice;
 use self::entries::events_of;
 use self::keys::{entry_id, Keys};
@@ -399,6 +399,7 @@ struct RedisAppender {
     id: StreamId,
     log: Arc<str>,
     meta: String,
+    appends: Arc<LogAppends>,
 }
 
 #[async_trait]
@@ -448,7 +449,7 @@ impl RedisAppender {
                 First::Unknown => Err(StoreError::NotFound(id.clone())),
             };
         }
-        match self.shared.appends.xadd(id, &self.log, seq, record).await {
+        match self.shared.appends.xadd(&self.appends, seq, record).await {
             Xadd::Appended => Ok(()),
             Xadd::NoLog => Err(StoreError::NotFound(id.clone())),
             Xadd::Conflict => self.settle_conflict(seq, record).await,
@@ -492,7 +493,9 @@ impl EventStore for RedisStore {
         self.shared.leases.lock().unwrap().insert(id.clone(), cancel);
         self.shared.routes.open(id);
         let shared = self.shared.clone();
-        Ok(Box::new(RedisAppender { id: id.clone(), log: shared.keys.log(id).into(), meta: meta.clone(), shared }))
+        let log: Arc<str> = shared.keys.log(id).into();
+        let appends = LogAppends::new(id.clone(), log.clone());
+        Ok(Box::new(RedisAppender { id: id.clone(), log, meta: meta.clone(), shared, appends }))
     }
 
     async fn set_traceparent(&self, id: &StreamId, traceparent: &str) -> Result<(), StoreError> {

@@ -28,6 +28,9 @@ pub const CLOSED_KEPT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Routes {
     streams: Mutex<HashMap<StreamId, Route>>,
+    /// One `Arc` per follower's channel, shared by all the routes that name
+    /// it, so the append path tells channels apart by pointer (`announce.rs`).
+    channels: Mutex<Vec<Arc<str>>>,
     /// This process's mirrors, once they exist.
     mirrors: OnceLock<Weak<Tails>>,
 }
@@ -79,6 +82,7 @@ impl Routes {
 
     /// The process of `channel` follows `id`.
     pub fn follow(&self, id: &StreamId, channel: &Arc<str>) -> Followed {
+        let channel = &self.interned(channel);
         let mut streams = self.streams.lock().unwrap();
         match streams.get_mut(id) {
             Some(route) if route.closed_at.is_some() => Followed::Closed,
@@ -90,6 +94,16 @@ impl Routes {
             }
             None => Followed::Unknown,
         }
+    }
+
+    /// The `Arc` of `channel` that the routes share.
+    fn interned(&self, channel: &Arc<str>) -> Arc<str> {
+        let mut channels = self.channels.lock().unwrap();
+        if let Some(known) = channels.iter().find(|known| *known == channel) {
+            return known.clone();
+        }
+        channels.push(channel.clone());
+        channel.clone()
     }
 
     /// This process follows `id`.
@@ -148,6 +162,8 @@ impl Routes {
     /// Forgets the routes closed longer than [`CLOSED_KEPT`] ago.
     pub fn purge(&self) {
         self.streams.lock().unwrap().retain(|_, route| route.closed_at.is_none_or(|at| at.elapsed() < CLOSED_KEPT));
+        // Channels no route names any more (their processes stopped following).
+        self.channels.lock().unwrap().retain(|channel| Arc::strong_count(channel) > 1);
     }
 }
 
@@ -165,6 +181,10 @@ mod tests {
         assert_eq!(routes.follow(&id, &a), Followed::Added);
         assert_eq!(routes.follow(&id, &b), Followed::Added);
         assert_eq!(routes.readers_of(&id), [a.clone(), b.clone()], "each follower once");
+        let other = StreamId::parse("s2").unwrap();
+        routes.open(&other);
+        routes.follow(&other, &"a".into());
+        assert!(Arc::ptr_eq(&routes.readers_of(&id)[0], &routes.readers_of(&other)[0]), "one Arc per channel");
         assert_eq!(routes.follow_here(&id), Followed::Added);
         assert!(routes.is_followed_here(&id));
         routes.leave(&id, "a");

@@ -185,18 +185,23 @@ impl Mirror {
 
     /// Notes news, releases the lock, then wakes the readers if the mirror grew:
     /// each woken reader takes the lock at once.
-    fn touched(&self, mut state: MutexGuard<'_, MirrorState>, grew: bool) {
-        state.last_news = Instant::now();
+    fn touched(&self, mut state: MutexGuard<'_, MirrorState>, grew: bool, now: Instant) {
+        state.last_news = now;
         if grew {
-            state.arrived_at = std::time::Instant::now();
+            state.arrived_at = now.into_std();
             drop(state);
             self.changed.notify_waiters();
         }
     }
 
-    /// An announced event. Returns whether a catch-up must start (a gap, and
-    /// none running).
+    #[cfg(test)]
     fn offer(&self, event: LoggedEvent) -> bool {
+        self.offer_at(event, Instant::now())
+    }
+
+    /// An announced event, arrived `now` (read once per message, not per
+    /// event). Returns whether a catch-up must start (a gap, and none running).
+    fn offer_at(&self, event: LoggedEvent, now: Instant) -> bool {
         let mut state = self.state.lock().unwrap();
         if !state.open() || event.seq < self.next(&state) {
             return false;
@@ -210,7 +215,7 @@ impl Mirror {
             return start;
         }
         let grew = self.extend(&mut state, event);
-        self.touched(state, grew);
+        self.touched(state, grew, now);
         false
     }
 
@@ -221,7 +226,7 @@ impl Mirror {
         for event in events {
             grew |= self.extend(&mut state, event);
         }
-        self.touched(state, grew);
+        self.touched(state, grew, Instant::now());
     }
 
     /// Whether the last reader leaving must mark the grace from now: unless a
@@ -388,12 +393,12 @@ impl Tails {
     /// their mirrors: the announcements this process makes to itself
     /// (`routes.rs`), taken like any other.
     pub fn offer_confirmed(self: &Arc<Self>, events: Vec<(StreamId, LoggedEvent)>) {
-        let mut gaps = Vec::new();
+        let (mut gaps, now) = (Vec::new(), Instant::now());
         {
             let mirrors = self.mirrors.lock().unwrap();
             for (id, event) in events {
                 if let Some(mirror) = mirrors.get(&id) {
-                    if mirror.offer(event) {
+                    if mirror.offer_at(event, now) {
                         gaps.push(mirror.clone());
                     }
                 }
@@ -406,7 +411,7 @@ impl Tails {
 
     /// Announcements of one message, to the mirrors of their logs.
     fn deliver(self: &Arc<Self>, message: Bytes) {
-        let mut gaps = Vec::new();
+        let (mut gaps, now) = (Vec::new(), Instant::now());
         {
             let mirrors = self.mirrors.lock().unwrap();
             let of = |id: &Bytes| std::str::from_utf8(id).ok().and_then(|id| mirrors.get(id));
@@ -414,7 +419,7 @@ impl Tails {
                 match record {
                     Some(Record::Event(id, event)) => {
                         if let Some(mirror) = of(&id) {
-                            if mirror.offer(event) {
+                            if mirror.offer_at(event, now) {
                                 gaps.push(mirror.clone());
                             }
                         }

@@ -26,14 +26,25 @@ const MAX_DEPTH: usize = 8;
 
 /// Appends one command, `args` as bulk strings, to `out`.
 pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
+    command_head(out, args.len(), args);
+}
+
+/// Appends the start of a command of `len` arguments: its first ones, `args`.
+/// The rest must follow, each as `bulk` writes it.
+pub fn command_head(out: &mut BytesMut, len: usize, args: &[&[u8]]) {
     let size: usize = args.iter().map(|a| a.len() + 16).sum();
     out.reserve(size + 16);
-    header(out, b'*', args.len());
+    header(out, b'*', len);
     for arg in args {
-        header(out, b'$', arg.len());
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
+        bulk(out, arg);
     }
+}
+
+/// Appends `arg` as a bulk string.
+pub fn bulk(out: &mut BytesMut, arg: &[u8]) {
+    header(out, b'$', arg.len());
+    out.put_slice(arg);
+    out.put_slice(b"\r\n");
 }
 
 fn header(out: &mut BytesMut, kind: u8, n: usize) {
