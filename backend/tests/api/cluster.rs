@@ -21,6 +21,12 @@ pub fn cluster() -> &'static TestCluster {
     CLUSTER.get_or_init(TestCluster::start)
 }
 
+/// The settings of a deployment on [`cluster`] under key prefix `prefix`: the
+/// cluster's counterpart of `helpers::redis_deployment`.
+pub fn cluster_deployment(prefix: &str) -> Vec<(&'static str, String)> {
+    vec![("STREAM_STORE", "redis".into()), ("REDIS_CLUSTER_URLS", cluster().urls()), ("REDIS_KEY_PREFIX", prefix.to_owned())]
+}
+
 #[tokio::test]
 async fn on_a_cluster_streams_read_with_cuts_on_every_process_lose_and_repeat_nothing_and_keep_their_keys_on_one_node() {
     let deployment = Deployment::on_cluster(&cluster().urls(), 400);

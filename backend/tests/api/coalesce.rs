@@ -496,12 +496,7 @@ async fn thirty_starts_over_three_processes_on_redis_make_one_provider_request()
 
 #[tokio::test]
 async fn thirty_starts_over_three_processes_on_a_redis_cluster_make_one_provider_request() {
-    let store = vec![
-        ("STREAM_STORE", "redis".to_owned()),
-        ("REDIS_CLUSTER_URLS", crate::cluster::cluster().urls()),
-        ("REDIS_KEY_PREFIX", fresh_prefix()),
-    ];
-    thirty_starts_over_three_processes(store).await;
+    thirty_starts_over_three_processes(crate::cluster::cluster_deployment(&fresh_prefix())).await;
 }
 
 #[tokio::test]
@@ -795,12 +790,7 @@ async fn in_redis_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners
 
 #[tokio::test]
 async fn on_a_redis_cluster_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners_on_her_process_and_another() {
-    let store = vec![
-        ("STREAM_STORE", "redis".to_owned()),
-        ("REDIS_CLUSTER_URLS", crate::cluster::cluster().urls()),
-        ("REDIS_KEY_PREFIX", fresh_prefix()),
-    ];
-    first_asker_cancels_mid_answer_over_two_processes(store).await;
+    first_asker_cancels_mid_answer_over_two_processes(crate::cluster::cluster_deployment(&fresh_prefix())).await;
 }
 
 /// Ada asks first on one process of the Redis of `store` (settings); Bo joins
