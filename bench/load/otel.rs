@@ -10,7 +10,8 @@
 //! server's cost of tracing and exporting, not a collector's. Unpaced: events/s
 //! of back-to-back SSE streams of the demo model at full speed, and the server's
 //! CPU per event (less sensitive to the neighbours than events/s); plus what the
-//! sink received and the spans the server dropped.
+//! sink received and the spans the server dropped. With `--paced N`, also N
+//! paced streams per mode and run, and the server's CPU per event over them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 
+use super::lag::{self, LagConfig, Route};
 use super::servers::{metric, Server};
 use super::stats::median;
 use super::unpaced::{self, UnpacedConfig, UnpacedResult};
@@ -68,12 +70,15 @@ async fn sink() -> (SocketAddr, Arc<Received>) {
     (rx.await.expect("the sink starts"), received)
 }
 
-fn env(mode: &str, sink: SocketAddr) -> Vec<(String, String)> {
+/// The server's settings for `mode`; `paced`: the demo model at 50 tokens/s
+/// after 200 ms (the paced measurement), else unpaced.
+fn env(mode: &str, sink: SocketAddr, paced: bool) -> Vec<(String, String)> {
+    let (tps, first_token) = if paced { ("50", "200") } else { ("0", "0") };
     let mut vars = vec![
         ("AI_STREAMING_ENABLED", "true".to_owned()),
-        ("DEMO_TOKENS_PER_SECOND", "0".into()),
-        ("DEMO_FIRST_TOKEN_MS", "0".into()),
-        ("MAX_CONCURRENT_STREAMS", "256".into()),
+        ("DEMO_TOKENS_PER_SECOND", tps.into()),
+        ("DEMO_FIRST_TOKEN_MS", first_token.into()),
+        ("MAX_CONCURRENT_STREAMS", "4096".into()),
         ("RUST_LOG", "warn".into()),
     ];
     let ratio = match mode {
@@ -102,7 +107,7 @@ pub async fn main(args: &[String]) {
     for run in 0..runs {
         for k in 0..MODES.len() {
             let mode = MODES[(k + run) % MODES.len()];
-            let server = Server::start("live-ai", &binary, &env(mode, sink)).await;
+            let server = Server::start("live-ai", &binary, &env(mode, sink, false)).await;
             let (exports0, bytes0) = (received.exports.load(Ordering::Relaxed), received.bytes.load(Ordering::Relaxed));
             let config = UnpacedConfig {
                 connections,
@@ -150,5 +155,44 @@ pub async fn main(args: &[String]) {
             ratio(|r| r.events_per_second),
             ratio(|r| r.cpu_us_per_event)
         );
+    }
+    let paced: usize = args.get("paced", 0);
+    if paced > 0 {
+        paced_runs(&binary, sink, runs, paced).await;
+    }
+}
+
+/// `--paced N`: N streams of the demo model at 50 tokens/s started at once,
+/// per mode and run (rotated), and the server's CPU per event over them: the
+/// cost at a load the server keeps up with, where the unpaced measurement's
+/// saturation (a slower mode batches less, so pays more per event) is absent.
+async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, streams: usize) {
+    println!("\npaced: {streams} streams × 50 tokens/s (first token after 200 ms), {runs} runs");
+    let config = LagConfig { streams, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120) };
+    let mut cpu: Vec<(&str, f64)> = Vec::new();
+    for run in 0..runs {
+        for k in 0..MODES.len() {
+            let mode = MODES[(k + run) % MODES.len()];
+            let server = Server::start("live-ai", binary, &env(mode, sink, true)).await;
+            let before = server.cpu_seconds();
+            let result = lag::run(&Route::OneShot { base: server.base.clone() }, &config).await;
+            let per_event = (server.cpu_seconds() - before) * 1e6 / result.events.max(1) as f64;
+            println!(
+                "run {run} {mode:>7}: {} of {streams} complete, {} events, {per_event:.2} µs CPU/event, lag p99 {:.1} ms",
+                result.completed, result.events, result.lag_ms_p99
+            );
+            cpu.push((mode, per_event));
+            server.stop(Duration::from_secs(10)).await;
+        }
+    }
+    for mode in ["on-1.0", "on-0.1"] {
+        let per_run: Vec<f64> = cpu
+            .chunks(MODES.len())
+            .map(|run| {
+                let of = |m: &str| run.iter().find(|(name, _)| *name == m).expect("every mode ran").1;
+                of(mode) / of("off")
+            })
+            .collect();
+        println!("paced {mode} / off, median of per-run ratios: CPU per event {:.3} (runs {per_run:.3?})", median(&per_run));
     }
 }
