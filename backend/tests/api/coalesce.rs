@@ -795,8 +795,8 @@ async fn on_a_redis_cluster_a_first_asker_who_cancels_mid_answer_hands_it_whole_
 
 /// Ada asks first on one process of the Redis of `store` (settings); Bo joins
 /// on her process, Cy on another; Ada cancels mid-answer: her stream ends
-/// `cancelled`, Bo's and Cy's get the whole answer, and Dee is served it from
-/// the cache next, on the other process.
+/// `cancelled`, Bo's and Cy's get the whole answer and are charged it whole,
+/// and Dee is served it from the cache next, on the other process.
 async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static str, String)>) {
     let [a, b]: [LiveAiProcess; 2] = demo_class_processes(store, 2, &[("DEMO_TOKENS_PER_SECOND", "40")]).await.try_into().ok().unwrap();
     let learners: Vec<String> = ["ada", "bo", "cy", "dee"].iter().map(|sub| learner_in(sub, Some("7b"))).collect();
@@ -815,7 +815,7 @@ async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static 
     assert_contiguous(&a_events, 0);
     let last = a_events.last().unwrap();
     assert_eq!((last.kind(), last.data["reason"].as_str()), ("cancelled", Some("requested")));
-    let mut texts = Vec::new();
+    let (mut texts, mut produced) = (Vec::new(), Vec::new());
     for (mut reader, mut events) in joiners {
         events.extend(reader.until_terminal().await);
         assert_contiguous(&events, 0);
@@ -823,9 +823,17 @@ async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static 
         assert_eq!(last.kind(), "complete", "{:?}", last.data);
         assert_eq!(last.data["result"]["markdown"], text_of(&events), "the whole answer, no gap, no duplicate");
         texts.push(text_of(&events));
+        produced.push(last.data["usage"]["completion_tokens"].as_u64().unwrap());
     }
     assert!(!texts[0].is_empty());
     assert_eq!(texts[0], texts[1]);
+    // Each joiner is charged the whole answer, as if generated alone, though
+    // it went on in another log once Ada cancelled.
+    assert_eq!(produced[0], produced[1]);
+    for (process, joiner) in [(&a, bo), (&b, cy)] {
+        let usage = usage_of(process, joiner, |u| u["active_streams"] == 0).await;
+        assert_eq!(usage["tokens_used_today"].as_u64(), Some(produced[0]), "charged the whole answer across the handover: {usage}");
+    }
     // Served next from the cache, on the other process.
     let next = start(&b, dee, topic(), json!({}), &[]).await;
     let d_events = read_all(&b, dee, id_of(&next)).await;
