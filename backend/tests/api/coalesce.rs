@@ -785,20 +785,29 @@ async fn in_redis_a_question_nobody_else_asks_is_written_once_in_its_learners_ow
 
 #[tokio::test]
 async fn in_redis_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners_on_her_process_and_another_and_it_is_served_next() {
-    first_asker_cancels_mid_answer_over_two_processes(redis_deployment(&fresh_prefix())).await;
+    first_asker_cancels_mid_answer_over_two_processes(redis_deployment(&fresh_prefix()), &[]).await;
+}
+
+#[tokio::test]
+async fn in_redis_at_a_grace_of_zero_a_first_asker_who_cancels_mid_answer_still_hands_it_whole_to_joiners() {
+    // No grace: the shared log the answer goes on in has no reader until the
+    // joiners' relays reach it, and must not be abandoned meanwhile.
+    first_asker_cancels_mid_answer_over_two_processes(redis_deployment(&fresh_prefix()), &[("STREAM_RESUME_GRACE_SECONDS", "0")]).await;
 }
 
 #[tokio::test]
 async fn on_a_redis_cluster_a_first_asker_who_cancels_mid_answer_hands_it_whole_to_joiners_on_her_process_and_another() {
-    first_asker_cancels_mid_answer_over_two_processes(crate::cluster::cluster_deployment(&fresh_prefix())).await;
+    first_asker_cancels_mid_answer_over_two_processes(crate::cluster::cluster_deployment(&fresh_prefix()), &[]).await;
 }
 
 /// Ada asks first on one process of the Redis of `store` (settings); Bo joins
 /// on her process, Cy on another; Ada cancels mid-answer: her stream ends
 /// `cancelled`, Bo's and Cy's get the whole answer and are charged it whole,
 /// and Dee is served it from the cache next, on the other process.
-async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static str, String)>) {
-    let [a, b]: [LiveAiProcess; 2] = demo_class_processes(store, 2, &[("DEMO_TOKENS_PER_SECOND", "40")]).await.try_into().ok().unwrap();
+async fn first_asker_cancels_mid_answer_over_two_processes(store: Vec<(&'static str, String)>, extra: &[(&str, &str)]) {
+    let mut settings = vec![("DEMO_TOKENS_PER_SECOND", "40")];
+    settings.extend_from_slice(extra);
+    let [a, b]: [LiveAiProcess; 2] = demo_class_processes(store, 2, &settings).await.try_into().ok().unwrap();
     let learners: Vec<String> = ["ada", "bo", "cy", "dee"].iter().map(|sub| learner_in(sub, Some("7b"))).collect();
     let (ada, bo, cy, dee) = (&learners[0], &learners[1], &learners[2], &learners[3]);
     let first = start(&a, ada, topic(), json!({}), &[]).await;
