@@ -38,8 +38,14 @@ async fn the_four_genai_metrics_arrive_with_their_units_and_required_attributes(
     }
     // One observation per chunk after the first: as many as the answer had chunks, less one.
     let chunks = events.iter().filter(|e| e.kind() == "chunk").count() as u64;
-    let per_chunk = collector().metric("gen_ai.client.operation.time_per_output_chunk", of_this_model).await;
-    assert!(per_chunk.points.iter().map(|p| p.count).sum::<u64>() >= chunks - 1);
+    // The newest export may have been taken before the call ended: wait for one
+    // after it (cumulative counts only grow), else the wait fails.
+    let counted = |m: &MetricRecord| {
+        m.points.iter().filter(|p| has(&p.attributes, "gen_ai.request.model", &model)).map(|p| p.count).sum::<u64>()
+    };
+    let per_chunk =
+        collector().metric("gen_ai.client.operation.time_per_output_chunk", |m| of_this_model(m) && counted(m) >= chunks - 1).await;
+    assert!(counted(&per_chunk) >= chunks - 1);
 }
 
 #[tokio::test]
