@@ -5,8 +5,10 @@
 //! a per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `…_METRICS_ENDPOINT`), or
 //! when `OTEL_SDK_DISABLED=true`. What is read here is passed to the SDK
 //! explicitly, so tests can set it without touching the process environment;
-//! the variables not read here (`OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT`,
-//! `…_COMPRESSION`, `OTEL_BSP_EXPORT_TIMEOUT`, …) the SDK reads itself.
+//! the variables not read here (the metrics exporter's headers, timeout and
+//! compression, `OTEL_BSP_EXPORT_TIMEOUT`, …) the SDK reads itself. Traces over
+//! http/protobuf go through live-ai's own exporter, so their headers, timeout
+//! and compression are read here.
 
 use std::time::Duration;
 
@@ -52,6 +54,12 @@ pub struct OtlpExport {
     /// `OTEL_METRIC_EXPORT_INTERVAL` (ms).
     pub metric_interval: Duration,
     pub sampler: SamplerSetting,
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`:
+    /// sent with each export of spans (e.g. a hosted backend's API key).
+    pub traces_headers: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms):
+    /// how long one export of spans may take.
+    pub traces_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +145,23 @@ fn read_export(src: &Source<'_>) -> Result<Option<OtlpExport>, SettingsError> {
             n => Ok(n),
         }
     };
+    // The per-signal variable wins over the generic one.
+    let either = |signal: &'static str, generic: &'static str| if src.raw(signal).is_some() { signal } else { generic };
+    let headers = either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS");
+    let traces_headers = match src.raw(headers) {
+        None => Vec::new(),
+        Some(raw) => parse_pairs(&raw).ok_or(SettingsError {
+            variable: headers,
+            value: "(not shown: it may hold a secret)".into(),
+            expected: "comma-separated key=value pairs (values percent-encoded)".into(),
+        })?,
+    };
+    // Neither exporter is built with a compressor: refused by name, not by the SDK.
+    for variable in ["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"] {
+        if let Some(value) = src.raw(variable).filter(|value| value != "none") {
+            return Err(SettingsError { variable, value, expected: "none (compression is not supported)".into() });
+        }
+    }
     let max_queue = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
     let max_batch = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queue);
     Ok(Some(OtlpExport {
@@ -148,6 +173,8 @@ fn read_export(src: &Source<'_>) -> Result<Option<OtlpExport>, SettingsError> {
         max_batch,
         metric_interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
         sampler: read_sampler(src)?,
+        traces_headers,
+        traces_timeout: millis(either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000)?,
     }))
 }
 
@@ -285,6 +312,44 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(error.variable, "OTEL_TRACES_SAMPLER_ARG");
+    }
+
+    #[test]
+    fn the_traces_headers_and_timeout_prefer_the_per_signal_variable() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let export = read(&[base]).unwrap().export.unwrap();
+        assert!(export.traces_headers.is_empty());
+        assert_eq!(export.traces_timeout, Duration::from_secs(10));
+        let export = read(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc%3D,x-team=blocks"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])
+            .unwrap()
+            .export
+            .unwrap();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(export.traces_headers, [pair("x-api-key", "abc="), pair("x-team", "blocks")]);
+        assert_eq!(export.traces_timeout, Duration::from_millis(2500));
+        let export = read(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=generic"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=traces"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+        ])
+        .unwrap()
+        .export
+        .unwrap();
+        assert_eq!(export.traces_headers, [pair("x-api-key", "traces")]);
+        assert_eq!(export.traces_timeout, Duration::from_millis(700));
+    }
+
+    #[test]
+    fn malformed_headers_and_compression_name_their_variable_and_hide_the_headers() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let error = read(&[base, ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "authorization")]).unwrap_err();
+        assert_eq!(error.variable, "OTEL_EXPORTER_OTLP_TRACES_HEADERS");
+        assert!(!error.value.contains("authorization"));
+        assert_eq!(read(&[base, ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).unwrap_err().variable, "OTEL_EXPORTER_OTLP_COMPRESSION");
+        assert!(read(&[base, ("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]).is_ok());
+        assert_eq!(read(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]).unwrap_err().variable, "OTEL_EXPORTER_OTLP_TIMEOUT");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! streamed event. Without export, logging is set up exactly as it always was.
 //!
 //! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
-//!   queue that counts what it drops.
+//!   queue that counts what it drops; [`http_traces`] and [`span_proto`]: the
+//!   http/protobuf span exporter, writing spans to protobuf without copies.
 //! - [`http`]: the server span of each request, child of the host app's W3C
 //!   `traceparent`.
 //! - [`generation`]: the generation span, its outcome and resumes, and the link a
@@ -27,9 +28,11 @@ pub mod export_queue;
 pub mod genai;
 pub mod generation;
 pub mod http;
+pub mod http_traces;
 pub mod live_metrics;
 mod no_enter_exit;
 pub mod otlp;
+pub mod span_proto;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;

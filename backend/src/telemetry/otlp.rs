@@ -1,6 +1,8 @@
 //! The OTLP pipelines: a tracer provider (sampler, bounded batch queue) and a
 //! meter provider (periodic reader), both exporting over http/protobuf or gRPC to
-//! the endpoints the settings resolved, under one resource.
+//! the endpoints the settings resolved, under one resource. Spans over
+//! http/protobuf go through live-ai's own exporter ([`super::http_traces`]);
+//! the rest through the OTLP crate's.
 //!
 //! Exports run on the SDK's own threads: a span ending costs the stream a queue
 //! push, whatever the collector does; a collector that is down costs a failed
@@ -13,6 +15,7 @@ use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, 
 use opentelemetry_sdk::Resource;
 
 use super::export_queue;
+use super::http_traces::HttpTraceExporter;
 use crate::config::telemetry::{OtlpExport, OtlpProtocol, SamplerSetting, TelemetrySettings};
 
 /// The version of the OpenTelemetry semantic conventions this telemetry follows
@@ -41,19 +44,24 @@ pub fn resource(settings: &TelemetrySettings) -> Resource {
 
 pub fn tracer_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkTracerProvider, ExportSetupError> {
     let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
-    let exporter = match export.protocol {
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder().with_http().with_endpoint(endpoint).build().map_err(failed)?,
-        OtlpProtocol::Grpc => SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?,
+    let processor = match export.protocol {
+        // live-ai's own exporter: it writes spans to protobuf directly (see `span_proto`).
+        OtlpProtocol::HttpProtobuf => {
+            batched(export, HttpTraceExporter::new(endpoint, &export.traces_headers, export.traces_timeout)?)
+        }
+        OtlpProtocol::Grpc => batched(export, SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?),
     };
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_sampler(sampler(export.sampler)).with_resource(resource).build())
+}
+
+/// `exporter` behind the bounded batch queue.
+fn batched<E: opentelemetry_sdk::trace::SpanExporter + 'static>(export: &OtlpExport, exporter: E) -> export_queue::BoundedProcessor {
     let config = BatchConfigBuilder::default()
         .with_scheduled_delay(export.batch_delay)
         .with_max_queue_size(export.max_queue)
         .with_max_export_batch_size(export.max_batch)
         .build();
-    let processor = export_queue::bounded(exporter, export.max_queue, |exporter| {
-        BatchSpanProcessor::builder(exporter).with_batch_config(config).build()
-    });
-    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_sampler(sampler(export.sampler)).with_resource(resource).build())
+    export_queue::bounded(exporter, export.max_queue, |exporter| BatchSpanProcessor::builder(exporter).with_batch_config(config).build())
 }
 
 pub fn meter_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkMeterProvider, ExportSetupError> {

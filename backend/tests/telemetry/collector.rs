@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -39,6 +40,8 @@ pub struct SpanRecord {
     /// OTLP's status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
     pub resource: Map<String, Value>,
+    /// The `content-type` and `x-api-key` headers of the export that carried it.
+    pub sent_with: (String, String),
 }
 
 impl SpanRecord {
@@ -128,7 +131,9 @@ impl Collector {
     }
 }
 
-async fn traces(State(collector): State<Arc<Collector>>, body: Bytes) -> &'static [u8] {
+async fn traces(State(collector): State<Arc<Collector>>, headers: HeaderMap, body: Bytes) -> &'static [u8] {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let sent_with = (header("content-type"), header("x-api-key"));
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
     let mut spans = Vec::new();
     for resource_spans in request.resource_spans {
@@ -146,6 +151,7 @@ async fn traces(State(collector): State<Arc<Collector>>, body: Bytes) -> &'stati
                     links: span.links.into_iter().map(|l| (hex::encode(l.trace_id), hex::encode(l.span_id))).collect(),
                     status: span.status.map_or(0, |s| s.code),
                     resource: resource.clone(),
+                    sent_with: sent_with.clone(),
                 });
             }
         }

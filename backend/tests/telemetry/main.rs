@@ -29,11 +29,16 @@ use std::sync::{Arc, OnceLock};
 use collector::Collector;
 use live_ai::config::settings::{LogFormat, Settings};
 
+/// The API key every export of these tests carries, as `OTEL_EXPORTER_OTLP_HEADERS`
+/// gives it (percent-encoded there).
+pub const API_KEY: &str = "key with spaces";
+
 /// The variables that point a server's export at `collector`, with short batch
 /// delays so a test waits milliseconds, not the production seconds.
 pub fn otel_vars(collector: SocketAddr) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=key%20with%20spaces".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", "20".into()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "100".into()),
     ]

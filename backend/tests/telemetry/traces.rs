@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::collector::SpanRecord;
 use crate::fake_upstream::{fixture, FakeUpstream, Reply};
 use crate::helpers::{fresh_prefix, redis_deployment, LiveAiProcess, Received};
-use crate::{collector, host_traceparent, otel_vars, traced_app};
+use crate::{collector, host_traceparent, otel_vars, traced_app, API_KEY};
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
@@ -29,6 +29,16 @@ async fn span_by_id(trace_id: &str, span_id: &str) -> SpanRecord {
 
 fn stream_id_of(events: &[Received]) -> String {
     events[0].data["stream_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_trace_export_is_protobuf_and_carries_the_configured_headers() {
+    let app = traced_app(&[]).await;
+    let events = app.sse("/api/stream/ai-block/explain-eli10?topic=moon", &[]).await.until_terminal().await;
+    let generation = generation_of(&stream_id_of(&events)).await;
+    let (content_type, api_key) = &generation.sent_with;
+    assert_eq!(content_type, "application/x-protobuf");
+    assert_eq!(api_key, API_KEY, "OTEL_EXPORTER_OTLP_HEADERS, percent-decoded");
 }
 
 #[tokio::test]

@@ -1,0 +1,100 @@
+//! The http/protobuf span exporter: each batch the SDK's batch processor hands
+//! over is written by [`TraceEncoder`] and posted to the traces endpoint, with
+//! the configured headers, within the configured timeout.
+//!
+//! It replaces the OTLP crate's http exporter for traces only (metrics and gRPC
+//! keep the crate's), because converting spans is most of what exporting them
+//! costs ([`super::span_proto`]). Like the crate's, it runs on the batch
+//! processor's own thread with a blocking client: a collector that is slow or
+//! down holds that thread, never a stream. A batch the collector refuses (not
+//! 2xx) or cannot be reached for is an error the processor reports and the
+//! spans are counted as dropped ([`super::export_queue`]); it is not retried,
+//! as the crate's is not by default.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+
+use super::span_proto::TraceEncoder;
+use super::ExportSetupError;
+
+#[derive(Debug)]
+pub struct HttpTraceExporter {
+    client: reqwest::blocking::Client,
+    endpoint: String,
+    headers: HeaderMap,
+    encoder: Mutex<TraceEncoder>,
+    shut_down: AtomicBool,
+}
+
+impl HttpTraceExporter {
+    /// An exporter to `endpoint` (used verbatim), sending `headers` with each
+    /// request and giving up on one after `timeout`.
+    pub fn new(endpoint: &str, headers: &[(String, String)], timeout: Duration) -> Result<Self, ExportSetupError> {
+        let failed = |message: String| ExportSetupError { endpoint: endpoint.into(), message };
+        let mut map = HeaderMap::new();
+        map.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        map.insert(USER_AGENT, HeaderValue::from_static(concat!("live-ai/", env!("CARGO_PKG_VERSION"))));
+        for (name, value) in headers {
+            let name = HeaderName::try_from(name.as_str()).map_err(|_| failed(format!("`{name}` is not an HTTP header name")))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| failed(format!("the value of `{name}` is not a valid HTTP header value")))?;
+            map.insert(name, value);
+        }
+        // The blocking client runs a runtime of its own, which may be neither
+        // built nor dropped on a thread of the server's runtime.
+        let client = std::thread::spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
+            .join()
+            .map_err(|_| failed("building the HTTP client panicked".into()))?
+            .map_err(|error| failed(format!("cannot build the HTTP client: {error}")))?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.to_owned(),
+            headers: map,
+            encoder: Mutex::new(TraceEncoder::default()),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+}
+
+impl SpanExporter for HttpTraceExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(batch.len() * 512);
+        self.encoder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).encode(&batch, &mut body);
+        drop(batch);
+        let response = self
+            .client
+            .post(&self.endpoint)
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .map_err(|error| OTelSdkError::InternalFailure(format!("HTTP export failed: {error}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(OTelSdkError::InternalFailure(format!("HTTP export failed with status code: {}", status.as_u16())));
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        if self.shut_down.swap(true, Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.encoder.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).set_resource(resource);
+    }
+}
