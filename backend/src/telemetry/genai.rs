@@ -119,16 +119,20 @@ impl Bound {
 /// `inner`, its calls traced on `tracer` and measured.
 pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, tracer: BoxedTracer, capture_content: bool) -> Arc<dyn Provider> {
     let server = inner.server();
+    // Shared text: each call's span copies these attributes, and a clone of an
+    // `Arc<str>` value is a count, not an allocation.
+    let shared = |text: &str| Value::from(Arc::<str>::from(text));
+    let model = shared(inner.model());
     let mut attributes = vec![
         KeyValue::new("gen_ai.operation.name", OPERATION),
-        KeyValue::new("gen_ai.provider.name", inner.name().to_owned()),
-        KeyValue::new("gen_ai.request.model", inner.model().to_owned()),
+        KeyValue::new("gen_ai.provider.name", shared(inner.name())),
+        KeyValue::new("gen_ai.request.model", model.clone()),
         // The model the provider was asked for is the one that answers: the
         // wire events this project reads do not name another.
-        KeyValue::new("gen_ai.response.model", inner.model().to_owned()),
+        KeyValue::new("gen_ai.response.model", model),
     ];
     if let Some((host, port)) = &server {
-        attributes.push(KeyValue::new("server.address", host.clone()));
+        attributes.push(KeyValue::new("server.address", shared(host)));
         attributes.push(KeyValue::new("server.port", i64::from(*port)));
     }
     let bound = Bound::new(&instruments, &attributes);
