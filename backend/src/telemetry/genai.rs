@@ -14,7 +14,7 @@
 //! chunk, about 7 %). The first chunk is the span's one event.
 //!
 //! The span is made directly on the SDK's tracer, as a child of the generation's
-//! (bridged) span, not through `tracing`: nothing logs inside it, and the
+//! span (also an SDK span, found in the task), not through `tracing`: nothing logs inside it, and the
 //! bridge would convert each of its attributes twice. It is made only when the
 //! generation's trace is sampled (the sampler is parent-based, so an unsampled
 //! generation's call would not be exported either); the metrics are recorded
@@ -186,8 +186,8 @@ impl Provider for GenAiProvider {
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
-        // The generation's span is the current one, bridged from `tracing`.
-        let parent = Span::current().context();
+        // The generation this task runs (else, outside one, the current `tracing` span's).
+        let parent = super::generation::current().unwrap_or_else(|| Span::current().context());
         let span = parent.span().span_context().is_sampled().then(|| self.span(&request, &parent));
         let call = Call {
             output: (self.capture_content && span.is_some()).then(String::new),

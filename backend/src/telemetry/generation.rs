@@ -1,7 +1,8 @@
 //! The generation span: one per stream, from launch to its terminal event, child
-//! of the request that started it (and so of the host app's trace). It carries
-//! the stream id, the block, the learner as a salted hash (`enduser.pseudo.id`,
-//! never the principal itself), the outcome and how many times a reader resumed.
+//! of the request that started it (and so of the host app's trace), made
+//! directly on the SDK's tracer. It carries the stream id, the block, the
+//! learner as a salted hash (`enduser.pseudo.id`, never the principal itself),
+//! the outcome and how many times a reader resumed.
 //!
 //! A reader that resumes a stream links its own span to the generation's: in
 //! this process through [`GenerationTrace`]; from another process through the
@@ -9,11 +10,17 @@
 //! Nothing here runs per event.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use futures::future::Either;
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
 use sha2::{Digest, Sha256};
+use tokio::task::futures::TaskLocalFuture;
 use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -78,54 +85,96 @@ pub fn logs_show_spans() -> bool {
 }
 
 /// The target of spans that are only logged, never exported (the OTel layer's
-/// filter refuses it): an unsampled generation is one.
+/// filter refuses it): a generation's `tracing` span is one.
 pub const LOG_ONLY: &str = "live_ai::log_only";
 
-/// The span of one generation, child of the current (request) span, and what
-/// the manager keeps of its trace. When the trace is not sampled it is a
-/// log-only span, which the OpenTelemetry bridge never hears of: with the
-/// sampler parent-based, it would not be exported.
+/// Whether spans are exported (set once at init): only then does a generation
+/// have a span on the SDK.
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_traces_exported(exported: bool) {
+    TRACES_EXPORTED.store(exported, Ordering::Relaxed);
+}
+
+tokio::task_local! {
+    /// The OpenTelemetry context of the generation a task runs: the parent of
+    /// its provider calls, and of the generation an answer is handed over to.
+    static GENERATION: Context;
+}
+
+/// The span of one generation: a span made directly on the SDK's tracer, child
+/// of the current request's (and so of the host app's trace), or of the
+/// generation running in this task (a handed-over answer's); and a log-only
+/// `tracing` span, so its log lines carry the stream id and, when logs show
+/// spans, the trace's ids.
+///
+/// Not through the `tracing` bridge: a generation's `tracing` span is entered
+/// at every poll of its task, and the bridge copies every field into a
+/// `String` of its own; at `RUST_LOG=warn` the log-only span is disabled and
+/// costs nothing per poll. When the trace is not sampled there is no SDK span
+/// (the sampler is parent-based, so it would not be exported either).
 pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, GenerationTrace) {
-    let parent = Span::current().context().span().span_context().clone();
-    if parent.is_valid() && !parent.is_sampled() {
-        let span = tracing::info_span!(
-            target: LOG_ONLY,
-            "generation",
-            stream_id = %id,
-            block = block.as_str(),
-            outcome = Empty,
-            resumes = Empty,
-            trace_id = Empty,
-        );
-        if !span.is_disabled() {
-            span.record("trace_id", tracing::field::display(parent.trace_id()));
-        }
-        return (span, GenerationTrace::of(SpanContext::empty_context()));
-    }
-    let span = tracing::info_span!(
+    let log = tracing::info_span!(
+        target: LOG_ONLY,
         "generation",
-        otel.name = %format_args!("generate {}", block.as_str()),
-        otel.status_code = Empty,
         stream_id = %id,
         block = block.as_str(),
-        "enduser.pseudo.id" = Empty,
         outcome = Empty,
         resumes = Empty,
         trace_id = Empty,
         span_id = Empty,
     );
-    if span.is_disabled() {
-        return (span, GenerationTrace::of(SpanContext::empty_context()));
+    if !TRACES_EXPORTED.load(Ordering::Relaxed) {
+        return (log, GenerationTrace::untraced());
     }
-    // Valid only when traced (with export off, only the logs enable the span).
-    let context = span.context().span().span_context().clone();
-    if context.is_valid() {
-        span.record("enduser.pseudo.id", &*pseudonym(principal));
-        if logs_show_spans() {
-            record_ids(&span, &context);
+    let parent = GENERATION.try_with(Context::clone).unwrap_or_else(|_| Span::current().context());
+    let parent_ids = parent.span().span_context().clone();
+    if parent_ids.is_valid() && !parent_ids.is_sampled() {
+        if logs_show_spans() && !log.is_disabled() {
+            log.record("trace_id", tracing::field::display(parent_ids.trace_id()));
         }
+        return (log, GenerationTrace::untraced());
     }
-    (span, GenerationTrace::of(context))
+    let tracer = super::tracer();
+    let attributes = vec![
+        KeyValue::new("stream_id", id.to_string()),
+        KeyValue::new("block", block.as_str()),
+        KeyValue::new("enduser.pseudo.id", Value::from(pseudonym(principal))),
+    ];
+    let builder = SpanBuilder::from_name(span_name(block)).with_kind(SpanKind::Internal).with_attributes(attributes);
+    let span = tracer.build_with_context(builder, &parent);
+    let context = span.span_context().clone();
+    if !context.is_sampled() {
+        return (log, GenerationTrace::untraced());
+    }
+    if logs_show_spans() && !log.is_disabled() {
+        record_ids(&log, &context);
+    }
+    (log, GenerationTrace { context, otel: Some(parent.with_span(span)), resumes: AtomicU64::new(0) })
+}
+
+/// `generate {block}`, without formatting it for each generation.
+fn span_name(block: BlockType) -> &'static str {
+    match block {
+        BlockType::AskQuestion => "generate ask-question",
+        BlockType::ExplainEli10 => "generate explain-eli10",
+        BlockType::Quiz => "generate quiz",
+        BlockType::Diagram => "generate diagram",
+    }
+}
+
+/// `generation`, run with `trace`'s context as its task's generation (when
+/// traced): what its provider calls and a hand-over find as their parent.
+pub fn within<F: Future>(trace: &GenerationTrace, generation: F) -> Either<TaskLocalFuture<Context, F>, F> {
+    match &trace.otel {
+        Some(context) => Either::Left(GENERATION.scope(context.clone(), generation)),
+        None => Either::Right(generation),
+    }
+}
+
+/// The context of the generation this task runs, if it is traced.
+pub fn current() -> Option<Context> {
+    GENERATION.try_with(Context::clone).ok()
 }
 
 /// Records the ids of `context` (the span's own) as the span's fields, so every
@@ -135,28 +184,37 @@ pub fn record_ids(span: &Span, context: &SpanContext) {
     span.record("span_id", tracing::field::display(context.span_id()));
 }
 
-/// Records how the current generation ended on its span (the outcome of
-/// `live_ai_stream_outcomes_total`, and the resumes it had); anything but
-/// completion or a cancel is an error.
+/// Ends the generation's span with how it ended (the outcome of
+/// `live_ai_stream_outcomes_total`, and the resumes it had; anything but
+/// completion or a cancel is an error), and records them on its log lines.
 pub fn ended(outcome: &str, trace: &GenerationTrace) {
-    let span = Span::current();
-    span.record("outcome", outcome);
-    span.record("resumes", trace.resumes.load(Ordering::Relaxed) as i64);
+    let resumes = trace.resumes.load(Ordering::Relaxed) as i64;
+    let log = Span::current();
+    log.record("outcome", outcome);
+    log.record("resumes", resumes);
+    let Some(context) = &trace.otel else { return };
+    let span = context.span();
+    span.set_attribute(KeyValue::new("outcome", outcome.to_owned()));
+    span.set_attribute(KeyValue::new("resumes", resumes));
     if outcome != "complete" && !outcome.starts_with("cancelled") {
-        span.record("otel.status_code", "ERROR");
+        span.set_status(Status::error(""));
     }
+    span.end();
 }
 
-/// What the manager keeps of a live generation's trace: its span's ids, not the
-/// span (readers hold the generation after it ended; the span must end with it).
+/// What the manager keeps of a live generation's trace: its span (ended by
+/// [`ended`]; readers hold the generation after it ended) and its ids.
 pub struct GenerationTrace {
     context: SpanContext,
+    /// The span, in a context whose parent is the generation's: `None` when
+    /// the generation is not traced.
+    otel: Option<Context>,
     resumes: AtomicU64,
 }
 
 impl GenerationTrace {
-    fn of(context: SpanContext) -> Self {
-        Self { context, resumes: AtomicU64::new(0) }
+    fn untraced() -> Self {
+        Self { context: SpanContext::empty_context(), otel: None, resumes: AtomicU64::new(0) }
     }
 
     /// A reader resumed the stream here: counted for the generation's span, and

@@ -6,13 +6,16 @@
 //! Integer span attributes are recorded as `i64`: the bridge exports other
 //! integers as text.
 //!
-//! One instrumentation feeds both: `tracing` spans are logs' context and, bridged
-//! by `tracing-opentelemetry`, the trace's spans. The OTel layer has its own
-//! filter (spans at info, events at warn, never the log-only spans of unsampled
-//! generations), so `RUST_LOG=warn` quietens logs without losing traces. The layer neither tracks busy/idle time nor activates
-//! OTel contexts, and never hears of span enters and exits ([`no_enter_exit`]):
-//! a generation's span is entered at every poll, and each would cost per
-//! streamed event. Without export, logging is set up exactly as it always was.
+//! A request's `tracing` span is its log lines' context and, bridged by
+//! `tracing-opentelemetry`, the trace's server span. The OTel layer has its own
+//! filter (spans at info, events at warn, never the log-only spans), so
+//! `RUST_LOG=warn` quietens logs without losing traces. The layer neither tracks
+//! busy/idle time nor activates OTel contexts, and never hears of span enters
+//! and exits ([`no_enter_exit`]): a request's span is entered at every poll of
+//! its body, and each would cost per streamed event. The generation's and the
+//! provider call's spans are made directly on the SDK, beside a log-only
+//! `tracing` span for the generation's log lines ([`generation`]). Without
+//! export, logging is set up exactly as it always was.
 //!
 //! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
 //!   queue that counts what it drops; [`http_traces`] and [`span_proto`]: the
@@ -133,6 +136,7 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
         Some(endpoint) => {
             let provider = otlp::tracer_provider(export, endpoint, resource)?;
             opentelemetry::global::set_tracer_provider(provider.clone());
+            generation::set_traces_exported(true);
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer_with_scope(scope()))
                 .with_tracked_inactivity(false)

@@ -380,8 +380,9 @@ impl StreamManager {
         if let Work::Generate { answers: Some(_), .. } = &work {
             self.inner.metrics.shared_generations.with_label_values(&[block.as_str()]).inc();
         }
+        let traced = generation.clone();
         let run = run(self.inner.clone(), id.clone(), work, generation, writer, permit, reservation);
-        self.inner.tasks.spawn(run.instrument(span));
+        self.inner.tasks.spawn(trace::within(&traced.trace, run).instrument(span));
         Ok(Started::New(id))
     }
 
@@ -891,7 +892,9 @@ async fn run(
 ) {
     let mut handed_over = run_generation(inner.clone(), id, work, generation, writer, Some(permit), Some(reservation)).await;
     while let Some((HandedOver { id, generation, writer, span }, work)) = handed_over.take() {
-        handed_over = run_generation(inner.clone(), id, work, generation, writer, None, None).instrument(span).await;
+        let traced = generation.clone();
+        let rest = run_generation(inner.clone(), id, work, generation, writer, None, None);
+        handed_over = trace::within(&traced.trace, rest).instrument(span).await;
     }
 }
 
