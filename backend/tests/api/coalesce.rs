@@ -255,6 +255,28 @@ async fn a_first_asker_who_cancels_mid_answer_ends_her_own_stream_while_the_join
 }
 
 #[tokio::test]
+async fn a_first_asker_who_cancels_after_a_fresh_start_took_the_question_still_hands_her_answer_whole_to_its_joiner() {
+    let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "60")])).await;
+    let (ada, bo, cy) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")), learner_in("cy", Some("7b")));
+    let first = start(&app, &ada, topic(), json!({}), &[]).await;
+    let second = start(&app, &bo, topic(), json!({}), &[]).await;
+    let mut b = reader(&app, &bo, id_of(&second)).await;
+    let mut b_events = b.take(3).await;
+    assert_eq!(marks(&b_events), (true, false));
+    // Cy asks afresh: a generation of her own, which the class's next starts get.
+    let third = start(&app, &cy, topic(), json!({"fresh": true}), &[]).await;
+    cancel(&app, &ada, id_of(&first)).await;
+    b_events.extend(b.until_terminal().await);
+    assert_contiguous(&b_events, 0);
+    let last = b_events.last().unwrap();
+    assert_eq!(last.kind(), "complete", "the joiner of the first answer still got it to the end");
+    assert_eq!(last.data["result"]["markdown"], text_of(&b_events), "the whole answer, no gap, no duplicate");
+    let c_events = read_all(&app, &cy, id_of(&third)).await;
+    assert_eq!((marks(&c_events), c_events.last().unwrap().kind()), ((false, false), "complete"), "her own generation");
+    app.wait_for_metric("live_ai_stream_outcomes_total", &["outcome=\"complete\""], |done| done == 2.0).await;
+}
+
+#[tokio::test]
 async fn at_a_grace_of_zero_a_first_asker_who_leaves_while_others_read_leaves_the_whole_answer_to_the_class_and_to_her_own_stream() {
     let app = spawn_app(&class_settings(&[("DEMO_TOKENS_PER_SECOND", "40"), ("STREAM_RESUME_GRACE_SECONDS", "0")])).await;
     let (ada, bo) = (learner_in("ada", Some("7b")), learner_in("bo", Some("7b")));

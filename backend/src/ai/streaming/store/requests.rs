@@ -9,7 +9,11 @@
 //! marks it, in the same atomic step. The first asker who cancels reads the mark
 //! to decide whether the answer must go on for others (`coalesce` module doc:
 //! the handover), and hands the entry over to the answer's new log only if it
-//! still names theirs.
+//! still names theirs. A `fresh` start that takes the key from a joined
+//! generation keeps that generation's mark in the entry ([`REPLACED_KEPT`] at
+//! most, the newest): its joiners still read it, and its first asker's cancel
+//! must still hand it over to them. The mark goes with the entry, so a key
+//! released or lapsed since has none.
 //!
 //! Every operation is one atomic decision in the store (with Redis, one command
 //! or script on one key), so thirty starts spread over many processes agree on
@@ -46,11 +50,13 @@ pub trait RequestIndex: Send + Sync {
     /// and marks the entry joined unless the claim is [`Claim::Always`].
     async fn claim_request(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Result<Option<StreamId>, StoreError>;
 
-    /// Whether `key` names `id` and was joined since `id` claimed it.
+    /// Whether `id` was joined while `key` named it: `key` names it and was
+    /// joined, or a `fresh` claim took `key` from it after it was joined.
     async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError>;
 
     /// Makes `key` name `to` for `ttl` instead of `from`, only if it still
-    /// names `from`; whether it did.
+    /// names `from`; whether it did. (A `from` that a `fresh` claim replaced
+    /// loses its mark instead: the key stays the fresh generation's.)
     async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Keeps `key` naming `id` for `ttl` from now, if it still does (a complete
@@ -65,11 +71,18 @@ pub trait RequestIndex: Send + Sync {
 /// soonest to expire.
 const MAX_REQUESTS: usize = 100_000;
 
-/// What a request key names, until when, and whether it was joined.
+/// Joined generations a `fresh` claim took a key from that an entry keeps
+/// (the newest): thirty learners asking afresh one after another must not make
+/// an entry grow without bound.
+pub const REPLACED_KEPT: usize = 8;
+
+/// What a request key names, until when, whether it was joined, and the joined
+/// generations `fresh` claims took it from (newest first).
 struct Entry {
     id: StreamId,
     lapses: Instant,
     joined: bool,
+    replaced: Vec<StreamId>,
 }
 
 /// The request index of one process (`STREAM_STORE=memory`).
@@ -82,6 +95,7 @@ impl RequestTable {
     pub fn claim(&self, key: &str, id: &StreamId, ttl: Duration, claim: Claim<'_>) -> Option<StreamId> {
         let mut entries = self.entries.lock().unwrap();
         let now = Instant::now();
+        let mut replaced = Vec::new();
         if let Some(entry) = entries.get_mut(key).filter(|entry| entry.lapses > now) {
             let replaceable = match claim {
                 Claim::Vacant => false,
@@ -92,6 +106,13 @@ impl RequestTable {
                 entry.joined = true;
                 return Some(entry.id.clone());
             }
+            // A fresh claim keeps a joined generation's mark; a generation found
+            // unusable has no first asker left to hand it over.
+            if claim == Claim::Always && entry.joined {
+                replaced.push(entry.id.clone());
+            }
+            replaced.append(&mut entry.replaced);
+            replaced.truncate(REPLACED_KEPT);
         }
         if entries.len() >= MAX_REQUESTS {
             entries.retain(|_, entry| entry.lapses > now);
@@ -101,14 +122,18 @@ impl RequestTable {
                 }
             }
         }
-        entries.insert(key.to_owned(), Entry { id: id.clone(), lapses: now + ttl, joined: false });
+        entries.insert(key.to_owned(), Entry { id: id.clone(), lapses: now + ttl, joined: false, replaced });
         None
     }
 
     /// The live entry of `key` if it names `id`.
     fn named<'a>(entries: &'a mut HashMap<String, Entry>, key: &str, id: &StreamId) -> Option<&'a mut Entry> {
+        Self::live(entries, key).filter(|entry| entry.id == *id)
+    }
+
+    fn live<'a>(entries: &'a mut HashMap<String, Entry>, key: &str) -> Option<&'a mut Entry> {
         let now = Instant::now();
-        entries.get_mut(key).filter(|entry| entry.id == *id && entry.lapses > now)
+        entries.get_mut(key).filter(|entry| entry.lapses > now)
     }
 
     pub fn hold(&self, key: &str, id: &StreamId, ttl: Duration) {
@@ -125,13 +150,20 @@ impl RequestTable {
     }
 
     pub fn joined(&self, key: &str, id: &StreamId) -> bool {
-        Self::named(&mut self.entries.lock().unwrap(), key, id).is_some_and(|entry| entry.joined)
+        Self::live(&mut self.entries.lock().unwrap(), key)
+            .is_some_and(|entry| (entry.id == *id && entry.joined) || entry.replaced.contains(id))
     }
 
     pub fn hand_over(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> bool {
         let mut entries = self.entries.lock().unwrap();
-        let Some(entry) = Self::named(&mut entries, key, from) else { return false };
-        *entry = Entry { id: to.clone(), lapses: Instant::now() + ttl, joined: entry.joined };
+        let Some(entry) = Self::live(&mut entries, key) else { return false };
+        if entry.id != *from {
+            // Handed over while a fresh generation holds the key: its mark goes.
+            entry.replaced.retain(|replaced| replaced != from);
+            return false;
+        }
+        entry.id = to.clone();
+        entry.lapses = Instant::now() + ttl;
         true
     }
 }
@@ -189,6 +221,29 @@ mod tests {
         table.claim("other", &id("g3"), TTL, Claim::Vacant);
         assert_eq!(table.claim("other", &id("g4"), TTL, Claim::Replacing(&id("g9"))), Some(id("g3")));
         assert!(table.joined("other", &id("g3")), "a replacement given the held generation joins it too");
+    }
+
+    #[test]
+    fn a_fresh_claim_keeps_the_mark_of_the_joined_generation_it_replaced_until_that_one_is_handed_over() {
+        let table = RequestTable::default();
+        table.claim("k", &id("g1"), TTL, Claim::Vacant);
+        table.claim("k", &id("g2"), TTL, Claim::Vacant);
+        assert_eq!(table.claim("k", &id("f1"), TTL, Claim::Always), None, "a fresh start takes the key");
+        assert!(table.joined("k", &id("g1")), "g1's joiners still read it");
+        assert!(!table.joined("k", &id("f1")));
+        assert_eq!(table.claim("k", &id("g3"), TTL, Claim::Vacant), Some(id("f1")), "new starts get the fresh answer");
+        assert!(!table.hand_over("k", &id("g1"), &id("s1"), TTL), "the key stays the fresh generation's");
+        assert!(!table.joined("k", &id("g1")), "handed over once");
+        assert_eq!(table.claim("k", &id("g4"), TTL, Claim::Vacant), Some(id("f1")));
+        // A generation nobody joined leaves no mark; the marks kept are bounded.
+        table.claim("k", &id("f2"), TTL, Claim::Always);
+        assert!(!table.joined("k", &id("g3")) && table.joined("k", &id("f1")));
+        for n in 0..REPLACED_KEPT + 2 {
+            table.claim("k", &id("j"), TTL, Claim::Vacant);
+            table.claim("k", &id(&format!("f{}", n + 3)), TTL, Claim::Always);
+        }
+        assert!(table.joined("k", &id(&format!("f{}", REPLACED_KEPT + 3))), "the newest replaced are kept");
+        assert!(!table.joined("k", &id("f1")), "the oldest went");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The request index of coalescing in Redis (see `store/requests.rs`): one key
 //! per request, `<prefix>:request:{<digest>}`, holding the id of the generation
-//! that answers it (`<id>`, or `<id> joined` once a start was given it), with
-//! an expiry. Each decision is one script on that one key, so it is atomic
-//! across every process and needs no cross-slot access in a cluster:
+//! that answers it (`<id>`, or `<id> joined` once a start was given it), then
+//! ` ~<id>` for each joined generation a `fresh` claim took the key from (the
+//! newest first, `REPLACED_KEPT` at most), with an expiry. Each decision is one
+//! script on that one key, so it is atomic across every process and needs no
+//! cross-slot access in a cluster:
 //! - a claim takes a vacant key, or returns the id it names and marks it
 //!   joined in the same step (keeping its expiry); a `fresh` claim takes the
-//!   key whatever it names, and marks nothing;
+//!   key whatever it names, marks nothing, and keeps the replaced generation's
+//!   mark when it was joined;
 //! - replacing a generation found unusable, holding (extending), releasing and
 //!   handing over compare the id first, so a process never touches a key
 //!   another generation has taken since.
@@ -16,30 +19,67 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::super::requests::{Claim, RequestIndex};
+use super::super::requests::{Claim, RequestIndex, REPLACED_KEPT};
 use super::super::StoreError;
 use super::{unavailable, RedisStore};
 use crate::ai::streaming::events::StreamId;
 
-/// The mark a joined entry's value carries after its id.
-const JOINED: &str = " joined";
+/// Whether a key's value says `id` was joined: it names `id` as joined, or
+/// keeps `id`'s mark as a joined generation a `fresh` claim replaced.
+fn joined_in(held: &str, id: &StreamId) -> bool {
+    let mut tokens = held.split(' ');
+    let named = tokens.next() == Some(id.as_str());
+    let mut marks = tokens.peekable();
+    if marks.next_if_eq(&"joined").is_some() && named {
+        return true;
+    }
+    marks.any(|token| token.strip_prefix('~') == Some(id.as_str()))
+}
 
-/// Takes the key if it is vacant (or, with a stale id, names that id); else
-/// marks it joined and returns the id it names.
+/// Takes the key if it is vacant (or, with a stale id, names that id, keeping
+/// the marks of replaced generations); else marks it joined and returns the id
+/// it names.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 -- KEYS: request. ARGV: new id, ttl_ms, stale id (or '')
 local held = redis.call('GET', KEYS[1])
+local kept = ''
 if held then
   local id = string.match(held, '^%S+')
   if id ~= ARGV[3] then
-    if id == held then redis.call('SET', KEYS[1], held .. ' joined', 'KEEPTTL') end
+    if not string.find(held, '^%S+ joined') then
+      redis.call('SET', KEYS[1], id .. ' joined' .. string.sub(held, #id + 1), 'KEEPTTL')
+    end
     return id
   end
+  for replaced in string.gmatch(held, ' ~%S+') do kept = kept .. replaced end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. kept, 'PX', ARGV[2])
 return false
+",
+    )
+});
+
+/// Takes the key whatever it names (a `fresh` start), keeping the marks of
+/// the joined generations it replaces: the one it names, if joined, then those
+/// already kept, ARGV[3] at most.
+static FRESH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+-- KEYS: request. ARGV: new id, ttl_ms, marks kept at most
+local held = redis.call('GET', KEYS[1])
+local value = ARGV[1]
+if held then
+  local kept, limit = {}, tonumber(ARGV[3])
+  if string.find(held, '^%S+ joined') then kept[1] = ' ~' .. string.match(held, '^%S+') end
+  for replaced in string.gmatch(held, ' ~%S+') do
+    if #kept < limit then kept[#kept + 1] = replaced end
+  end
+  value = value .. table.concat(kept)
+end
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return 0
 ",
     )
 });
@@ -66,14 +106,25 @@ return 0
     )
 });
 
-/// Makes the key name ARGV[2] instead of ARGV[1], if it still names ARGV[1].
+/// Makes the key name ARGV[2] instead of ARGV[1], if it still names ARGV[1];
+/// else drops ARGV[1]'s mark as a replaced generation, if it has one.
 static HAND_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
+-- KEYS: request. ARGV: from, to, ttl_ms
 local held = redis.call('GET', KEYS[1])
-if not held or string.match(held, '^%S+') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+if not held then return 0 end
+local id = string.match(held, '^%S+')
+if id == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2] .. string.sub(held, #id + 1), 'PX', ARGV[3])
+  return 1
+end
+local rest, found = '', false
+for token in string.gmatch(string.sub(held, #id + 1), '%S+') do
+  if token == '~' .. ARGV[1] then found = true else rest = rest .. ' ' .. token end
+end
+if found then redis.call('SET', KEYS[1], id .. rest, 'KEEPTTL') end
+return 0
 ",
     )
 });
@@ -91,7 +142,14 @@ impl RequestIndex for RedisStore {
             Claim::Vacant => "",
             Claim::Replacing(stale) => stale.as_str(),
             Claim::Always => {
-                conn.pset_ex::<_, _, ()>(&name, id.as_str(), millis(ttl)).await.map_err(unavailable)?;
+                FRESH
+                    .key(&name)
+                    .arg(id.as_str())
+                    .arg(millis(ttl))
+                    .arg(REPLACED_KEPT)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
                 return Ok(None);
             }
         };
@@ -121,7 +179,7 @@ impl RequestIndex for RedisStore {
     async fn request_joined(&self, key: &str, id: &StreamId) -> Result<bool, StoreError> {
         let mut conn = self.shared.conn.clone();
         let held: Option<String> = conn.get(self.shared.keys.request(key)).await.map_err(unavailable)?;
-        Ok(held.is_some_and(|held| held.strip_suffix(JOINED) == Some(id.as_str())))
+        Ok(held.is_some_and(|held| joined_in(&held, id)))
     }
 
     async fn hand_over_request(&self, key: &str, from: &StreamId, to: &StreamId, ttl: Duration) -> Result<bool, StoreError> {
@@ -180,6 +238,33 @@ mod tests {
         assert_eq!(a.claim_request("k", &id("g3"), TTL, Claim::Always).await.unwrap(), None, "fresh");
         b.release_request("k", &id("g3")).await.unwrap();
         assert_eq!(a.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), None, "released");
+    }
+
+    #[tokio::test]
+    async fn a_fresh_claim_keeps_the_mark_of_the_joined_generation_it_replaced_until_that_one_is_handed_over() {
+        let (a, b) = pair().await;
+        a.claim_request("k", &id("g1"), TTL, Claim::Vacant).await.unwrap();
+        b.claim_request("k", &id("g2"), TTL, Claim::Vacant).await.unwrap();
+        b.claim_request("k", &id("f1"), TTL, Claim::Always).await.unwrap();
+        assert!(a.request_joined("k", &id("g1")).await.unwrap(), "g1's joiners still read it");
+        assert!(!a.request_joined("k", &id("f1")).await.unwrap());
+        assert_eq!(b.claim_request("k", &id("g3"), TTL, Claim::Vacant).await.unwrap(), Some(id("f1")), "new starts get the fresh answer");
+        assert!(b.request_joined("k", &id("f1")).await.unwrap() && a.request_joined("k", &id("g1")).await.unwrap(), "both marks");
+        // A generation found unusable is replaced; the marks of those a fresh claim replaced stay.
+        assert_eq!(b.claim_request("k", &id("r1"), TTL, Claim::Replacing(&id("f1"))).await.unwrap(), None);
+        assert!(a.request_joined("k", &id("g1")).await.unwrap());
+        assert!(!a.hand_over_request("k", &id("g1"), &id("s1"), TTL).await.unwrap(), "the key stays r1's");
+        assert!(!a.request_joined("k", &id("g1")).await.unwrap(), "handed over once");
+        assert_eq!(b.claim_request("k", &id("g4"), TTL, Claim::Vacant).await.unwrap(), Some(id("r1")));
+        // The marks kept are bounded, the newest kept.
+        for n in 0..REPLACED_KEPT + 2 {
+            b.claim_request("k", &id("j"), TTL, Claim::Vacant).await.unwrap();
+            b.claim_request("k", &id(&format!("f{}", n + 2)), TTL, Claim::Always).await.unwrap();
+        }
+        assert!(a.request_joined("k", &id(&format!("f{}", REPLACED_KEPT + 2))).await.unwrap());
+        assert!(!a.request_joined("k", &id("r1")).await.unwrap(), "the oldest went");
+        let held: String = a.shared.conn.clone().get(a.shared.keys.request("k")).await.unwrap();
+        assert_eq!(held.matches(" ~").count(), REPLACED_KEPT, "{held}");
     }
 
     #[tokio::test]
