@@ -4,7 +4,8 @@
 //! The OTLP crate first converts each span into `opentelemetry-proto`'s structs
 //! (every key and value copied into a `String`, scopes grouped through a
 //! `HashMap`), then encodes and drops them: about 15,000 instructions per
-//! span, a third of what export cost per streamed event (`bench/RESULTS.md`).
+//! span, over a third of what OpenTelemetry added per streamed event
+//! (`bench/RESULTS.md`).
 //! Here each field is written once from the span itself; the resource and each
 //! instrumentation scope are encoded once and copied. The bytes decode to the
 //! same message as the OTLP crate's (the test below holds it to that).
