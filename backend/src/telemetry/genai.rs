@@ -7,11 +7,12 @@
 //!
 //! A decorator around the provider, so the engine is untouched: it sees every
 //! item the provider yields and when the engine drops the stream. Per chunk it
-//! reads the clock and records one observation on a histogram bound to the
-//! provider's attributes, nothing more: no span, no event, no allocation, no
-//! lookup of the attributes (an earlier attempt with a span per chunk cost 23 %
-//! of the CPU per event; an unbound observation, hashing four attributes per
-//! chunk, about 7 %). The first chunk is the span's one event.
+//! reads the clock and keeps the gap since the last chunk; the gaps are
+//! recorded, a batch at a time, on a histogram bound to the provider's
+//! attributes: no span, no event, no allocation, no lookup of the attributes
+//! per chunk (an earlier attempt with a span per chunk cost 23 % of the CPU per
+//! event; an unbound observation, hashing four attributes per chunk, about 7 %).
+//! The first chunk is the span's one event.
 //!
 //! The span is made directly on the SDK's tracer, as a child of the
 //! generation's span (also an SDK span, found in the task), not through
@@ -198,6 +199,8 @@ impl Provider for GenAiProvider {
             attributes: self.attributes.clone(),
             started: Instant::now(),
             last_chunk: None,
+            gaps: [0; GAPS_HELD],
+            held: 0,
             usage: None,
             finished: None,
             error: None,
@@ -224,6 +227,12 @@ impl Stream for Observed {
     }
 }
 
+/// Chunk gaps a call holds before recording them together. The histogram they
+/// go to is one for every stream of the provider: recorded per chunk, from
+/// whichever core runs the stream, its lock and buckets would move between
+/// cores at every chunk; recorded in batches, once per batch.
+const GAPS_HELD: usize = 32;
+
 /// One provider call in flight; dropping it (with the stream) ends the span and
 /// records the call's metrics.
 struct Call {
@@ -234,6 +243,9 @@ struct Call {
     attributes: Arc<[KeyValue]>,
     started: Instant,
     last_chunk: Option<Instant>,
+    /// Gaps between chunks not yet recorded (the first `held`), in microseconds.
+    gaps: [u32; GAPS_HELD],
+    held: usize,
     usage: Option<Usage>,
     finished: Option<FinishReason>,
     error: Option<&'static str>,
@@ -242,6 +254,14 @@ struct Call {
 }
 
 impl Call {
+    /// Records the gaps held, together.
+    fn record_gaps(&mut self) {
+        for gap in &self.gaps[..self.held] {
+            self.bound.per_chunk.record(f64::from(*gap) / 1e6);
+        }
+        self.held = 0;
+    }
+
     fn observe(&mut self, item: &Result<ProviderEvent, ProviderError>) {
         match item {
             Ok(ProviderEvent::Delta(token)) if !token.is_empty() => {
@@ -254,7 +274,13 @@ impl Call {
                             span.add_event("gen_ai.first_chunk", vec![KeyValue::new("gen_ai.response.time_to_first_chunk", waited)]);
                         }
                     }
-                    Some(previous) => self.bound.per_chunk.record((now - previous).as_secs_f64()),
+                    Some(previous) => {
+                        if self.held == GAPS_HELD {
+                            self.record_gaps();
+                        }
+                        self.gaps[self.held] = u32::try_from((now - previous).as_micros()).unwrap_or(u32::MAX);
+                        self.held += 1;
+                    }
                 }
                 self.last_chunk = Some(now);
                 if let Some(output) = &mut self.output {
@@ -271,6 +297,7 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
+        self.record_gaps();
         let error = self.error.or(if self.finished.is_none() { Some("cancelled") } else { None });
         if let Some(usage) = self.usage {
             self.bound.input_tokens.record(usage.prompt_tokens);

@@ -6,7 +6,8 @@
 //! keep the crate's), because converting spans is most of what exporting them
 //! costs ([`super::span_proto`]). Like the crate's, it runs on the batch
 //! processor's own thread with a blocking client: a collector that is slow or
-//! down holds that thread, never a stream. A batch the collector refuses (not
+//! down holds that thread, never a stream; and that thread runs at a lower
+//! priority than the streams' (niceness 10). A batch the collector refuses (not
 //! 2xx) or cannot be reached for is an error the processor reports and the
 //! spans are counted as dropped ([`super::export_queue`]); it is not retried,
 //! as the crate's is not by default.
@@ -22,6 +23,25 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGE
 
 use super::span_proto::TraceEncoder;
 use super::ExportSetupError;
+
+/// The niceness of the thread that exports spans: on a machine whose cores
+/// the streams keep busy, the scheduler runs the export in the gaps rather
+/// than preempting a stream's thread for it (spans it cannot keep up with wait
+/// in the bounded queue, and past it are dropped and counted).
+const EXPORT_NICENESS: libc::c_int = 10;
+
+/// Lowers the priority of the calling thread (the batch processor's, which
+/// only exports) once.
+fn yield_to_streams() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !LOWERED.replace(true) {
+        // SAFETY: plain system call on scalars. On Linux, `who = 0` with
+        // `PRIO_PROCESS` names the calling thread only, not the process.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, EXPORT_NICENESS) };
+    }
+}
 
 #[derive(Debug)]
 pub struct HttpTraceExporter {
@@ -64,6 +84,7 @@ impl HttpTraceExporter {
 
 impl SpanExporter for HttpTraceExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        yield_to_streams();
         if self.shut_down.load(Ordering::Relaxed) {
             return Err(OTelSdkError::AlreadyShutdown);
         }

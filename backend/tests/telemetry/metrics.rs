@@ -86,7 +86,8 @@ async fn every_gap_between_a_calls_chunks_is_recorded_exactly_once() {
     let events = process.events_of(&id).await.until_terminal().await;
     assert_eq!(events.last().unwrap().data["type"], "complete");
     let chunks = events.iter().filter(|e| e.kind() == "chunk").count() as u64;
-    assert!(chunks > 10, "{chunks} chunks");
+    // Several times the gaps a call holds before recording them (32).
+    assert!(chunks > 64, "{chunks} chunks");
     let count_of = |m: &MetricRecord| m.points.iter().map(|p| p.count).sum::<u64>();
     let this_process = |m: &MetricRecord| m.resource.get("service.instance.id") == Some(&json!(instance));
     // Cumulative: once an export holds them all, no later one holds fewer.
