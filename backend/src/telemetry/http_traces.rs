@@ -37,8 +37,10 @@ fn yield_to_streams() {
         static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
     if !LOWERED.replace(true) {
-        // SAFETY: plain system call on scalars. On Linux, `who = 0` with
-        // `PRIO_PROCESS` names the calling thread only, not the process.
+        // Only where `who = 0` with `PRIO_PROCESS` names the calling thread, not
+        // the whole process (Linux; elsewhere it would slow the streams too).
+        #[cfg(target_os = "linux")]
+        // SAFETY: a plain system call on scalars.
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, EXPORT_NICENESS) };
     }
 }
