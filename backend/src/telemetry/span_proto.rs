@@ -384,11 +384,14 @@ mod tests {
 
     #[test]
     fn spans_decode_to_the_message_the_otlp_crate_sends() {
+        // One resource for both: its attributes are a hash map, whose order
+        // differs from one map to the next.
+        let resource = resource();
         let mut buf = Vec::new();
-        TraceEncoder::new(&resource()).encode(&spans(), &mut buf);
+        TraceEncoder::new(&resource).encode(&spans(), &mut buf);
         let ours = ExportTraceServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
         let theirs = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(spans(), &ResourceAttributesWithSchema::from(&resource())),
+            resource_spans: group_spans_by_resource_and_scope(spans(), &ResourceAttributesWithSchema::from(&resource)),
         };
         assert_eq!(ours, theirs);
         let spans: Vec<_> = ours.resource_spans[0].scope_spans.iter().map(|scope| scope.spans.len()).collect();
