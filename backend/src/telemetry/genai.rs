@@ -39,8 +39,6 @@ use opentelemetry::metrics::{BoundHistogram, Histogram, Meter};
 use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde_json::json;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream, TokenCounter};
 use crate::ai::streaming::events::{FinishReason, Usage};
@@ -188,8 +186,7 @@ impl Provider for GenAiProvider {
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {
-        // The generation this task runs (else, outside one, the current `tracing` span's).
-        let parent = super::generation::current().unwrap_or_else(|| Span::current().context());
+        let parent = super::generation::parent();
         let span = parent.span().span_context().is_sampled().then(|| self.span(&request, &parent));
         let call = Call {
             output: (self.capture_content && span.is_some()).then(String::new),

@@ -127,7 +127,7 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, Generati
     if !TRACES_EXPORTED.load(Ordering::Relaxed) {
         return (log, GenerationTrace::untraced());
     }
-    let parent = GENERATION.try_with(Context::clone).unwrap_or_else(|_| Span::current().context());
+    let parent = parent();
     let parent_ids = parent.span().span_context().clone();
     if parent_ids.is_valid() && !parent_ids.is_sampled() {
         if logs_show_spans() && !log.is_disabled() {
@@ -172,9 +172,10 @@ pub fn within<F: Future>(trace: &GenerationTrace, generation: F) -> Either<TaskL
     }
 }
 
-/// The context of the generation this task runs, if it is traced.
-pub fn current() -> Option<Context> {
-    GENERATION.try_with(Context::clone).ok()
+/// The parent of a span made in this task: the generation it runs (when
+/// traced), else the current `tracing` span's (a request's, bridged).
+pub fn parent() -> Context {
+    GENERATION.try_with(Context::clone).unwrap_or_else(|_| Span::current().context())
 }
 
 /// Records the ids of `context` (the span's own) as the span's fields, so every

@@ -121,3 +121,88 @@ impl SpanExporter for HttpTraceExporter {
         self.encoder.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    use super::*;
+
+    /// A collector on loopback that answers each request with the next of
+    /// `statuses`, and hands back each request's `x-api-key` and decoded body.
+    fn collector(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<(String, ExportTraceServiceRequest)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for status in statuses {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let (mut length, mut key) = (0, String::new());
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    let (name, value) = line.split_once(": ").unwrap_or((line, ""));
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.parse().unwrap(),
+                        "x-api-key" => key = value.to_owned(),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                sent.send((key, ExportTraceServiceRequest::decode(body.as_slice()).unwrap())).unwrap();
+                let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                reader.into_inner().write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (endpoint, received)
+    }
+
+    fn span() -> SpanData {
+        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+        SpanData {
+            span_context: SpanContext::new(TraceId::from(1), SpanId::from(2), TraceFlags::SAMPLED, false, TraceState::NONE),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "generate quiz".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder("live-ai").build(),
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_an_error_and_the_next_one_goes_through_with_its_headers() {
+        let (endpoint, received) = collector(vec![503, 200]);
+        let headers = [("x-api-key".to_owned(), "k1".to_owned())];
+        let mut exporter = HttpTraceExporter::new(&endpoint, &headers, Duration::from_secs(10)).unwrap();
+        exporter.set_resource(&Resource::builder_empty().with_service_name("live-ai").build());
+        let refused = futures::executor::block_on(exporter.export(vec![span()]));
+        assert!(matches!(&refused, Err(OTelSdkError::InternalFailure(why)) if why.contains("503")), "{refused:?}");
+        assert!(futures::executor::block_on(exporter.export(vec![span(), span()])).is_ok());
+        let (key, first) = received.recv().unwrap();
+        assert_eq!(key, "k1");
+        assert_eq!(first.resource_spans[0].scope_spans[0].spans.len(), 1);
+        let (_, second) = received.recv().unwrap();
+        assert_eq!(second.resource_spans[0].scope_spans[0].spans[0].name, "generate quiz");
+        assert_eq!(second.resource_spans[0].scope_spans[0].spans.len(), 2);
+        exporter.shutdown_with_timeout(Duration::from_secs(1)).unwrap();
+        let after = futures::executor::block_on(exporter.export(vec![span()]));
+        assert!(matches!(after, Err(OTelSdkError::AlreadyShutdown)), "{after:?}");
+    }
+}

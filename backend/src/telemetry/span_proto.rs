@@ -420,5 +420,6 @@ mod tests {
         encoder.encode(&spans(), &mut first);
         encoder.encode(&spans(), &mut second);
         assert_eq!(first, second);
+        assert_eq!(encoder.scopes.len(), 2, "each scope encoded once, not per batch");
     }
 }
