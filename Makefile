@@ -8,7 +8,7 @@ NPM := npm
 BACKEND := backend
 FRONTEND := frontend
 
-.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-moderation bench-otel bench-otel-instructions bench-classes bench-profile
+.PHONY: demo test deps frontend-deps browser redis python backend-test openapi-fuzz frontend-test e2e-test bench-load bench-perf bench-stores bench-moderation bench-otel bench-otel-side bench-otel-instructions bench-classes bench-profile
 
 ## demo: build everything and run the server with the demo model on http://127.0.0.1:8000
 ## (16 streams at once per visitor instead of 4: a reload leaves the page's four blocks
@@ -105,6 +105,10 @@ bench-moderation:
 ## bench-otel: what OpenTelemetry export costs: off, sampling 1.0 and 0.1, to a sink on loopback (issue 24; see bench/RESULTS.md)
 bench-otel:
 	bash bench/otel.sh
+
+## bench-otel-side: the same cost with the modes' servers side by side, so a noisy neighbour slows them alike (issue 24)
+bench-otel-side:
+	bash bench/otel-side.sh
 
 ## bench-otel-instructions: the same cost in instructions per event under callgrind, which a noisy box cannot move (issue 24)
 bench-otel-instructions:

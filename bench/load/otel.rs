@@ -12,6 +12,14 @@
 //! CPU per event (less sensitive to the neighbours than events/s); plus what the
 //! sink received and the spans the server dropped. With `--paced N`, also N
 //! paced streams per mode and run, and the server's CPU per event over them.
+//!
+//! With `--side-by-side`, the modes' servers (and one more, `on-0`: export with
+//! no trace sampled) run at the same time instead,
+//! each with its own load (`--connections` each unpaced, `--paced` streams each
+//! paced): whatever a neighbour on the host does in a window, it does to all
+//! of them alike, so the per-run ratios spread far less than when the modes take
+//! turns (bench/RESULTS.md). They share the two cores, so each runs slower than
+//! alone; the ratio of their CPU per event is what is compared.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +38,9 @@ use super::unpaced::{self, UnpacedConfig, UnpacedResult};
 use super::Flags;
 
 const MODES: [&str; 3] = ["off", "on-1.0", "on-0.1"];
+/// Side by side, also export with no trace sampled: what the metrics, the
+/// per-chunk observation and the request spans cost without any span exported.
+const SIDE_MODES: [&str; 4] = ["off", "on-1.0", "on-0.1", "on-0"];
 
 #[derive(Default)]
 struct Received {
@@ -81,10 +92,8 @@ fn env(mode: &str, sink: SocketAddr, paced: bool) -> Vec<(String, String)> {
         ("MAX_CONCURRENT_STREAMS", "4096".into()),
         ("RUST_LOG", "warn".into()),
     ];
-    let ratio = match mode {
-        "on-1.0" => "1.0",
-        "on-0.1" => "0.1",
-        _ => return vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    let Some(ratio) = mode.strip_prefix("on-") else {
+        return vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     };
     vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}")));
     vars.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
@@ -102,6 +111,11 @@ pub async fn main(args: &[String]) {
     let connections: usize = args.get("connections", 64);
     let seconds: f64 = args.get("seconds", 8.0);
     let (sink, received) = sink().await;
+    if args.get("side-by-side", false) {
+        let modes: String = args.get("modes", SIDE_MODES.join(","));
+        let modes: Vec<String> = modes.split(',').map(str::to_owned).collect();
+        return side_by_side(&binary, sink, runs, connections, seconds, args.get("paced", 0), &modes).await;
+    }
     println!("OpenTelemetry benchmark: unpaced SSE, {connections} connections, {seconds} s windows, {runs} runs; sink at {sink}");
     let mut results: Vec<(&str, UnpacedResult)> = Vec::new();
     for run in 0..runs {
@@ -194,5 +208,109 @@ async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, str
             })
             .collect();
         println!("paced {mode} / off, median of per-run ratios: CPU per event {:.3} (runs {per_run:.3?})", median(&per_run));
+    }
+}
+
+/// `--side-by-side`: per run, a server of each mode (`--modes a,b,…`, default
+/// `SIDE_MODES`; ratios are to the first) started together and loaded
+/// together, unpaced then (with `paced > 0`) paced; each run's ratios to that
+/// run's first mode, and their medians. Which server starts and is loaded first
+/// rotates from run to run, so no mode always has the same place.
+/// `--modes off,off,off,off` measures what the places alone do (an A/A check).
+async fn side_by_side(binary: &std::path::Path, sink: SocketAddr, runs: usize, connections: usize, seconds: f64, paced: usize, modes: &[String]) {
+    println!(
+        "OpenTelemetry benchmark, the modes side by side ({}): unpaced SSE, {connections} connections each, {seconds} s windows; \
+         paced {paced} streams each; {runs} runs; sink at {sink}",
+        modes.join(", ")
+    );
+    let count = modes.len();
+    let mut unpaced_cpu: Vec<Vec<f64>> = Vec::new();
+    let mut paced_cpu: Vec<Vec<f64>> = Vec::new();
+    for run in 0..runs {
+        // Places in this run: place p holds mode (p + run) % count.
+        let order: Vec<usize> = (0..count).map(|p| (p + run) % count).collect();
+        let servers = start_all(binary, sink, false, modes, &order).await;
+        let loads = servers.iter().map(|server| {
+            let config = UnpacedConfig {
+                connections,
+                warmup: Duration::from_secs(2),
+                window: Duration::from_secs_f64(seconds),
+                pid: Some(server.pid()),
+            };
+            async move { unpaced::sse(&server.base, &config).await }
+        });
+        let results = by_mode(&order, futures::future::join_all(loads).await);
+        for (mode, result) in modes.iter().zip(&results) {
+            println!(
+                "run {run} {mode:>7}: {:.0} events/s, {:.2} µs CPU/event, errors {}",
+                result.events_per_second, result.cpu_us_per_event, result.errors
+            );
+        }
+        unpaced_cpu.push(results.iter().map(|result| result.cpu_us_per_event).collect());
+        stop_all(servers).await;
+        if paced == 0 {
+            continue;
+        }
+        let servers = start_all(binary, sink, true, modes, &order).await;
+        let config = LagConfig { streams: paced, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120) };
+        let loads = servers.iter().map(|server| {
+            let config = &config;
+            async move {
+                let before = server.cpu_seconds();
+                let result = lag::run(&Route::OneShot { base: server.base.clone() }, config).await;
+                ((server.cpu_seconds() - before) * 1e6 / result.events.max(1) as f64, result)
+            }
+        });
+        let results = by_mode(&order, futures::future::join_all(loads).await);
+        for (mode, (per_event, result)) in modes.iter().zip(&results) {
+            println!(
+                "run {run} {mode:>7} paced: {} of {paced} complete, {} events, {per_event:.2} µs CPU/event, lag p99 {:.1} ms",
+                result.completed, result.events, result.lag_ms_p99
+            );
+        }
+        paced_cpu.push(results.iter().map(|(per_event, _)| *per_event).collect());
+        stop_all(servers).await;
+    }
+    for (what, cpu) in [("unpaced", &unpaced_cpu), ("paced", &paced_cpu)] {
+        if cpu.is_empty() {
+            continue;
+        }
+        for k in 1..count {
+            let per_run: Vec<f64> = cpu.iter().map(|run| run[k] / run[0]).collect();
+            let of = |k: usize| median(&cpu.iter().map(|run| run[k]).collect::<Vec<_>>());
+            println!(
+                "{what} {} (#{k}) / {}: CPU per event, median of per-run ratios {:.3}, ratio of the medians {:.3} ({:.2} / {:.2} µs) (runs {per_run:.3?})",
+                modes[k],
+                modes[0],
+                median(&per_run),
+                of(k) / of(0),
+                of(k),
+                of(0)
+            );
+        }
+    }
+}
+
+/// Results by place, reordered by mode.
+fn by_mode<T>(order: &[usize], by_place: Vec<T>) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = order.iter().map(|_| None).collect();
+    for (place, result) in by_place.into_iter().enumerate() {
+        slots[order[place]] = Some(result);
+    }
+    slots.into_iter().map(|slot| slot.expect("every mode ran")).collect()
+}
+
+/// A server of each mode, in the order of places.
+async fn start_all(binary: &std::path::Path, sink: SocketAddr, paced: bool, modes: &[String], order: &[usize]) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for &mode in order {
+        servers.push(Server::start("live-ai", binary, &env(&modes[mode], sink, paced)).await);
+    }
+    servers
+}
+
+async fn stop_all(servers: Vec<Server>) {
+    for server in servers {
+        server.stop(Duration::from_secs(10)).await;
     }
 }
