@@ -23,7 +23,6 @@ use axum::routing::any;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
-use tower_http::trace::TraceLayer;
 
 use crate::ai::streaming::stream_manager::StreamManager;
 use crate::auth::Authenticator;
@@ -75,8 +74,7 @@ pub fn router(state: AppState) -> Router {
     let cors = security::cors(&state.settings.cors_allowed_origins);
     let routes = security::harden(routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)));
     // Spans name the path only: a query may carry a read token, which no log shows.
-    let trace = TraceLayer::new_for_http().make_span_with(telemetry::http::request_span).on_response(telemetry::http::record_status);
-    let routes = routes.layer(trace);
+    let routes = routes.layer(axum::middleware::from_fn(telemetry::http::traced));
     match cors {
         Some(cors) => routes.layer(cors).with_state(state),
         None => routes.with_state(state),

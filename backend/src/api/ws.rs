@@ -29,6 +29,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use futures::future::Either;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -42,6 +43,7 @@ use super::ws_session::{Outgoing, Session};
 use super::AppState;
 use crate::auth::principal::{SocketAuth, SocketPrincipal};
 use crate::auth::Credential;
+use crate::telemetry;
 
 /// Largest client frame or message; the WebSocket layer refuses bigger ones.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 32 * 1024;
@@ -82,14 +84,18 @@ pub async fn upgrade(
     let ws = ws?.max_message_size(MAX_CLIENT_MESSAGE_BYTES).max_frame_size(MAX_CLIENT_MESSAGE_BYTES);
     let session = state.ws_sessions.token();
     // The socket's streams belong to the upgrade's span (and so to the host
-    // app's trace), which lasts as long as the socket.
-    let span = tracing::Span::current();
+    // app's trace), which lasts as long as the socket; so do its log lines.
+    let log = tracing::Span::current();
+    let request = telemetry::http::current();
     Ok(ws.on_upgrade(move |socket| {
-        async move {
+        let serve = async move {
             serve(socket, state, principal).await;
             drop(session);
+        };
+        match request {
+            Some(request) => Either::Left(telemetry::http::within(request, serve).instrument(log)),
+            None => Either::Right(serve.instrument(log)),
         }
-        .instrument(span)
     }))
 }
 

@@ -23,7 +23,6 @@ use sha2::{Digest, Sha256};
 use tokio::task::futures::TaskLocalFuture;
 use tracing::field::Empty;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::ai::blocks::BlockType;
 use crate::ai::streaming::events::StreamId;
@@ -96,6 +95,10 @@ pub fn set_traces_exported(exported: bool) {
     TRACES_EXPORTED.store(exported, Ordering::Relaxed);
 }
 
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(Ordering::Relaxed)
+}
+
 tokio::task_local! {
     /// The OpenTelemetry context of the generation a task runs: the parent of
     /// its provider calls, and of the generation an answer is handed over to.
@@ -124,7 +127,7 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, Generati
         trace_id = Empty,
         span_id = Empty,
     );
-    if !TRACES_EXPORTED.load(Ordering::Relaxed) {
+    if !traces_exported() {
         return (log, GenerationTrace::untraced());
     }
     let parent = parent();
@@ -173,9 +176,9 @@ pub fn within<F: Future>(trace: &GenerationTrace, generation: F) -> Either<TaskL
 }
 
 /// The parent of a span made in this task: the generation it runs (when
-/// traced), else the current `tracing` span's (a request's, bridged).
+/// traced), else the request it serves (when traced), else none: a new trace.
 pub fn parent() -> Context {
-    GENERATION.try_with(Context::clone).unwrap_or_else(|_| Span::current().context())
+    GENERATION.try_with(Context::clone).ok().or_else(super::http::current).unwrap_or_default()
 }
 
 /// Records the ids of `context` (the span's own) as the span's fields, so every
@@ -223,7 +226,9 @@ impl GenerationTrace {
     pub fn resumed(&self) {
         self.resumes.fetch_add(1, Ordering::Relaxed);
         if self.context.is_valid() {
-            Span::current().add_link(self.context.clone());
+            if let Some(reader) = super::http::current() {
+                reader.span().add_link(self.context.clone(), Vec::new());
+            }
         }
     }
 
@@ -255,12 +260,11 @@ pub async fn resumed(metrics: &Metrics, store: &dyn EventStore, id: &StreamId, h
         trace.resumed();
         return;
     }
-    let reader = Span::current();
-    if !reader.context().span().span_context().is_valid() {
+    let Some(reader) = super::http::current().filter(|reader| reader.span().is_recording()) else {
         return;
-    }
+    };
     if let Some(generator) = store.traceparent(id).await.ok().flatten().as_deref().and_then(parse_traceparent) {
-        reader.add_link(generator);
+        reader.span().add_link(generator, Vec::new());
     }
 }
 

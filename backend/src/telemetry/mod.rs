@@ -3,18 +3,15 @@
 //! metrics exported with OpenTelemetry (`OTEL_*`, see the README's "Watching it in
 //! production").
 //!
-//! Integer span attributes are recorded as `i64`: the bridge exports other
-//! integers as text.
-//!
-//! A request's `tracing` span is its log lines' context and, bridged by
-//! `tracing-opentelemetry`, the trace's server span. The OTel layer has its own
-//! filter (spans at info, events at warn, never the log-only spans), so
-//! `RUST_LOG=warn` quietens logs without losing traces. The layer neither tracks
-//! busy/idle time nor activates OTel contexts, and never hears of span enters
-//! and exits ([`no_enter_exit`]): a request's span is entered at every poll of
-//! its body, and each would cost per streamed event. The generation's and the
-//! provider call's spans are made directly on the SDK, beside a log-only
-//! `tracing` span for the generation's log lines ([`generation`]). Without
+//! Every span is made directly on the SDK's tracer — the request's
+//! ([`http`]), the generation's ([`generation`]) and the provider call's
+//! ([`genai`]) — each in a context its task holds (a `tokio` task-local), not
+//! through `tracing`: a request's span would be entered at every poll of its
+//! body, and a bridge would copy every field of every span, sampled or not.
+//! `tracing` carries the log lines: a log-only span beside the request's and
+//! the generation's gives their lines the stream id and, when logs show spans,
+//! the trace's ids; `RUST_LOG=warn` quietens logs without losing traces. The
+//! log layer never hears of span enters and exits ([`no_enter_exit`]). Without
 //! export, logging is set up exactly as it always was.
 //!
 //! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
@@ -37,16 +34,14 @@ mod no_enter_exit;
 pub mod otlp;
 pub mod span_proto;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
-use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::metrics::Meter;
 use opentelemetry::InstrumentationScope;
@@ -131,38 +126,13 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> Result<Telemetry
         opentelemetry::global::set_meter_provider(meter.clone());
         telemetry.meter = Some(meter);
     }
-    let traces = match &export.traces_endpoint {
-        None => None,
-        Some(endpoint) => {
-            let provider = otlp::tracer_provider(export, endpoint, resource)?;
-            opentelemetry::global::set_tracer_provider(provider.clone());
-            generation::set_traces_exported(true);
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer_with_scope(scope()))
-                .with_tracked_inactivity(false)
-                .with_context_activation(false)
-                .with_location(false)
-                .with_threads(false)
-                .with_target(false)
-                .with_level(false)
-                // The level hint lets `debug!` and `trace!` everywhere (hyper's per
-                // frame, say) be rejected by the static level check, not asked here.
-                .with_filter(
-                    filter_fn(|meta| {
-                        if meta.is_span() {
-                            *meta.level() <= Level::INFO && meta.target() != generation::LOG_ONLY
-                        } else {
-                            *meta.level() <= Level::WARN
-                        }
-                    })
-                        .with_max_level_hint(LevelFilter::INFO),
-                );
-            let layer = no_enter_exit::NoEnterExit(layer);
-            telemetry.tracer = Some(provider);
-            Some(layer)
-        }
-    };
-    let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
+    if let Some(endpoint) = &export.traces_endpoint {
+        let provider = otlp::tracer_provider(export, endpoint, resource)?;
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        generation::set_traces_exported(true);
+        telemetry.tracer = Some(provider);
+    }
+    let _ = tracing_subscriber::registry().with(logs).try_init();
     Ok(telemetry)
 }
 
@@ -174,8 +144,11 @@ pub fn meter() -> Meter {
 
 /// live-ai's tracer on the process's tracer provider (a no-op one without
 /// trace export): for the spans made directly on the SDK, not through `tracing`.
-pub fn tracer() -> opentelemetry::global::BoxedTracer {
-    opentelemetry::global::tracer_with_scope(scope())
+pub fn tracer() -> &'static opentelemetry::global::BoxedTracer {
+    // Made once, after `init` installed the provider (spans are made only
+    // when traces are exported): building one per span allocates.
+    static TRACER: OnceLock<opentelemetry::global::BoxedTracer> = OnceLock::new();
+    TRACER.get_or_init(|| opentelemetry::global::tracer_with_scope(scope()))
 }
 
 /// live-ai's instrumentation scope, named with the semantic conventions' schema.
@@ -187,7 +160,7 @@ fn scope() -> InstrumentationScope {
 /// exported; as it is otherwise (nothing per chunk then).
 pub fn instrument_provider(settings: &TelemetrySettings, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
     match settings.export {
-        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), tracer(), settings.capture_content),
+        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), opentelemetry::global::tracer_with_scope(scope()), settings.capture_content),
         None => provider,
     }
 }

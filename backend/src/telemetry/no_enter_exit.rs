@@ -1,15 +1,11 @@
-//! A layer that hides span enters and exits from the layer it wraps: the
-//! OpenTelemetry layer and the log layer, each outside its per-layer filter.
+//! A layer that hides span enters and exits from the layer it wraps: the log
+//! layer, outside its per-layer filter.
 //!
-//! A generation's span is entered at every poll of its task and a request's at
-//! every poll of its response body, so once or twice per streamed event. On
-//! each exit the bridge would look the span up, lock its data and read the clock
-//! to move the span's end to that exit; and each per-layer filter would look the
-//! span up again on each enter and exit. None of it is needed here: the log
-//! layer formats no enter or exit (`FmtSpan::NONE`), busy/idle tracking
-//! and context activation are off, and every span of this project ends when it
-//! closes (the generation's when its task ends, a request's when its response
-//! does, a provider call's when its stream is dropped).
+//! A generation's log span is entered at every poll of its task and a
+//! request's at every poll of its response body, so once or twice per streamed
+//! event, and the per-layer filter would look the span up on each enter and
+//! exit. None of it is needed: the log layer formats no enter or exit
+//! (`FmtSpan::NONE`).
 
 use std::any::TypeId;
 
@@ -73,8 +69,8 @@ where
         self.0.on_id_change(old, new, ctx);
     }
 
-    /// The wrapped layer answers for itself: the bridge's span extension
-    /// (`OpenTelemetrySpanExt`) finds it through this.
+    /// The wrapped layer answers for itself: whatever looks it up by type
+    /// finds it through this.
     unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
         if id == TypeId::of::<Self>() {
             return Some(self as *const Self as *const ());

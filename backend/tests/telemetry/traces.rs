@@ -61,6 +61,10 @@ async fn one_generation_yields_the_server_generation_and_genai_client_span_tree_
     assert_eq!(server.name, "GET /api/stream/ai-block/{block_type}");
     assert_eq!(server.kind, SERVER);
     assert_eq!(server.attr("http.response.status_code"), Some(&json!(200)));
+    assert_eq!(server.attr("http.request.method"), Some(&json!("GET")));
+    assert_eq!(server.attr("http.route"), Some(&json!("/api/stream/ai-block/{block_type}")));
+    assert_eq!(server.attr("url.path"), Some(&json!("/api/stream/ai-block/explain-eli10")), "the path, never the query");
+    assert_eq!(server.attr("url.scheme"), Some(&json!("http")));
 
     let chat = child_of(&generation, "GenAI client span").await;
     assert_eq!(chat.name, "chat gpt-test");
@@ -181,7 +185,7 @@ async fn a_resume_on_another_process_links_to_the_generator() {
     let path = format!("/api/streams/{stream_id}/events");
     let reader = collector()
         .span("B's reading span", |s| {
-            s.attr("path") == Some(&json!(path)) && s.resource.get("service.instance.id") == Some(&json!(format!("b-{prefix}")))
+            s.attr("url.path") == Some(&json!(path)) && s.resource.get("service.instance.id") == Some(&json!(format!("b-{prefix}")))
         })
         .await;
     assert!(
