@@ -136,7 +136,11 @@ pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, tra
         attributes.push(KeyValue::new("server.port", i64::from(*port)));
     }
     let bound = Bound::new(&instruments, &attributes);
-    Arc::new(GenAiProvider { inner, instruments, bound, tracer, capture_content, server, attributes: attributes.into() })
+    // Kept for the process's life: a provider is built once per app, and each
+    // call's span then names itself without allocating (spans are freed on the
+    // exporter's thread, where a free is dearest).
+    let span_name: &'static str = Box::leak(format!("{OPERATION} {}", inner.model()).into_boxed_str());
+    Arc::new(GenAiProvider { inner, instruments, bound, tracer, capture_content, server, attributes: attributes.into(), span_name })
 }
 
 struct GenAiProvider {
@@ -148,13 +152,16 @@ struct GenAiProvider {
     server: Option<(String, u16)>,
     /// The attributes every measurement of a call carries.
     attributes: Arc<[KeyValue]>,
+    /// `chat {gen_ai.request.model}`.
+    span_name: &'static str,
 }
 
 impl GenAiProvider {
     /// The call's client span, child of `parent` (the generation's span).
     fn span(&self, request: &ProviderRequest, parent: &Context) -> BoxedSpan {
-        let model = self.inner.model();
-        let mut attributes = Vec::with_capacity(self.attributes.len() + 3);
+        // At the size the call's end leaves them (the SDK keeps this vector):
+        // up to three here, up to five when it ends.
+        let mut attributes = Vec::with_capacity(self.attributes.len() + 8);
         attributes.extend(self.attributes.iter().cloned());
         attributes.push(KeyValue::new("gen_ai.request.max_tokens", i64::from(request.prompt.max_tokens)));
         if self.capture_content {
@@ -163,7 +170,7 @@ impl GenAiProvider {
             attributes
                 .push(KeyValue::new("gen_ai.input.messages", json!([{"role": "user", "parts": text(&request.prompt.user)}]).to_string()));
         }
-        let builder = SpanBuilder::from_name(format!("{OPERATION} {model}")).with_kind(SpanKind::Client).with_attributes(attributes);
+        let builder = SpanBuilder::from_name(self.span_name).with_kind(SpanKind::Client).with_attributes(attributes);
         self.tracer.build_with_context(builder, parent)
     }
 }

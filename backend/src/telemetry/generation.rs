@@ -139,11 +139,11 @@ pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, Generati
         return (log, GenerationTrace::untraced());
     }
     let tracer = super::tracer();
-    let attributes = vec![
-        KeyValue::new("stream_id", id.to_string()),
-        KeyValue::new("block", block.as_str()),
-        KeyValue::new("enduser.pseudo.id", Value::from(pseudonym(principal))),
-    ];
+    // At the size `ended` leaves them: the SDK keeps this vector.
+    let mut attributes = Vec::with_capacity(5);
+    attributes.push(KeyValue::new("stream_id", Value::from(id.shared())));
+    attributes.push(KeyValue::new("block", block.as_str()));
+    attributes.push(KeyValue::new("enduser.pseudo.id", Value::from(pseudonym(principal))));
     let builder = SpanBuilder::from_name(span_name(block)).with_kind(SpanKind::Internal).with_attributes(attributes);
     let span = tracer.build_with_context(builder, &parent);
     let context = span.span_context().clone();

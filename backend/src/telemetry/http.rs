@@ -26,7 +26,7 @@ use std::task::Poll;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
@@ -64,7 +64,7 @@ pub async fn traced(request: Request, next: Next) -> Response {
     if show {
         log.record("path", request.uri().path());
     }
-    let Some(context) = server_span(&request, method.as_str()) else {
+    let Some(context) = server_span(&request, &method) else {
         let response = next.run(request).instrument(log.clone()).await;
         return response.map(|body| Body::new(Traced { body, _context: None, log }));
     };
@@ -87,7 +87,7 @@ pub async fn traced(request: Request, next: Next) -> Response {
 
 /// The request's server span, in a context under the host app's `traceparent`
 /// (a new trace without a valid one); `None` when traces are not exported.
-fn server_span(request: &Request, method: &str) -> Option<Context> {
+fn server_span(request: &Request, method: &Method) -> Option<Context> {
     if !traces_exported() {
         return None;
     }
@@ -95,21 +95,77 @@ fn server_span(request: &Request, method: &str) -> Option<Context> {
     let builder = SpanBuilder::from_name("request").with_kind(SpanKind::Server);
     let mut span = super::tracer().build_with_context(builder, &parent);
     if span.is_recording() {
-        let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        let known = known_method(method);
+        let route = request.extensions().get::<MatchedPath>().map(|route| routes::named(known, route.as_str()));
         span.update_name(match route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_owned(),
+            Some(route) => route.name,
+            None => known.unwrap_or("HTTP"),
         });
-        let mut attributes = Vec::with_capacity(4);
-        attributes.push(KeyValue::new("http.request.method", method.to_owned()));
-        attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
-        attributes.push(KeyValue::new("url.scheme", request.uri().scheme_str().unwrap_or("http").to_owned()));
-        if let Some(route) = route {
-            attributes.push(KeyValue::new("http.route", route.to_owned()));
+        // One at a time: the span's own vector then grows to its final size
+        // once, with the status code.
+        span.set_attribute(KeyValue::new("http.request.method", known.unwrap_or("_OTHER")));
+        if known.is_none() {
+            span.set_attribute(KeyValue::new("http.request.method_original", method.as_str().to_owned()));
         }
-        span.set_attributes(attributes);
+        span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+        span.set_attribute(KeyValue::new("url.scheme", if request.uri().scheme_str() == Some("https") { "https" } else { "http" }));
+        if let Some(route) = route {
+            span.set_attribute(KeyValue::new("http.route", route.route));
+        }
     }
     Some(parent.with_span(span))
+}
+
+/// The method as the HTTP conventions name it, when it is one of theirs; any
+/// other is `_OTHER` on the span (and `HTTP` in its name).
+fn known_method(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
+/// Span names and routes as `&'static str`, made once per route and method:
+/// a span's strings are freed on the exporter's thread, where a free is
+/// dearest, and these are the same for every request of a route. Bounded: the
+/// routes are the router's, the methods the conventions' nine and `HTTP`.
+mod routes {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, RwLock};
+
+    #[derive(Clone, Copy)]
+    pub struct Named {
+        pub name: &'static str,
+        pub route: &'static str,
+    }
+
+    /// By route, then by method.
+    static NAMED: LazyLock<RwLock<HashMap<Box<str>, Vec<(&'static str, Named)>>>> = LazyLock::new(Default::default);
+
+    pub fn named(method: Option<&'static str>, route: &str) -> Named {
+        let method = method.unwrap_or("HTTP");
+        let find = |methods: &Vec<(&'static str, Named)>| methods.iter().find(|(known, _)| *known == method).map(|(_, named)| *named);
+        if let Some(named) = NAMED.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(route).and_then(find) {
+            return named;
+        }
+        let mut all = NAMED.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let methods = all.entry(route.into()).or_default();
+        if let Some(named) = find(methods) {
+            return named;
+        }
+        let route = methods.first().map_or_else(|| &*Box::leak(Box::<str>::from(route)), |(_, named)| named.route);
+        let named = Named { name: Box::leak(format!("{method} {route}").into_boxed_str()), route };
+        methods.push((method, named));
+        named
+    }
 }
 
 /// A response body that holds its request's context (the span ends when the
@@ -148,5 +204,27 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_outside_the_conventions_is_other() {
+        assert_eq!(known_method(&Method::GET), Some("GET"));
+        assert_eq!(known_method(&Method::from_bytes(b"PURGE").unwrap()), None);
+    }
+
+    #[test]
+    fn a_routes_span_name_is_made_once_per_method() {
+        let first = routes::named(Some("GET"), "/api/streams/{stream_id}/tests");
+        let again = routes::named(Some("GET"), "/api/streams/{stream_id}/tests");
+        assert_eq!(first.name, "GET /api/streams/{stream_id}/tests");
+        assert!(std::ptr::eq(first.name, again.name), "the same name, not a new one");
+        let other = routes::named(None, "/api/streams/{stream_id}/tests");
+        assert_eq!(other.name, "HTTP /api/streams/{stream_id}/tests");
+        assert!(std::ptr::eq(first.route, other.route), "one route string per route");
     }
 }

@@ -29,6 +29,11 @@ impl StreamId {
         ok.then(|| Self(raw.into()))
     }
 
+    /// The id's text, shared: a clone counts a reference.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
