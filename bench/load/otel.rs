@@ -216,7 +216,9 @@ async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, str
 /// together, unpaced then (with `paced > 0`) paced; each run's ratios to that
 /// run's first mode, and their medians. Which server starts and is loaded first
 /// rotates from run to run, so no mode always has the same place.
-/// `--modes off,off,off,off` measures what the places alone do (an A/A check).
+/// `--modes off,off,off,off` measures what the places alone do (an A/A check);
+/// `--modes off@A,on-1.0@A,off@B,on-1.0@B` compares two builds in the same windows,
+/// and `on-1.0;NAME=VALUE` gives one server a setting of its own.
 async fn side_by_side(binary: &std::path::Path, sink: SocketAddr, runs: usize, connections: usize, seconds: f64, paced: usize, modes: &[String]) {
     println!(
         "OpenTelemetry benchmark, the modes side by side ({}): unpaced SSE, {connections} connections each, {seconds} s windows; \
@@ -300,11 +302,21 @@ fn by_mode<T>(order: &[usize], by_place: Vec<T>) -> Vec<T> {
     slots.into_iter().map(|slot| slot.expect("every mode ran")).collect()
 }
 
-/// A server of each mode, in the order of places.
+/// A server of each mode, in the order of places. A mode may name its own
+/// binary, `MODE@PATH` (two builds side by side), else it runs `binary`; and
+/// settings of its own, `MODE;NAME=VALUE;…`.
 async fn start_all(binary: &std::path::Path, sink: SocketAddr, paced: bool, modes: &[String], order: &[usize]) -> Vec<Server> {
     let mut servers = Vec::new();
     for &mode in order {
-        servers.push(Server::start("live-ai", binary, &env(&modes[mode], sink, paced)).await);
+        let (mode, path) = match modes[mode].split_once('@') {
+            Some((mode, path)) => (mode, std::path::Path::new(path)),
+            None => (modes[mode].as_str(), binary),
+        };
+        // `MODE;NAME=VALUE;…`: settings of that server's own.
+        let mut settings = mode.split(';');
+        let mut vars = env(settings.next().unwrap_or_default(), sink, paced);
+        vars.extend(settings.filter_map(|setting| setting.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())));
+        servers.push(Server::start("live-ai", path, &vars).await);
     }
     servers
 }
