@@ -136,9 +136,8 @@ pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, tra
         attributes.push(KeyValue::new("server.port", i64::from(*port)));
     }
     let bound = Bound::new(&instruments, &attributes);
-    // Kept for the process's life: a provider is built once per app, and each
-    // call's span then names itself without allocating (spans are freed on the
-    // exporter's thread, where a free is dearest).
+    // Kept for the process's life (a provider is built once per app): each
+    // call's span then names itself without allocating.
     let span_name: &'static str = Box::leak(format!("{OPERATION} {}", inner.model()).into_boxed_str());
     Arc::new(GenAiProvider { inner, instruments, bound, tracer, capture_content, server, attributes: attributes.into(), span_name })
 }

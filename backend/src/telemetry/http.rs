@@ -134,9 +134,9 @@ fn known_method(method: &Method) -> Option<&'static str> {
 }
 
 /// Span names and routes as `&'static str`, made once per route and method:
-/// a span's strings are freed on the exporter's thread, where a free is
-/// dearest, and these are the same for every request of a route. Bounded: the
-/// routes are the router's, the methods the conventions' nine and `HTTP`.
+/// the same for every request of a route, which then names its span without
+/// allocating. Bounded: the routes are the router's, the methods the
+/// conventions' nine and `HTTP`.
 mod routes {
     use std::collections::HashMap;
     use std::sync::{LazyLock, RwLock};

@@ -10,7 +10,8 @@
 //! priority than the streams' (niceness 10). A batch the collector refuses (not
 //! 2xx) or cannot be reached for is an error the processor reports and the
 //! spans are counted as dropped ([`super::export_queue`]); it is not retried,
-//! as the crate's is not by default.
+//! as the crate's is not by default. Once encoded, a batch is freed on the
+//! server's runtime, whose threads allocated its values.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -85,9 +86,7 @@ impl HttpTraceExporter {
             runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
-}
 
-impl HttpTraceExporter {
     /// Frees the spans on one of the runtime's threads, where their values were
     /// allocated: freed here, each would go back to another thread's arena
     /// under its lock (glibc), and the streams' threads would then allocate
