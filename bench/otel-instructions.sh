@@ -52,11 +52,16 @@ run() {
   (cd "$out" && exec env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" AI_STREAMING_ENABLED=true \
     RUST_LOG=warn DEMO_TOKENS_PER_SECOND=0 DEMO_FIRST_TOKEN_MS=0 MAX_CONCURRENT_STREAMS=256 \
     LIMIT_CONCURRENT_STREAMS=unlimited LIMIT_STARTS_PER_MINUTE=unlimited LIMIT_STREAMS_PER_SOCKET=unlimited \
-    "${export[@]}" valgrind --tool=callgrind --callgrind-out-file="$file" "$bin/live-ai" >/dev/null 2>&1) &
+    "${export[@]}" valgrind --tool=callgrind --callgrind-out-file="$file" "$bin/live-ai" >"$file.log" 2>&1) &
   server=$!
   local up=""
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
-  [[ -n $up ]] || { echo "live-ai ($mode) did not start"; exit 1; }
+  for _ in $(seq 1800); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { up=1; break; }
+    # Exited (a port taken between the check above and its bind, say): say why.
+    kill -0 "$server" 2>/dev/null || { echo "live-ai ($mode) exited at start:"; tail -5 "$file.log"; exit 1; }
+    sleep 0.1
+  done
+  [[ -n $up ]] || { echo "live-ai ($mode) did not answer within 180 s (log: $file.log)"; exit 1; }
   events=0
   if [[ $count -gt 0 ]]; then
     local report
