@@ -16,8 +16,7 @@
 //!
 //! The span is made directly on the SDK's tracer, as a child of the
 //! generation's span (also an SDK span, found in the task), not through
-//! `tracing`: nothing logs inside it, and the bridge would convert each of its
-//! attributes twice. It is made only when the
+//! `tracing`, like every span here ([`super`]). It is made only when the
 //! generation's trace is sampled (the sampler is parent-based, so an unsampled
 //! generation's call would not be exported either); the metrics are recorded
 //! for every call.

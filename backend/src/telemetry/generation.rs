@@ -70,9 +70,9 @@ pub fn pseudonym(principal: &str) -> Arc<str> {
 }
 
 /// Whether log lines show spans' fields (the log filter lets info spans
-/// through): only then are the ids and the log-only fields recorded on them.
-/// The OpenTelemetry bridge exports every recorded field as an attribute, so
-/// recording them for logs that never show them costs each exported span.
+/// through): only then are the trace's ids formatted and recorded on the
+/// log-only spans, which would otherwise cost every traced request and
+/// generation for lines nobody sees.
 static LOGS_SHOW_SPANS: AtomicBool = AtomicBool::new(true);
 
 pub fn set_logs_show_spans(show: bool) {
@@ -83,8 +83,8 @@ pub fn logs_show_spans() -> bool {
     LOGS_SHOW_SPANS.load(Ordering::Relaxed)
 }
 
-/// The target of spans that are only logged, never exported (the OTel layer's
-/// filter refuses it): a generation's `tracing` span is one.
+/// The target of the `tracing` spans that only give log lines their fields (a
+/// request's, a generation's): every exported span is made on the SDK.
 pub const LOG_ONLY: &str = "live_ai::log_only";
 
 /// Whether spans are exported (set once at init): only then does a generation
@@ -111,10 +111,10 @@ tokio::task_local! {
 /// `tracing` span, so its log lines carry the stream id and, when logs show
 /// spans, the trace's ids.
 ///
-/// Not through the `tracing` bridge: a generation's `tracing` span is entered
-/// at every poll of its task, and the bridge copies every field into a
-/// `String` of its own; at `RUST_LOG=warn` the log-only span is disabled and
-/// costs nothing per poll. When the trace is not sampled there is no SDK span
+/// Not through `tracing`: a generation's `tracing` span is entered at every
+/// poll of its task, and a bridge would copy every field into a `String` of
+/// its own; at `RUST_LOG=warn` the log-only span is disabled and costs nothing
+/// per poll. When the trace is not sampled there is no SDK span
 /// (the sampler is parent-based, so it would not be exported either).
 pub fn span(id: &StreamId, block: BlockType, principal: &str) -> (Span, GenerationTrace) {
     let log = tracing::info_span!(
