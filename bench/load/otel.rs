@@ -14,11 +14,11 @@
 //! paced streams per mode and run, and the server's CPU per event over them.
 //!
 //! With `--side-by-side`, the modes' servers (and one more, `on-0`: export with
-//! no trace sampled) run at the same time instead,
-//! each with its own load (`--connections` each unpaced, `--paced` streams each
-//! paced): whatever a neighbour on the host does in a window, it does to all
-//! of them alike, so the per-run ratios spread far less than when the modes take
-//! turns (bench/RESULTS.md). They share the two cores, so each runs slower than
+//! no trace sampled) run at the same time instead, each with its own load
+//! (`--connections` each unpaced, `--paced` streams each paced): whatever a
+//! neighbour on the host does in a window, it does to all of them alike, so
+//! the per-run ratios spread far less than when the modes take turns
+//! (bench/RESULTS.md). They share the two cores, so each runs slower than
 //! alone; the ratio of their CPU per event is what is compared.
 
 use std::net::SocketAddr;

@@ -195,3 +195,45 @@ async fn a_resume_on_another_process_links_to_the_generator() {
     );
     assert!(b.metric("live_ai_stream_resumes_total", &[]).await >= 1.0);
 }
+
+/// A slow demo model: its answer outlives any wait of these tests by far, so
+/// its generation is still running when they look.
+const SLOW: (&str, &str) = ("DEMO_TOKENS_PER_SECOND", "2");
+
+fn generations_in(trace_id: &str) -> Vec<SpanRecord> {
+    collector().spans(|s| s.trace_id == trace_id && s.name.starts_with("generate "))
+}
+
+#[tokio::test]
+async fn a_readers_span_ends_when_the_reader_leaves_mid_stream_while_the_generation_runs_on() {
+    // Moderation off: its window would hold the slow chunks back for seconds.
+    let app = traced_app(&[SLOW, ("MODERATION", "off")]).await;
+    let (traceparent, trace_id, host_span) = host_traceparent();
+    let mut reader = app.sse("/api/stream/ai-block/explain-eli10?topic=tides", &[("traceparent", &traceparent)]).await;
+    let seen = reader.take(2).await;
+    assert_eq!(seen[1].kind(), "chunk", "the answer is under way");
+    // The peer closes while the server is still sending.
+    drop(reader);
+    let server = collector().span("the departed reader's server span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    assert_eq!(server.name, "GET /api/stream/ai-block/{block_type}");
+    assert_eq!(server.attr("http.response.status_code"), Some(&json!(200)));
+    assert!(generations_in(&trace_id).is_empty(), "the generation outlives its reader (within the resume grace)");
+}
+
+#[tokio::test]
+async fn a_post_that_starts_a_stream_ends_its_span_with_its_response_not_with_the_generation() {
+    let app = traced_app(&[SLOW]).await;
+    let (traceparent, trace_id, host_span) = host_traceparent();
+    let response = reqwest::Client::new()
+        .post(app.url("/api/streams"))
+        .header("traceparent", &traceparent)
+        .json(&json!({"block_type": "explain-eli10", "input": {"topic": "tides"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let server = collector().span("the POST's server span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    assert_eq!(server.name, "POST /api/streams");
+    assert_eq!(server.attr("http.response.status_code"), Some(&json!(201)));
+    assert!(generations_in(&trace_id).is_empty(), "the generation it started runs on");
+}
