@@ -10,6 +10,7 @@ pub(crate) mod fake_upstream;
 pub mod openai;
 pub mod token_count;
 mod upstream;
+pub mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::ai::blocks::{BlockInput, Prompt};
 use crate::ai::streaming::events::{ErrorCode, FinishReason, Usage};
 use crate::config::settings::{ProviderKind, Settings};
 pub use token_count::TokenCounter;
+pub use watch::{CallWatch, Watched};
 
 /// What a provider is asked. `input` is the validated block input: real models see
 /// only the prompt; the demo model uses the input to write block-shaped content.
@@ -104,6 +106,11 @@ pub trait Provider: Send + Sync {
     fn server(&self) -> Option<(String, u16)> {
         None
     }
+    /// A watch on the call `stream(request)` just started, when something
+    /// (telemetry) watches this provider's calls; the engine shows it every item.
+    fn watch(&self, _request: &ProviderRequest) -> Option<Box<dyn CallWatch>> {
+        None
+    }
 }
 
 /// A provider that cannot be built from the settings given.
@@ -170,6 +177,10 @@ impl Provider for Instrumented {
 
     fn server(&self) -> Option<(String, u16)> {
         self.inner.server()
+    }
+
+    fn watch(&self, request: &ProviderRequest) -> Option<Box<dyn CallWatch>> {
+        self.inner.watch(request)
     }
 
     fn stream(&self, request: ProviderRequest) -> ProviderStream {

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::ai::blocks::{BlockInput, Part};
-use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest, TokenCounter};
+use crate::ai::providers::{Provider, ProviderError, ProviderEvent, ProviderRequest, TokenCounter, Watched};
 use crate::ai::streaming::events::{ErrorCode, EventBody, FinishReason, Usage};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = EventBody> + Send>>;
@@ -119,6 +119,7 @@ impl Engine {
             tokio::pin!(watchdog);
             'attempts: loop {
                 let mut upstream = provider.stream(request.clone());
+                let mut watched = Watched::new(provider.watch(&request));
                 watchdog.as_mut().reset(deadline.min(Instant::now() + config.idle_timeout));
                 let (mut items, mut items_at_arming) = (0u64, 0u64);
                 loop {
@@ -126,6 +127,9 @@ impl Engine {
                         biased;
                         item = upstream.next() => {
                             items += 1;
+                            if let Some(item) = &item {
+                                watched.saw(item);
+                            }
                             item
                         }
                         () = &mut watchdog => {
@@ -173,6 +177,7 @@ impl Engine {
                                 tracing::warn!(%error, attempt, ?backoff, "provider failed before the first token; retrying");
                                 attempt += 1;
                                 drop(upstream);
+                                drop(watched);
                                 tokio::time::sleep(backoff).await;
                                 continue 'attempts;
                             }
