@@ -1,10 +1,16 @@
-//! Once a second, all at once: this process renews the leases of the logs it
-//! generates (`SET … PX`, which also re-takes a lease that lapsed during a
+//! Once a second for each stream: this process renews the leases of the logs
+//! it generates (`SET … PX`, which also re-takes a lease that lapsed during a
 //! stall) and reads their cancel marks (`HGET meta cancel`: only the log's end
 //! removes a mark, so a renewal whose reply is lost reads it again next time),
 //! and refreshes the presence key of the logs it serves readers of. The cost
 //! is per stream per second, not per event. It also forgets the routes of
 //! logs that ended here a while ago (`routes.rs`).
+//!
+//! The streams are spread over [`SLICES`] rounds a second, each stream always
+//! in the same one (by a hash of its id): all at once, the hundreds of streams
+//! a class starts together made a burst of commands once a second, which held
+//! up the events' appends and their readers' deliveries behind it, in Redis and
+//! on the process's threads alike (bench/RESULTS.md, issue 22).
 //!
 //! What was just written is not written again: a lease is renewed from the
 //! first round after the one that found it new (it was taken with its log, at
@@ -15,6 +21,7 @@
 //! then cost few renewals or none.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -25,26 +32,38 @@ use super::tail::Tails;
 use super::{Shared, LEASE_TTL};
 use crate::ai::streaming::events::StreamId;
 
+/// How often each stream's round comes.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Rounds an `INTERVAL`, each for the streams of one slice.
+pub const SLICES: usize = 10;
+
+/// The slice `id` is renewed in: the same in every round and every process.
+fn slice_of(id: &StreamId) -> usize {
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str()) % SLICES as u64) as usize
+}
 
 pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
+        let mut tick = tokio::time::interval(INTERVAL / SLICES as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Rounds since each lease and each followed stream was first seen.
-        let (mut lease_rounds, mut presence_rounds) = (Rounds::default(), Rounds::default());
-        loop {
+        // Per slice: rounds since each lease and each followed stream was first seen.
+        let mut lease_rounds: [Rounds; SLICES] = Default::default();
+        let mut presence_rounds: [Rounds; SLICES] = Default::default();
+        for slice in (0..SLICES).cycle() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let Some(tails) = tails.upgrade() else { return };
-            shared.routes.purge();
-            let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().cloned().collect();
-            let followed = tails.followed();
+            if slice == 0 {
+                shared.routes.purge();
+            }
+            let in_slice = |id: &&StreamId| slice_of(id) == slice;
+            let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().filter(in_slice).cloned().collect();
+            let followed: Vec<StreamId> = tails.followed().into_iter().filter(|id| in_slice(&id)).collect();
             drop(tails);
-            let leased = lease_rounds.next(leased, |rounds| rounds >= 1);
-            let followed = presence_rounds.next(followed, |rounds| rounds >= 2 && rounds.is_multiple_of(2));
+            let leased = lease_rounds[slice].next(leased, |rounds| rounds >= 1);
+            let followed = presence_rounds[slice].next(followed, |rounds| rounds >= 2 && rounds.is_multiple_of(2));
             if leased.is_empty() && followed.is_empty() {
                 continue;
             }
@@ -115,5 +134,17 @@ mod tests {
         assert_eq!(rounds.next(vec![a.clone(), b.clone()], every_other), vec![b.clone()]);
         assert_eq!(rounds.next(vec![a.clone()], every_other), vec![a.clone()]);
         assert!(rounds.next(vec![b.clone()], every_other).is_empty(), "b was forgotten when it went: new again");
+    }
+
+    #[test]
+    fn streams_spread_over_every_slice_and_each_stays_in_its_own() {
+        let ids: Vec<StreamId> = (0..1_000).map(|_| StreamId::generate()).collect();
+        let mut per_slice = [0usize; SLICES];
+        for id in &ids {
+            per_slice[slice_of(id)] += 1;
+            assert_eq!(slice_of(id), slice_of(&StreamId::parse(id.as_str()).unwrap()), "the same id, the same slice");
+        }
+        // 100 a slice expected; a burst is at most about a fifth of the streams.
+        assert!(per_slice.iter().all(|&n| (40..=200).contains(&n)), "{per_slice:?}");
     }
 }
