@@ -237,3 +237,26 @@ async fn a_post_that_starts_a_stream_ends_its_span_with_its_response_not_with_th
     assert_eq!(server.attr("http.response.status_code"), Some(&json!(201)));
     assert!(generations_in(&trace_id).is_empty(), "the generation it started runs on");
 }
+
+#[tokio::test]
+async fn a_5xx_answer_marks_its_server_span_an_error_and_a_4xx_does_not() {
+    let path = "/api/stream/ai-block/explain-eli10?topic=tides";
+    let request = |app: &crate::helpers::TestApp, path: &str| {
+        let (traceparent, trace_id, host_span) = host_traceparent();
+        let sent = reqwest::Client::new().get(app.url(path)).header("traceparent", traceparent).send();
+        (sent, trace_id, host_span)
+    };
+    // Streaming off: the server's own refusal, a 503.
+    let refusing = traced_app(&[("AI_STREAMING_ENABLED", "false")]).await;
+    let (sent, trace_id, host_span) = request(&refusing, path);
+    assert_eq!(sent.await.unwrap().status(), 503);
+    let refused = collector().span("the refused request's span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    assert_eq!(refused.attr("http.response.status_code"), Some(&json!(503)));
+    assert_eq!(refused.status, STATUS_ERROR, "a 5xx is the server's failure");
+    // A block that does not exist: the client's mistake, a 4xx.
+    let app = traced_app(&[]).await;
+    let (sent, trace_id, host_span) = request(&app, "/api/stream/ai-block/no-such-block");
+    assert!(sent.await.unwrap().status().is_client_error());
+    let mistaken = collector().span("the mistaken request's span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    assert_ne!(mistaken.status, STATUS_ERROR, "a 4xx is not the server's failure");
+}
