@@ -12,8 +12,7 @@
 //! are recorded on a histogram bound to the provider's attributes: no span, no
 //! event, no allocation, no lookup of the attributes per chunk (an earlier
 //! attempt with a span per chunk cost 23 % of the CPU per event; an unbound
-//! observation, hashing four attributes per chunk, about 7 %; a wrapper around
-//! the stream holding the chunk times, 4–6 %).
+//! observation, hashing four attributes per chunk, about 7 %).
 //! The first chunk is the span's one event.
 //!
 //! The span is made directly on the SDK's tracer, as a child of the

@@ -3,14 +3,13 @@
 //! between later chunks, its usage, end marker or error — without wrapping the
 //! call's stream.
 //!
-//! Why not a wrapper: a stream wrapped in another is one more allocation the
-//! engine reaches through at every item, and at hundreds of streams each one's
-//! state is out of the cache when its next chunk comes; a wrapper that also
-//! kept the chunk times cost 4–6 % of the CPU per event (bench/RESULTS.md,
-//! issue 24). [`Watched`] lives inside the engine's own state instead: per chunk
-//! it reads the clock and keeps the gap beside the engine's other per-chunk
-//! variables; the watch itself, in its own allocation, is reached once per
-//! [`GAPS_HELD`] chunks and at the call's few other moments.
+//! Why not a wrapper around the stream: every item would pass through one more
+//! allocation, reached by one more pointer, for the whole call. [`Watched`]
+//! lives inside the engine's own state instead: per chunk it reads the clock and
+//! keeps the gap beside the engine's other per-chunk variables; the watch
+//! itself, in its own allocation, is reached once per [`GAPS_HELD`] chunks and
+//! at the call's few other moments. What a chunk still costs is that clock read
+//! and, a batch at a time, the histogram's (bench/RESULTS.md, issue 24).
 
 use std::time::{Duration, Instant};
 

@@ -7,18 +7,12 @@
 //! logs that ended here a while ago (`routes.rs`).
 //!
 //! The streams are spread over [`SLICES`] rounds a second, each stream always
-//! in the same one (by a hash of its id): all at once, the hundreds of streams
-//! a class starts together made a burst of commands once a second, which held
-//! up the events' appends and their readers' deliveries behind it, in Redis and
-//! on the process's threads alike (bench/RESULTS.md, issue 22).
-//!
-//! What was just written is not written again: a lease is renewed from the
-//! first round after the one that found it new (it was taken with its log, at
-//! most a round ago, for [`LEASE_TTL`]), and a presence key every other round,
-//! from the second after its mirror came (its first reader marked it for the
-//! grace plus [`PRESENCE_SLACK`](super::PRESENCE_SLACK)), so a key still has the grace and at least
-//! two rounds to live when it is refreshed. Short streams, most of a class's,
-//! then cost few renewals or none.
+//! in the same one (by a hash of its id). All at once, the hundreds of streams
+//! a class starts together put hundreds of commands in one burst, once a
+//! second, ahead of the events' appends in Redis's queue and on this process's
+//! threads; spread, a round carries about a tenth of them. (The stores
+//! benchmark's streams last under three seconds, too few rounds to show a
+//! difference in lag: bench/RESULTS.md, issue 22.)
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
