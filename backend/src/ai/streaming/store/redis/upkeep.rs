@@ -13,6 +13,14 @@
 //! threads; spread, a round carries about a tenth of them. (The stores
 //! benchmark's streams last under three seconds, too few rounds to show a
 //! difference in lag: bench/RESULTS.md, issue 22.)
+//!
+//! What was just written is not written again: a lease is renewed from the
+//! first of its rounds after the one that found it new (it was taken with its
+//! log, at most a round ago, for [`LEASE_TTL`]), and a presence key every other
+//! round, from the second after its mirror came (its first reader marked it for
+//! the grace plus [`PRESENCE_SLACK`](super::PRESENCE_SLACK)), so a key still
+//! has the grace and at least two rounds to live when it is refreshed. Short
+//! streams, most of a class's, then cost few renewals or none.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
