@@ -147,12 +147,15 @@ mod routes {
         pub route: &'static str,
     }
 
+    /// One route's names, by method.
+    type ByMethod = Vec<(&'static str, Named)>;
+
     /// By route, then by method.
-    static NAMED: LazyLock<RwLock<HashMap<Box<str>, Vec<(&'static str, Named)>>>> = LazyLock::new(Default::default);
+    static NAMED: LazyLock<RwLock<HashMap<Box<str>, ByMethod>>> = LazyLock::new(Default::default);
 
     pub fn named(method: Option<&'static str>, route: &str) -> Named {
         let method = method.unwrap_or("HTTP");
-        let find = |methods: &Vec<(&'static str, Named)>| methods.iter().find(|(known, _)| *known == method).map(|(_, named)| *named);
+        let find = |methods: &ByMethod| methods.iter().find(|(known, _)| *known == method).map(|(_, named)| *named);
         if let Some(named) = NAMED.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(route).and_then(find) {
             return named;
         }

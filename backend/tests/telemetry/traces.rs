@@ -200,6 +200,11 @@ async fn a_resume_on_another_process_links_to_the_generator() {
 /// its generation is still running when they look.
 const SLOW: (&str, &str) = ("DEMO_TOKENS_PER_SECOND", "2");
 
+/// The server span of the request that sent `traceparent` with `host_span`.
+async fn server_span_under(what: &str, trace_id: &str, host_span: &str) -> SpanRecord {
+    collector().span(what, |s| s.trace_id == trace_id && s.parent_span_id == host_span).await
+}
+
 fn generations_in(trace_id: &str) -> Vec<SpanRecord> {
     collector().spans(|s| s.trace_id == trace_id && s.name.starts_with("generate "))
 }
@@ -214,7 +219,7 @@ async fn a_readers_span_ends_when_the_reader_leaves_mid_stream_while_the_generat
     assert_eq!(seen[1].kind(), "chunk", "the answer is under way");
     // The peer closes while the server is still sending.
     drop(reader);
-    let server = collector().span("the departed reader's server span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    let server = server_span_under("the departed reader's server span", &trace_id, &host_span).await;
     assert_eq!(server.name, "GET /api/stream/ai-block/{block_type}");
     assert_eq!(server.attr("http.response.status_code"), Some(&json!(200)));
     assert!(generations_in(&trace_id).is_empty(), "the generation outlives its reader (within the resume grace)");
@@ -232,7 +237,7 @@ async fn a_post_that_starts_a_stream_ends_its_span_with_its_response_not_with_th
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let server = collector().span("the POST's server span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    let server = server_span_under("the POST's server span", &trace_id, &host_span).await;
     assert_eq!(server.name, "POST /api/streams");
     assert_eq!(server.attr("http.response.status_code"), Some(&json!(201)));
     assert!(generations_in(&trace_id).is_empty(), "the generation it started runs on");
@@ -240,7 +245,6 @@ async fn a_post_that_starts_a_stream_ends_its_span_with_its_response_not_with_th
 
 #[tokio::test]
 async fn a_5xx_answer_marks_its_server_span_an_error_and_a_4xx_does_not() {
-    let path = "/api/stream/ai-block/explain-eli10?topic=tides";
     let request = |app: &crate::helpers::TestApp, path: &str| {
         let (traceparent, trace_id, host_span) = host_traceparent();
         let sent = reqwest::Client::new().get(app.url(path)).header("traceparent", traceparent).send();
@@ -248,15 +252,15 @@ async fn a_5xx_answer_marks_its_server_span_an_error_and_a_4xx_does_not() {
     };
     // Streaming off: the server's own refusal, a 503.
     let refusing = traced_app(&[("AI_STREAMING_ENABLED", "false")]).await;
-    let (sent, trace_id, host_span) = request(&refusing, path);
+    let (sent, trace_id, host_span) = request(&refusing, "/api/stream/ai-block/explain-eli10?topic=tides");
     assert_eq!(sent.await.unwrap().status(), 503);
-    let refused = collector().span("the refused request's span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    let refused = server_span_under("the refused request's span", &trace_id, &host_span).await;
     assert_eq!(refused.attr("http.response.status_code"), Some(&json!(503)));
     assert_eq!(refused.status, STATUS_ERROR, "a 5xx is the server's failure");
     // A block that does not exist: the client's mistake, a 4xx.
     let app = traced_app(&[]).await;
     let (sent, trace_id, host_span) = request(&app, "/api/stream/ai-block/no-such-block");
     assert!(sent.await.unwrap().status().is_client_error());
-    let mistaken = collector().span("the mistaken request's span", |s| s.trace_id == trace_id && s.parent_span_id == host_span).await;
+    let mistaken = server_span_under("the mistaken request's span", &trace_id, &host_span).await;
     assert_ne!(mistaken.status, STATUS_ERROR, "a 4xx is not the server's failure");
 }

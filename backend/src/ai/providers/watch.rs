@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::{ProviderError, ProviderEvent};
+use crate::ai::streaming::events::{FinishReason, Usage};
 
 /// Told what one provider call does; dropped when the call ends (its stream is
 /// dropped: finished, failed, retried or cancelled).
@@ -29,9 +30,9 @@ pub trait CallWatch: Send {
         false
     }
     /// The provider's token counts.
-    fn usage(&mut self, usage: &crate::ai::streaming::events::Usage);
+    fn usage(&mut self, usage: &Usage);
     /// The provider's end marker.
-    fn finished(&mut self, reason: crate::ai::streaming::events::FinishReason);
+    fn finished(&mut self, reason: FinishReason);
     /// The call failed.
     fn failed(&mut self, error: &ProviderError);
 }
@@ -106,7 +107,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::ai::streaming::events::{FinishReason, Usage};
 
     /// What a watch was told, in order.
     #[derive(Default)]

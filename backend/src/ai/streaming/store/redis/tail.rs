@@ -273,8 +273,9 @@ impl Tails {
     }
 
     /// The logs with readers in this process, for the presence refresh.
-    pub fn followed(&self) -> Vec<StreamId> {
-        self.mirrors.lock().unwrap().keys().cloned().collect()
+    /// The streams this process follows that `wanted` picks.
+    pub fn followed(&self, wanted: impl Fn(&StreamId) -> bool) -> Vec<StreamId> {
+        self.mirrors.lock().unwrap().keys().filter(|id| wanted(id)).cloned().collect()
     }
 
     pub fn follow(self: &Arc<Self>, id: &StreamId, after: Option<u64>) -> Follower {

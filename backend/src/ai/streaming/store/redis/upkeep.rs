@@ -60,9 +60,9 @@ pub fn start(shared: Arc<Shared>, tails: Weak<Tails>, shutdown: CancellationToke
             if slice == 0 {
                 shared.routes.purge();
             }
-            let in_slice = |id: &&StreamId| slice_of(id) == slice;
-            let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().filter(in_slice).cloned().collect();
-            let followed: Vec<StreamId> = tails.followed().into_iter().filter(|id| in_slice(&id)).collect();
+            let in_slice = |id: &StreamId| slice_of(id) == slice;
+            let leased: Vec<StreamId> = shared.leases.lock().unwrap().keys().filter(|id| in_slice(id)).cloned().collect();
+            let followed = tails.followed(in_slice);
             drop(tails);
             let leased = lease_rounds[slice].next(leased, |rounds| rounds >= 1);
             let followed = presence_rounds[slice].next(followed, |rounds| rounds >= 2 && rounds.is_multiple_of(2));
