@@ -153,7 +153,8 @@ async fn a_primary_killed_mid_stream_fails_over_and_streams_go_on_or_end_retryab
 
 #[tokio::test]
 async fn on_a_cluster_a_streams_events_are_announced_only_on_the_channel_of_the_process_serving_its_reader() {
-    let deployment = Deployment::on_cluster(&cluster().urls(), 100);
+    // Streams of about 26 s each, cancelled once followed.
+    let deployment = Deployment::on_cluster(&cluster().urls(), 5);
     let prefix = deployment_prefix(&deployment);
     let urls: Vec<String> = cluster().urls().split(',').map(str::to_owned).collect();
     let watch = || async move {
