@@ -160,7 +160,10 @@ fn scope() -> InstrumentationScope {
 /// exported; as it is otherwise (nothing per chunk then).
 pub fn instrument_provider(settings: &TelemetrySettings, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
     match settings.export {
-        Some(_) => genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), opentelemetry::global::tracer_with_scope(scope()), settings.capture_content),
+        Some(_) => {
+            crate::ai::providers::watch::calibrate_clock();
+            genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), opentelemetry::global::tracer_with_scope(scope()), settings.capture_content)
+        }
         None => provider,
     }
 }

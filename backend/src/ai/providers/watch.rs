@@ -10,8 +10,15 @@
 //! itself, in its own allocation, is reached once per [`GAPS_HELD`] chunks and
 //! at the call's few other moments. What a chunk still costs is that clock read
 //! and, a batch at a time, the histogram's (bench/RESULTS.md, issue 24).
+//!
+//! The clock is the CPU's time-stamp counter where it is invariant, read raw
+//! per chunk and scaled only for the gap ([`quanta`], calibrated once against
+//! the monotonic clock); elsewhere the monotonic clock itself. The monotonic
+//! clock through the vDSO, with `Instant`'s arithmetic, was half the per-chunk
+//! cost.
 
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use super::{ProviderError, ProviderEvent};
 use crate::ai::streaming::events::{FinishReason, Usage};
@@ -41,12 +48,20 @@ pub trait CallWatch: Send {
 /// about one cache line of the engine's state.
 pub const GAPS_HELD: usize = 7;
 
+/// The chunk clock.
+static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
+
+/// Calibrates the chunk clock now (a few milliseconds), so that no call pays it.
+pub fn calibrate_clock() {
+    LazyLock::force(&CLOCK);
+}
+
 /// One call's watch, as the engine holds it; with no watch, each item costs a
 /// branch and no clock read.
 pub struct Watched {
     watch: Option<Box<dyn CallWatch>>,
-    /// When the call started, then when its last chunk arrived.
-    last: Instant,
+    /// When the call started, then when its last chunk arrived: raw [`CLOCK`] ticks.
+    last: u64,
     gaps: [u32; GAPS_HELD],
     held: u8,
     chunks_seen: bool,
@@ -57,7 +72,8 @@ impl Watched {
     /// `watch` over a call starting now.
     pub fn new(watch: Option<Box<dyn CallWatch>>) -> Self {
         let wants_text = watch.as_ref().is_some_and(|watch| watch.wants_text());
-        Self { watch, last: Instant::now(), gaps: [0; GAPS_HELD], held: 0, chunks_seen: false, wants_text }
+        let last = if watch.is_some() { CLOCK.raw() } else { 0 };
+        Self { watch, last, gaps: [0; GAPS_HELD], held: 0, chunks_seen: false, wants_text }
     }
 
     /// Shows the watch the item the call just yielded.
@@ -66,18 +82,18 @@ impl Watched {
         let Some(watch) = &mut self.watch else { return };
         match item {
             Ok(ProviderEvent::Delta(token)) if !token.is_empty() => {
-                let now = Instant::now();
-                let since = now - self.last;
+                let now = CLOCK.raw();
+                let since = CLOCK.delta_as_nanos(self.last, now);
                 self.last = now;
                 if !self.chunks_seen {
                     self.chunks_seen = true;
-                    watch.first_chunk(since);
+                    watch.first_chunk(Duration::from_nanos(since));
                 } else {
                     if usize::from(self.held) == GAPS_HELD {
                         watch.chunk_gaps(&self.gaps);
                         self.held = 0;
                     }
-                    self.gaps[usize::from(self.held)] = u32::try_from(since.as_micros()).unwrap_or(u32::MAX);
+                    self.gaps[usize::from(self.held)] = u32::try_from(since / 1_000).unwrap_or(u32::MAX);
                     self.held += 1;
                 }
                 if self.wants_text {
@@ -155,6 +171,42 @@ mod tests {
         drop(watched);
         let told = told.lock().unwrap().0.clone();
         assert_eq!(told, ["first", &format!("gaps {GAPS_HELD}"), "usage 11", "finished", "gaps 3"]);
+    }
+
+    /// The first chunk's wait and the gaps, as told.
+    struct Timing(Arc<Mutex<(Option<Duration>, Vec<u32>)>>);
+
+    impl CallWatch for Timing {
+        fn first_chunk(&mut self, waited: Duration) {
+            self.0.lock().unwrap().0 = Some(waited);
+        }
+        fn chunk_gaps(&mut self, gaps: &[u32]) {
+            self.0.lock().unwrap().1.extend_from_slice(gaps);
+        }
+        fn usage(&mut self, _usage: &Usage) {}
+        fn finished(&mut self, _reason: FinishReason) {}
+        fn failed(&mut self, _error: &ProviderError) {}
+    }
+
+    #[test]
+    fn the_first_chunks_wait_and_each_gap_are_told_in_real_time() {
+        let told = Arc::new(Mutex::new((None, Vec::new())));
+        let pause = Duration::from_millis(5);
+        let outer = std::time::Instant::now();
+        let mut watched = Watched::new(Some(Box::new(Timing(told.clone()))));
+        std::thread::sleep(pause);
+        watched.saw(&delta("a"));
+        std::thread::sleep(pause);
+        watched.saw(&delta("b"));
+        drop(watched);
+        let elapsed = outer.elapsed();
+        let (first, gaps) = told.lock().unwrap().clone();
+        let (first, gap) = (first.unwrap(), Duration::from_micros(u64::from(gaps[0])));
+        assert_eq!(gaps.len(), 1);
+        // Against the monotonic clock, within the calibration's tolerance: raw
+        // counter ticks, or a gap in the wrong unit, would be off by far more.
+        assert!(first >= pause.mul_f64(0.99) && gap >= pause.mul_f64(0.99) - Duration::from_micros(1), "{first:?} {gap:?}");
+        assert!(first + gap <= elapsed.mul_f64(1.01), "{first:?} + {gap:?} > {elapsed:?}");
     }
 
     #[test]
