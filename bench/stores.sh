@@ -9,6 +9,8 @@
 # `--cluster`: the Redis-mode processes share a private Redis Cluster of three
 # primaries started (and stopped) by the benchmark instead of REDIS_URL.
 # `--coalesce off`: every process runs with COALESCE=off (default: the server's).
+# `--stagger-ms 20`: stream n starts 20 ms × n / STREAMS after the others' connections
+# are open, so their tokens do not all fall due in the same instant (default 0).
 # Seven runs by default: on a shared 2-core box the ratio moves 2-3x between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -33,6 +33,12 @@ pub struct LagConfig {
     pub tokens_per_second: f64,
     pub first_token: Duration,
     pub patience: Duration,
+    /// Stream n starts `stagger × n / streams` after the others' connections
+    /// are open: zero starts them all at once, so every stream's tokens fall due
+    /// in the same instant (the worst case for a path of several stages, each
+    /// taking the whole burst before the next); one token interval spreads them
+    /// as arrivals over time would.
+    pub stagger: Duration,
 }
 
 /// Where streams are started and where they are read.
@@ -130,11 +136,13 @@ async fn one_stream(
     n: usize,
     tps: f64,
     first_token: Duration,
+    delay: Duration,
 ) -> Result<StreamLags, String> {
     let (anchor, mut connection, response) = match &route {
         Route::OneShot { base } => {
             ready.0.wait().await;
             ready.1.get_or_init(Instant::now);
+            tokio::time::sleep(delay).await;
             let anchor = Instant::now();
             let mut connection = Connection::connect(address(base)).await.map_err(|e| format!("connect: {e}"))?;
             let response = connection.get(&question_path(n), &[]).await.map_err(|e| format!("read: {e}"))?;
@@ -146,6 +154,7 @@ async fn one_stream(
             let reader = Connection::connect(address(read)).await;
             ready.0.wait().await;
             ready.1.get_or_init(Instant::now);
+            tokio::time::sleep(delay).await;
             let (mut creator, mut reader) = (creator.map_err(|e| format!("connect: {e}"))?, reader.map_err(|e| format!("connect: {e}"))?);
             let body = json!({"block_type": "ask-question", "input": {"question": format!("Benchmark question number {n}: how do streams scale?")}});
             let (status, created) = creator.post_json("/api/streams", &body.to_string()).await.map_err(|e| format!("create: {e}"))?;
@@ -193,7 +202,10 @@ async fn one_stream(
 pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
     let ready = Arc::new((Barrier::new(config.streams), OnceLock::new()));
     let tasks: Vec<_> = (0..config.streams)
-        .map(|n| tokio::spawn(one_stream(route.for_stream(n), ready.clone(), n, config.tokens_per_second, config.first_token)))
+        .map(|n| {
+            let delay = config.stagger.mul_f64(n as f64 / config.streams as f64);
+            tokio::spawn(one_stream(route.for_stream(n), ready.clone(), n, config.tokens_per_second, config.first_token, delay))
+        })
         .collect();
     let deadline = tokio::time::Instant::now() + config.patience;
     let mut result = LagResult::default();
@@ -276,6 +288,7 @@ pub async fn main(args: &[String]) {
         tokens_per_second: args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50.0),
         first_token: Duration::from_millis(args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200)),
         patience: Duration::from_secs(300),
+        stagger: Duration::ZERO,
     };
     let http = super::sse::http_client();
     let before = delivery_buckets(&http, &base).await;

@@ -182,7 +182,7 @@ pub async fn main(args: &[String]) {
 /// saturation (a slower mode batches less, so pays more per event) is absent.
 async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, streams: usize) {
     println!("\npaced: {streams} streams × 50 tokens/s (first token after 200 ms), {runs} runs");
-    let config = LagConfig { streams, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120) };
+    let config = LagConfig { streams, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120), stagger: Duration::ZERO };
     let mut cpu: Vec<(&str, f64)> = Vec::new();
     for run in 0..runs {
         for k in 0..MODES.len() {
@@ -254,7 +254,7 @@ async fn side_by_side(binary: &std::path::Path, sink: SocketAddr, runs: usize, c
             continue;
         }
         let servers = start_all(binary, sink, true, modes, &order).await;
-        let config = LagConfig { streams: paced, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120) };
+        let config = LagConfig { streams: paced, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120), stagger: Duration::ZERO };
         let loads = servers.iter().map(|server| {
             let config = &config;
             async move {

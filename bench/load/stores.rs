@@ -603,6 +603,7 @@ pub async fn main(args: &[String]) {
             tokens_per_second: flags.get("tps", 50.0),
             first_token: Duration::from_millis(flags.get("first-token-ms", 200)),
             patience: Duration::from_secs(flags.get("patience-seconds", 120)),
+            stagger: Duration::from_millis(flags.get("stagger-ms", 0)),
         },
         redis_url,
         redis,
@@ -621,11 +622,12 @@ pub async fn main(args: &[String]) {
     );
     super::warn_if_few_files(config.lag.streams * 2);
     println!(
-        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms); Redis {}; workers per Redis-mode process: {}; COALESCE {}",
+        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms; starts spread over {} ms); Redis {}; workers per Redis-mode process: {}; COALESCE {}",
         config.runs,
         config.lag.streams,
         config.lag.tokens_per_second,
         config.lag.first_token.as_millis(),
+        config.lag.stagger.as_millis(),
         if config.redis.cluster.is_some() {
             format!("cluster of 3 primaries at {}", config.redis.setting.1)
         } else {
