@@ -142,7 +142,7 @@ async fn one_stream(
         Route::OneShot { base } => {
             ready.0.wait().await;
             ready.1.get_or_init(Instant::now);
-            tokio::time::sleep(delay).await;
+            starting_after(delay).await;
             let anchor = Instant::now();
             let mut connection = Connection::connect(address(base)).await.map_err(|e| format!("connect: {e}"))?;
             let response = connection.get(&question_path(n), &[]).await.map_err(|e| format!("read: {e}"))?;
@@ -154,7 +154,7 @@ async fn one_stream(
             let reader = Connection::connect(address(read)).await;
             ready.0.wait().await;
             ready.1.get_or_init(Instant::now);
-            tokio::time::sleep(delay).await;
+            starting_after(delay).await;
             let (mut creator, mut reader) = (creator.map_err(|e| format!("connect: {e}"))?, reader.map_err(|e| format!("connect: {e}"))?);
             let body = json!({"block_type": "ask-question", "input": {"question": format!("Benchmark question number {n}: how do streams scale?")}});
             let (status, created) = creator.post_json("/api/streams", &body.to_string()).await.map_err(|e| format!("create: {e}"))?;
@@ -197,6 +197,14 @@ async fn one_stream(
     let best = offsets_us.iter().copied().min().unwrap_or(0);
     let lags_us = offsets_us.iter().map(|o| (o - best) as u64).collect();
     Ok(StreamLags { events, chunks, lags_us, arrivals_ms, ending: ending.unwrap_or_else(|| "closed without a terminal event".into()) })
+}
+
+/// Waits `delay`; no timer at all for none (a zero sleep still waits for the
+/// timer wheel's next tick).
+async fn starting_after(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 pub async fn run(route: &Route, config: &LagConfig) -> LagResult {
