@@ -5,7 +5,7 @@
 //! a per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `…_METRICS_ENDPOINT`), or
 //! when `OTEL_SDK_DISABLED=true`. What is read here is passed to the SDK
 //! explicitly, so tests can set it without touching the process environment;
-//! the variables not read here (the metrics exporter's headers, timeout and
+//! the variables not read here (the metrics exporter's headers and
 //! compression, `OTEL_BSP_EXPORT_TIMEOUT`, …) the SDK reads itself. Traces over
 //! http/protobuf go through live-ai's own exporter, so their headers, timeout
 //! and compression are read here.
@@ -60,6 +60,10 @@ pub struct OtlpExport {
     /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms):
     /// how long one export of spans may take.
     pub traces_timeout: Duration,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`
+    /// (ms): how long one export of metrics may take (over http/protobuf the
+    /// client is live-ai's, `telemetry::chunk_gaps`).
+    pub metrics_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +179,7 @@ fn read_export(src: &Source<'_>) -> Result<Option<OtlpExport>, SettingsError> {
         sampler: read_sampler(src)?,
         traces_headers,
         traces_timeout: millis(either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000)?,
+        metrics_timeout: millis(either("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10_000)?,
     }))
 }
 
@@ -339,6 +344,9 @@ mod tests {
         .unwrap();
         assert_eq!(export.traces_headers, [pair("x-api-key", "traces")]);
         assert_eq!(export.traces_timeout, Duration::from_millis(700));
+        assert_eq!(export.metrics_timeout, Duration::from_millis(2500));
+        let export = read(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "900")]).unwrap().export.unwrap();
+        assert_eq!((export.metrics_timeout, export.traces_timeout), (Duration::from_millis(900), Duration::from_millis(2500)));
     }
 
     #[test]

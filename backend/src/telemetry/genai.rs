@@ -9,10 +9,11 @@
 //! ([`crate::ai::providers::watch`]): the engine tells each call's [`Call`] of
 //! its first chunk, the gaps between later chunks a batch at a time, its usage,
 //! end marker or error, and drops it when the call's stream is dropped. The gaps
-//! are recorded on a histogram bound to the provider's attributes: no span, no
-//! event, no allocation, no lookup of the attributes per chunk (an earlier
-//! attempt with a span per chunk cost 23 % of the CPU per event; an unbound
-//! observation, hashing four attributes per chunk, about 7 %).
+//! go to the provider's own histogram ([`super::chunk_gaps`], one lock per
+//! batch) over http/protobuf, else to an SDK histogram bound to the provider's
+//! attributes: no span, no event, no allocation, no lookup of the attributes
+//! per chunk (an earlier attempt with a span per chunk cost 23 % of the CPU per
+//! event; an unbound observation, hashing four attributes per chunk, about 7 %).
 //! The first chunk is the span's one event.
 //!
 //! The span is made directly on the SDK's tracer, as a child of the
@@ -37,6 +38,7 @@ use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContex
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use serde_json::json;
 
+use super::chunk_gaps::{self, ChunkGaps};
 use crate::ai::providers::{CallWatch, Provider, ProviderError, ProviderRequest, ProviderStream, TokenCounter};
 use crate::ai::streaming::events::{FinishReason, Usage};
 
@@ -49,11 +51,12 @@ pub struct GenAiInstruments {
     duration: Histogram<f64>,
     tokens: Histogram<u64>,
     first_chunk: Histogram<f64>,
-    per_chunk: Histogram<f64>,
+    /// None when live-ai aggregates the chunk gaps itself (`own_chunk_gaps`).
+    per_chunk: Option<Histogram<f64>>,
 }
 
 impl GenAiInstruments {
-    pub fn new(meter: &Meter) -> Self {
+    pub fn new(meter: &Meter, own_chunk_gaps: bool) -> Self {
         let seconds = |name: &'static str, description: &'static str, boundaries: &[f64]| {
             meter.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(boundaries.to_vec()).build()
         };
@@ -76,11 +79,7 @@ impl GenAiInstruments {
                 "Time from issuing the request to receiving the first chunk of the response stream.",
                 &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
             ),
-            per_chunk: seconds(
-                "gen_ai.client.operation.time_per_output_chunk",
-                "Time between the end of one output chunk and the end of the next, after the first.",
-                &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
-            ),
+            per_chunk: (!own_chunk_gaps).then(|| seconds(chunk_gaps::NAME, chunk_gaps::DESCRIPTION, &chunk_gaps::BOUNDS)),
         }
     }
 }
@@ -90,7 +89,7 @@ impl GenAiInstruments {
 #[derive(Clone)]
 struct Bound {
     first_chunk: BoundHistogram<f64>,
-    per_chunk: BoundHistogram<f64>,
+    per_chunk: PerChunk,
     input_tokens: BoundHistogram<u64>,
     output_tokens: BoundHistogram<u64>,
     duration: BoundHistogram<f64>,
@@ -105,10 +104,35 @@ impl Bound {
         };
         Self {
             first_chunk: instruments.first_chunk.bind(attributes),
-            per_chunk: instruments.per_chunk.bind(attributes),
+            per_chunk: match &instruments.per_chunk {
+                Some(histogram) => PerChunk::Sdk(histogram.bind(attributes)),
+                None => PerChunk::Own(chunk_gaps::series(attributes)),
+            },
             input_tokens: tokens("input"),
             output_tokens: tokens("output"),
             duration: instruments.duration.bind(attributes),
+        }
+    }
+}
+
+/// Where a provider's chunk gaps are recorded.
+#[derive(Clone)]
+enum PerChunk {
+    /// live-ai's histogram, appended to the metrics' requests over http/protobuf.
+    Own(Arc<ChunkGaps>),
+    /// The SDK's, bound to the provider's attributes (gRPC).
+    Sdk(BoundHistogram<f64>),
+}
+
+impl PerChunk {
+    fn record(&self, gaps: &[u32]) {
+        match self {
+            PerChunk::Own(histogram) => histogram.record(gaps),
+            PerChunk::Sdk(histogram) => {
+                for gap in gaps {
+                    histogram.record(f64::from(*gap) / 1e6);
+                }
+            }
         }
     }
 }
@@ -234,12 +258,8 @@ impl CallWatch for Call {
         }
     }
 
-    /// Recorded together: the histogram is one for every stream of the
-    /// provider, so its lock and buckets move between cores once a batch.
     fn chunk_gaps(&mut self, gaps: &[u32]) {
-        for gap in gaps {
-            self.bound.per_chunk.record(f64::from(*gap) / 1e6);
-        }
+        self.bound.per_chunk.record(gaps);
     }
 
     fn wants_text(&self) -> bool {

@@ -71,12 +71,7 @@ impl HttpTraceExporter {
                 .map_err(|_| failed(format!("the value of `{name}` is not a valid HTTP header value")))?;
             map.insert(name, value);
         }
-        // The blocking client runs a runtime of its own, which may be neither
-        // built nor dropped on a thread of the server's runtime.
-        let client = std::thread::spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
-            .join()
-            .map_err(|_| failed("building the HTTP client panicked".into()))?
-            .map_err(|error| failed(format!("cannot build the HTTP client: {error}")))?;
+        let client = super::otlp::blocking_client(endpoint, timeout)?;
         Ok(Self {
             client,
             endpoint: endpoint.to_owned(),

@@ -21,9 +21,12 @@
 //!   `traceparent`.
 //! - [`generation`]: the generation span, its outcome and resumes, and the link a
 //!   reader elsewhere makes to it.
-//! - [`genai`]: the provider call as a GenAI client span, and the four GenAI metrics.
+//! - [`genai`]: the provider call as a GenAI client span, and the four GenAI
+//!   metrics; [`chunk_gaps`]: the per-chunk one aggregated by live-ai and
+//!   appended to each metrics export over http/protobuf.
 //! - [`live_metrics`]: `/metrics`' own figures, exported over OTLP from the same source.
 
+pub mod chunk_gaps;
 pub mod export_queue;
 pub mod genai;
 pub mod generation;
@@ -48,7 +51,7 @@ use opentelemetry::InstrumentationScope;
 
 use crate::ai::providers::Provider;
 use crate::config::settings::LogFormat;
-use crate::config::telemetry::TelemetrySettings;
+use crate::config::telemetry::{OtlpProtocol, TelemetrySettings};
 use crate::metrics::Metrics;
 pub use otlp::ExportSetupError;
 
@@ -152,20 +155,20 @@ pub fn tracer() -> &'static opentelemetry::global::BoxedTracer {
 }
 
 /// live-ai's instrumentation scope, named with the semantic conventions' schema.
-fn scope() -> InstrumentationScope {
+pub(crate) fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("live-ai").with_version(env!("CARGO_PKG_VERSION")).with_schema_url(otlp::SCHEMA_URL).build()
 }
 
 /// The provider an app uses: its calls traced and measured when anything is
 /// exported; as it is otherwise (nothing per chunk then).
 pub fn instrument_provider(settings: &TelemetrySettings, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
-    match settings.export {
-        Some(_) => {
-            crate::ai::providers::watch::calibrate_clock();
-            genai::instrumented(provider, genai::GenAiInstruments::new(&meter()), opentelemetry::global::tracer_with_scope(scope()), settings.capture_content)
-        }
-        None => provider,
-    }
+    let Some(export) = &settings.export else { return provider };
+    crate::ai::providers::watch::calibrate_clock();
+    // Over http/protobuf the chunk gaps are aggregated here and appended to the
+    // metrics' requests; over gRPC (or with no metrics) the SDK records them.
+    let own_chunk_gaps = export.protocol == OtlpProtocol::HttpProtobuf && export.metrics_endpoint.is_some();
+    let instruments = genai::GenAiInstruments::new(&meter(), own_chunk_gaps);
+    genai::instrumented(provider, instruments, opentelemetry::global::tracer_with_scope(scope()), settings.capture_content)
 }
 
 /// Puts an app's `/metrics` figures on the OTLP export too, and the count of

@@ -9,11 +9,12 @@
 //! export per batch, on that thread, counted ([`super::export_queue`]).
 
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
+use super::chunk_gaps::WithChunkGaps;
 use super::export_queue;
 use super::http_traces::HttpTraceExporter;
 use crate::config::telemetry::{OtlpExport, OtlpProtocol, SamplerSetting, TelemetrySettings};
@@ -67,11 +68,28 @@ fn batched<E: opentelemetry_sdk::trace::SpanExporter + 'static>(export: &OtlpExp
 pub fn meter_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkMeterProvider, ExportSetupError> {
     let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
     let exporter = match export.protocol {
-        OtlpProtocol::HttpProtobuf => MetricExporter::builder().with_http().with_endpoint(endpoint).build().map_err(failed)?,
+        // The OTLP crate's exporter, sending through live-ai's client, which
+        // appends the chunk-gap histograms to each request (see `chunk_gaps`).
+        OtlpProtocol::HttpProtobuf => {
+            let client = blocking_client(endpoint, export.metrics_timeout)?;
+            let client = WithChunkGaps::new(client, &resource, super::scope());
+            MetricExporter::builder().with_http().with_endpoint(endpoint).with_http_client(client).build().map_err(failed)?
+        }
         OtlpProtocol::Grpc => MetricExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?,
     };
     let reader = PeriodicReader::builder(exporter).with_interval(export.metric_interval).build();
     Ok(SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build())
+}
+
+/// A blocking HTTP client giving up on a request after `timeout`. It runs a
+/// runtime of its own, which may be neither built nor dropped on a thread of
+/// the server's runtime: built on a thread of its own.
+pub fn blocking_client(endpoint: &str, timeout: std::time::Duration) -> Result<reqwest::blocking::Client, ExportSetupError> {
+    let failed = |message: String| ExportSetupError { endpoint: endpoint.into(), message };
+    std::thread::spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
+        .join()
+        .map_err(|_| failed("building the HTTP client panicked".into()))?
+        .map_err(|error| failed(format!("cannot build the HTTP client: {error}")))
 }
 
 fn sampler(setting: SamplerSetting) -> Sampler {
