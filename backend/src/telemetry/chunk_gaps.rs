@@ -16,7 +16,7 @@
 //! such hook): see `genai::PerChunk`.
 
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,6 +30,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::transform::common::tonic::{Attributes, ResourceAttributesWithSchema};
 use opentelemetry_sdk::Resource;
 use prost::Message;
+
+use super::span_proto::nanos;
 
 pub const NAME: &str = "gen_ai.client.operation.time_per_output_chunk";
 pub const UNIT: &str = "s";
@@ -54,23 +56,16 @@ struct Buckets {
 }
 
 impl ChunkGaps {
-    /// Records `gaps` (microseconds) under one lock per 16.
+    /// Records `gaps` (microseconds) under one lock.
     pub fn record(&self, gaps: &[u32]) {
-        for gaps in gaps.chunks(16) {
-            // Bucket and value worked out before the lock is taken.
-            let mut at = [(0usize, 0f64); 16];
-            for (slot, gap) in at.iter_mut().zip(gaps) {
-                let seconds = f64::from(*gap) / 1e6;
-                *slot = (BOUNDS.partition_point(|&bound| bound < seconds), seconds);
-            }
-            let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for &(index, seconds) in &at[..gaps.len()] {
-                buckets.counts[index] += 1;
-                buckets.count += 1;
-                buckets.sum += seconds;
-                buckets.min = buckets.min.min(seconds);
-                buckets.max = buckets.max.max(seconds);
-            }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gap in gaps {
+            let seconds = f64::from(*gap) / 1e6;
+            buckets.counts[BOUNDS.partition_point(|&bound| bound < seconds)] += 1;
+            buckets.count += 1;
+            buckets.sum += seconds;
+            buckets.min = buckets.min.min(seconds);
+            buckets.max = buckets.max.max(seconds);
         }
     }
 
@@ -102,19 +97,15 @@ pub fn series(attributes: &[KeyValue]) -> Arc<ChunkGaps> {
         return found.clone();
     }
     let empty = Buckets { counts: [0; BOUNDS.len() + 1], count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY };
-    let gaps = Arc::new(ChunkGaps { attributes: attributes.to_vec(), started: unix_nanos(), buckets: Mutex::new(empty) });
+    let gaps = Arc::new(ChunkGaps { attributes: attributes.to_vec(), started: nanos(SystemTime::now()), buckets: Mutex::new(empty) });
     series.push(gaps.clone());
     gaps
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// An `ExportMetricsServiceRequest` holding every histogram with a value so
 /// far, under `resource` and `scope`; none when there is none.
 fn encoded(resource: &ProtoResource, schema_url: &str, scope: &InstrumentationScope) -> Option<Vec<u8>> {
-    let now = unix_nanos();
+    let now = nanos(SystemTime::now());
     let points: Vec<HistogramDataPoint> = SERIES.lock().unwrap().iter().filter_map(|gaps| gaps.point(now)).collect();
     if points.is_empty() {
         return None;

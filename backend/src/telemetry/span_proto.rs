@@ -170,7 +170,8 @@ fn span_kind(kind: &SpanKind) -> u64 {
     }
 }
 
-fn nanos(time: SystemTime) -> u64 {
+/// `time` as OTLP's nanoseconds since the Unix epoch.
+pub fn nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
 }
 
