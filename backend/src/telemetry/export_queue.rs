@@ -1,5 +1,6 @@
-//! The bound on spans waiting for export, owned here so that what is dropped is
-//! counted: a collector that is down or slow costs the streams nothing, and the
+//! The bound on spans waiting for export over gRPC (the SDK's batch processor;
+//! over http/protobuf `http_traces` bounds its own), owned here so that what
+//! is dropped is counted: a collector that is down or slow costs the streams nothing, and the
 //! spans it could not take show up in `live_ai_telemetry_spans_dropped_total`.
 //!
 //! The SDK's batch processor already drops when its queue is full, but keeps the

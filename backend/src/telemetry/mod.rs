@@ -14,9 +14,10 @@
 //! log layer never hears of span enters and exits ([`no_enter_exit`]). Without
 //! export, logging is set up exactly as it always was.
 //!
-//! - [`otlp`]: exporters, sampler, resource; [`export_queue`]: the bounded span
-//!   queue that counts what it drops; [`http_traces`] and [`span_proto`]: the
-//!   http/protobuf span exporter, writing spans to protobuf without copies.
+//! - [`otlp`]: exporters, sampler, resource; [`http_traces`] and
+//!   [`span_proto`]: the http/protobuf span path, each span written to protobuf
+//!   where it ends and posted in batches, dropped spans counted;
+//!   [`export_queue`]: over gRPC, the SDK's batch queue bounded and counted.
 //! - [`http`]: the server span of each request, child of the host app's W3C
 //!   `traceparent`.
 //! - [`generation`]: the generation span, its outcome and resumes, and the link a

@@ -1,12 +1,14 @@
 //! The OTLP pipelines: a tracer provider (sampler, bounded batch queue) and a
 //! meter provider (periodic reader), both exporting over http/protobuf or gRPC to
 //! the endpoints the settings resolved, under one resource. Spans over
-//! http/protobuf go through live-ai's own exporter ([`super::http_traces`]);
-//! the rest through the OTLP crate's.
+//! http/protobuf go through live-ai's own processor ([`super::http_traces`]),
+//! which writes each span where it ends and posts batches from a thread of its
+//! own; over gRPC through the SDK's batch processor and the OTLP crate's
+//! exporter ([`super::export_queue`]); metrics through the crate's.
 //!
-//! Exports run on the SDK's own threads: a span ending costs the stream a queue
-//! push, whatever the collector does; a collector that is down costs a failed
-//! export per batch, on that thread, counted ([`super::export_queue`]).
+//! Exports run on threads of their own: a span ending costs the stream its
+//! encoding or a queue push, whatever the collector does; a collector that is
+//! down costs a failed export per batch, on that thread, counted.
 
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig};
@@ -16,7 +18,7 @@ use opentelemetry_sdk::Resource;
 
 use super::chunk_gaps::WithChunkGaps;
 use super::export_queue;
-use super::http_traces::HttpTraceExporter;
+use super::http_traces::{Batching, HttpTraceProcessor};
 use crate::config::telemetry::{OtlpExport, OtlpProtocol, SamplerSetting, TelemetrySettings};
 
 /// The version of the OpenTelemetry semantic conventions this telemetry follows
@@ -45,14 +47,19 @@ pub fn resource(settings: &TelemetrySettings) -> Resource {
 
 pub fn tracer_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkTracerProvider, ExportSetupError> {
     let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
-    let processor = match export.protocol {
+    let builder = match export.protocol {
         // live-ai's own exporter: it writes spans to protobuf directly (see `span_proto`).
         OtlpProtocol::HttpProtobuf => {
-            batched(export, HttpTraceExporter::new(endpoint, &export.traces_headers, export.traces_timeout)?)
+            let batching = Batching { max_batch: export.max_batch, max_queue: export.max_queue, delay: export.batch_delay };
+            let processor = HttpTraceProcessor::new(endpoint, &export.traces_headers, export.traces_timeout, batching)?;
+            SdkTracerProvider::builder().with_span_processor(processor)
         }
-        OtlpProtocol::Grpc => batched(export, SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?),
+        OtlpProtocol::Grpc => {
+            let exporter = SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().map_err(failed)?;
+            SdkTracerProvider::builder().with_span_processor(batched(export, exporter))
+        }
     };
-    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_sampler(sampler(export.sampler)).with_resource(resource).build())
+    Ok(builder.with_sampler(sampler(export.sampler)).with_resource(resource).build())
 }
 
 /// `exporter` behind the bounded batch queue.

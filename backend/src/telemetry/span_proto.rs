@@ -6,9 +6,11 @@
 //! `HashMap`), then encodes and drops them: about 15,000 instructions per
 //! span, over a third of what OpenTelemetry added per streamed event
 //! (`bench/RESULTS.md`).
-//! Here each field is written once from the span itself; the resource and each
-//! instrumentation scope are encoded once and copied. The bytes decode to the
-//! same message as the OTLP crate's (the test below holds it to that).
+//! Here each field is written once from the span itself, as the span ends
+//! ([`scope_span`]); the resource and each instrumentation scope are encoded
+//! once and copied around a batch's spans ([`TraceEncoder::request`]). The
+//! bytes decode to the same message as the OTLP crate's (the test below holds
+//! it to that).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,8 +25,9 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 const FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 const FLAGS_IS_REMOTE: u32 = 0x200;
 
-/// Encodes batches of spans for one resource.
-#[derive(Debug, Default)]
+/// Encodes spans for one resource: each span on its own ([`scope_span`]), and
+/// the request around spans already written ([`TraceEncoder::request`]).
+#[derive(Debug, Default, Clone)]
 pub struct TraceEncoder {
     /// `ResourceSpans`' `resource` and `schema_url` fields, encoded once.
     resource: Vec<u8>,
@@ -51,38 +54,49 @@ impl TraceEncoder {
         }
     }
 
-    /// Appends `spans` to `buf` as one `ExportTraceServiceRequest`: one
-    /// `ResourceSpans`, one `ScopeSpans` per scope in order of first appearance.
-    pub fn encode(&mut self, spans: &[SpanData], buf: &mut Vec<u8>) {
-        // Which scope each span belongs to (nearly always the one scope there is).
-        let mut scope_of = Vec::with_capacity(spans.len());
-        for span in spans {
-            let scope = &span.instrumentation_scope;
-            let index = match self.scopes.iter().position(|(known, _)| known == scope) {
-                Some(index) => index,
-                None => {
-                    self.scopes.push((scope.clone(), encode_scope(scope)));
-                    self.scopes.len() - 1
-                }
-            };
-            scope_of.push(index);
+    /// The number of `scope` among the scopes seen (nearly always the one
+    /// scope there is), learning it the first time.
+    pub fn scope(&mut self, scope: &InstrumentationScope) -> usize {
+        match self.scopes.iter().position(|(known, _)| known == scope) {
+            Some(index) => index,
+            None => {
+                self.scopes.push((scope.clone(), encode_scope(scope)));
+                self.scopes.len() - 1
+            }
         }
-        let (resource, scopes) = (&self.resource, &self.scopes);
+    }
+
+    /// Appends one `ExportTraceServiceRequest` to `buf`: one `ResourceSpans`,
+    /// and a `ScopeSpans` for each scope with spans, in the order the scopes
+    /// were learned. `by_scope[n]` holds the spans of scope `n`, each written
+    /// by [`scope_span`].
+    pub fn request(&self, by_scope: &[Vec<u8>], buf: &mut Vec<u8>) {
         message(buf, 1, |buf| {
-            buf.extend_from_slice(resource);
-            for (index, (_, scope)) in scopes.iter().enumerate() {
-                if !scope_of.contains(&index) {
-                    continue;
-                }
+            buf.extend_from_slice(&self.resource);
+            for ((_, scope), spans) in self.scopes.iter().zip(by_scope).filter(|(_, spans)| !spans.is_empty()) {
                 message(buf, 2, |buf| {
                     buf.extend_from_slice(scope);
-                    for (span, _) in spans.iter().zip(&scope_of).filter(|(_, of)| **of == index) {
-                        message(buf, 2, |buf| encode_span(buf, span));
-                    }
+                    buf.extend_from_slice(spans);
                 });
             }
         });
     }
+
+    /// Appends `spans` to `buf` as one `ExportTraceServiceRequest`.
+    pub fn encode(&mut self, spans: &[SpanData], buf: &mut Vec<u8>) {
+        let mut by_scope: Vec<Vec<u8>> = Vec::new();
+        for span in spans {
+            let index = self.scope(&span.instrumentation_scope);
+            by_scope.resize_with(by_scope.len().max(index + 1), Vec::new);
+            scope_span(&mut by_scope[index], span);
+        }
+        self.request(&by_scope, buf);
+    }
+}
+
+/// Appends `span` to `buf` as one entry of `ScopeSpans`' `spans`.
+pub fn scope_span(buf: &mut Vec<u8>, span: &SpanData) {
+    message(buf, 2, |buf| encode_span(buf, span));
 }
 
 /// `ScopeSpans`' `scope` (an `InstrumentationScope`) and `schema_url` fields.
