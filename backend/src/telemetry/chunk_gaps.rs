@@ -39,6 +39,18 @@ pub const DESCRIPTION: &str = "Time between the end of one output chunk and the 
 /// The bucket boundaries the conventions advise, in seconds.
 pub const BOUNDS: [f64; 13] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 
+/// [`BOUNDS`] in microseconds, the unit gaps are recorded in: a gap finds its
+/// bucket by integer comparisons, from the smallest (where most gaps fall).
+const BOUNDS_MICROS: [u32; BOUNDS.len()] = {
+    let mut micros = [0; BOUNDS.len()];
+    let mut i = 0;
+    while i < BOUNDS.len() {
+        micros[i] = (BOUNDS[i] * 1e6) as u32;
+        i += 1;
+    }
+    micros
+};
+
 /// One provider's histogram: its attributes, when it began, what it holds.
 pub struct ChunkGaps {
     attributes: Vec<KeyValue>,
@@ -46,41 +58,44 @@ pub struct ChunkGaps {
     buckets: Mutex<Buckets>,
 }
 
+/// In microseconds, converted to seconds when exported.
 #[derive(Clone, Copy)]
 struct Buckets {
     counts: [u64; BOUNDS.len() + 1],
     count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
+    sum: u64,
+    min: u32,
+    max: u32,
 }
 
 impl ChunkGaps {
     /// Records `gaps` (microseconds) under one lock.
     pub fn record(&self, gaps: &[u32]) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for gap in gaps {
-            let seconds = f64::from(*gap) / 1e6;
-            buckets.counts[BOUNDS.partition_point(|&bound| bound < seconds)] += 1;
+        for &gap in gaps {
+            // A gap on a bound belongs to that bound's bucket.
+            let bucket = BOUNDS_MICROS.iter().position(|&bound| gap <= bound).unwrap_or(BOUNDS.len());
+            buckets.counts[bucket] += 1;
             buckets.count += 1;
-            buckets.sum += seconds;
-            buckets.min = buckets.min.min(seconds);
-            buckets.max = buckets.max.max(seconds);
+            buckets.sum += u64::from(gap);
+            buckets.min = buckets.min.min(gap);
+            buckets.max = buckets.max.max(gap);
         }
     }
 
     fn point(&self, now: u64) -> Option<HistogramDataPoint> {
         let buckets = *self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seconds = |micros: u64| micros as f64 / 1e6;
         (buckets.count > 0).then(|| HistogramDataPoint {
             attributes: Attributes::from(self.attributes.iter().cloned()).0,
             start_time_unix_nano: self.started,
             time_unix_nano: now,
             count: buckets.count,
-            sum: Some(buckets.sum),
+            sum: Some(seconds(buckets.sum)),
             bucket_counts: buckets.counts.to_vec(),
             explicit_bounds: BOUNDS.to_vec(),
-            min: Some(buckets.min),
-            max: Some(buckets.max),
+            min: Some(seconds(buckets.min.into())),
+            max: Some(seconds(buckets.max.into())),
             ..Default::default()
         })
     }
@@ -96,7 +111,7 @@ pub fn series(attributes: &[KeyValue]) -> Arc<ChunkGaps> {
     if let Some(found) = series.iter().find(|gaps| gaps.attributes == attributes) {
         return found.clone();
     }
-    let empty = Buckets { counts: [0; BOUNDS.len() + 1], count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY };
+    let empty = Buckets { counts: [0; BOUNDS.len() + 1], count: 0, sum: 0, min: u32::MAX, max: 0 };
     let gaps = Arc::new(ChunkGaps { attributes: attributes.to_vec(), started: nanos(SystemTime::now()), buckets: Mutex::new(empty) });
     series.push(gaps.clone());
     gaps
@@ -182,6 +197,17 @@ mod tests {
         assert!((point.sum.unwrap() - 3.095).abs() < 1e-9);
         assert_eq!((point.min, point.max), (Some(0.005), Some(3.0)));
         assert_eq!(point.explicit_bounds.len() + 1, point.bucket_counts.len());
+    }
+
+    #[test]
+    fn every_bound_in_microseconds_is_the_advised_bound() {
+        for (micros, seconds) in BOUNDS_MICROS.iter().zip(BOUNDS) {
+            assert_eq!(f64::from(*micros) / 1e6, seconds);
+        }
+        let gaps = series(&[KeyValue::new("test.series", "bounds")]);
+        // Just above each bound: the next bucket.
+        gaps.record(&BOUNDS_MICROS.map(|bound| bound + 1));
+        assert_eq!(gaps.point(1).unwrap().bucket_counts, [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
     }
 
     #[test]
