@@ -48,7 +48,7 @@ pub fn resource(settings: &TelemetrySettings) -> Resource {
 pub fn tracer_provider(export: &OtlpExport, endpoint: &str, resource: Resource) -> Result<SdkTracerProvider, ExportSetupError> {
     let failed = |e: opentelemetry_otlp::ExporterBuildError| ExportSetupError { endpoint: endpoint.into(), message: e.to_string() };
     let builder = match export.protocol {
-        // live-ai's own exporter: it writes spans to protobuf directly (see `span_proto`).
+        // live-ai's own processor: each span written to protobuf where it ends (see `http_traces`).
         OtlpProtocol::HttpProtobuf => {
             let batching = Batching { max_batch: export.max_batch, max_queue: export.max_queue, delay: export.batch_delay };
             let processor = HttpTraceProcessor::new(endpoint, &export.traces_headers, export.traces_timeout, batching)?;

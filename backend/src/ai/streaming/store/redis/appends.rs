@@ -12,8 +12,8 @@
 //! woken add their appends to it: a burst of tokens across streams goes out in
 //! fewer, larger pipelines (bench/RESULTS.md). Up to `IN_FLIGHT_LIMIT`
 //! pipelines go out before the first is answered, so an append that arrives
-//! while one is on its way is sent at once, not a round trip later. One connection keeps them in order, and their replies are settled in
-//! that order. The task owns that connection and speaks RESP on it itself
+//! while one is on its way is sent at once, not a round trip later. One
+//! connection keeps them in order, and their replies are settled in that order. The task owns that connection and speaks RESP on it itself
 //! (`wire.rs`): it writes each pipeline and reads the replies as they come, with
 //! no client library's task in between.
 //!
