@@ -13,9 +13,10 @@
 //! fewer, larger pipelines (bench/RESULTS.md). Up to `IN_FLIGHT_LIMIT`
 //! pipelines go out before the first is answered, so an append that arrives
 //! while one is on its way is sent at once, not a round trip later. One
-//! connection keeps them in order, and their replies are settled in that order. The task owns that connection and speaks RESP on it itself
-//! (`wire.rs`): it writes each pipeline and reads the replies as they come, with
-//! no client library's task in between.
+//! connection keeps them in order, and their replies are settled in that order.
+//! The task owns that connection and speaks RESP on it itself (`wire.rs`): it
+//! writes each pipeline and reads the replies as they come, with no client
+//! library's task in between.
 //!
 //! The same task publishes the announcements (`announce.rs`): the events that
 //! landed, and whatever the other paths confirmed meanwhile, go out as one
