@@ -6,9 +6,10 @@
 //! when `OTEL_SDK_DISABLED=true`. What is read here is passed to the SDK
 //! explicitly, so tests can set it without touching the process environment;
 //! the variables not read here (the metrics exporter's headers and
-//! compression, `OTEL_BSP_EXPORT_TIMEOUT`, …) the SDK reads itself. Traces over
-//! http/protobuf go through live-ai's own exporter, so their headers, timeout
-//! and compression are read here.
+//! compression, and over gRPC `OTEL_BSP_EXPORT_TIMEOUT`, …) the SDK reads
+//! itself. Traces over http/protobuf go through live-ai's own span processor,
+//! so their headers, timeout and compression are read here, and the batch
+//! variables for both protocols.
 
 use std::time::Duration;
 

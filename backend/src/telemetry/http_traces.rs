@@ -167,6 +167,9 @@ impl HttpTraceProcessor {
     }
 }
 
+/// The most room a thread keeps for writing spans from one to the next.
+const KEPT_ROOM: usize = 64 * 1024;
+
 thread_local! {
     /// Where a span is written before the lock is taken.
     static WRITTEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -177,6 +180,10 @@ impl SpanProcessor for HttpTraceProcessor {
 
     fn on_end(&self, span: SpanData) {
         WRITTEN.with_borrow_mut(|written| {
+            // A span with captured content can be large: that room is not kept.
+            if written.capacity() > KEPT_ROOM {
+                *written = Vec::new();
+            }
             written.clear();
             span_proto::scope_span(written, &span);
             let mut state = self.shared.lock();
@@ -406,6 +413,8 @@ mod tests {
     }
 
     const SLOW_TIMER: Duration = Duration::from_secs(3600);
+    /// How long a test waits for a request it expects: fails rather than hangs.
+    const ANSWER: Duration = Duration::from_secs(30);
 
     #[test]
     fn a_refused_batch_is_counted_and_the_next_one_goes_through_with_its_headers() {
@@ -419,9 +428,9 @@ mod tests {
         processor.on_end(span("first"));
         processor.on_end(span("second"));
         processor.force_flush().unwrap();
-        let (key, refused) = received.recv().unwrap();
+        let (key, refused) = received.recv_timeout(ANSWER).unwrap();
         assert_eq!((key.as_str(), names(&refused)), ("k1", vec!["refused"]));
-        let (key, accepted) = received.recv().unwrap();
+        let (key, accepted) = received.recv_timeout(ANSWER).unwrap();
         assert_eq!((key.as_str(), names(&accepted)), ("k1", vec!["first", "second"]), "in the order they ended");
         assert_eq!(accepted.resource_spans[0].resource.as_ref().unwrap().attributes[0].key, "service.name");
         processor.shutdown_with_timeout(Duration::from_secs(5)).unwrap();
@@ -436,8 +445,8 @@ mod tests {
             processor.on_end(span(name));
         }
         // No flush: the full batch goes at once, the third span with the timer.
-        assert_eq!(names(&received.recv().unwrap().1), ["a", "b"]);
-        assert_eq!(names(&received.recv().unwrap().1), ["c"]);
+        assert_eq!(names(&received.recv_timeout(ANSWER).unwrap().1), ["a", "b"]);
+        assert_eq!(names(&received.recv_timeout(ANSWER).unwrap().1), ["c"]);
         processor.shutdown_with_timeout(Duration::from_secs(5)).unwrap();
     }
 
