@@ -325,6 +325,11 @@ impl RedisRun {
     fn commands_per_event(&self) -> f64 {
         self.commands.values().sum::<u64>() as f64 / self.lag.events.max(1) as f64
     }
+
+    /// Both processes' CPU and Redis's, per delivered event.
+    fn cpu_us_per_event(&self) -> f64 {
+        1e6 * (self.live_ai_cpu_seconds + self.redis_cpu_seconds) / self.lag.events.max(1) as f64
+    }
 }
 
 fn prefix(run: &str) -> String {
@@ -408,6 +413,12 @@ struct MemoryRun {
     lag: LagResult,
     machine: Machine,
     live_ai_cpu_seconds: f64,
+}
+
+impl MemoryRun {
+    fn cpu_us_per_event(&self) -> f64 {
+        1e6 * self.live_ai_cpu_seconds / self.lag.events.max(1) as f64
+    }
 }
 
 async fn memory_run(config: &StoresConfig) -> MemoryRun {
@@ -540,12 +551,8 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
             r.redis.redis_cpu_per_node.get(node).copied().unwrap_or(0.0)
         });
     }
-    row("CPU µs per event (live-ai processes + Redis)", "memory (1 process)", 1, &|r| {
-        1e6 * r.memory.live_ai_cpu_seconds / r.memory.lag.events.max(1) as f64
-    });
-    row("CPU µs per event (live-ai processes + Redis)", "redis (A → B)", 1, &|r| {
-        1e6 * (r.redis.live_ai_cpu_seconds + r.redis.redis_cpu_seconds) / r.redis.lag.events.max(1) as f64
-    });
+    row("CPU µs per event (live-ai processes + Redis)", "memory (1 process)", 1, &|r| r.memory.cpu_us_per_event());
+    row("CPU µs per event (live-ai processes + Redis)", "redis (A → B)", 1, &|r| r.redis.cpu_us_per_event());
     row("load generator CPU seconds", "memory (1 process)", 2, &|r| r.memory.machine.client_cpu_seconds);
     row("load generator CPU seconds", "redis (A → B)", 2, &|r| r.redis.machine.client_cpu_seconds);
     row("machine busy while streaming (% of all cores)", "memory (1 process)", 0, &|r| r.memory.machine.busy_percent);
@@ -554,6 +561,7 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     row("bytes received from Redis, A (MB)", "redis (A → B)", 2, &|r| r.redis.received[0] as f64 / 1e6);
     row("bytes received from Redis, B (MB)", "redis (A → B)", 2, &|r| r.redis.received[1] as f64 / 1e6);
     row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag.lag_ms_p99);
+    row("CPU per event redis / memory", "", 2, &|r| r.redis.cpu_us_per_event() / r.memory.cpu_us_per_event());
     println!();
     let mut names: Vec<&String> = runs.iter().flat_map(|r| r.redis.commands.keys()).collect();
     names.sort();
