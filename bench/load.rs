@@ -114,7 +114,9 @@ async fn main() {
         Some("replay") => replay::main(rest).await,
         Some("massif") => massif::main(rest),
         _ => {
-            eprintln!("usage: load lag|perf|stores|moderation|otel|otel-sink|classes|burst|unpaced|streams|replay|massif … (see bench/load.rs)");
+            eprintln!(
+                "usage: load lag|perf|stores|moderation|otel|otel-sink|classes|burst|unpaced|streams|replay|massif … (see bench/load.rs)"
+            );
             std::process::exit(2);
         }
     }

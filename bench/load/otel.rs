@@ -182,7 +182,13 @@ pub async fn main(args: &[String]) {
 /// saturation (a slower mode batches less, so pays more per event) is absent.
 async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, streams: usize) {
     println!("\npaced: {streams} streams × 50 tokens/s (first token after 200 ms), {runs} runs");
-    let config = LagConfig { streams, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120), stagger: Duration::ZERO };
+    let config = LagConfig {
+        streams,
+        tokens_per_second: 50.0,
+        first_token: Duration::from_millis(200),
+        patience: Duration::from_secs(120),
+        stagger: Duration::ZERO,
+    };
     let mut cpu: Vec<(&str, f64)> = Vec::new();
     for run in 0..runs {
         for k in 0..MODES.len() {
@@ -219,7 +225,15 @@ async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, str
 /// `--modes off,off,off,off` measures what the places alone do (an A/A check);
 /// `--modes off@A,on-1.0@A,off@B,on-1.0@B` compares two builds in the same windows,
 /// and `on-1.0;NAME=VALUE` gives one server a setting of its own.
-async fn side_by_side(binary: &std::path::Path, sink: SocketAddr, runs: usize, connections: usize, seconds: f64, paced: usize, modes: &[String]) {
+async fn side_by_side(
+    binary: &std::path::Path,
+    sink: SocketAddr,
+    runs: usize,
+    connections: usize,
+    seconds: f64,
+    paced: usize,
+    modes: &[String],
+) {
     println!(
         "OpenTelemetry benchmark, the modes side by side ({}): unpaced SSE, {connections} connections each, {seconds} s windows; \
          paced {paced} streams each; {runs} runs; sink at {sink}",
@@ -254,7 +268,13 @@ async fn side_by_side(binary: &std::path::Path, sink: SocketAddr, runs: usize, c
             continue;
         }
         let servers = start_all(binary, sink, true, modes, &order).await;
-        let config = LagConfig { streams: paced, tokens_per_second: 50.0, first_token: Duration::from_millis(200), patience: Duration::from_secs(120), stagger: Duration::ZERO };
+        let config = LagConfig {
+            streams: paced,
+            tokens_per_second: 50.0,
+            first_token: Duration::from_millis(200),
+            patience: Duration::from_secs(120),
+            stagger: Duration::ZERO,
+        };
         let loads = servers.iter().map(|server| {
             let config = &config;
             async move {

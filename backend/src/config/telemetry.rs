@@ -326,10 +326,11 @@ mod tests {
         let export = read(&[base]).unwrap().export.unwrap();
         assert!(export.traces_headers.is_empty());
         assert_eq!(export.traces_timeout, Duration::from_secs(10));
-        let export = read(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc%3D,x-team=blocks"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])
-            .unwrap()
-            .export
-            .unwrap();
+        let export =
+            read(&[base, ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc%3D,x-team=blocks"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])
+                .unwrap()
+                .export
+                .unwrap();
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         assert_eq!(export.traces_headers, [pair("x-api-key", "abc="), pair("x-team", "blocks")]);
         assert_eq!(export.traces_timeout, Duration::from_millis(2500));
@@ -346,7 +347,8 @@ mod tests {
         assert_eq!(export.traces_headers, [pair("x-api-key", "traces")]);
         assert_eq!(export.traces_timeout, Duration::from_millis(700));
         assert_eq!(export.metrics_timeout, Duration::from_millis(2500));
-        let export = read(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "900")]).unwrap().export.unwrap();
+        let export =
+            read(&[base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "900")]).unwrap().export.unwrap();
         assert_eq!((export.metrics_timeout, export.traces_timeout), (Duration::from_millis(900), Duration::from_millis(2500)));
     }
 

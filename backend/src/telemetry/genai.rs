@@ -138,7 +138,12 @@ impl PerChunk {
 }
 
 /// `inner`, its calls traced on `tracer` and measured.
-pub fn instrumented(inner: Arc<dyn Provider>, instruments: GenAiInstruments, tracer: BoxedTracer, capture_content: bool) -> Arc<dyn Provider> {
+pub fn instrumented(
+    inner: Arc<dyn Provider>,
+    instruments: GenAiInstruments,
+    tracer: BoxedTracer,
+    capture_content: bool,
+) -> Arc<dyn Provider> {
     let server = inner.server();
     // Shared text: each call's span copies these attributes, and a clone of an
     // `Arc<str>` value is a count, not an allocation.
@@ -311,7 +316,10 @@ impl Drop for Call {
             FinishReason::Length => "length",
         });
         if let Some(reason) = reason {
-            span.set_attribute(KeyValue::new("gen_ai.response.finish_reasons", Value::Array(Array::String(vec![StringValue::from(reason)]))));
+            span.set_attribute(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                Value::Array(Array::String(vec![StringValue::from(reason)])),
+            ));
         }
         if let Some(output) = self.output.take() {
             let message =

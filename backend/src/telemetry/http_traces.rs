@@ -120,22 +120,16 @@ impl State {
 impl HttpTraceProcessor {
     /// A processor posting to `endpoint` (used verbatim), sending `headers`
     /// with each request and giving up on one after `timeout`.
-    pub fn new(
-        endpoint: &str,
-        headers: &[(String, String)],
-        timeout: Duration,
-        batching: Batching,
-    ) -> Result<Self, ExportSetupError> {
+    pub fn new(endpoint: &str, headers: &[(String, String)], timeout: Duration, batching: Batching) -> Result<Self, ExportSetupError> {
         let poster = Poster::new(endpoint, headers, timeout)?;
         // A timer of zero would seal and wake without end (the settings refuse it).
         let delay = batching.delay.max(Duration::from_millis(1));
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("otlp-traces".into())
-                .spawn(move || post_batches(&shared, &poster, delay))
-                .map_err(|error| ExportSetupError { endpoint: endpoint.into(), message: format!("cannot start the export thread: {error}") })?
+            std::thread::Builder::new().name("otlp-traces".into()).spawn(move || post_batches(&shared, &poster, delay)).map_err(
+                |error| ExportSetupError { endpoint: endpoint.into(), message: format!("cannot start the export thread: {error}") },
+            )?
         };
         Ok(Self { shared, max_batch: batching.max_batch.max(1), max_queue: batching.max_queue, poster: Mutex::new(Some(thread)) })
     }

@@ -40,9 +40,8 @@ async fn the_four_genai_metrics_arrive_with_their_units_and_required_attributes(
     let chunks = events.iter().filter(|e| e.kind() == "chunk").count() as u64;
     // The newest export may have been taken before the call ended: wait for one
     // after it (cumulative counts only grow), else the wait fails.
-    let counted = |m: &MetricRecord| {
-        m.points.iter().filter(|p| has(&p.attributes, "gen_ai.request.model", &model)).map(|p| p.count).sum::<u64>()
-    };
+    let counted =
+        |m: &MetricRecord| m.points.iter().filter(|p| has(&p.attributes, "gen_ai.request.model", &model)).map(|p| p.count).sum::<u64>();
     let per_chunk =
         collector().metric("gen_ai.client.operation.time_per_output_chunk", |m| of_this_model(m) && counted(m) >= chunks - 1).await;
     assert!(counted(&per_chunk) >= chunks - 1);

@@ -65,7 +65,8 @@ async fn an_unsampled_generation_exports_no_span_and_its_log_lines_still_carry_t
     // The host app did not sample its trace (flags 00): the parent-based sampler follows it.
     let (traceparent, unsampled_trace, _) = crate::host_traceparent();
     let traceparent = format!("{}-00", traceparent.strip_suffix("-01").unwrap());
-    let events = process.sse("/api/stream/ai-block/explain-eli10?topic=geysers", &[("traceparent", &traceparent)]).await.until_terminal().await;
+    let events =
+        process.sse("/api/stream/ai-block/explain-eli10?topic=geysers", &[("traceparent", &traceparent)]).await.until_terminal().await;
     let id = events[0].data["stream_id"].as_str().unwrap().to_owned();
     // A sampled trace after it: once its generation arrived, the unsampled one's
     // would have (one exporter, in order).
