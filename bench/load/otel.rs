@@ -182,13 +182,7 @@ pub async fn main(args: &[String]) {
 /// saturation (a slower mode batches less, so pays more per event) is absent.
 async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, streams: usize) {
     println!("\npaced: {streams} streams × 50 tokens/s (first token after 200 ms), {runs} runs");
-    let config = LagConfig {
-        streams,
-        tokens_per_second: 50.0,
-        first_token: Duration::from_millis(200),
-        patience: Duration::from_secs(120),
-        stagger: Duration::ZERO,
-    };
+    let config = paced_load(streams);
     let mut cpu: Vec<(&str, f64)> = Vec::new();
     for run in 0..runs {
         for k in 0..MODES.len() {
@@ -214,6 +208,17 @@ async fn paced_runs(binary: &std::path::Path, sink: SocketAddr, runs: usize, str
             })
             .collect();
         println!("paced {mode} / off, median of per-run ratios: CPU per event {:.3} (runs {per_run:.3?})", median(&per_run));
+    }
+}
+
+/// The paced load of both measurements: `streams` × 50 tokens/s, all at once.
+fn paced_load(streams: usize) -> LagConfig {
+    LagConfig {
+        streams,
+        tokens_per_second: 50.0,
+        first_token: Duration::from_millis(200),
+        patience: Duration::from_secs(120),
+        stagger: Duration::ZERO,
     }
 }
 
@@ -268,13 +273,7 @@ async fn side_by_side(
             continue;
         }
         let servers = start_all(binary, sink, true, modes, &order).await;
-        let config = LagConfig {
-            streams: paced,
-            tokens_per_second: 50.0,
-            first_token: Duration::from_millis(200),
-            patience: Duration::from_secs(120),
-            stagger: Duration::ZERO,
-        };
+        let config = paced_load(paced);
         let loads = servers.iter().map(|server| {
             let config = &config;
             async move {

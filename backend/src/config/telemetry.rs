@@ -353,6 +353,19 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_settings_take_one_as_their_least_refuse_zero_and_keep_a_batch_within_the_queue() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let export = read(&[base]).unwrap().export.unwrap();
+        assert_eq!((export.batch_delay, export.max_queue, export.max_batch), (Duration::from_secs(5), 2048, 512));
+        let least = [("OTEL_BSP_SCHEDULE_DELAY", "1"), ("OTEL_BSP_MAX_QUEUE_SIZE", "1"), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")];
+        let export = read(&[&[base][..], &least].concat()).unwrap().export.unwrap();
+        assert_eq!((export.batch_delay, export.max_queue, export.max_batch), (Duration::from_millis(1), 1, 1));
+        for variable in ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] {
+            assert_eq!(read(&[base, (variable, "0")]).unwrap_err().variable, variable);
+        }
+    }
+
+    #[test]
     fn malformed_headers_and_compression_name_their_variable_and_hide_the_headers() {
         let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
         let error = read(&[base, ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "authorization")]).unwrap_err();

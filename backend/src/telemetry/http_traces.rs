@@ -445,6 +445,34 @@ mod tests {
     }
 
     #[test]
+    fn at_the_smallest_settings_accepted_each_span_goes_alone_and_in_order() {
+        // One millisecond, one span a batch, one span waiting: the least the settings take.
+        let (endpoint, received) = collector(vec![200; 3]);
+        let processor = processor(&endpoint, &[], Batching { max_batch: 1, max_queue: 1, delay: Duration::from_millis(1) });
+        for name in ["a", "b", "c"] {
+            processor.on_end(span(name));
+            assert_eq!(names(&received.recv_timeout(ANSWER).unwrap().1), [name]);
+        }
+        processor.shutdown_with_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_large_span_does_not_leave_its_room_to_the_thread() {
+        let (endpoint, received) = collector(vec![200]);
+        let processor = processor(&endpoint, &[], Batching { max_batch: 512, max_queue: 2048, delay: SLOW_TIMER });
+        let room = || WRITTEN.with_borrow(Vec::capacity);
+        let mut answer = span("answer with its content captured");
+        answer.attributes.push(opentelemetry::KeyValue::new("gen_ai.output.messages", "x".repeat(4 * KEPT_ROOM)));
+        processor.on_end(answer);
+        assert!(room() > KEPT_ROOM);
+        processor.on_end(span("next"));
+        assert!(room() <= KEPT_ROOM, "{} bytes kept", room());
+        processor.force_flush().unwrap();
+        assert_eq!(received.recv_timeout(ANSWER).unwrap().1.resource_spans[0].scope_spans[0].spans.len(), 2);
+        processor.shutdown_with_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
     fn spans_beyond_the_queue_are_dropped_and_counted_while_the_collector_does_not_answer() {
         let endpoint = black_hole();
         let processor = processor(&endpoint, &[], Batching { max_batch: 1, max_queue: 2, delay: SLOW_TIMER });
