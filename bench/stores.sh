@@ -11,6 +11,9 @@
 # `--coalesce off`: every process runs with COALESCE=off (default: the server's).
 # `--stagger-ms 20`: stream n starts 20 ms × n / STREAMS after the others' connections
 # are open, so their tokens do not all fall due in the same instant (default 0).
+# `--one-process`: Redis mode on one process that both generates and reads (no B):
+# the append path without the announcements' hop. `--reader-workers N`: B alone
+# runs N tokio workers (`--redis-workers N` sets both A's and B's).
 # Seven runs by default: on a shared 2-core box the ratio moves 2-3x between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

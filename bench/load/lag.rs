@@ -320,6 +320,7 @@ pub async fn main(args: &[String]) {
         "chunk_lag_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
         result.lag_ms_p50, result.lag_ms_p90, result.lag_ms_p99, result.lag_ms_max
     );
+    println!("chunk_lag_timeline {:?}", result.timeline);
     println!(
         "server_chunk_delivery_ms (bucket upper bounds) p50<={} p90<={} p99<={}",
         bucket_quantile(&before, &after, 0.5),

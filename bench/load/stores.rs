@@ -143,6 +143,12 @@ struct StoresConfig {
     /// Tokio workers of each Redis-mode process (`TOKIO_WORKER_THREADS`); 0 keeps
     /// tokio's default, one per core.
     redis_workers: usize,
+    /// Tokio workers of the reading process B alone (`--reader-workers`); 0 keeps
+    /// `redis_workers`. Shows which process's scheduling a setting's lag comes from.
+    reader_workers: usize,
+    /// Redis mode on one process (`--one-process`): A generates and reads, no B.
+    /// Its append path without the announcements' hop to another process.
+    one_process: bool,
     /// Processes sharing the streams (`--spread K`); 0 for the A → B runs.
     spread: usize,
     /// `COALESCE` of every process (`--coalesce on|off`); the server's default if unset.
@@ -365,6 +371,15 @@ fn redis_env(config: &StoresConfig, prefix: &str) -> Vec<(String, String)> {
     server_env(config, "redis", &extra)
 }
 
+/// B's environment: `env` with its own worker count, if one is set.
+fn reader_env(config: &StoresConfig, mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    if config.reader_workers > 0 {
+        env.retain(|(name, _)| name != "TOKIO_WORKER_THREADS");
+        env.push(("TOKIO_WORKER_THREADS".to_owned(), config.reader_workers.to_string()));
+    }
+    env
+}
+
 async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url).unwrap_or_else(|e| panic!("REDIS_URL {url}: {e}"));
     client.get_multiplexed_async_connection().await.unwrap_or_else(|e| panic!("cannot reach Redis at {url}: {e}"))
@@ -435,27 +450,37 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let prefix = prefix(label);
     let env = redis_env(config, &prefix);
     let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
-    let reader = Server::start("live-ai B (reads)", &config.live_ai, &env).await;
+    let reader = match config.one_process {
+        true => None,
+        false => Some(Server::start("live-ai B (reads)", &config.live_ai, &reader_env(config, env)).await),
+    };
+    let servers: Vec<&Server> = [Some(&generator), reader.as_ref()].into_iter().flatten().collect();
     config.redis.reset_stats().await;
     let clients = info(&mut redis_connection(&config.redis.nodes[0]).await, "clients").await;
     let cpu_before = config.redis.cpu().await;
-    let cpu = generator.cpu_seconds() + reader.cpu_seconds();
+    let cpu: f64 = servers.iter().map(|s| s.cpu_seconds()).sum();
     let before = config.redis.received();
-    let route = Route::Split { create: generator.base.clone(), read: reader.base.clone() };
+    let route = match &reader {
+        Some(reader) => Route::Split { create: generator.base.clone(), read: reader.base.clone() },
+        None => Route::OneShot { base: generator.base.clone() },
+    };
     let (lag, machine) = streams(&route, &config.lag).await;
     let after = config.redis.received();
-    let live_ai_cpu_seconds = generator.cpu_seconds() + reader.cpu_seconds() - cpu;
-    let received =
-        [&generator, &reader].map(|s| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0)));
+    let live_ai_cpu_seconds = servers.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu;
+    let ours = 1 + 2 * servers.len() as i64;
+    let received_by = |s: &Server| after.get(&s.pid()).copied().unwrap_or(0).saturating_sub(before.get(&s.pid()).copied().unwrap_or(0));
+    let received = [received_by(&generator), reader.as_ref().map_or(0, received_by)];
     let commands = config.redis.commands().await;
     let redis_cpu_per_node = minus(&config.redis.cpu().await, &cpu_before);
     generator.stop(Duration::from_secs(10)).await;
-    reader.stop(Duration::from_secs(10)).await;
+    if let Some(reader) = reader {
+        reader.stop(Duration::from_secs(10)).await;
+    }
     config.redis.clean_up(&prefix).await;
-    // Ours: the two processes' command connections and subscriptions, and this
-    // one (on one node; a cluster is the benchmark's own).
+    // Ours: each process's command connection and subscription, and this one
+    // (on one node; a cluster is the benchmark's own).
     let other_clients =
-        if config.redis.cluster.is_some() { 0 } else { info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - 5 };
+        if config.redis.cluster.is_some() { 0 } else { info_field(&clients, "connected_clients").unwrap_or(0.0) as i64 - ours };
     let redis_cpu_seconds = redis_cpu_per_node.iter().sum();
     RedisRun { lag, machine, commands, other_clients, redis_cpu_seconds, redis_cpu_per_node, live_ai_cpu_seconds, received }
 }
@@ -510,6 +535,7 @@ async fn monitor_run(config: &StoresConfig) -> Option<Monitored> {
 }
 
 fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
+    let redis = if config.one_process { "redis (A alone)" } else { "redis (A → B)" };
     let n = runs.len();
     println!();
     for (i, r) in runs.iter().enumerate() {
@@ -536,7 +562,7 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     };
     let both = |label: &str, digits: usize, f: &dyn Fn(&LagResult) -> f64| {
         row(label, "memory (1 process)", digits, &|r| f(&r.memory.lag));
-        row(label, "redis (A → B)", digits, &|r| f(&r.redis.lag));
+        row(label, redis, digits, &|r| f(&r.redis.lag));
     };
     both("completed streams", 0, &|l| l.completed as f64);
     both("events/s", 0, &|l| l.events_per_second());
@@ -544,22 +570,20 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     both("client lag p90 (ms)", 2, &|l| l.lag_ms_p90);
     both("client lag p99 (ms)", 2, &|l| l.lag_ms_p99);
     row("live-ai CPU seconds (all processes)", "memory (1 process)", 2, &|r| r.memory.live_ai_cpu_seconds);
-    row("live-ai CPU seconds (all processes)", "redis (A → B)", 2, &|r| r.redis.live_ai_cpu_seconds);
-    row("Redis CPU seconds", "redis (A → B)", 2, &|r| r.redis.redis_cpu_seconds);
+    row("live-ai CPU seconds (all processes)", redis, 2, &|r| r.redis.live_ai_cpu_seconds);
+    row("Redis CPU seconds", redis, 2, &|r| r.redis.redis_cpu_seconds);
     for node in 0..nodes(config) {
-        row(&format!("Redis CPU seconds, node {}", node + 1), "redis (A → B)", 2, &|r| {
-            r.redis.redis_cpu_per_node.get(node).copied().unwrap_or(0.0)
-        });
+        row(&format!("Redis CPU seconds, node {}", node + 1), redis, 2, &|r| r.redis.redis_cpu_per_node.get(node).copied().unwrap_or(0.0));
     }
     row("CPU µs per event (live-ai processes + Redis)", "memory (1 process)", 1, &|r| r.memory.cpu_us_per_event());
-    row("CPU µs per event (live-ai processes + Redis)", "redis (A → B)", 1, &|r| r.redis.cpu_us_per_event());
+    row("CPU µs per event (live-ai processes + Redis)", redis, 1, &|r| r.redis.cpu_us_per_event());
     row("load generator CPU seconds", "memory (1 process)", 2, &|r| r.memory.machine.client_cpu_seconds);
-    row("load generator CPU seconds", "redis (A → B)", 2, &|r| r.redis.machine.client_cpu_seconds);
+    row("load generator CPU seconds", redis, 2, &|r| r.redis.machine.client_cpu_seconds);
     row("machine busy while streaming (% of all cores)", "memory (1 process)", 0, &|r| r.memory.machine.busy_percent);
-    row("machine busy while streaming (% of all cores)", "redis (A → B)", 0, &|r| r.redis.machine.busy_percent);
-    row("Redis commands per appended event (INFO commandstats, all nodes)", "redis (A → B)", 2, &|r| r.redis.commands_per_event());
-    row("bytes received from Redis, A (MB)", "redis (A → B)", 2, &|r| r.redis.received[0] as f64 / 1e6);
-    row("bytes received from Redis, B (MB)", "redis (A → B)", 2, &|r| r.redis.received[1] as f64 / 1e6);
+    row("machine busy while streaming (% of all cores)", redis, 0, &|r| r.redis.machine.busy_percent);
+    row("Redis commands per appended event (INFO commandstats, all nodes)", redis, 2, &|r| r.redis.commands_per_event());
+    row("bytes received from Redis, A (MB)", redis, 2, &|r| r.redis.received[0] as f64 / 1e6);
+    row("bytes received from Redis, B (MB)", redis, 2, &|r| r.redis.received[1] as f64 / 1e6);
     row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag.lag_ms_p99);
     row("CPU per event redis / memory", "", 2, &|r| r.redis.cpu_us_per_event() / r.memory.cpu_us_per_event());
     println!();
@@ -599,7 +623,7 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
 
 /// `load stores --live-ai BIN [--runs 3] [--streams 1000] [--tps 50]
 /// [--first-token-ms 200] [--redis-url redis://127.0.0.1:6379] [--monitor-streams 100]
-/// [--redis-workers 0] [--spread 0] [--cluster] [--coalesce on|off]`
+/// [--redis-workers 0] [--reader-workers 0] [--one-process] [--spread 0] [--cluster] [--coalesce on|off]`
 pub async fn main(args: &[String]) {
     let flags = Flags::parse(args);
     let redis_url = flags.get("redis-url", "redis://127.0.0.1:6379".to_owned());
@@ -619,6 +643,8 @@ pub async fn main(args: &[String]) {
         // `MONITOR` watches one node.
         monitor_streams: if flags.get("cluster", false) { 0 } else { flags.get("monitor-streams", 100) },
         redis_workers: flags.get("redis-workers", 0),
+        reader_workers: flags.get("reader-workers", 0),
+        one_process: flags.get("one-process", false),
         spread: flags.get("spread", 0),
         coalesce: Some(flags.get("coalesce", String::new())).filter(|c| !c.is_empty()),
     };
@@ -630,7 +656,7 @@ pub async fn main(args: &[String]) {
     );
     super::warn_if_few_files(config.lag.streams * 2);
     println!(
-        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms; starts spread over {} ms); Redis {}; workers per Redis-mode process: {}; COALESCE {}",
+        "bench stores: {} runs; {} streams × {} tok/s (first token after {} ms; starts spread over {} ms); Redis {}; workers per Redis-mode process: {}{}; COALESCE {}{}",
         config.runs,
         config.lag.streams,
         config.lag.tokens_per_second,
@@ -642,7 +668,9 @@ pub async fn main(args: &[String]) {
             config.redis_url.clone()
         },
         if config.redis_workers > 0 { config.redis_workers.to_string() } else { "one per core".to_owned() },
-        config.coalesce.as_deref().unwrap_or("(default)")
+        if config.reader_workers > 0 { format!(" (B: {})", config.reader_workers) } else { String::new() },
+        config.coalesce.as_deref().unwrap_or("(default)"),
+        if config.one_process { "; Redis mode on one process (A reads its own streams)" } else { "" }
     );
     if config.spread > 0 {
         let mut runs = Vec::new();
