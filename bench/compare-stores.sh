@@ -32,6 +32,10 @@ row() {
   grep -F "| $2 |" <<<"$1" | awk -F'|' '{ for (i = 4; i < NF - 1; i++) { gsub(/ /, "", $i); printf "%s ", $i } }'
 }
 
+# The Redis-mode rows' store label (`load stores --one-process` names its one process).
+store="redis (A → B)"
+[[ " ${*:7} " == *" --one-process "* ]] && store="redis (A alone)"
+
 echo "machine: $(nproc) cores; uptime: $(uptime)"
 for set in $(seq 1 "$sets"); do
   for n in 0 1; do
@@ -39,9 +43,9 @@ for set in $(seq 1 "$sets"); do
       --streams "$streams" --tps "$tps" --monitor-streams 0 "${@:7}" 2>/dev/null)
     ratio=$(row "$out" "lag p99 redis / memory")
     cpu_ratio=$(row "$out" "CPU per event redis / memory")
-    p99=$(row "$out" "client lag p99 (ms) | redis (A → B)")
-    cpu=$(row "$out" "live-ai CPU seconds (all processes) | redis (A → B)")
-    busy=$(row "$out" "machine busy while streaming (% of all cores) | redis (A → B)")
+    p99=$(row "$out" "client lag p99 (ms) | $store")
+    cpu=$(row "$out" "live-ai CPU seconds (all processes) | $store")
+    busy=$(row "$out" "machine busy while streaming (% of all cores) | $store")
     echo "set $set, $(basename "${binaries[$n]}") ($n): lag ratio $ratio| CPU ratio $cpu_ratio| Redis p99 ms $p99| live-ai CPU s $cpu| machine busy % $busy"
     for value in $ratio; do echo "$n ratio $value"; done >>"$pooled"
     for value in $cpu_ratio; do echo "$n cpu_ratio $value"; done >>"$pooled"

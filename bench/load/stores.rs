@@ -640,8 +640,8 @@ pub async fn main(args: &[String]) {
         redis_url,
         redis,
         live_ai: flags.path("live-ai"),
-        // `MONITOR` watches one node.
-        monitor_streams: if flags.get("cluster", false) { 0 } else { flags.get("monitor-streams", 100) },
+        // `MONITOR` watches one node, and its small run is always A → B.
+        monitor_streams: if flags.get("cluster", false) || flags.get("one-process", false) { 0 } else { flags.get("monitor-streams", 100) },
         redis_workers: flags.get("redis-workers", 0),
         reader_workers: flags.get("reader-workers", 0),
         one_process: flags.get("one-process", false),
