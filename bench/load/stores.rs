@@ -450,10 +450,8 @@ async fn redis_run(config: &StoresConfig, label: &str) -> RedisRun {
     let prefix = prefix(label);
     let env = redis_env(config, &prefix);
     let generator = Server::start("live-ai A (generates)", &config.live_ai, &env).await;
-    let reader = match config.one_process {
-        true => None,
-        false => Some(Server::start("live-ai B (reads)", &config.live_ai, &reader_env(config, env)).await),
-    };
+    let reader =
+        if config.one_process { None } else { Some(Server::start("live-ai B (reads)", &config.live_ai, &reader_env(config, env)).await) };
     let servers: Vec<&Server> = [Some(&generator), reader.as_ref()].into_iter().flatten().collect();
     config.redis.reset_stats().await;
     let clients = info(&mut redis_connection(&config.redis.nodes[0]).await, "clients").await;
@@ -583,7 +581,9 @@ fn report(config: &StoresConfig, runs: &[Run], monitored: Option<Monitored>) {
     row("machine busy while streaming (% of all cores)", redis, 0, &|r| r.redis.machine.busy_percent);
     row("Redis commands per appended event (INFO commandstats, all nodes)", redis, 2, &|r| r.redis.commands_per_event());
     row("bytes received from Redis, A (MB)", redis, 2, &|r| r.redis.received[0] as f64 / 1e6);
-    row("bytes received from Redis, B (MB)", redis, 2, &|r| r.redis.received[1] as f64 / 1e6);
+    if !config.one_process {
+        row("bytes received from Redis, B (MB)", redis, 2, &|r| r.redis.received[1] as f64 / 1e6);
+    }
     row("lag p99 redis / memory", "", 1, &|r| r.redis.lag.lag_ms_p99 / r.memory.lag.lag_ms_p99);
     row("CPU per event redis / memory", "", 2, &|r| r.redis.cpu_us_per_event() / r.memory.cpu_us_per_event());
     println!();
